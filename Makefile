@@ -1,0 +1,96 @@
+# shmkv build. `make` builds the library; `make test` installs what is
+# missing (as root on Debian), builds, and runs every test.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+
+CC ?= cc
+BUILD ?= build
+DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config
+PKGS := libxxhash inih
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS ?= -O2 -g
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -Iinclude -Iclient $(CFLAGS) $(EXTRA_CFLAGS) \
+	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+
+LIB_SRCS := $(wildcard client/*.c)
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+SOVERSION := 0
+
+.PHONY: all deps test test-sanitize bench install uninstall clean format lint
+
+all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkv-bench
+
+# Checks the build dependencies; as root on Debian installs what is missing.
+deps:
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "missing packages; run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h client/*.h) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libshmkv.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libshmkv.so: $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,libshmkv.so.$(SOVERSION) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libshmkv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(BUILD)/libshmkv.a $(LIBS) $(shell pkg-config --libs cmocka)
+
+$(BUILD)/shmkv-bench: bench/shmkv-bench.c $(BUILD)/libshmkv.a
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(BUILD)/libshmkv.a $(LIBS) -lm
+
+test: deps $(TEST_BINS)
+	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
+
+test-sanitize: deps
+	$(MAKE) BUILD=build-san CFLAGS="-O1 -g $(SANFLAGS)" test
+
+bench: $(BUILD)/shmkv-bench
+	$(BUILD)/shmkv-bench
+
+install: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 644 $(BUILD)/libshmkv.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(BUILD)/libshmkv.so $(DESTDIR)$(LIBDIR)/libshmkv.so.$(SOVERSION)
+	ln -sf libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libshmkv.so
+	install -m 644 include/shmkv.h $(DESTDIR)$(INCLUDEDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(shell sed -n 's/.*SHMKV_VERSION_STRING "\(.*\)"/\1/p' include/shmkv.h)|' \
+	    shmkv.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libshmkv.a $(DESTDIR)$(LIBDIR)/libshmkv.so* \
+	      $(DESTDIR)$(INCLUDEDIR)/shmkv.h $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc
+
+format:
+	clang-format -i include/*.h client/*.[ch] tests/*.[ch] bench/*.c
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --suppress=missingIncludeSystem -Iinclude -Iclient client/ bench/ tests/
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,297 @@
+/*
+ * arena.c - the value allocator: a two-level segregated fit (TLSF) over
+ * 16-byte units, with boundary tags so that neighbouring free blocks merge.
+ *
+ * Every block starts with a struct block header. Free blocks sit on one of
+ * FL_COUNT x SL_COUNT lists by size: sizes below SL_COUNT units each have
+ * their own list; above, each power of two is split into SL_COUNT equal
+ * ranges. Two bitmaps say which lists are non-empty, so finding a block of
+ * at least n units is a couple of bit scans: allocation and free are O(1),
+ * and the worst-case waste is bounded by the class width (1/32).
+ *
+ * A free block writes its size into its last 4 bytes (the footer) and the
+ * block after it carries BLOCK_PREV_FREE, so free() can merge with the
+ * previous block without a search. A sentinel used block of size 0 ends the
+ * arena so that the last block always has a used successor.
+ *
+ * Crash safety: the allocator is only written under the write lock. A
+ * writer killed halfway can leave its lists inconsistent; the store then
+ * moves to a new generation that is rebuilt from the index, so nothing here
+ * needs to survive a kill. Readers never look at allocator state.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+static inline unsigned fls32(uint32_t x)
+{
+    return 31u - (unsigned)__builtin_clz(x);
+}
+
+/* The list a free block of `units` belongs on. */
+static void mapping_insert(uint32_t units, unsigned *fl, unsigned *sl)
+{
+    if (units < SL_COUNT) {
+        *fl = 0;
+        *sl = units;
+        return;
+    }
+    unsigned f = fls32(units);
+    *fl = f - SL_BITS + 1;
+    *sl = (units >> (f - SL_BITS)) & (SL_COUNT - 1);
+}
+
+/* The first list whose every block holds at least `units`. */
+static void mapping_search(uint32_t units, unsigned *fl, unsigned *sl)
+{
+    if (units >= SL_COUNT) {
+        unsigned f = fls32(units);
+        uint64_t rounded = (uint64_t)units + (1u << (f - SL_BITS)) - 1;
+        if (rounded > UINT32_MAX)
+            rounded = UINT32_MAX;
+        units = (uint32_t)rounded;
+    }
+    mapping_insert(units, fl, sl);
+}
+
+static uint32_t *footer_of(struct data_header *d, uint32_t off,
+                           uint32_t units)
+{
+    return (uint32_t *)((char *)block_at(d, off + units) - sizeof(uint32_t));
+}
+
+static void list_push(struct data_header *d, uint32_t off)
+{
+    struct block *b = block_at(d, off);
+    unsigned fl, sl;
+    mapping_insert(b->size_units, &fl, &sl);
+    uint32_t head = d->free_heads[fl][sl];
+    b->u.free.next = head;
+    b->u.free.prev = 0;
+    if (head != 0)
+        block_at(d, head)->u.free.prev = off;
+    d->free_heads[fl][sl] = off;
+    d->fl_bitmap |= 1u << fl;
+    d->sl_bitmap[fl] |= 1u << sl;
+}
+
+static void list_unlink(struct data_header *d, uint32_t off)
+{
+    struct block *b = block_at(d, off);
+    unsigned fl, sl;
+    mapping_insert(b->size_units, &fl, &sl);
+    if (b->u.free.prev != 0)
+        block_at(d, b->u.free.prev)->u.free.next = b->u.free.next;
+    else
+        d->free_heads[fl][sl] = b->u.free.next;
+    if (b->u.free.next != 0)
+        block_at(d, b->u.free.next)->u.free.prev = b->u.free.prev;
+    if (d->free_heads[fl][sl] == 0) {
+        d->sl_bitmap[fl] &= ~(1u << sl);
+        if (d->sl_bitmap[fl] == 0)
+            d->fl_bitmap &= ~(1u << fl);
+    }
+}
+
+/* Makes [off, off+units) a free block (header and footer) and lists it. The
+ * caller has already merged neighbours and fixes the next block's flag. */
+static void make_free(struct data_header *d, uint32_t off, uint32_t units,
+                      uint8_t prev_free_flag)
+{
+    struct block *b = block_at(d, off);
+    b->size_units = units;
+    b->flags = prev_free_flag;
+    b->klen = 0;
+    *footer_of(d, off, units) = units;
+    list_push(d, off);
+}
+
+void arena_init(struct data_header *d)
+{
+    uint32_t first = (uint32_t)(d->arena_off / UNIT_BYTES);
+    memset(d->free_heads, 0, sizeof d->free_heads);
+    memset(d->sl_bitmap, 0, sizeof d->sl_bitmap);
+    d->fl_bitmap = 0;
+    struct block *end = block_at(d, first + (uint32_t)d->arena_units);
+    memset(end, 0, sizeof *end);
+    end->flags = BLOCK_USED | BLOCK_SENTINEL | BLOCK_PREV_FREE;
+    make_free(d, first, (uint32_t)d->arena_units, 0);
+    d->free_units = d->arena_units;
+    d->used_units = 0;
+}
+
+/* Returns the unit offset of a block of at least `units` (now marked used,
+ * its entry fields zero), or 0 if no free block is large enough. */
+uint32_t arena_alloc(struct data_header *d, uint32_t units)
+{
+    if (units < MIN_BLOCK_UNITS)
+        units = MIN_BLOCK_UNITS;
+    unsigned fl, sl;
+    mapping_search(units, &fl, &sl);
+    if (fl >= FL_COUNT)
+        return 0;
+    uint32_t sl_map = d->sl_bitmap[fl] & (~0u << sl);
+    if (sl_map == 0) {
+        uint32_t fl_map = fl + 1 < 32 ? d->fl_bitmap & (~0u << (fl + 1)) : 0;
+        if (fl_map == 0)
+            return 0;
+        fl = (unsigned)__builtin_ctz(fl_map);
+        sl_map = d->sl_bitmap[fl];
+    }
+    sl = (unsigned)__builtin_ctz(sl_map);
+    uint32_t off = d->free_heads[fl][sl];
+    struct block *b = block_at(d, off);
+    list_unlink(d, off);
+
+    uint32_t have = b->size_units;
+    uint8_t prev_flag = b->flags & BLOCK_PREV_FREE;
+    if (have - units >= MIN_BLOCK_UNITS) {
+        /* Split: the tail stays free; its successor keeps PREV_FREE. */
+        make_free(d, off + units, have - units, 0);
+    } else {
+        units = have;
+        block_at(d, off + units)->flags &= (uint8_t)~BLOCK_PREV_FREE;
+    }
+    memset(b, 0, sizeof *b);
+    b->size_units = units;
+    b->flags = BLOCK_USED | prev_flag;
+    d->free_units -= units;
+    d->used_units += units;
+    return off;
+}
+
+void arena_free(struct data_header *d, uint32_t off)
+{
+    struct block *b = block_at(d, off);
+    uint32_t units = b->size_units;
+    d->used_units -= units;
+    d->free_units += units;
+
+    struct block *next = block_at(d, off + units);
+    if (!(next->flags & BLOCK_USED)) {
+        list_unlink(d, off + units);
+        units += next->size_units;
+    }
+    if (b->flags & BLOCK_PREV_FREE) {
+        uint32_t prev_units = *(uint32_t *)((char *)b - sizeof(uint32_t));
+        uint32_t prev = off - prev_units;
+        list_unlink(d, prev);
+        off = prev;
+        units += prev_units;
+    }
+    /* The merged block's predecessor is used (free neighbours always
+     * merge), so it carries no PREV_FREE flag. */
+    make_free(d, off, units, 0);
+    block_at(d, off + units)->flags |= BLOCK_PREV_FREE;
+}
+
+uint64_t arena_largest_free(const struct data_header *d)
+{
+    if (d->fl_bitmap == 0)
+        return 0;
+    unsigned fl = fls32(d->fl_bitmap);
+    unsigned sl = fls32(d->sl_bitmap[fl]);
+    uint64_t best = 0;
+    unsigned walked = 0;
+    for (uint32_t off = d->free_heads[fl][sl]; off != 0 && walked < 4096;
+         off = block_at(d, off)->u.free.next, walked++) {
+        uint32_t u = block_at(d, off)->size_units;
+        if (u > best)
+            best = u;
+    }
+    return best * UNIT_BYTES;
+}
+
+/* Walks every block of the arena in address order and every free list.
+ * Marks each used block's start in used_map (one bit per unit from the
+ * arena start) for table_check. */
+int arena_check(const struct data_header *d, uint8_t *used_map,
+                struct shmkv_check_report *r)
+{
+    uint32_t first = (uint32_t)(d->arena_off / UNIT_BYTES);
+    uint32_t end = first + (uint32_t)d->arena_units;
+    uint64_t free_units = 0, used_units = 0, free_blocks = 0;
+    bool prev_free = false;
+    uint32_t off = first;
+    while (off < end) {
+        const struct block *b = block_at(d, off);
+        if (b->size_units < MIN_BLOCK_UNITS || b->size_units > end - off) {
+            check_problem(r, "arena block at unit %u has bad size %u", off,
+                          b->size_units);
+            return -1;
+        }
+        bool is_free = !(b->flags & BLOCK_USED);
+        if (!!(b->flags & BLOCK_PREV_FREE) != prev_free)
+            check_problem(r, "arena block at unit %u: prev-free flag wrong",
+                          off);
+        if (is_free) {
+            if (prev_free)
+                check_problem(r, "arena: adjacent free blocks at unit %u",
+                              off);
+            const uint32_t *foot = (const uint32_t *)((const char *)block_at(
+                                       d, off + b->size_units) -
+                                   sizeof(uint32_t));
+            if (*foot != b->size_units)
+                check_problem(r, "arena: free block at unit %u bad footer",
+                              off);
+            free_units += b->size_units;
+            free_blocks++;
+        } else {
+            used_units += b->size_units;
+            r->blocks_used++;
+            uint64_t bit = off - first;
+            used_map[bit / 8] |= (uint8_t)(1u << (bit % 8));
+        }
+        prev_free = is_free;
+        off += b->size_units;
+    }
+    const struct block *sentinel = block_at(d, end);
+    if (!(sentinel->flags & BLOCK_SENTINEL) ||
+        !!(sentinel->flags & BLOCK_PREV_FREE) != prev_free)
+        check_problem(r, "arena: end sentinel damaged");
+    r->blocks_free = free_blocks;
+    if (free_units != d->free_units || used_units != d->used_units)
+        check_problem(r,
+                      "arena: counted %llu free / %llu used units, header "
+                      "says %llu / %llu",
+                      (unsigned long long)free_units,
+                      (unsigned long long)used_units,
+                      (unsigned long long)d->free_units,
+                      (unsigned long long)d->used_units);
+
+    /* Every listed block is free, on the right list, with sane links. */
+    uint64_t listed = 0;
+    for (unsigned fl = 0; fl < FL_COUNT; fl++) {
+        for (unsigned sl = 0; sl < SL_COUNT; sl++) {
+            uint32_t prev = 0;
+            bool nonempty = d->free_heads[fl][sl] != 0;
+            if (nonempty != !!(d->sl_bitmap[fl] & (1u << sl)))
+                check_problem(r, "arena: bitmap wrong for list %u/%u", fl,
+                              sl);
+            for (uint32_t o = d->free_heads[fl][sl]; o != 0;
+                 o = block_at(d, o)->u.free.next) {
+                if (o < first || o >= end || listed > free_blocks) {
+                    check_problem(r, "arena: free list %u/%u broken", fl, sl);
+                    return -1;
+                }
+                const struct block *b = block_at(d, o);
+                unsigned bfl, bsl;
+                mapping_insert(b->size_units, &bfl, &bsl);
+                if ((b->flags & BLOCK_USED) || bfl != fl || bsl != sl ||
+                    b->u.free.prev != prev)
+                    check_problem(r, "arena: free list %u/%u: bad block at "
+                                     "unit %u",
+                                  fl, sl, o);
+                prev = o;
+                listed++;
+            }
+        }
+        if (!!d->sl_bitmap[fl] != !!(d->fl_bitmap & (1u << fl)))
+            check_problem(r, "arena: first-level bitmap wrong at %u", fl);
+    }
+    if (listed != free_blocks)
+        check_problem(r, "arena: %llu free blocks but %llu listed",
+                      (unsigned long long)free_blocks,
+                      (unsigned long long)listed);
+    return 0;
+}

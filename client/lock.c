@@ -1,0 +1,286 @@
+/*
+ * lock.c - the store's process-shared rwlock, client slots, and detecting a
+ * lock left held by a dead process.
+ *
+ * The rwlock prefers writers (a steady stream of readers cannot starve a
+ * writer) and is always taken with a deadline on CLOCK_MONOTONIC. The first
+ * attempt is a trylock, so an uncontended read section costs one atomic
+ * operation to enter and one to leave.
+ *
+ * glibc's rwlock is not robust: a process that dies holding it (or even
+ * queued on it) leaves it unusable. So every handle owns a client slot in
+ * the control segment with its pid and start time, and before it asks for
+ * the lock it writes which generation's lock it is taking and how
+ * (lock_state); it clears that after releasing. A waiter that has waited a
+ * slice (LOCK_SLICE_MS) scans the slots: a dead process whose lock_state
+ * names the current generation may hold the lock, and the store moves to a
+ * new generation with a fresh lock (store.c). Bounded time: a waiter learns
+ * of a dead holder within one slice after that holder died.
+ *
+ * lock_state is stored before the lock call: the call is opaque to the
+ * compiler and its atomic read-modify-write orders the store before the
+ * acquisition on the hardware, and a killed process's stores are not lost,
+ * so a dead holder's slot always shows its state.
+ */
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define LOCK_SLICE_MS 50
+
+int lock_init(pthread_rwlock_t *lock)
+{
+    pthread_rwlockattr_t attr;
+    if (pthread_rwlockattr_init(&attr) != 0)
+        return set_error(SHMKV_ESYS, "pthread_rwlockattr_init failed");
+    int rc = pthread_rwlockattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (rc == 0)
+        rc = pthread_rwlockattr_setkind_np(
+            &attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    if (rc == 0)
+        rc = pthread_rwlock_init(lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc != 0)
+        return set_error(SHMKV_ESYS, "pthread_rwlock_init: error %d", rc);
+    return 0;
+}
+
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static struct timespec ms_to_timespec(uint64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
+                          .tv_nsec = (long)(ms % 1000) * 1000000L};
+    return ts;
+}
+
+static inline void counter_bump(_Atomic uint64_t *c)
+{
+    /* Only this slot's owner writes it: a plain load and store suffice. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/* True if a dead process may hold (or be queued on) generation gen's lock. */
+static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
+{
+    struct client_slot *slots =
+        (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
+    for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
+        struct client_slot *s = &slots[i];
+        uint64_t st = atomic_load_explicit(&s->lock_state,
+                                           memory_order_acquire);
+        if (st == 0 || LOCK_STATE_GEN(st) != gen || s == kv->slot)
+            continue;
+        int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
+        if (pid > 0 &&
+            !process_alive(pid, atomic_load_explicit(&s->start_ticks,
+                                                     memory_order_relaxed)))
+            return true;
+    }
+    return false;
+}
+
+/* Waits for the lock in slices; between slices, notices a new generation
+ * (SHMKV_ERETRY) or a dead holder (recovers, then SHMKV_ERETRY). */
+static int lock_wait(struct shmkv *kv, bool write)
+{
+    uint64_t start = monotonic_ms();
+    uint64_t deadline = start + kv->lock_timeout_ms;
+    counter_bump(&kv->slot->lock_waits);
+    for (;;) {
+        uint64_t now = monotonic_ms();
+        uint64_t slice_end = now + LOCK_SLICE_MS;
+        if (slice_end > deadline)
+            slice_end = deadline;
+        struct timespec ts = ms_to_timespec(slice_end);
+        int rc = write ? pthread_rwlock_clockwrlock(kv->lock, CLOCK_MONOTONIC,
+                                                    &ts)
+                       : pthread_rwlock_clockrdlock(kv->lock, CLOCK_MONOTONIC,
+                                                    &ts);
+        if (rc == 0)
+            return 0;
+        if (rc != ETIMEDOUT && rc != EINTR && rc != EAGAIN)
+            return set_error(SHMKV_ESYS, "rwlock: error %d", rc);
+        uint64_t cur = atomic_load_explicit(&kv->ctl->current,
+                                            memory_order_acquire);
+        if (cur != kv->current)
+            return SHMKV_ERETRY;
+        if (write && atomic_load_explicit(&kv->ctl->recover_gen,
+                                          memory_order_acquire) == kv->gen)
+            return SHMKV_ERETRY;
+        if (lock_has_dead_holder(kv, kv->gen)) {
+            rc = generation_recover(kv, kv->gen);
+            if (rc == 0 || rc == SHMKV_ERETRY)
+                return SHMKV_ERETRY;
+            if (rc != SHMKV_ETIMEDOUT)
+                return rc;
+        }
+        if (monotonic_ms() >= deadline) {
+            counter_bump(&kv->slot->lock_timeouts);
+            return set_error(SHMKV_ETIMEDOUT,
+                             "waited %u ms for the %s lock",
+                             kv->lock_timeout_ms, write ? "write" : "read");
+        }
+    }
+}
+
+/* Takes the lock on the attached generation, following generation changes.
+ * On success the handle's generation is current and the lock is held. A
+ * writer does not even ask for the lock of a generation being copied into a
+ * new one (recover_gen): it waits for the new generation instead. */
+static int lock_take(struct shmkv *kv, bool write)
+{
+    uint64_t deadline = monotonic_ms() + 2u * kv->lock_timeout_ms;
+    for (;;) {
+        int rc = generation_refresh(kv);
+        if (rc != 0)
+            return rc;
+        if (write && atomic_load_explicit(&kv->ctl->recover_gen,
+                                          memory_order_seq_cst) == kv->gen) {
+            rc = SHMKV_ERETRY;
+            goto next;
+        }
+        atomic_store_explicit(
+            &kv->slot->lock_state,
+            LOCK_STATE(kv->gen, write ? LOCKING_WRITE : LOCKING_READ),
+            write ? memory_order_seq_cst : memory_order_relaxed);
+        rc = write ? pthread_rwlock_trywrlock(kv->lock)
+                   : pthread_rwlock_tryrdlock(kv->lock);
+        if (rc != 0)
+            rc = lock_wait(kv, write);
+        if (rc == 0) {
+            /* A recovery may have published a new generation while this
+             * handle waited on the old lock; a writer must also not write
+             * into a generation that is being copied (seq_cst pairs with
+             * generation_recover's store of recover_gen). */
+            uint64_t cur = atomic_load_explicit(&kv->ctl->current,
+                                                memory_order_seq_cst);
+            bool stale = cur != kv->current;
+            if (write && !stale)
+                stale = atomic_load_explicit(&kv->ctl->recover_gen,
+                                             memory_order_seq_cst) == kv->gen;
+            if (!stale)
+                return 0;
+            pthread_rwlock_unlock(kv->lock);
+            rc = SHMKV_ERETRY;
+        }
+        atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_seq_cst);
+    next:
+        if (rc != SHMKV_ERETRY)
+            return rc;
+        if (monotonic_ms() >= deadline) {
+            counter_bump(&kv->slot->lock_timeouts);
+            return set_error(SHMKV_ETIMEDOUT,
+                             "the store is being recovered; gave up after "
+                             "%u ms",
+                             2u * kv->lock_timeout_ms);
+        }
+        if (write && atomic_load_explicit(&kv->ctl->recover_gen,
+                                          memory_order_acquire) == kv->gen) {
+            struct timespec pause = {0, 1000000};
+            nanosleep(&pause, NULL);
+        }
+    }
+}
+
+int lock_read(struct shmkv *kv)
+{
+    return lock_take(kv, false);
+}
+
+void lock_read_end(struct shmkv *kv)
+{
+    pthread_rwlock_unlock(kv->lock);
+    atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
+}
+
+int lock_write(struct shmkv *kv)
+{
+    return lock_take(kv, true);
+}
+
+void lock_write_end(struct shmkv *kv)
+{
+    pthread_rwlock_unlock(kv->lock);
+    atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
+}
+
+static struct client_slot *client_slots(struct shmkv *kv)
+{
+    return (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
+}
+
+/* Folds a slot's counters into the store's and frees it. */
+static void client_slot_retire(struct shmkv *kv, struct client_slot *s)
+{
+    struct ctl_header *c = kv->ctl;
+    atomic_fetch_add(&c->retired_hits, atomic_exchange(&s->hits, 0));
+    atomic_fetch_add(&c->retired_misses, atomic_exchange(&s->misses, 0));
+    atomic_fetch_add(&c->retired_lock_waits,
+                     atomic_exchange(&s->lock_waits, 0));
+    atomic_fetch_add(&c->retired_lock_timeouts,
+                     atomic_exchange(&s->lock_timeouts, 0));
+    atomic_store(&s->lock_state, 0);
+    atomic_store(&s->start_ticks, 0);
+    atomic_store(&s->pid, 0);
+}
+
+/* Frees the slots of dead processes that cannot hold the current
+ * generation's lock. */
+void client_slots_reap(struct shmkv *kv)
+{
+    struct client_slot *slots = client_slots(kv);
+    uint32_t gen = (uint32_t)CURRENT_GEN(
+        atomic_load_explicit(&kv->ctl->current, memory_order_acquire));
+    for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
+        struct client_slot *s = &slots[i];
+        int32_t pid = atomic_load(&s->pid);
+        if (pid == 0 || s == kv->slot)
+            continue;
+        uint64_t st = atomic_load(&s->lock_state);
+        if (st != 0 && LOCK_STATE_GEN(st) == gen)
+            continue;
+        if (process_alive(pid, atomic_load(&s->start_ticks)))
+            continue;
+        /* Claim it before retiring, so two reapers do not both fold it. */
+        if (atomic_compare_exchange_strong(&s->pid, &pid, -1))
+            client_slot_retire(kv, s);
+    }
+}
+
+int client_slot_claim(struct shmkv *kv)
+{
+    struct client_slot *slots = client_slots(kv);
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
+            int32_t expected = 0;
+            if (atomic_compare_exchange_strong(&slots[i].pid, &expected,
+                                               (int32_t)kv->pid)) {
+                atomic_store(&slots[i].start_ticks, kv->start_ticks);
+                atomic_store(&slots[i].lock_state, 0);
+                kv->slot = &slots[i];
+                return 0;
+            }
+        }
+        client_slots_reap(kv);
+    }
+    return set_error(SHMKV_ECLIENTS,
+                     "all %u client slots of the store are in use",
+                     kv->ctl->max_clients);
+}
+
+void client_slot_release(struct shmkv *kv)
+{
+    if (kv->slot == NULL)
+        return;
+    client_slot_retire(kv, kv->slot);
+    kv->slot = NULL;
+}

@@ -1,0 +1,214 @@
+/*
+ * read.c - read sections and lookups.
+ *
+ * A read section holds the read lock; every value handed out in it points
+ * into the data segment and stays valid until the section ends, because no
+ * writer can free or reuse its block until then. A lookup costs the key's
+ * hash, one index line, the entry's lines, and two stores to this handle's
+ * own client slot (hit counter, and in an lru store a recency stamp, which
+ * readers write without the write lock: a relaxed store of the LRU clock
+ * into a cell chosen by the key's hash tag).
+ */
+#include <string.h>
+#include <time.h>
+
+#include "hash.h"
+#include "internal.h"
+
+static inline void slot_count(_Atomic uint64_t *c)
+{
+    /* Only the slot's owner writes it. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+uint32_t clock_unix(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return (uint32_t)ts.tv_sec;
+}
+
+static inline bool entry_expired(struct shmkv *kv, const struct block *e)
+{
+    uint32_t at = e->u.entry.expire_unix;
+    if (at == 0)
+        return false;
+    if (kv->now_unix == 0)
+        kv->now_unix = clock_unix();
+    return at <= kv->now_unix;
+}
+
+/* Records a use of the key with this hash for the LRU approximation. */
+static inline void recency_touch(struct shmkv *kv, uint64_t hash)
+{
+    _Atomic uint32_t *cell =
+        (_Atomic uint32_t *)&kv->recency[(hash >> 32) & kv->recency_mask];
+    uint32_t now =
+        atomic_load_explicit(&kv->ctl->lru_clock, memory_order_relaxed);
+    /* Skip the store when the stamp is current: keeps the line shared. */
+    if (atomic_load_explicit(cell, memory_order_relaxed) != now)
+        atomic_store_explicit(cell, now, memory_order_relaxed);
+}
+
+int shmkv_read_begin(struct shmkv *kv)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->in_read)
+        return set_error(SHMKV_ESTATE, "a read section is already open");
+    int rc = lock_read(kv);
+    if (rc != 0)
+        return rc;
+    kv->in_read = true;
+    kv->now_unix = 0;
+    return 0;
+}
+
+int shmkv_read_end(struct shmkv *kv)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (!kv->in_read)
+        return set_error(SHMKV_ESTATE, "no read section is open");
+    kv->in_read = false;
+    lock_read_end(kv);
+    return 0;
+}
+
+/* The lookup inside a read section, arguments already checked. */
+static int lookup(struct shmkv *kv, const void *key, size_t klen,
+                  const struct block **out)
+{
+    uint64_t hash = key_hash(key, klen, kv->seed);
+    struct table_pos pos;
+    table_find(kv, hash, key, klen, &pos);
+    if (pos.off == 0) {
+        slot_count(&kv->slot->misses);
+        return SHMKV_ENOTFOUND;
+    }
+    const struct block *e = block_at(kv->data, pos.off);
+    if (entry_expired(kv, e)) {
+        slot_count(&kv->slot->misses);
+        return SHMKV_ENOTFOUND;
+    }
+    if (kv->lru)
+        recency_touch(kv, hash);
+    slot_count(&kv->slot->hits);
+    *out = e;
+    return 0;
+}
+
+static int check_key(const struct shmkv *kv, const void *key, size_t klen)
+{
+    if (key == NULL || klen == 0)
+        return set_error(SHMKV_EINVAL, "empty key");
+    if (klen > kv->max_key_bytes)
+        return set_error(SHMKV_E2BIG, "key of %zu bytes is over the limit %u",
+                         klen, kv->max_key_bytes);
+    return 0;
+}
+
+int shmkv_get(struct shmkv *kv, const void *key, size_t klen,
+              shmkv_val_t *val)
+{
+    if (kv == NULL || val == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or value");
+    if (!kv->in_read)
+        return set_error(SHMKV_ESTATE, "shmkv_get outside a read section");
+    int rc = check_key(kv, key, klen);
+    if (rc != 0)
+        return rc;
+    const struct block *e;
+    rc = lookup(kv, key, klen, &e);
+    if (rc != 0)
+        return rc;
+    val->data = entry_value(e);
+    val->len = e->u.entry.vlen;
+    return 0;
+}
+
+int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
+                   size_t cap, size_t *vlen)
+{
+    if (kv == NULL || vlen == NULL || (buf == NULL && cap > 0))
+        return set_error(SHMKV_EINVAL, "NULL handle, buffer or length");
+    int rc = check_key(kv, key, klen);
+    if (rc != 0)
+        return rc;
+    bool own_section = !kv->in_read;
+    if (own_section) {
+        rc = shmkv_read_begin(kv);
+        if (rc != 0)
+            return rc;
+    }
+    const struct block *e;
+    rc = lookup(kv, key, klen, &e);
+    if (rc == 0) {
+        *vlen = e->u.entry.vlen;
+        if (e->u.entry.vlen > cap)
+            rc = SHMKV_ENOBUFS;
+        else
+            memcpy(buf, entry_value(e), e->u.entry.vlen);
+    }
+    if (own_section)
+        shmkv_read_end(kv);
+    return rc;
+}
+
+int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s)
+{
+    if (kv == NULL || ttl_s == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or result");
+    int rc = check_key(kv, key, klen);
+    if (rc != 0)
+        return rc;
+    bool own_section = !kv->in_read;
+    if (own_section) {
+        rc = shmkv_read_begin(kv);
+        if (rc != 0)
+            return rc;
+    }
+    const struct block *e;
+    rc = lookup(kv, key, klen, &e);
+    if (rc == 0) {
+        uint32_t at = e->u.entry.expire_unix;
+        *ttl_s = at == 0 ? -1 : (int64_t)at - (int64_t)clock_unix();
+        if (*ttl_s == 0)
+            *ttl_s = 1; /* not yet expired: at least part of a second */
+    }
+    if (own_section)
+        shmkv_read_end(kv);
+    return rc;
+}
+
+int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
+{
+    if (kv == NULL || fn == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or visitor");
+    if (kv->in_read)
+        return set_error(SHMKV_ESTATE, "shmkv_foreach inside a read section");
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0)
+        return rc;
+    int64_t now = clock_unix();
+    for (uint64_t b = 0; b < kv->nbuckets && rc == 0; b++) {
+        for (unsigned i = 0; i < BUCKET_SLOTS && rc == 0; i++) {
+            uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
+                                              memory_order_acquire);
+            if (SLOT_OFF(s) == 0)
+                continue;
+            const struct block *e = block_at(kv->data, SLOT_OFF(s));
+            int64_t ttl = 0;
+            if (e->u.entry.expire_unix != 0) {
+                ttl = (int64_t)e->u.entry.expire_unix - now;
+                if (ttl <= 0)
+                    continue;
+            }
+            rc = fn(ctx, entry_key(e), e->klen, entry_value(e),
+                    e->u.entry.vlen, ttl);
+        }
+    }
+    shmkv_read_end(kv);
+    return rc;
+}

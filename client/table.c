@@ -1,0 +1,217 @@
+/*
+ * table.c - the hash index: open addressing over cache-line buckets.
+ *
+ * A key's 64-bit XXH3 hash (seeded per generation) picks its home bucket
+ * from the low 32 bits (multiply-shift, so the bucket count need not be a
+ * power of two) and gives a 32-bit tag from the high bits. A bucket is one
+ * cache line: an overflow count and 7 slots of (tag, entry offset). A
+ * lookup scans the home bucket's slots, comparing tags and then the key in
+ * the arena; only if the bucket's overflow count is nonzero does it go on
+ * to the next bucket. At 90% load almost every lookup touches one index
+ * line and one entry.
+ *
+ * Insert places the entry in the first bucket along the probe sequence
+ * with a free slot, first raising the overflow count of every full bucket
+ * it passed. Remove clears the slot, then lowers those counts. There are no
+ * tombstones: a freed slot is empty at once.
+ *
+ * Crash consistency (DESIGN invariant 5): a slot becomes visible or
+ * invisible by one aligned 64-bit store, with release ordering so that the
+ * entry's bytes are written before the slot that points at them. Overflow
+ * counts are raised before and lowered after that store, so a writer
+ * killed between them leaves counts too high, which only makes some
+ * lookups look one bucket further. Readers hold the read lock, so they
+ * never run beside a writer; these orderings matter to the recovery pass
+ * that walks an index a dead writer left.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "hash.h"
+#include "internal.h"
+
+uint64_t table_home(uint64_t nbuckets, uint64_t hash)
+{
+    return ((hash & 0xffffffffull) * nbuckets) >> 32;
+}
+
+static inline uint64_t next_bucket(uint64_t b, uint64_t nbuckets)
+{
+    return b + 1 == nbuckets ? 0 : b + 1;
+}
+
+uint64_t index_bytes_for(uint64_t nbuckets)
+{
+    return nbuckets * sizeof(struct bucket);
+}
+
+void table_find(const struct shmkv *kv, uint64_t hash, const void *key,
+                size_t klen, struct table_pos *pos)
+{
+    const struct data_header *d = kv->data;
+    uint32_t tag = (uint32_t)(hash >> 32);
+    uint64_t b = table_home(kv->nbuckets, hash);
+    for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
+        const struct bucket *bk = &kv->buckets[b];
+        for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+            /* Acquire pairs with the writer's release store: the entry's
+             * bytes are visible once its slot is. */
+            uint64_t s =
+                atomic_load_explicit(&bk->slot[i], memory_order_acquire);
+            if (SLOT_TAG(s) != tag || SLOT_OFF(s) == 0)
+                continue;
+            const struct block *e = block_at(d, SLOT_OFF(s));
+            if (e->klen == klen && memcmp(entry_key(e), key, klen) == 0) {
+                pos->bucket = b;
+                pos->slot = i;
+                pos->off = SLOT_OFF(s);
+                return;
+            }
+        }
+        if (atomic_load_explicit(&bk->overflow, memory_order_relaxed) == 0)
+            break;
+        b = next_bucket(b, kv->nbuckets);
+    }
+    pos->off = 0;
+}
+
+int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
+{
+    uint64_t home = table_home(kv->nbuckets, hash);
+    uint64_t b = home;
+    for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
+        struct bucket *bk = &kv->buckets[b];
+        for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+            if (atomic_load_explicit(&bk->slot[i], memory_order_relaxed) !=
+                0)
+                continue;
+            /* Counts on the way were raised first (below), then this one
+             * release store publishes the entry. */
+            for (uint64_t p = home; p != b; p = next_bucket(p, kv->nbuckets))
+                atomic_fetch_add_explicit(&kv->buckets[p].overflow, 1,
+                                          memory_order_relaxed);
+            atomic_store_explicit(&bk->slot[i],
+                                  SLOT_MAKE(hash >> 32, off),
+                                  memory_order_release);
+            return 0;
+        }
+        b = next_bucket(b, kv->nbuckets);
+    }
+    return SHMKV_ENOSPC;
+}
+
+void table_replace(struct shmkv *kv, const struct table_pos *pos, uint32_t off)
+{
+    struct bucket *bk = &kv->buckets[pos->bucket];
+    uint64_t s = atomic_load_explicit(&bk->slot[pos->slot],
+                                      memory_order_relaxed);
+    atomic_store_explicit(&bk->slot[pos->slot],
+                          SLOT_MAKE(SLOT_TAG(s), off), memory_order_release);
+}
+
+void table_remove(struct shmkv *kv, uint64_t hash, const struct table_pos *pos)
+{
+    atomic_store_explicit(&kv->buckets[pos->bucket].slot[pos->slot], 0,
+                          memory_order_release);
+    for (uint64_t p = table_home(kv->nbuckets, hash); p != pos->bucket;
+         p = next_bucket(p, kv->nbuckets))
+        atomic_fetch_sub_explicit(&kv->buckets[p].overflow, 1,
+                                  memory_order_relaxed);
+}
+
+/* Checks that every slot points at the start of a used arena block holding
+ * a sane entry that a lookup would find at that very slot, that overflow
+ * counts cover every displaced entry, and that the entry count is right. */
+int table_check(const struct shmkv *kv, uint8_t *used_map,
+                struct shmkv_check_report *r)
+{
+    const struct data_header *d = kv->data;
+    uint32_t first = (uint32_t)(d->arena_off / UNIT_BYTES);
+    uint32_t end = first + (uint32_t)d->arena_units;
+    uint64_t *need = calloc(kv->nbuckets, sizeof *need);
+    if (need == NULL)
+        return SHMKV_ENOMEM;
+    uint64_t seen = 0, with_ttl = 0;
+    for (uint64_t b = 0; b < kv->nbuckets; b++) {
+        for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+            uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
+                                              memory_order_acquire);
+            uint32_t off = SLOT_OFF(s);
+            if (off == 0)
+                continue;
+            seen++;
+            if (off < first || off >= end) {
+                check_problem(r, "index %llu/%u: offset %u outside arena",
+                              (unsigned long long)b, i, off);
+                continue;
+            }
+            uint64_t bit = off - first;
+            if (!(used_map[bit / 8] & (1u << (bit % 8)))) {
+                check_problem(r, "index %llu/%u: offset %u is not a used "
+                                 "block",
+                              (unsigned long long)b, i, off);
+                continue;
+            }
+            /* Each block may be referenced once: clear its bit. */
+            used_map[bit / 8] &= (uint8_t) ~(1u << (bit % 8));
+            const struct block *e = block_at(d, off);
+            if (e->klen == 0 || e->klen > kv->max_key_bytes ||
+                e->u.entry.vlen > kv->max_value_bytes ||
+                entry_units(e->klen, e->u.entry.vlen) > e->size_units) {
+                check_problem(r, "entry at unit %u: bad lengths %u/%u", off,
+                              e->klen, e->u.entry.vlen);
+                continue;
+            }
+            if (e->u.entry.expire_unix != 0)
+                with_ttl++;
+            uint64_t hash =
+                key_hash(entry_key(e), e->klen, kv->seed);
+            if (SLOT_TAG(s) != (uint32_t)(hash >> 32)) {
+                check_problem(r, "index %llu/%u: tag does not match key",
+                              (unsigned long long)b, i);
+                continue;
+            }
+            struct table_pos pos;
+            table_find(kv, hash, entry_key(e), e->klen, &pos);
+            if (pos.off != off) {
+                check_problem(r, "index %llu/%u: key not found by lookup "
+                                 "(or duplicated)",
+                              (unsigned long long)b, i);
+                continue;
+            }
+            for (uint64_t p = table_home(kv->nbuckets, hash); p != b;
+                 p = next_bucket(p, kv->nbuckets))
+                need[p]++;
+        }
+    }
+    for (uint64_t b = 0; b < kv->nbuckets; b++) {
+        uint64_t have = atomic_load_explicit(&kv->buckets[b].overflow,
+                                             memory_order_relaxed);
+        if (have < need[b]) {
+            check_problem(r, "bucket %llu: overflow %llu < %llu needed",
+                          (unsigned long long)b, (unsigned long long)have,
+                          (unsigned long long)need[b]);
+            break;
+        }
+    }
+    free(need);
+    r->entries_seen = seen;
+    if (seen != d->entries)
+        check_problem(r, "index holds %llu entries, header says %llu",
+                      (unsigned long long)seen,
+                      (unsigned long long)d->entries);
+    if (with_ttl != d->ttl_entries)
+        check_problem(r, "%llu entries with a TTL, header counts %llu",
+                      (unsigned long long)with_ttl,
+                      (unsigned long long)d->ttl_entries);
+    /* Used blocks still marked were reachable from no slot. */
+    uint64_t leaked = 0;
+    for (uint32_t off = first; off < end;) {
+        const struct block *b = block_at(d, off);
+        uint64_t bit = off - first;
+        if ((b->flags & BLOCK_USED) && (used_map[bit / 8] & (1u << (bit % 8))))
+            leaked += (uint64_t)b->size_units * UNIT_BYTES;
+        off += b->size_units;
+    }
+    r->bytes_leaked = leaked;
+    return 0;
+}

@@ -1,0 +1,313 @@
+/*
+ * shmkv.h - the libshmkv client API.
+ *
+ * A shmkv store lives in System V shared memory on one machine. Any process
+ * that may attach it reads values in place: a lookup costs a hash, a cache
+ * line of index and the value's own memory, with no system call, no socket
+ * and no copy. Writes take the store's process-shared write lock.
+ *
+ * Handles. A shmkv_t is one process's attachment to one store. It is not
+ * thread-safe: give each thread its own handle (opening a store twice in one
+ * process is cheap). A handle must not be used in a child created by fork()
+ * after it was opened; the child opens its own.
+ *
+ * Errors. Every call that can fail returns 0 on success or a negative
+ * SHMKV_E* code; shmkv_strerror() names it. A failed call leaves the store
+ * as it was. Where a system call failed, errno still holds its reason.
+ *
+ * Time. TTLs are whole seconds, measured on the realtime clock so that an
+ * expiry survives a snapshot and a restart. Lock waits are bounded by the
+ * store's lock timeout on CLOCK_MONOTONIC: no call blocks forever.
+ */
+#ifndef SHMKV_H
+#define SHMKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SHMKV_VERSION_MAJOR 0
+#define SHMKV_VERSION_MINOR 1
+#define SHMKV_VERSION_PATCH 0
+#define SHMKV_VERSION_STRING "0.1.0"
+
+/* An open handle on a store. */
+typedef struct shmkv shmkv_t;
+
+/* Error codes: all negative, 0 is success. */
+enum shmkv_error {
+    SHMKV_OK = 0,
+    SHMKV_EINVAL = -1,     /* a bad argument: NULL, empty key, bad flags */
+    SHMKV_ENOTFOUND = -2,  /* no such key (or it expired) */
+    SHMKV_EEXIST = -3,     /* SHMKV_NX and the key exists; or a store
+                              already exists at that System V key */
+    SHMKV_E2BIG = -4,      /* key or value over the store's limit */
+    SHMKV_ENOBUFS = -5,    /* caller's buffer too small; the needed size
+                              is returned through the length argument */
+    SHMKV_ENOSPC = -6,     /* the store is full (policy noeviction, or
+                              nothing evictable) */
+    SHMKV_ETIMEDOUT = -7,  /* the lock was not acquired in time */
+    SHMKV_ENOSTORE = -8,   /* no store at that key */
+    SHMKV_EACCES = -9,     /* permission denied by the segment's mode */
+    SHMKV_EVERSION = -10,  /* a shmkv store of another layout version */
+    SHMKV_ENOTSHMKV = -11, /* the segment is not a shmkv store */
+    SHMKV_ELIMIT = -12,    /* over a kernel limit (kernel.shmmax,
+                              kernel.shmall or kernel.shmmni) */
+    SHMKV_ERDONLY = -13,   /* a write through a read-only handle */
+    SHMKV_ENOTNUM = -14,   /* shmkv_incr on a value that is not a decimal
+                              64-bit integer */
+    SHMKV_EOVERFLOW = -15, /* shmkv_incr would overflow int64 */
+    SHMKV_ECLOSED = -16,   /* the store was closed by its owner */
+    SHMKV_ESTATE = -17,    /* call out of order: shmkv_get outside a read
+                              section, a nested shmkv_read_begin, a write
+                              inside a read section */
+    SHMKV_ECLIENTS = -18,  /* the store's client table is full */
+    SHMKV_ECORRUPT = -19,  /* shmkv_check found an inconsistency */
+    SHMKV_ECONFIG = -20,   /* a config file could not be read or parsed */
+    SHMKV_ENOMEM = -21,    /* out of process memory */
+    SHMKV_ESYS = -22,      /* another system error: see errno */
+};
+
+/* Returns a static, human-readable description of an error code. */
+const char *shmkv_strerror(int err);
+
+/* ---------------------------------------------------------------------- */
+/* Creating and removing a store (the daemon's calls; tests use them too) */
+
+enum shmkv_eviction {
+    SHMKV_EVICT_NONE = 0, /* "noeviction": a write that does not fit fails
+                             with SHMKV_ENOSPC and nothing else changes */
+    SHMKV_EVICT_LRU = 1,  /* "lru": evict approximately least recently used
+                             entries (expired ones first) to make room */
+};
+
+struct shmkv_options {
+    /* Where the store lives: "key:0x5eed0001", "0x5eed0001" or
+     * "ftok:/path:1". Required. */
+    const char *key;
+    /* Bytes for the index and the value arena, 1 MiB to 64 GiB; rounded up
+     * to whole pages. Default 64 MiB. */
+    uint64_t size_bytes;
+    /* Permission bits of the segments (low 9 bits, as a file's mode; the
+     * execute bits mean nothing). Default 0600. A read-only client still
+     * needs write permission: taking the read lock writes to it. */
+    unsigned mode;
+    /* Expected number of entries, for sizing the hash index. 0 chooses one
+     * entry per 128 bytes of size_bytes. */
+    uint64_t max_entries;
+    /* Largest key and value accepted. Defaults 250 bytes and 1 MiB. Keys
+     * may be 1 to 65535 bytes; values 0 bytes to size_bytes / 4. */
+    uint32_t max_key_bytes;
+    uint32_t max_value_bytes;
+    enum shmkv_eviction eviction; /* default SHMKV_EVICT_NONE */
+    /* Longest wait for the lock, in milliseconds. Default 5000. */
+    uint32_t lock_timeout_ms;
+    /* Number of client slots: how many handles may be open at once across
+     * all processes. Default 1024. */
+    uint32_t max_clients;
+};
+
+/* Fills *opts with the defaults above (key NULL). */
+void shmkv_options_init(struct shmkv_options *opts);
+
+/* Creates a new store and returns a read-write handle on it in *out. The
+ * caller owns the store: it lives until shmkv_destroy(), even after every
+ * process detached. Fails with SHMKV_EEXIST if any segment already exists at
+ * the key, SHMKV_ELIMIT if the size is over a kernel limit (the message
+ * names the sysctl via shmkv_last_error()), SHMKV_EINVAL for bad options. */
+int shmkv_create(const struct shmkv_options *opts, struct shmkv **out);
+
+/* Removes the store (IPC_RMID on all its segments) and frees the handle.
+ * Attached clients keep their mapping until they detach; their next
+ * operation returns SHMKV_ECLOSED. */
+int shmkv_destroy(struct shmkv *kv);
+
+/* Removes the store at where (see shmkv_open) whatever its state, open or
+ * closed, valid or not, as long as it is a shmkv store: its data segments and
+ * its control segment. For cleanup tools and tests; an owner with a handle
+ * uses shmkv_destroy(). SHMKV_ENOSTORE if nothing is there. */
+int shmkv_remove(const char *where);
+
+/* Marks the store closed: every handle's next operation returns
+ * SHMKV_ECLOSED. The segments remain until shmkv_destroy(). */
+int shmkv_mark_closed(struct shmkv *kv);
+
+/* ---------------------------------------------------------------------- */
+/* Attaching */
+
+#define SHMKV_RDONLY 0x1 /* attach the data read-only (SHM_RDONLY): writes
+                            through this handle return SHMKV_ERDONLY, and a
+                            stray write in this process faults here
+                            instead of corrupting the store */
+
+/* Attaches an existing store. where is one of:
+ *   "key:0x5eed0001" or "0x5eed0001"  a System V key as a number,
+ *   "ftok:/path:1"                    ftok(path, proj_id),
+ *   a path to a shmkvd config file    its [store] key is used.
+ * Errors: SHMKV_ENOSTORE (nothing at that key), SHMKV_EACCES,
+ * SHMKV_ENOTSHMKV, SHMKV_EVERSION, SHMKV_ECLOSED, SHMKV_ECONFIG,
+ * SHMKV_ECLIENTS. */
+int shmkv_open(const char *where, int flags, struct shmkv **out);
+
+/* Detaches and frees the handle. Ends an open read section first. Does not
+ * remove the store. Accepts NULL. */
+void shmkv_close(struct shmkv *kv);
+
+/* Resolves a key spec ("key:0x..", "0x..", decimal, "ftok:/path:N") to a
+ * System V key. */
+int shmkv_parse_key(const char *spec, key_t *out);
+
+/* A thread-local description of the last error on this thread, with detail
+ * (the sysctl that was hit, the config file and line). Never NULL. */
+const char *shmkv_last_error(void);
+
+/* ---------------------------------------------------------------------- */
+/* Reading */
+
+/* A value in place: data points into shared memory. */
+typedef struct shmkv_val {
+    const void *data;
+    size_t len;
+} shmkv_val_t;
+
+/* Begins a read section: takes the read lock (waiting at most the lock
+ * timeout: SHMKV_ETIMEDOUT). Any number of shmkv_get calls may follow; they
+ * all see one consistent state of the store. Keep sections short: writers
+ * wait for them. Returns SHMKV_ESTATE if a section is already open. */
+int shmkv_read_begin(struct shmkv *kv);
+
+/* Looks key up inside a read section. On success val->data points at the
+ * value in shared memory: read-only, not NUL-terminated, not aligned, and
+ * valid until shmkv_read_end() on this handle. Errors: SHMKV_ENOTFOUND,
+ * SHMKV_ESTATE (no read section), SHMKV_EINVAL, SHMKV_E2BIG (key over the
+ * limit: it cannot be there). */
+int shmkv_get(struct shmkv *kv, const void *key, size_t klen,
+              shmkv_val_t *val);
+
+/* Ends the read section; values returned in it are no longer valid. */
+int shmkv_read_end(struct shmkv *kv);
+
+/* Copies the value of key into buf (cap bytes) in its own read section. On
+ * success *vlen is the value's length. If cap is too small, returns
+ * SHMKV_ENOBUFS with the needed size in *vlen and buf untouched. buf may be
+ * NULL when cap is 0, to ask for the size. */
+int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen,
+                   void *buf, size_t cap, size_t *vlen);
+
+/* Seconds to live of key: 0 with *ttl_s = -1 when it has no TTL. */
+int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen,
+              int64_t *ttl_s);
+
+/* ---------------------------------------------------------------------- */
+/* Writing (each call takes the write lock once; not inside a read section) */
+
+#define SHMKV_NX 0x1 /* set only if the key is absent (else SHMKV_EEXIST) */
+#define SHMKV_XX 0x2 /* set only if the key exists (else SHMKV_ENOTFOUND) */
+#define SHMKV_KEEPTTL 0x4 /* when replacing, keep the old entry's TTL */
+
+/* Stores a copy of val (vlen bytes, may be 0) under key, replacing any old
+ * value. ttl_s > 0 expires it after that many seconds; 0 means no expiry.
+ * Errors: SHMKV_E2BIG, SHMKV_ENOSPC (the old value, if any, is kept),
+ * SHMKV_EEXIST / SHMKV_ENOTFOUND for NX / XX, SHMKV_ERDONLY,
+ * SHMKV_ETIMEDOUT, SHMKV_EINVAL. */
+int shmkv_set(struct shmkv *kv, const void *key, size_t klen,
+              const void *val, size_t vlen, uint32_t ttl_s, int flags);
+
+/* Removes key. SHMKV_ENOTFOUND if it was absent. */
+int shmkv_del(struct shmkv *kv, const void *key, size_t klen);
+
+/* Sets a new TTL on an existing key (0 removes the TTL). */
+int shmkv_expire(struct shmkv *kv, const void *key, size_t klen,
+                 uint32_t ttl_s);
+
+/* Adds delta to the decimal 64-bit integer stored at key, creating it at 0
+ * (no TTL) when absent, and returns the new value in *result (may be NULL).
+ * The value is stored as decimal text, as Redis and memcached do. Errors:
+ * SHMKV_ENOTNUM, SHMKV_EOVERFLOW, and those of shmkv_set. */
+int shmkv_incr(struct shmkv *kv, const void *key, size_t klen, int64_t delta,
+               int64_t *result);
+
+/* Removes every entry. */
+int shmkv_flush(struct shmkv *kv);
+
+/* Reclaims the space of expired entries, examining at most max_slots index
+ * slots from where the previous call stopped (0: the whole index). Returns
+ * the number of entries removed (>= 0) or an error. Expired entries are
+ * never returned by reads whether or not this runs; it returns memory for
+ * keys no one touches again. */
+int shmkv_expire_scan(struct shmkv *kv, uint64_t max_slots);
+
+/* ---------------------------------------------------------------------- */
+/* Iterating (snapshots, admin tools) */
+
+/* Called once per live entry, inside one read section; ttl_s is the
+ * remaining time to live, 0 for none. Return nonzero to stop. */
+typedef int (*shmkv_visit_fn)(void *ctx, const void *key, size_t klen,
+                              const void *val, size_t vlen, int64_t ttl_s);
+
+/* Visits every live entry under the read lock. Returns 0, an error, or the
+ * visitor's nonzero result. */
+int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx);
+
+/* ---------------------------------------------------------------------- */
+/* Statistics and checking */
+
+struct shmkv_stats {
+    /* contents */
+    uint64_t entries;
+    uint64_t bytes_used;       /* arena bytes held by entries (with headers) */
+    uint64_t bytes_free;       /* arena bytes free */
+    uint64_t bytes_capacity;   /* arena size */
+    uint64_t largest_free;     /* the largest block that could be stored */
+    double fragmentation;      /* 1 - largest_free / bytes_free (0 = none) */
+    uint64_t index_slots;      /* hash index capacity */
+    uint64_t segment_bytes;    /* both segments, as the kernel sees them */
+    /* counters since the store was created */
+    uint64_t hits;
+    uint64_t misses;
+    uint64_t sets;
+    uint64_t deletes;
+    uint64_t evictions;
+    uint64_t expirations;
+    uint64_t lock_waits;       /* lock not free at first try */
+    uint64_t lock_timeouts;
+    uint64_t recoveries;       /* lock recoveries after a dead holder */
+    /* layout and limits */
+    uint32_t max_key_bytes;
+    uint32_t max_value_bytes;
+    enum shmkv_eviction eviction;
+    uint32_t lock_timeout_ms;
+    uint32_t clients;          /* handles attached now */
+    uint32_t max_clients;
+    uint64_t generation;       /* data segment generation */
+    pid_t owner_pid;           /* the creating process */
+    int64_t created_unix;      /* creation time, seconds */
+};
+
+/* Fills *stats. Takes the read lock briefly. */
+int shmkv_stats(struct shmkv *kv, struct shmkv_stats *stats);
+
+struct shmkv_check_report {
+    uint64_t entries_seen;     /* entries reachable from the index */
+    uint64_t blocks_used;      /* arena blocks in use */
+    uint64_t blocks_free;
+    uint64_t bytes_leaked;     /* arena space neither free nor reachable
+                                  (left by a killed writer) */
+    uint64_t problems;         /* inconsistencies found */
+    char first_problem[160];   /* a description of the first one */
+};
+
+/* Walks the index, every entry and the whole arena under the read lock and
+ * reports what it finds. Returns 0 if the store is consistent (leaked bytes
+ * alone are not an inconsistency), SHMKV_ECORRUPT otherwise, or an error. */
+int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SHMKV_H */

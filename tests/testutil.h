@@ -1,0 +1,91 @@
+/*
+ * Helpers shared by the tests: a unique System V key per store, and a
+ * registry of the stores a test created so that they are destroyed at exit,
+ * on a failed assertion and on SIGINT/SIGTERM. A store created by the test
+ * process is destroyed even when a forked child is what crashed.
+ */
+#ifndef SHMKV_TESTUTIL_H
+#define SHMKV_TESTUTIL_H
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shmkv.h"
+
+#define TEST_MAX_STORES 64
+
+static char test_store_keys[TEST_MAX_STORES][32];
+static int test_store_count;
+static pid_t test_owner_pid;
+static unsigned test_key_counter;
+
+/* Removes every store this process registered that still exists. Runs in
+ * the test process only, never in forked children. */
+static void test_destroy_all(void)
+{
+    if (getpid() != test_owner_pid)
+        return;
+    for (int i = 0; i < test_store_count; i++) {
+        if (test_store_keys[i][0] == '\0')
+            continue;
+        shmkv_remove(test_store_keys[i]);
+        test_store_keys[i][0] = '\0';
+    }
+}
+
+static void test_on_signal(int sig)
+{
+    test_destroy_all();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void test_cleanup_install(void)
+{
+    if (test_owner_pid == getpid())
+        return;
+    test_owner_pid = getpid();
+    atexit(test_destroy_all);
+    signal(SIGINT, test_on_signal);
+    signal(SIGTERM, test_on_signal);
+    signal(SIGABRT, test_on_signal);
+    signal(SIGSEGV, test_on_signal);
+}
+
+/* A key spec unique to this process and call: "key:0x5bXXXXYY". */
+static const char *test_unique_key(void)
+{
+    static char spec[32];
+    snprintf(spec, sizeof spec, "key:0x5b%04x%02x",
+             (unsigned)getpid() & 0xffffu, test_key_counter++ & 0xffu);
+    return spec;
+}
+
+/* Creates a store with the given options (key filled in), registered for
+ * cleanup. Returns the shmkv_create result. */
+static int test_create(struct shmkv_options *opts, struct shmkv **out)
+{
+    test_cleanup_install();
+    const char *key = test_unique_key();
+    opts->key = key;
+    int rc = shmkv_create(opts, out);
+    if (rc == 0 && test_store_count < TEST_MAX_STORES) {
+        snprintf(test_store_keys[test_store_count], 32, "%s", key);
+        test_store_count++;
+    }
+    return rc;
+}
+
+/* Destroys a store made by test_create and forgets it. */
+static void test_destroy(struct shmkv *kv, const char *key)
+{
+    for (int i = 0; i < test_store_count; i++)
+        if (key && strcmp(test_store_keys[i], key) == 0)
+            test_store_keys[i][0] = '\0';
+    shmkv_destroy(kv);
+}
+
+#endif
