@@ -120,12 +120,9 @@ void arena_init(struct data_header *d)
     d->used_units = 0;
 }
 
-/* Returns the unit offset of a block of at least `units` (now marked used,
- * its entry fields zero), or 0 if no free block is large enough. */
-uint32_t arena_alloc(struct data_header *d, uint32_t units)
+/* A free block from a list whose blocks all hold `units`, or 0. */
+static uint32_t find_good_fit(const struct data_header *d, uint32_t units)
 {
-    if (units < MIN_BLOCK_UNITS)
-        units = MIN_BLOCK_UNITS;
     unsigned fl, sl;
     mapping_search(units, &fl, &sl);
     if (fl >= FL_COUNT)
@@ -139,7 +136,38 @@ uint32_t arena_alloc(struct data_header *d, uint32_t units)
         sl_map = d->sl_bitmap[fl];
     }
     sl = (unsigned)__builtin_ctz(sl_map);
+    return d->free_heads[fl][sl];
+}
+
+/* When no list guarantees a fit, a block in the request's own class may
+ * still be large enough: look at the first few (a nearly full store must
+ * not refuse a value that fits). */
+#define FIRST_FIT_SCAN 64
+
+static uint32_t find_first_fit(const struct data_header *d, uint32_t units)
+{
+    unsigned fl, sl;
+    mapping_insert(units, &fl, &sl);
     uint32_t off = d->free_heads[fl][sl];
+    for (unsigned n = 0; off != 0 && n < FIRST_FIT_SCAN; n++) {
+        if (block_at(d, off)->size_units >= units)
+            return off;
+        off = block_at(d, off)->u.free.next;
+    }
+    return 0;
+}
+
+/* Returns the unit offset of a block of at least `units` (now marked used,
+ * its entry fields zero), or 0 if no free block is large enough. */
+uint32_t arena_alloc(struct data_header *d, uint32_t units)
+{
+    if (units < MIN_BLOCK_UNITS)
+        units = MIN_BLOCK_UNITS;
+    uint32_t off = find_good_fit(d, units);
+    if (off == 0)
+        off = find_first_fit(d, units);
+    if (off == 0)
+        return 0;
     struct block *b = block_at(d, off);
     list_unlink(d, off);
 

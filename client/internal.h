@@ -97,7 +97,8 @@ static inline const char *entry_value(const struct block *b)
 struct table_pos {
     uint64_t bucket;
     unsigned slot;
-    uint32_t off; /* 0: not found */
+    uint32_t off;    /* 0: not found */
+    unsigned probes; /* buckets looked at */
 };
 uint64_t table_home(uint64_t nbuckets, uint64_t hash);
 void table_find(const struct shmkv *kv, uint64_t hash, const void *key,

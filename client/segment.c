@@ -63,9 +63,11 @@ static int parse_ftok_key(const char *spec, key_t *out)
     return 0;
 }
 
-int shmkv_parse_key(const char *spec, key_t *out)
+int shmkv_parse_key(const char *spec, int32_t *key_out)
 {
-    if (spec == NULL || out == NULL)
+    _Static_assert(sizeof(key_t) == sizeof(int32_t), "key_t is 32 bits");
+    key_t *out = (key_t *)key_out;
+    if (spec == NULL || key_out == NULL)
         return set_error(SHMKV_EINVAL, "no key given");
     while (isspace((unsigned char)*spec))
         spec++;
@@ -118,7 +120,7 @@ static int key_from_config(const char *path, key_t *out)
     if (!ck.found)
         return set_error(SHMKV_ECONFIG, "%s: no 'key' in section [store]",
                          path);
-    int rc = shmkv_parse_key(ck.key, out);
+    int rc = shmkv_parse_key(ck.key, (int32_t *)out);
     if (rc != 0)
         return set_error(SHMKV_ECONFIG, "%s: [store] key: %s", path,
                          shmkv_last_error());
@@ -130,7 +132,7 @@ int key_from_where(const char *where, key_t *out)
     if (where == NULL || where[0] == '\0')
         return set_error(SHMKV_EINVAL, "no store given");
     if (looks_like_key_spec(where))
-        return shmkv_parse_key(where, out);
+        return shmkv_parse_key(where, (int32_t *)out);
     return key_from_config(where, out);
 }
 

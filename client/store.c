@@ -24,7 +24,7 @@
 #define MAX_SIZE_BYTES (64ull << 30)
 #define DEFAULT_SIZE_BYTES (64ull << 20)
 #define DEFAULT_ENTRY_BYTES 128u
-#define TARGET_LOAD_PERCENT 90u
+#define TARGET_LOAD_PERCENT 85u
 #define MAX_LOAD_PERCENT 95u
 #define MAX_RECENCY_CELLS (1ull << 24)
 
@@ -47,12 +47,29 @@ static uint64_t align_up(uint64_t v, uint64_t a)
     return (v + a - 1) / a * a;
 }
 
-/* Buckets for `entries` at the target load. */
+static bool is_prime(uint64_t n)
+{
+    if (n < 4)
+        return n >= 2;
+    if (n % 2 == 0)
+        return false;
+    for (uint64_t f = 3; f * f <= n; f += 2)
+        if (n % f == 0)
+            return false;
+    return true;
+}
+
+/* Buckets for `entries` at the target load: a prime, so that the index's
+ * double-hashing probe sequences visit every bucket. */
 static uint64_t buckets_for_entries(uint64_t entries)
 {
     uint64_t n = (entries * 100 + BUCKET_SLOTS * TARGET_LOAD_PERCENT - 1) /
                  (BUCKET_SLOTS * TARGET_LOAD_PERCENT);
-    return n < 8 ? 8 : n;
+    if (n < 11)
+        n = 11;
+    while (!is_prime(n))
+        n++;
+    return n;
 }
 
 static uint64_t next_pow2(uint64_t v)
@@ -257,7 +274,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
         return set_error(SHMKV_EINVAL, "NULL options or handle pointer");
     *out = NULL;
     key_t key;
-    int rc = shmkv_parse_key(opts->key, &key);
+    int rc = shmkv_parse_key(opts->key, (int32_t *)&key);
     if (rc != 0)
         return rc;
     struct geometry g = {0};

@@ -10,6 +10,11 @@
  * to the next bucket. At 90% load almost every lookup touches one index
  * line and one entry.
  *
+ * The probe sequence is double hashing: bucket i of a key's sequence is
+ * home + i * step (mod nbuckets), with a step from the tag. The bucket count
+ * is prime, so every step reaches every bucket, and keys from neighbouring
+ * homes do not pile into one cluster as they do under linear probing.
+ *
  * Insert places the entry in the first bucket along the probe sequence
  * with a free slot, first raising the overflow count of every full bucket
  * it passed. Remove clears the slot, then lowers those counts. There are no
@@ -34,9 +39,17 @@ uint64_t table_home(uint64_t nbuckets, uint64_t hash)
     return ((hash & 0xffffffffull) * nbuckets) >> 32;
 }
 
-static inline uint64_t next_bucket(uint64_t b, uint64_t nbuckets)
+/* The distance between a key's successive buckets: 1 to nbuckets - 1. */
+static inline uint64_t probe_step(uint64_t nbuckets, uint64_t hash)
 {
-    return b + 1 == nbuckets ? 0 : b + 1;
+    return 1 + (hash >> 32) % (nbuckets - 1);
+}
+
+static inline uint64_t next_bucket(uint64_t b, uint64_t step,
+                                   uint64_t nbuckets)
+{
+    b += step;
+    return b >= nbuckets ? b - nbuckets : b;
 }
 
 uint64_t index_bytes_for(uint64_t nbuckets)
@@ -50,6 +63,7 @@ void table_find(const struct shmkv *kv, uint64_t hash, const void *key,
     const struct data_header *d = kv->data;
     uint32_t tag = (uint32_t)(hash >> 32);
     uint64_t b = table_home(kv->nbuckets, hash);
+    uint64_t step = 0;
     for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
         const struct bucket *bk = &kv->buckets[b];
         for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
@@ -64,19 +78,24 @@ void table_find(const struct shmkv *kv, uint64_t hash, const void *key,
                 pos->bucket = b;
                 pos->slot = i;
                 pos->off = SLOT_OFF(s);
+                pos->probes = (unsigned)probes + 1;
                 return;
             }
         }
         if (atomic_load_explicit(&bk->overflow, memory_order_relaxed) == 0)
             break;
-        b = next_bucket(b, kv->nbuckets);
+        if (step == 0)
+            step = probe_step(kv->nbuckets, hash);
+        b = next_bucket(b, step, kv->nbuckets);
     }
     pos->off = 0;
+    pos->probes = 0;
 }
 
 int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
 {
     uint64_t home = table_home(kv->nbuckets, hash);
+    uint64_t step = probe_step(kv->nbuckets, hash);
     uint64_t b = home;
     for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
         struct bucket *bk = &kv->buckets[b];
@@ -86,7 +105,8 @@ int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
                 continue;
             /* Counts on the way were raised first (below), then this one
              * release store publishes the entry. */
-            for (uint64_t p = home; p != b; p = next_bucket(p, kv->nbuckets))
+            for (uint64_t p = home; p != b;
+                 p = next_bucket(p, step, kv->nbuckets))
                 atomic_fetch_add_explicit(&kv->buckets[p].overflow, 1,
                                           memory_order_relaxed);
             atomic_store_explicit(&bk->slot[i],
@@ -94,7 +114,7 @@ int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
                                   memory_order_release);
             return 0;
         }
-        b = next_bucket(b, kv->nbuckets);
+        b = next_bucket(b, step, kv->nbuckets);
     }
     return SHMKV_ENOSPC;
 }
@@ -112,8 +132,9 @@ void table_remove(struct shmkv *kv, uint64_t hash, const struct table_pos *pos)
 {
     atomic_store_explicit(&kv->buckets[pos->bucket].slot[pos->slot], 0,
                           memory_order_release);
+    uint64_t step = probe_step(kv->nbuckets, hash);
     for (uint64_t p = table_home(kv->nbuckets, hash); p != pos->bucket;
-         p = next_bucket(p, kv->nbuckets))
+         p = next_bucket(p, step, kv->nbuckets))
         atomic_fetch_sub_explicit(&kv->buckets[p].overflow, 1,
                                   memory_order_relaxed);
 }
@@ -178,8 +199,9 @@ int table_check(const struct shmkv *kv, uint8_t *used_map,
                               (unsigned long long)b, i);
                 continue;
             }
+            uint64_t step = probe_step(kv->nbuckets, hash);
             for (uint64_t p = table_home(kv->nbuckets, hash); p != b;
-                 p = next_bucket(p, kv->nbuckets))
+                 p = next_bucket(p, step, kv->nbuckets))
                 need[p]++;
         }
     }

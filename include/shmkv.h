@@ -24,7 +24,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -159,7 +158,7 @@ void shmkv_close(struct shmkv *kv);
 
 /* Resolves a key spec ("key:0x..", "0x..", decimal, "ftok:/path:N") to a
  * System V key. */
-int shmkv_parse_key(const char *spec, key_t *out);
+int shmkv_parse_key(const char *spec, int32_t *key_out);
 
 /* A thread-local description of the last error on this thread, with detail
  * (the sysctl that was hit, the config file and line). Never NULL. */
@@ -284,7 +283,7 @@ struct shmkv_stats {
     uint32_t clients;          /* handles attached now */
     uint32_t max_clients;
     uint64_t generation;       /* data segment generation */
-    pid_t owner_pid;           /* the creating process */
+    int32_t owner_pid;         /* the creating process (pid) */
     int64_t created_unix;      /* creation time, seconds */
 };
 
