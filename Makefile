@@ -23,6 +23,7 @@ LIB_SRCS := $(wildcard client/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+TEST_SCRIPTS := $(wildcard tests/test_*.sh)
 SOVERSION := 0
 
 .PHONY: all deps test test-sanitize bench install uninstall clean format lint
@@ -63,7 +64,7 @@ $(BUILD)/shmkv-bench: bench/shmkv-bench.c $(BUILD)/libshmkv.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(BUILD)/libshmkv.a $(LIBS) -lm
 
 test: deps $(TEST_BINS)
-	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
+	@BUILD=$(BUILD) EXAMPLE_CFLAGS="$(CFLAGS)" sh tests/run.sh $(TEST_BINS) $(TEST_SCRIPTS)
 
 test-sanitize: deps
 	$(MAKE) BUILD=build-san CFLAGS="-O1 -g $(SANFLAGS)" test

@@ -27,6 +27,8 @@
 #define TARGET_LOAD_PERCENT 85u
 #define MAX_LOAD_PERCENT 95u
 #define MAX_RECENCY_CELLS (1ull << 24)
+#define DEFAULT_MAX_KEY_BYTES 250u
+#define DEFAULT_MAX_VALUE_BYTES (1u << 20)
 
 void shmkv_options_init(struct shmkv_options *opts)
 {
@@ -35,8 +37,8 @@ void shmkv_options_init(struct shmkv_options *opts)
     memset(opts, 0, sizeof *opts);
     opts->size_bytes = DEFAULT_SIZE_BYTES;
     opts->mode = 0600;
-    opts->max_key_bytes = 250;
-    opts->max_value_bytes = 1u << 20;
+    opts->max_key_bytes = 0;   /* DEFAULT_MAX_KEY_BYTES */
+    opts->max_value_bytes = 0; /* DEFAULT_MAX_VALUE_BYTES, or size / 4 */
     opts->eviction = SHMKV_EVICT_NONE;
     opts->lock_timeout_ms = 5000;
     opts->max_clients = 1024;
@@ -91,6 +93,20 @@ struct geometry {
     uint64_t recency_off;
     uint64_t recency_cells;
 };
+
+/* The options with defaults filled in for zero limits. */
+static struct shmkv_options options_resolved(const struct shmkv_options *in)
+{
+    struct shmkv_options o = *in;
+    if (o.max_key_bytes == 0)
+        o.max_key_bytes = DEFAULT_MAX_KEY_BYTES;
+    if (o.max_value_bytes == 0) {
+        o.max_value_bytes = DEFAULT_MAX_VALUE_BYTES;
+        if (o.max_value_bytes > o.size_bytes / 4)
+            o.max_value_bytes = (uint32_t)(o.size_bytes / 4);
+    }
+    return o;
+}
 
 static int check_options(const struct shmkv_options *o, struct geometry *g)
 {
@@ -277,6 +293,8 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     int rc = shmkv_parse_key(opts->key, (int32_t *)&key);
     if (rc != 0)
         return rc;
+    struct shmkv_options resolved = options_resolved(opts);
+    opts = &resolved;
     struct geometry g = {0};
     rc = check_options(opts, &g);
     if (rc != 0)

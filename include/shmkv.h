@@ -98,8 +98,9 @@ struct shmkv_options {
     /* Expected number of entries, for sizing the hash index. 0 chooses one
      * entry per 128 bytes of size_bytes. */
     uint64_t max_entries;
-    /* Largest key and value accepted. Defaults 250 bytes and 1 MiB. Keys
-     * may be 1 to 65535 bytes; values 0 bytes to size_bytes / 4. */
+    /* Largest key and value accepted; 0 picks the default. Keys may be 1
+     * to 65535 bytes (default 250); values up to size_bytes / 4 (default
+     * 1 MiB, or a quarter of the store if that is smaller). */
     uint32_t max_key_bytes;
     uint32_t max_value_bytes;
     enum shmkv_eviction eviction; /* default SHMKV_EVICT_NONE */

@@ -8,7 +8,11 @@ passed=0
 failed=0
 for t in "$@"; do
     echo "== $t"
-    if "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
+    case "$t" in
+    *.sh) cmd="sh $t" ;;
+    *) cmd="$t" ;;
+    esac
+    if $cmd; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
 done
 after=$(count_segments)
 if [ "$after" -gt "$before" ]; then

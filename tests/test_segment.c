@@ -1,0 +1,177 @@
+/*
+ * Unit tests for the segment layer (client/segment.c, client/store.c):
+ * sizes rounded to whole pages, process identity and liveness (a dead, a
+ * zombie and a live process), and kernel limits reported as SHMKV_ELIMIT
+ * naming the sysctl. The limits are lowered only inside a private IPC
+ * namespace of a child process, never on the machine.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "internal.h"
+#include "testutil.h"
+
+static void test_sizes_are_whole_pages(void **state)
+{
+    (void)state;
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.size_bytes = (1u << 20) + 1; /* not a page multiple */
+    struct shmkv *kv;
+    assert_int_equal(test_create(&o, &kv), 0);
+    long page = sysconf(_SC_PAGESIZE);
+    struct shmid_ds ds;
+    assert_int_equal(shmctl(kv->ctl_shmid, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_segsz % (size_t)page, 0);
+    assert_int_equal(shmctl(kv->data_shmid, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_segsz % (size_t)page, 0);
+    assert_true(ds.shm_segsz >= o.size_bytes);
+    assert_int_equal(kv->ctl->page_bytes, (uint64_t)page);
+    /* Permission bits as asked. */
+    assert_int_equal(ds.shm_perm.mode & 0777, 0600);
+    test_destroy(kv, NULL);
+}
+
+static void test_bad_sizes_refused(void **state)
+{
+    (void)state;
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    struct shmkv *kv = NULL;
+    o.size_bytes = (1u << 20) - 1;
+    assert_int_equal(test_create(&o, &kv), SHMKV_EINVAL);
+    o.size_bytes = (64ull << 30) + 1;
+    assert_int_equal(test_create(&o, &kv), SHMKV_EINVAL);
+    shmkv_options_init(&o);
+    o.mode = 01777;
+    assert_int_equal(test_create(&o, &kv), SHMKV_EINVAL);
+    shmkv_options_init(&o);
+    o.max_entries = 1u << 30; /* index larger than the store */
+    assert_int_equal(test_create(&o, &kv), SHMKV_EINVAL);
+    assert_null(kv);
+}
+
+static void test_process_identity(void **state)
+{
+    (void)state;
+    uint64_t me = process_start_ticks(getpid());
+    assert_true(me > 0);
+    assert_true(process_alive(getpid(), me));
+    assert_false(process_alive(getpid(), me + 1)); /* a reused pid */
+
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0)
+        _exit(0);
+    /* Until reaped it is a zombie: it holds nothing, so it is dead. */
+    for (int i = 0; i < 200 && process_start_ticks(child) != 0; i++)
+        usleep(5000);
+    assert_int_equal(process_start_ticks(child), 0);
+    assert_false(process_alive(child, 0));
+    waitpid(child, NULL, 0);
+    assert_false(process_alive(child, 0));
+}
+
+/* In a child with its own IPC namespace: lower a limit, expect ELIMIT. */
+static int limit_child(const char *sysctl, const char *value,
+                       const char *expect_in_message)
+{
+    if (unshare(CLONE_NEWIPC) != 0)
+        return 77;
+    char path[128];
+    snprintf(path, sizeof path, "/proc/sys/kernel/%s", sysctl);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return 77;
+    fprintf(f, "%s\n", value);
+    if (fclose(f) != 0)
+        return 77;
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.key = "key:0x5b000001";
+    o.size_bytes = 16u << 20;
+    struct shmkv *kv = NULL;
+    int rc = shmkv_create(&o, &kv);
+    if (rc != SHMKV_ELIMIT) {
+        fprintf(stderr, "%s=%s: got %s\n", sysctl, value, shmkv_strerror(rc));
+        if (kv)
+            shmkv_destroy(kv);
+        return 1;
+    }
+    if (strstr(shmkv_last_error(), expect_in_message) == NULL) {
+        fprintf(stderr, "message '%s' lacks '%s'\n", shmkv_last_error(),
+                expect_in_message);
+        return 1;
+    }
+    /* Nothing was left behind in the namespace. */
+    struct shm_info info;
+    if (shmctl(0, SHM_INFO, (struct shmid_ds *)&info) > 0 ||
+        info.used_ids != 0) {
+        fprintf(stderr, "segments left: %d\n", info.used_ids);
+        return 1;
+    }
+    return 0;
+}
+
+static void run_limit_case(const char *sysctl, const char *value,
+                           const char *expect)
+{
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0)
+        _exit(limit_child(sysctl, value, expect));
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) {
+        print_message("cannot make an IPC namespace here: skipped %s\n",
+                      sysctl);
+        return;
+    }
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static void test_limit_shmmax(void **state)
+{
+    (void)state;
+    run_limit_case("shmmax", "1048576", "kernel.shmmax");
+}
+
+static void test_limit_shmall(void **state)
+{
+    (void)state;
+    run_limit_case("shmall", "256", "kernel.shmall");
+}
+
+static void test_limit_shmmni(void **state)
+{
+    (void)state;
+    /* One segment allowed: the control segment fits, the data does not. */
+    run_limit_case("shmmni", "1", "kernel.shmmni");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sizes_are_whole_pages),
+        cmocka_unit_test(test_bad_sizes_refused),
+        cmocka_unit_test(test_process_identity),
+        cmocka_unit_test(test_limit_shmmax),
+        cmocka_unit_test(test_limit_shmall),
+        cmocka_unit_test(test_limit_shmmni),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
