@@ -62,6 +62,8 @@ const char *shmkv_strerror(int err)
         return "out of memory";
     case SHMKV_ESYS:
         return "system error";
+    case SHMKV_EOWNED:
+        return "store is owned by a live process";
     default:
         return "unknown error";
     }

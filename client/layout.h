@@ -87,7 +87,8 @@ struct ctl_header {
     uint32_t lock_timeout_ms;
     uint32_t max_clients;
     uint32_t mode;
-    int32_t owner_pid;
+    int64_t gid; /* group for every segment of the store, -1: creator's */
+    _Atomic int32_t owner_pid; /* CAS by shmkv_adopt */
     uint32_t reserved;
     uint64_t owner_start_ticks;
     int64_t created_unix;

@@ -37,6 +37,7 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     const struct data_header *d = kv->data;
     memset(st, 0, sizeof *st);
     st->entries = d->entries;
+    st->entries_with_ttl = d->ttl_entries;
     st->bytes_used = d->used_units * UNIT_BYTES;
     st->bytes_free = d->free_units * UNIT_BYTES;
     st->bytes_capacity = d->arena_units * UNIT_BYTES;
@@ -71,7 +72,7 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     st->lock_timeout_ms = c->lock_timeout_ms;
     st->max_clients = c->max_clients;
     st->generation = kv->gen;
-    st->owner_pid = c->owner_pid;
+    st->owner_pid = atomic_load(&c->owner_pid);
     st->created_unix = c->created_unix;
     shmkv_read_end(kv);
     return 0;

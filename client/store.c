@@ -37,6 +37,7 @@ void shmkv_options_init(struct shmkv_options *opts)
     memset(opts, 0, sizeof *opts);
     opts->size_bytes = DEFAULT_SIZE_BYTES;
     opts->mode = 0600;
+    opts->gid = -1;
     opts->max_key_bytes = 0;   /* DEFAULT_MAX_KEY_BYTES */
     opts->max_value_bytes = 0; /* DEFAULT_MAX_VALUE_BYTES, or size / 4 */
     opts->eviction = SHMKV_EVICT_NONE;
@@ -120,6 +121,9 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
     if ((o->mode & 0600) != 0600)
         return set_error(SHMKV_EINVAL,
                          "mode %03o: the owner needs read and write", o->mode);
+    if (o->gid < -1 || o->gid > (int64_t)UINT32_MAX - 1)
+        return set_error(SHMKV_EINVAL, "gid %lld is not a group id",
+                         (long long)o->gid);
     if (o->max_key_bytes < 1 || o->max_key_bytes > 65535)
         return set_error(SHMKV_EINVAL, "max key size %u: must be 1 to 65535",
                          o->max_key_bytes);
@@ -187,6 +191,21 @@ static void data_init(struct data_header *d, const struct ctl_header *c,
     memcpy(d->magic, DATA_MAGIC, sizeof d->magic);
 }
 
+/* Gives a segment the store's group (IPC_SET by its creator). */
+static int segment_set_group(int shmid, int64_t gid)
+{
+    if (gid < 0)
+        return 0;
+    struct shmid_ds ds;
+    if (shmctl(shmid, IPC_STAT, &ds) != 0)
+        return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT)");
+    ds.shm_perm.gid = (gid_t)gid;
+    if (shmctl(shmid, IPC_SET, &ds) != 0)
+        return set_errno_error(errno == EPERM ? SHMKV_EACCES : SHMKV_ESYS,
+                               "setting the store's group");
+    return 0;
+}
+
 /* Creates, attaches and initialises a new data segment for generation gen.
  * The caller owns the returned segment's removal. */
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
@@ -198,7 +217,9 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
         return rc;
     void *addr;
     uint64_t bytes;
-    rc = segment_attach(shmid, false, &addr, &bytes);
+    rc = segment_set_group(shmid, c->gid);
+    if (rc == 0)
+        rc = segment_attach(shmid, false, &addr, &bytes);
     if (rc != 0) {
         shmctl(shmid, IPC_RMID, NULL);
         return rc;
@@ -310,7 +331,9 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     rc = segment_create(key, g.ctl_bytes, opts->mode, &ctl_id);
     if (rc != 0)
         goto fail;
-    rc = segment_attach(ctl_id, false, (void **)&c, &seg_bytes);
+    rc = segment_set_group(ctl_id, opts->gid);
+    if (rc == 0)
+        rc = segment_attach(ctl_id, false, (void **)&c, &seg_bytes);
     if (rc != 0)
         goto fail;
 
@@ -327,6 +350,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->lock_timeout_ms = opts->lock_timeout_ms;
     c->max_clients = opts->max_clients;
     c->mode = opts->mode;
+    c->gid = opts->gid;
     c->owner_pid = (int32_t)kv->pid;
     c->owner_start_ticks = kv->start_ticks;
     c->created_unix = (int64_t)time(NULL);
@@ -443,6 +467,59 @@ int shmkv_open(const char *where, int flags, struct shmkv **out)
         rc = client_slot_claim(kv);
     if (rc == 0)
         rc = generation_refresh(kv);
+    if (rc != 0) {
+        handle_free(kv);
+        return rc;
+    }
+    *out = kv;
+    return 0;
+}
+
+int shmkv_adopt(const char *where, struct shmkv **out)
+{
+    if (out == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle pointer");
+    *out = NULL;
+    key_t key;
+    int rc = key_from_where(where, &key);
+    if (rc != 0)
+        return rc;
+    struct shmkv *kv = handle_new(false);
+    if (kv == NULL)
+        return set_error(SHMKV_ENOMEM, "no memory for a handle");
+    struct ctl_header *c;
+    int id;
+    rc = ctl_attach(key, &c, &id);
+    if (rc != 0) {
+        free(kv);
+        return rc;
+    }
+    handle_bind_ctl(kv, c, id);
+    /* owner_pid is the claim: only one adopter wins it. */
+    int32_t owner = atomic_load(&c->owner_pid);
+    if (owner == (int32_t)kv->pid ||
+        process_alive(owner, c->owner_start_ticks))
+        rc = set_error(SHMKV_EOWNED,
+                       "the store at key 0x%08x is owned by live process %d",
+                       (unsigned)key, (int)owner);
+    else if (!atomic_compare_exchange_strong(&c->owner_pid,
+                                             &owner, (int32_t)kv->pid))
+        rc = set_error(SHMKV_EOWNED,
+                       "another process adopted the store at key 0x%08x",
+                       (unsigned)key);
+    if (rc != 0) {
+        handle_free(kv);
+        return rc;
+    }
+    c->owner_start_ticks = kv->start_ticks;
+    atomic_fetch_and(&c->current, ~CURRENT_CLOSED);
+    kv->owner = true;
+    rc = client_slot_claim(kv);
+    /* Taking the write lock once recovers a lock the dead owner held. */
+    if (rc == 0)
+        rc = lock_write(kv);
+    if (rc == 0)
+        lock_write_end(kv);
     if (rc != 0) {
         handle_free(kv);
         return rc;

@@ -69,6 +69,7 @@ enum shmkv_error {
     SHMKV_ECONFIG = -20,   /* a config file could not be read or parsed */
     SHMKV_ENOMEM = -21,    /* out of process memory */
     SHMKV_ESYS = -22,      /* another system error: see errno */
+    SHMKV_EOWNED = -23,    /* shmkv_adopt: the store's owner is alive */
 };
 
 /* Returns a static, human-readable description of an error code. */
@@ -95,6 +96,9 @@ struct shmkv_options {
      * execute bits mean nothing). Default 0600. A read-only client still
      * needs write permission: taking the read lock writes to it. */
     unsigned mode;
+    /* Group of the segments (a gid), so that members can attach with a
+     * mode such as 0660; -1 (the default) keeps the creator's group. */
+    int64_t gid;
     /* Expected number of entries, for sizing the hash index. 0 chooses one
      * entry per 128 bytes of size_bytes. */
     uint64_t max_entries;
@@ -131,6 +135,13 @@ int shmkv_destroy(struct shmkv *kv);
  * its control segment. For cleanup tools and tests; an owner with a handle
  * uses shmkv_destroy(). SHMKV_ENOSTORE if nothing is there. */
 int shmkv_remove(const char *where);
+
+/* Takes over an existing store whose owner process is dead (a daemon that
+ * crashed), data intact: the handle becomes its owner (shmkv_destroy()
+ * removes it), a closed mark is cleared, and a lock the dead owner held is
+ * recovered before this returns. SHMKV_EOWNED if the owner is alive (the
+ * detail names its pid); otherwise the errors of shmkv_open(). */
+int shmkv_adopt(const char *where, struct shmkv **out);
 
 /* Marks the store closed: every handle's next operation returns
  * SHMKV_ECLOSED. The segments remain until shmkv_destroy(). */
@@ -259,6 +270,7 @@ int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx);
 struct shmkv_stats {
     /* contents */
     uint64_t entries;
+    uint64_t entries_with_ttl;
     uint64_t bytes_used;       /* arena bytes held by entries (with headers) */
     uint64_t bytes_free;       /* arena bytes free */
     uint64_t bytes_capacity;   /* arena size */
