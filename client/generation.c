@@ -28,7 +28,7 @@
 #include <time.h>
 
 #include "hash.h"
-#include "internal.h"
+#include "table.h"
 
 static int data_validate(const struct shmkv *kv, const struct data_header *d,
                          uint64_t bytes, uint32_t gen)

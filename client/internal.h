@@ -39,6 +39,9 @@ struct shmkv {
     bool rdonly;
     bool in_read;
     bool owner; /* created it: shmkv_destroy removes it */
+    /* Same uid as the control segment's owner: may build generations (a
+     * segment made by another uid could not be removed by the owner). */
+    bool can_recover;
     pid_t pid;
     uint64_t start_ticks;
     uint32_t now_unix; /* 0: not read yet in this section */
@@ -100,9 +103,7 @@ struct table_pos {
     uint32_t off;    /* 0: not found */
     unsigned probes; /* buckets looked at */
 };
-uint64_t table_home(uint64_t nbuckets, uint64_t hash);
-void table_find(const struct shmkv *kv, uint64_t hash, const void *key,
-                size_t klen, struct table_pos *pos);
+/* table_find, table_home: inline, in table.h */
 int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off);
 void table_replace(struct shmkv *kv, const struct table_pos *pos,
                    uint32_t off);

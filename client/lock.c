@@ -14,8 +14,11 @@
  * (lock_state); it clears that after releasing. A waiter that has waited a
  * slice (LOCK_SLICE_MS) scans the slots: a dead process whose lock_state
  * names the current generation may hold the lock, and the store moves to a
- * new generation with a fresh lock (store.c). Bounded time: a waiter learns
- * of a dead holder within one slice after that holder died.
+ * new generation with a fresh lock (generation.c). Bounded time: a waiter
+ * learns of a dead holder within one slice after that holder died. Only a
+ * process of the store owner's uid builds the new generation (the owner
+ * must be able to remove every segment); other waiters wait for it, and
+ * the daemon's housekeeping takes the write lock every tick.
  *
  * lock_state is stored before the lock call: the call is opaque to the
  * compiler and its atomic read-modify-write orders the store before the
@@ -116,7 +119,7 @@ static int lock_wait(struct shmkv *kv, bool write)
         if (write && atomic_load_explicit(&kv->ctl->recover_gen,
                                           memory_order_acquire) == kv->gen)
             return SHMKV_ERETRY;
-        if (lock_has_dead_holder(kv, kv->gen)) {
+        if (kv->can_recover && lock_has_dead_holder(kv, kv->gen)) {
             rc = generation_recover(kv, kv->gen);
             if (rc == 0 || rc == SHMKV_ERETRY)
                 return SHMKV_ERETRY;

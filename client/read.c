@@ -13,7 +13,7 @@
 #include <time.h>
 
 #include "hash.h"
-#include "internal.h"
+#include "table.h"
 
 static inline void slot_count(_Atomic uint64_t *c)
 {
@@ -43,7 +43,7 @@ static inline bool entry_expired(struct shmkv *kv, const struct block *e)
 static inline void recency_touch(struct shmkv *kv, uint64_t hash)
 {
     _Atomic uint32_t *cell =
-        (_Atomic uint32_t *)&kv->recency[(hash >> 32) & kv->recency_mask];
+        (_Atomic uint32_t *)&kv->recency[hash_tag(hash) & kv->recency_mask];
     uint32_t now =
         atomic_load_explicit(&kv->ctl->lru_clock, memory_order_relaxed);
     /* Skip the store when the stamp is current: keeps the line shared. */

@@ -283,6 +283,9 @@ static struct shmkv *handle_new(bool rdonly)
 /* Copies the fixed settings from the control header into the handle. */
 static void handle_bind_ctl(struct shmkv *kv, struct ctl_header *c, int shmid)
 {
+    struct shmid_ds ds;
+    kv->can_recover =
+        shmctl(shmid, IPC_STAT, &ds) == 0 && ds.shm_perm.uid == geteuid();
     kv->ctl = c;
     kv->ctl_shmid = shmid;
     kv->max_key_bytes = c->max_key_bytes;

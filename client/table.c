@@ -1,9 +1,10 @@
 /*
  * table.c - the hash index: open addressing over cache-line buckets.
  *
- * A key's 64-bit XXH3 hash (seeded per generation) picks its home bucket
- * from the low 32 bits (multiply-shift, so the bucket count need not be a
- * power of two) and gives a 32-bit tag from the high bits. A bucket is one
+ * A key's 64-bit XXH3 hash (seeded per store) picks its home bucket from
+ * the low 32 bits (multiply-shift, so the bucket count need not be a power
+ * of two) and gives a 32-bit tag from the high bits. The lookup itself is
+ * inline, in table.h. A bucket is one
  * cache line: an overflow count and 7 slots of (tag, entry offset). A
  * lookup scans the home bucket's slots, comparing tags and then the key in
  * the arena; only if the bucket's overflow count is nonzero does it go on
@@ -32,64 +33,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "hash.h"
-#include "internal.h"
-
-uint64_t table_home(uint64_t nbuckets, uint64_t hash)
-{
-    return ((hash & 0xffffffffull) * nbuckets) >> 32;
-}
-
-/* The distance between a key's successive buckets: 1 to nbuckets - 1. */
-static inline uint64_t probe_step(uint64_t nbuckets, uint64_t hash)
-{
-    return 1 + (hash >> 32) % (nbuckets - 1);
-}
-
-static inline uint64_t next_bucket(uint64_t b, uint64_t step,
-                                   uint64_t nbuckets)
-{
-    b += step;
-    return b >= nbuckets ? b - nbuckets : b;
-}
+#include "table.h"
 
 uint64_t index_bytes_for(uint64_t nbuckets)
 {
     return nbuckets * sizeof(struct bucket);
-}
-
-void table_find(const struct shmkv *kv, uint64_t hash, const void *key,
-                size_t klen, struct table_pos *pos)
-{
-    const struct data_header *d = kv->data;
-    uint32_t tag = (uint32_t)(hash >> 32);
-    uint64_t b = table_home(kv->nbuckets, hash);
-    uint64_t step = 0;
-    for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
-        const struct bucket *bk = &kv->buckets[b];
-        for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
-            /* Acquire pairs with the writer's release store: the entry's
-             * bytes are visible once its slot is. */
-            uint64_t s =
-                atomic_load_explicit(&bk->slot[i], memory_order_acquire);
-            if (SLOT_TAG(s) != tag || SLOT_OFF(s) == 0)
-                continue;
-            const struct block *e = block_at(d, SLOT_OFF(s));
-            if (e->klen == klen && memcmp(entry_key(e), key, klen) == 0) {
-                pos->bucket = b;
-                pos->slot = i;
-                pos->off = SLOT_OFF(s);
-                pos->probes = (unsigned)probes + 1;
-                return;
-            }
-        }
-        if (atomic_load_explicit(&bk->overflow, memory_order_relaxed) == 0)
-            break;
-        if (step == 0)
-            step = probe_step(kv->nbuckets, hash);
-        b = next_bucket(b, step, kv->nbuckets);
-    }
-    pos->off = 0;
-    pos->probes = 0;
 }
 
 int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
@@ -110,7 +58,7 @@ int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
                 atomic_fetch_add_explicit(&kv->buckets[p].overflow, 1,
                                           memory_order_relaxed);
             atomic_store_explicit(&bk->slot[i],
-                                  SLOT_MAKE(hash >> 32, off),
+                                  SLOT_MAKE(hash_tag(hash), off),
                                   memory_order_release);
             return 0;
         }
@@ -186,7 +134,7 @@ int table_check(const struct shmkv *kv, uint8_t *used_map,
                 with_ttl++;
             uint64_t hash =
                 key_hash(entry_key(e), e->klen, kv->seed);
-            if (SLOT_TAG(s) != (uint32_t)(hash >> 32)) {
+            if (SLOT_TAG(s) != hash_tag(hash)) {
                 check_problem(r, "index %llu/%u: tag does not match key",
                               (unsigned long long)b, i);
                 continue;

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "hash.h"
-#include "internal.h"
+#include "table.h"
 
 #define EVICT_SAMPLES 16u
 
@@ -239,7 +239,7 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
                                                    memory_order_relaxed) +
                          1;
         atomic_store_explicit(
-            (_Atomic uint32_t *)&kv->recency[(hash >> 32) & kv->recency_mask],
+            (_Atomic uint32_t *)&kv->recency[hash_tag(hash) & kv->recency_mask],
             clock, memory_order_relaxed);
     }
     return 0;

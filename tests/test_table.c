@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include <xxhash.h>
-#include "internal.h"
+#include "table.h"
 #include "testutil.h"
 
 static struct shmkv *make_store(uint64_t max_entries)

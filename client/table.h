@@ -1,0 +1,122 @@
+/*
+ * table.h - the index lookup, inline: it is the whole cost of a read, and
+ * the fewer instructions a lookup takes, the more lookups the CPU keeps in
+ * flight at once while their cache misses are outstanding (see table.c).
+ */
+#ifndef SHMKV_TABLE_H
+#define SHMKV_TABLE_H
+
+#include <string.h>
+
+#include "internal.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* The tag stored in a slot: the hash's high 32 bits, never 0, so that an
+ * empty slot (all zero) never matches. */
+static inline uint32_t hash_tag(uint64_t hash)
+{
+    return (uint32_t)(hash >> 32) | 1u;
+}
+
+static inline uint64_t table_home(uint64_t nbuckets, uint64_t hash)
+{
+    return ((hash & 0xffffffffull) * nbuckets) >> 32;
+}
+
+/* The distance between a key's successive buckets: 1 to nbuckets - 1. */
+static inline uint64_t probe_step(uint64_t nbuckets, uint64_t hash)
+{
+    return 1 + (hash >> 32) % (nbuckets - 1);
+}
+
+static inline uint64_t next_bucket(uint64_t b, uint64_t step,
+                                   uint64_t nbuckets)
+{
+    b += step;
+    return b >= nbuckets ? b - nbuckets : b;
+}
+
+/* Bit i set if slot i's tag is tag. Branch-free: one branch per slot
+ * would mispredict on where the key is. The acquire loads pair with the
+ * writer's release store: an entry's bytes are visible once its slot is. */
+static inline unsigned bucket_match(const struct bucket *bk, uint32_t tag)
+{
+#if defined(__SSE2__)
+    /* The line as 32-bit lanes: a slot's tag is the high lane of its
+     * qword. Gather the odd lanes (overflow, slot 0..6) and compare. */
+    atomic_thread_fence(memory_order_acquire);
+    const __m128i *p = (const __m128i *)(const void *)bk;
+    __m128i t = _mm_set1_epi32((int)tag);
+    __m128 c0 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(p), t));
+    __m128 c1 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(p + 1), t));
+    __m128 c2 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(p + 2), t));
+    __m128 c3 = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(p + 3), t));
+    unsigned lo = (unsigned)_mm_movemask_ps(
+        _mm_shuffle_ps(c0, c1, _MM_SHUFFLE(3, 1, 3, 1)));
+    unsigned hi = (unsigned)_mm_movemask_ps(
+        _mm_shuffle_ps(c2, c3, _MM_SHUFFLE(3, 1, 3, 1)));
+    return ((lo >> 1) | (hi << 3)) & ((1u << BUCKET_SLOTS) - 1);
+#else
+    unsigned match = 0;
+    for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+        uint64_t s = atomic_load_explicit(&bk->slot[i], memory_order_acquire);
+        match |= (unsigned)(SLOT_TAG(s) == tag) << i;
+    }
+    return match;
+#endif
+}
+
+/* Key equality, with short keys compared in a few loads. */
+static inline bool key_equal(const char *a, const char *b, size_t n)
+{
+    uint64_t x, y, x2, y2;
+    if (n >= 8 && n <= 16) {
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        memcpy(&x2, a + n - 8, 8);
+        memcpy(&y2, b + n - 8, 8);
+        return ((x ^ y) | (x2 ^ y2)) == 0;
+    }
+    return memcmp(a, b, n) == 0;
+}
+
+/* Finds key (hash given) in the index; pos->off is 0 if absent. */
+static inline void table_find(const struct shmkv *kv, uint64_t hash,
+                              const void *key, size_t klen,
+                              struct table_pos *pos)
+{
+    const struct data_header *d = kv->data;
+    uint32_t tag = hash_tag(hash);
+    uint64_t b = table_home(kv->nbuckets, hash);
+    uint64_t step = 0;
+    for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
+        const struct bucket *bk = &kv->buckets[b];
+        unsigned match = bucket_match(bk, tag);
+        while (match != 0) {
+            unsigned i = (unsigned)__builtin_ctz(match);
+            match &= match - 1;
+            uint64_t s =
+                atomic_load_explicit(&bk->slot[i], memory_order_relaxed);
+            const struct block *e = block_at(d, SLOT_OFF(s));
+            if (e->klen == klen && key_equal(entry_key(e), key, klen)) {
+                pos->bucket = b;
+                pos->slot = i;
+                pos->off = SLOT_OFF(s);
+                pos->probes = (unsigned)probes + 1;
+                return;
+            }
+        }
+        if (atomic_load_explicit(&bk->overflow, memory_order_relaxed) == 0)
+            break;
+        if (step == 0)
+            step = probe_step(kv->nbuckets, hash);
+        b = next_bucket(b, step, kv->nbuckets);
+    }
+    pos->off = 0;
+    pos->probes = 0;
+}
+
+#endif
