@@ -6,11 +6,16 @@ DESTDIR ?=
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= /lib/systemd/system
+SYSUSERSDIR ?= /usr/lib/sysusers.d
+DOCDIR ?= $(PREFIX)/share/doc/shmkv
 
 CC ?= cc
 BUILD ?= build
-DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config
+DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config redis-tools
 PKGS := libxxhash inih
+DAEMON_PKGS := libevent inih libxxhash
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS ?= -O2 -g
@@ -21,14 +26,19 @@ LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
 
 LIB_SRCS := $(wildcard client/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+# The daemon's parts, as an internal archive that shmkvd, shmkvctl and the
+# tests link.
+DAEMON_SRCS := $(filter-out daemon/main.c daemon/shmkvctl.c,$(wildcard daemon/*.c))
+DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/%.o)
+DAEMON_LIBS = $(shell pkg-config --libs $(DAEMON_PKGS) 2>/dev/null) -lpthread
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 TEST_SCRIPTS := $(wildcard tests/test_*.sh)
 SOVERSION := 0
 
-.PHONY: all deps test test-sanitize bench install uninstall clean format lint
+.PHONY: all deps run test test-sanitize bench install uninstall clean format lint
 
-all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkv-bench
+all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkvd $(BUILD)/shmkvctl
 
 # Checks the build dependencies; as root on Debian installs what is missing.
 deps:
@@ -45,9 +55,19 @@ deps:
 	  fi; \
 	fi
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h client/*.h) | deps
+$(BUILD)/%.o: %.c $(wildcard include/*.h client/*.h daemon/*.h) | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -Idaemon -c $< -o $@
+
+$(BUILD)/libshmkvd.a: $(DAEMON_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/shmkvd: $(BUILD)/daemon/main.o $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(DAEMON_LIBS)
+
+$(BUILD)/shmkvctl: $(BUILD)/daemon/shmkvctl.o $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(DAEMON_LIBS)
 
 $(BUILD)/libshmkv.a: $(LIB_OBJS)
 	@rm -f $@
@@ -56,14 +76,15 @@ $(BUILD)/libshmkv.a: $(LIB_OBJS)
 $(BUILD)/libshmkv.so: $(LIB_OBJS)
 	$(CC) -shared -Wl,-soname,libshmkv.so.$(SOVERSION) -o $@ $^ $(LIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libshmkv.a
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(BUILD)/libshmkv.a $(LIBS) $(shell pkg-config --libs cmocka)
+	$(CC) $(ALL_CFLAGS) -Idaemon -Itests $< -o $@ $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a \
+	    $(DAEMON_LIBS) $(shell pkg-config --libs cmocka)
 
 $(BUILD)/shmkv-bench: bench/shmkv-bench.c $(BUILD)/libshmkv.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(BUILD)/libshmkv.a $(LIBS) -lm
 
-test: deps $(TEST_BINS)
+test: deps $(TEST_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl
 	@BUILD=$(BUILD) EXAMPLE_CFLAGS="$(CFLAGS)" sh tests/run.sh $(TEST_BINS) $(TEST_SCRIPTS)
 
 test-sanitize: deps
@@ -72,8 +93,20 @@ test-sanitize: deps
 bench: $(BUILD)/shmkv-bench
 	$(BUILD)/shmkv-bench
 
-install: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
+# `make run`: the daemon in the foreground on the sample config, with its
+# socket under run/ in this tree; Ctrl-C stops it and removes the store.
+run: deps $(BUILD)/shmkvd $(BUILD)/shmkvctl
+	@echo "shmkvd on conf/shmkvd.conf; in another terminal try:"
+	@echo "  $(BUILD)/shmkvctl -c conf/shmkvd.conf set a 1"
+	@echo "  $(BUILD)/shmkvctl -c conf/shmkvd.conf get a"
+	@echo "  redis-cli -s run/shmkvd.sock get a"
+	@echo "Ctrl-C stops it."
+	$(BUILD)/shmkvd --foreground -c conf/shmkvd.conf
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
+	    $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/shmkvd $(DESTDIR)$(UNITDIR) \
+	    $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)
 	install -m 644 $(BUILD)/libshmkv.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(BUILD)/libshmkv.so $(DESTDIR)$(LIBDIR)/libshmkv.so.$(SOVERSION)
 	ln -sf libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libshmkv.so
@@ -81,10 +114,24 @@ install: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(shell sed -n 's/.*SHMKV_VERSION_STRING "\(.*\)"/\1/p' include/shmkv.h)|' \
 	    shmkv.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc
+	install -m 755 $(BUILD)/shmkvd $(BUILD)/shmkvctl $(DESTDIR)$(BINDIR)/
+	# An existing config is the operator's: never overwrite it.
+	[ -e $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf ] || \
+	    sed -e 's|^socket = .*|socket = /run/shmkvd/shmkvd.sock|' \
+	        -e 's|^snapshot = .*|snapshot = /var/lib/shmkvd/dump.shmkv|' \
+	        -e 's|^group = .*|group = shmkv|' \
+	        conf/shmkvd.conf > $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf
+	sed -e 's|@BINDIR@|$(BINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' -e 's|@DOCDIR@|$(DOCDIR)|' \
+	    systemd/shmkvd.service > $(DESTDIR)$(UNITDIR)/shmkvd.service
+	install -m 644 systemd/shmkv.sysusers $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf
+	install -m 644 README.md $(DESTDIR)$(DOCDIR)/
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libshmkv.a $(DESTDIR)$(LIBDIR)/libshmkv.so* \
-	      $(DESTDIR)$(INCLUDEDIR)/shmkv.h $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc
+	      $(DESTDIR)$(INCLUDEDIR)/shmkv.h $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc \
+	      $(DESTDIR)$(BINDIR)/shmkvd $(DESTDIR)$(BINDIR)/shmkvctl \
+	      $(DESTDIR)$(UNITDIR)/shmkvd.service $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf
+	rm -rf $(DESTDIR)$(DOCDIR)
 
 format:
 	clang-format -i include/*.h client/*.[ch] tests/*.[ch] bench/*.c
@@ -94,4 +141,4 @@ lint:
 	  --suppress=missingIncludeSystem -Iinclude -Iclient client/ bench/ tests/
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san run

@@ -1,0 +1,1058 @@
+/*
+ * commands.c - the control socket's commands, Redis-compatible where Redis
+ * has the command, with shmkv's own under the SHMKV. prefix.
+ *
+ * A table maps each name to its arity (Redis convention: n exact, -n at
+ * least n, counting the name), whether it changes the store or the daemon
+ * (ADMIN: only admin peers may run it), and its handler. Handlers call
+ * libshmkv on the daemon's own handle; reads use a read section and reply
+ * straight from shared memory, so a GET costs one copy into the socket
+ * buffer. Replies and error texts follow Redis so that redis-cli and client
+ * libraries understand them.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "snapshot.h"
+
+#define CMD_ADMIN 0x1   /* changes the store or the daemon */
+#define CMD_KEY1 0x2    /* argv[1] is its one key */
+#define CMD_KEYS 0x4    /* every argument is a key */
+#define CMD_KEYVALS 0x8 /* key value pairs */
+
+typedef void command_fn(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out);
+
+struct command {
+    const char *name;
+    int arity;
+    unsigned flags;
+    command_fn *fn;
+    const char *summary;
+};
+
+/* ---- helpers ---- */
+
+static bool arg_is(const struct resp_arg *a, const char *s)
+{
+    size_t n = strlen(s);
+    return a->len == n && strncasecmp(a->data, s, n) == 0;
+}
+
+/* Parses a whole argument as a signed 64-bit decimal. */
+static bool arg_int64(const struct resp_arg *a, int64_t *out)
+{
+    char buf[32];
+    if (a->len == 0 || a->len >= sizeof buf)
+        return false;
+    memcpy(buf, a->data, a->len);
+    buf[a->len] = '\0';
+    char *end;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (errno != 0 || *end != '\0' || isspace((unsigned char)buf[0]))
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Replies with the Redis-style error for a libshmkv failure. */
+static void reply_store_error(struct evbuffer *out, int rc)
+{
+    switch (rc) {
+    case SHMKV_ENOSPC:
+        resp_error(out, "OOM store is full (maxmemory reached, policy "
+                        "noeviction)");
+        break;
+    case SHMKV_E2BIG:
+        resp_errorf(out, "ERR %s", shmkv_last_error());
+        break;
+    case SHMKV_ENOTNUM:
+    case SHMKV_EOVERFLOW:
+        resp_error(out, "ERR value is not an integer or out of range");
+        break;
+    case SHMKV_ETIMEDOUT:
+        resp_error(out, "BUSY timed out waiting for the store's lock");
+        break;
+    case SHMKV_ECLOSED:
+        resp_error(out, "ERR the store is closed (shutting down)");
+        break;
+    default:
+        resp_errorf(out, "ERR %s: %s", shmkv_strerror(rc),
+                    shmkv_last_error());
+    }
+}
+
+static void reply_syntax(struct evbuffer *out)
+{
+    resp_error(out, "ERR syntax error");
+}
+
+static void human_bytes(uint64_t n, char *buf, size_t cap)
+{
+    const char *units[] = {"B", "K", "M", "G", "T"};
+    double v = (double)n;
+    unsigned u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(buf, cap, u == 0 ? "%.0f%s" : "%.2f%s", v, units[u]);
+}
+
+/* ---- connection and server ---- */
+
+static void cmd_ping(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)c;
+    if (argc > 2)
+        resp_error(out, "ERR wrong number of arguments for 'ping' command");
+    else if (argc == 2)
+        resp_bulk(out, argv[1].data, argv[1].len);
+    else
+        resp_simple(out, "PONG");
+}
+
+static void cmd_echo(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)c;
+    (void)argc;
+    resp_bulk(out, argv[1].data, argv[1].len);
+}
+
+static void cmd_quit(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    resp_simple(out, "OK");
+    c->closing = true;
+}
+
+static void cmd_select(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    (void)c;
+    (void)argc;
+    int64_t db;
+    if (!arg_int64(&argv[1], &db))
+        resp_error(out, "ERR value is not an integer or out of range");
+    else if (db != 0)
+        resp_error(out, "ERR DB index is out of range");
+    else
+        resp_simple(out, "OK");
+}
+
+/* ---- keys ---- */
+
+static void cmd_get(struct conn *c, size_t argc, struct resp_arg *argv,
+                    struct evbuffer *out)
+{
+    (void)argc;
+    struct shmkv *kv = c->d->kv;
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    shmkv_val_t v;
+    rc = shmkv_get(kv, argv[1].data, argv[1].len, &v);
+    if (rc == 0)
+        resp_bulk(out, v.data, v.len);
+    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_null(out);
+    shmkv_read_end(kv);
+    if (rc != 0 && rc != SHMKV_ENOTFOUND && rc != SHMKV_E2BIG)
+        reply_store_error(out, rc);
+}
+
+static void cmd_mget(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    struct shmkv *kv = c->d->kv;
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    /* One read section: a consistent view of all the keys. */
+    resp_array(out, argc - 1);
+    for (size_t i = 1; i < argc; i++) {
+        shmkv_val_t v;
+        if (shmkv_get(kv, argv[i].data, argv[i].len, &v) == 0)
+            resp_bulk(out, v.data, v.len);
+        else
+            resp_null(out);
+    }
+    shmkv_read_end(kv);
+}
+
+/* SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL] */
+static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
+                    struct evbuffer *out)
+{
+    int flags = 0;
+    int64_t ttl_s = -1;
+    bool want_old = false;
+    for (size_t i = 3; i < argc; i++) {
+        int64_t n;
+        if (arg_is(&argv[i], "NX") && !(flags & SHMKV_XX)) {
+            flags |= SHMKV_NX;
+        } else if (arg_is(&argv[i], "XX") && !(flags & SHMKV_NX)) {
+            flags |= SHMKV_XX;
+        } else if (arg_is(&argv[i], "GET")) {
+            want_old = true;
+        } else if (arg_is(&argv[i], "KEEPTTL") && ttl_s < 0) {
+            flags |= SHMKV_KEEPTTL;
+        } else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
+                    arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
+                   i + 1 < argc && ttl_s < 0 && !(flags & SHMKV_KEEPTTL)) {
+            if (!arg_int64(&argv[i + 1], &n)) {
+                resp_error(out, "ERR value is not an integer or out of range");
+                return;
+            }
+            bool ms = toupper((unsigned char)argv[i].data[0]) == 'P';
+            bool at = argv[i].len == 4;
+            if (at)
+                n -= ms ? (int64_t)time(NULL) * 1000 : (int64_t)time(NULL);
+            if (n <= 0 && !at) {
+                resp_error(out, "ERR invalid expire time in 'set' command");
+                return;
+            }
+            /* Whole seconds: a PX below 1 s rounds up to 1 s. */
+            ttl_s = ms ? (n + 999) / 1000 : n;
+            if (ttl_s <= 0)
+                ttl_s = 1;
+            if (ttl_s > UINT32_MAX / 2) {
+                resp_error(out, "ERR invalid expire time in 'set' command");
+                return;
+            }
+            i++;
+        } else {
+            reply_syntax(out);
+            return;
+        }
+    }
+    if (ttl_s < 0 && !(flags & SHMKV_KEEPTTL))
+        ttl_s = c->d->cfg.default_ttl_s;
+    struct shmkv *kv = c->d->kv;
+    char *old = NULL;
+    size_t old_len = 0;
+    bool had_old = false;
+    if (want_old) {
+        size_t need = 0;
+        int rc = shmkv_get_copy(kv, argv[1].data, argv[1].len, NULL, 0, &need);
+        if (rc == SHMKV_ENOBUFS || rc == 0) {
+            old = malloc(need ? need : 1);
+            if (old != NULL &&
+                shmkv_get_copy(kv, argv[1].data, argv[1].len, old, need,
+                               &old_len) == 0)
+                had_old = true;
+        }
+    }
+    int rc = shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data,
+                       argv[2].len, ttl_s > 0 ? (uint32_t)ttl_s : 0, flags);
+    if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND)
+        reply_store_error(out, rc);
+    else if (want_old && had_old)
+        resp_bulk(out, old, old_len);
+    else if (want_old || rc != 0)
+        resp_null(out);
+    else
+        resp_simple(out, "OK");
+    free(old);
+}
+
+static void cmd_mset(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    if (argc % 2 != 1) {
+        resp_error(out, "ERR wrong number of arguments for 'mset' command");
+        return;
+    }
+    for (size_t i = 1; i < argc; i += 2) {
+        int rc = shmkv_set(c->d->kv, argv[i].data, argv[i].len,
+                           argv[i + 1].data, argv[i + 1].len,
+                           c->d->cfg.default_ttl_s, 0);
+        if (rc != 0) {
+            reply_store_error(out, rc);
+            return;
+        }
+    }
+    resp_simple(out, "OK");
+}
+
+static void cmd_del(struct conn *c, size_t argc, struct resp_arg *argv,
+                    struct evbuffer *out)
+{
+    int64_t removed = 0;
+    for (size_t i = 1; i < argc; i++) {
+        int rc = shmkv_del(c->d->kv, argv[i].data, argv[i].len);
+        if (rc == 0)
+            removed++;
+        else if (rc != SHMKV_ENOTFOUND && rc != SHMKV_E2BIG) {
+            reply_store_error(out, rc);
+            return;
+        }
+    }
+    resp_int(out, removed);
+}
+
+static void cmd_exists(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    struct shmkv *kv = c->d->kv;
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    int64_t n = 0;
+    for (size_t i = 1; i < argc; i++) {
+        shmkv_val_t v;
+        n += shmkv_get(kv, argv[i].data, argv[i].len, &v) == 0;
+    }
+    shmkv_read_end(kv);
+    resp_int(out, n);
+}
+
+static void cmd_type(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    size_t len;
+    int rc = shmkv_get_copy(c->d->kv, argv[1].data, argv[1].len, NULL, 0,
+                            &len);
+    resp_simple(out, rc == 0 || rc == SHMKV_ENOBUFS ? "string" : "none");
+}
+
+static void incr_by(struct conn *c, const struct resp_arg *key, int64_t by,
+                    struct evbuffer *out)
+{
+    int64_t result;
+    int rc = shmkv_incr(c->d->kv, key->data, key->len, by, &result);
+    if (rc != 0)
+        reply_store_error(out, rc);
+    else
+        resp_int(out, result);
+}
+
+static void cmd_incr(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    incr_by(c, &argv[1], 1, out);
+}
+
+static void cmd_decr(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    incr_by(c, &argv[1], -1, out);
+}
+
+static void cmd_incrby(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    (void)argc;
+    int64_t by;
+    if (!arg_int64(&argv[2], &by)) {
+        resp_error(out, "ERR value is not an integer or out of range");
+        return;
+    }
+    incr_by(c, &argv[1], by, out);
+}
+
+static void cmd_decrby(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    (void)argc;
+    int64_t by;
+    if (!arg_int64(&argv[2], &by) || by == INT64_MIN) {
+        resp_error(out, "ERR value is not an integer or out of range");
+        return;
+    }
+    incr_by(c, &argv[1], -by, out);
+}
+
+static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    (void)argc;
+    int64_t s;
+    if (!arg_int64(&argv[2], &s)) {
+        resp_error(out, "ERR value is not an integer or out of range");
+        return;
+    }
+    bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
+    int rc;
+    if (s <= 0) /* as Redis: a TTL in the past deletes the key */
+        rc = shmkv_del(c->d->kv, argv[1].data, argv[1].len);
+    else {
+        int64_t ttl = ms ? (s + 999) / 1000 : s;
+        if (ttl > UINT32_MAX / 2) {
+            resp_error(out, "ERR invalid expire time in 'expire' command");
+            return;
+        }
+        rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len,
+                          (uint32_t)ttl);
+    }
+    if (rc == 0)
+        resp_int(out, 1);
+    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_int(out, 0);
+    else
+        reply_store_error(out, rc);
+}
+
+static void cmd_persist(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out)
+{
+    (void)argc;
+    int64_t ttl;
+    int rc = shmkv_ttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
+    if (rc == 0 && ttl >= 0)
+        rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, 0);
+    else if (rc == 0)
+        rc = SHMKV_ENOTFOUND; /* no TTL to remove */
+    if (rc == 0)
+        resp_int(out, 1);
+    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_int(out, 0);
+    else
+        reply_store_error(out, rc);
+}
+
+static void cmd_ttl(struct conn *c, size_t argc, struct resp_arg *argv,
+                    struct evbuffer *out)
+{
+    (void)argc;
+    int64_t ttl;
+    int rc = shmkv_ttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
+    bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
+    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_int(out, -2);
+    else if (rc != 0)
+        reply_store_error(out, rc);
+    else if (ttl < 0)
+        resp_int(out, -1);
+    else
+        resp_int(out, ms ? ttl * 1000 : ttl);
+}
+
+static void cmd_dbsize(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    struct shmkv_stats st;
+    int rc = shmkv_stats(c->d->kv, &st);
+    if (rc != 0)
+        reply_store_error(out, rc);
+    else
+        resp_int(out, (int64_t)st.entries);
+}
+
+static void cmd_flushall(struct conn *c, size_t argc, struct resp_arg *argv,
+                         struct evbuffer *out)
+{
+    if (argc == 2 && !arg_is(&argv[1], "SYNC") && !arg_is(&argv[1], "ASYNC")) {
+        reply_syntax(out);
+        return;
+    }
+    int rc = shmkv_flush(c->d->kv);
+    if (rc != 0)
+        reply_store_error(out, rc);
+    else
+        resp_simple(out, "OK");
+    log_info("FLUSHALL by pid %d uid %d", (int)c->pid, (int)c->uid);
+}
+
+struct keys_ctx {
+    struct evbuffer *body;
+    const char *pattern;
+    size_t count;
+};
+
+static int keys_visit(void *arg, const void *key, size_t klen,
+                      const void *val, size_t vlen, int64_t ttl_s)
+{
+    (void)val;
+    (void)vlen;
+    (void)ttl_s;
+    struct keys_ctx *k = arg;
+    char name[65536 + 1];
+    memcpy(name, key, klen);
+    name[klen] = '\0';
+    if (strlen(name) == klen && fnmatch(k->pattern, name, 0) != 0)
+        return 0;
+    resp_bulk(k->body, key, klen);
+    k->count++;
+    return 0;
+}
+
+static void cmd_keys(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    char pattern[1024];
+    if (argv[1].len >= sizeof pattern) {
+        resp_error(out, "ERR pattern too long");
+        return;
+    }
+    memcpy(pattern, argv[1].data, argv[1].len);
+    pattern[argv[1].len] = '\0';
+    struct keys_ctx k = {.body = evbuffer_new(), .pattern = pattern};
+    if (k.body == NULL) {
+        resp_error(out, "ERR out of memory");
+        return;
+    }
+    int rc = shmkv_foreach(c->d->kv, keys_visit, &k);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+    } else {
+        resp_array(out, k.count);
+        evbuffer_add_buffer(out, k.body);
+    }
+    evbuffer_free(k.body);
+}
+
+/* ---- INFO and stats ---- */
+
+static void info_section(struct evbuffer *b, const char *title, bool *first)
+{
+    evbuffer_add_printf(b, "%s# %s\r\n", *first ? "" : "\r\n", title);
+    *first = false;
+}
+
+static bool section_wanted(const char *want, const char *name, bool deflt)
+{
+    if (want == NULL || strcasecmp(want, "default") == 0)
+        return deflt;
+    return strcasecmp(want, "all") == 0 ||
+           strcasecmp(want, "everything") == 0 ||
+           strcasecmp(want, name) == 0;
+}
+
+static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    struct daemon *d = c->d;
+    char want[64] = "";
+    if (argc > 2) {
+        reply_syntax(out);
+        return;
+    }
+    if (argc == 2)
+        snprintf(want, sizeof want, "%.*s",
+                 (int)(argv[1].len < 63 ? argv[1].len : 63), argv[1].data);
+    const char *w = argc == 2 ? want : NULL;
+    struct shmkv_stats st;
+    int rc = shmkv_stats(d->kv, &st);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    struct evbuffer *b = evbuffer_new();
+    bool first = true;
+    time_t now = time(NULL);
+    char h1[32], h2[32];
+    if (section_wanted(w, "server", true)) {
+        info_section(b, "Server", &first);
+        evbuffer_add_printf(
+            b,
+            "redis_version:7.0.0\r\nshmkv_version:%s\r\nredis_mode:"
+            "standalone\r\nos:Linux\r\nprocess_id:%d\r\ntcp_port:0\r\n"
+            "unix_socket:%s\r\nuptime_in_seconds:%lld\r\n"
+            "uptime_in_days:%lld\r\nexecutable:%s\r\nconfig_file:%s\r\n"
+            "store_key:%s\r\nstore_generation:%" PRIu64 "\r\n"
+            "store_adopted:%d\r\n",
+            SHMKV_VERSION_STRING, (int)getpid(), d->cfg.socket_path,
+            (long long)(now - d->started),
+            (long long)(now - d->started) / 86400, d->executable,
+            d->cfg.path, d->cfg.store_key, st.generation, d->adopted);
+    }
+    if (section_wanted(w, "clients", true)) {
+        info_section(b, "Clients", &first);
+        evbuffer_add_printf(b,
+                            "connected_clients:%u\r\nmaxclients:%u\r\n"
+                            "attached_handles:%u\r\nmax_handles:%u\r\n",
+                            d->n_conns, d->cfg.max_connections, st.clients,
+                            st.max_clients);
+    }
+    if (section_wanted(w, "memory", true)) {
+        info_section(b, "Memory", &first);
+        human_bytes(st.bytes_used, h1, sizeof h1);
+        human_bytes(st.bytes_capacity, h2, sizeof h2);
+        evbuffer_add_printf(
+            b,
+            "used_memory:%" PRIu64 "\r\nused_memory_human:%s\r\n"
+            "maxmemory:%" PRIu64 "\r\nmaxmemory_human:%s\r\n"
+            "maxmemory_policy:%s\r\nfree_memory:%" PRIu64 "\r\n"
+            "largest_free_block:%" PRIu64 "\r\nfragmentation:%.4f\r\n"
+            "segment_bytes:%" PRIu64 "\r\nindex_slots:%" PRIu64 "\r\n"
+            "max_key_size:%u\r\nmax_value_size:%u\r\n",
+            st.bytes_used, h1, st.bytes_capacity, h2,
+            st.eviction == SHMKV_EVICT_LRU ? "allkeys-lru" : "noeviction",
+            st.bytes_free, st.largest_free, st.fragmentation,
+            st.segment_bytes, st.index_slots, st.max_key_bytes,
+            st.max_value_bytes);
+    }
+    if (section_wanted(w, "persistence", true)) {
+        info_section(b, "Persistence", &first);
+        evbuffer_add_printf(b,
+                            "snapshot_path:%s\r\nrdb_last_save_time:%lld\r\n"
+                            "rdb_last_bgsave_status:%s\r\n"
+                            "rdb_last_save_keys:%" PRIu64 "\r\n",
+                            d->cfg.snapshot_path, (long long)d->last_save,
+                            d->last_save == 0 || d->last_save_ok ? "ok"
+                                                                 : "err",
+                            d->last_save_entries);
+    }
+    if (section_wanted(w, "stats", true)) {
+        info_section(b, "Stats", &first);
+        evbuffer_add_printf(
+            b,
+            "total_connections_received:%" PRIu64 "\r\n"
+            "total_commands_processed:%" PRIu64 "\r\n"
+            "rejected_connections:%" PRIu64 "\r\n"
+            "keyspace_hits:%" PRIu64 "\r\nkeyspace_misses:%" PRIu64 "\r\n"
+            "expired_keys:%" PRIu64 "\r\nevicted_keys:%" PRIu64 "\r\n"
+            "total_sets:%" PRIu64 "\r\ntotal_deletes:%" PRIu64 "\r\n"
+            "lock_waits:%" PRIu64 "\r\nlock_timeouts:%" PRIu64 "\r\n"
+            "lock_recoveries:%" PRIu64 "\r\n",
+            d->connections_total, d->commands_total,
+            d->connections_rejected, st.hits, st.misses, st.expirations,
+            st.evictions, st.sets, st.deletes, st.lock_waits,
+            st.lock_timeouts, st.recoveries);
+    }
+    if (section_wanted(w, "keyspace", true)) {
+        info_section(b, "Keyspace", &first);
+        if (st.entries > 0)
+            evbuffer_add_printf(b,
+                                "db0:keys=%" PRIu64 ",expires=%" PRIu64
+                                ",avg_ttl=0\r\n",
+                                st.entries, st.entries_with_ttl);
+    }
+    size_t len = evbuffer_get_length(b);
+    resp_bulk(out, evbuffer_pullup(b, -1), len);
+    evbuffer_free(b);
+}
+
+static void stat_pair(struct evbuffer *out, const char *name, int64_t v)
+{
+    resp_bulk_str(out, name);
+    resp_int(out, v);
+}
+
+static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
+                            struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    struct daemon *d = c->d;
+    struct shmkv_stats st;
+    int rc = shmkv_stats(d->kv, &st);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    /* A flat list of name, value pairs, as CONFIG GET replies. */
+    resp_array(out, 2 * 27);
+    stat_pair(out, "entries", (int64_t)st.entries);
+    stat_pair(out, "entries_with_ttl", (int64_t)st.entries_with_ttl);
+    stat_pair(out, "bytes_used", (int64_t)st.bytes_used);
+    stat_pair(out, "bytes_free", (int64_t)st.bytes_free);
+    stat_pair(out, "bytes_capacity", (int64_t)st.bytes_capacity);
+    stat_pair(out, "largest_free", (int64_t)st.largest_free);
+    stat_pair(out, "fragmentation_ppm",
+              (int64_t)(st.fragmentation * 1e6 + 0.5));
+    stat_pair(out, "index_slots", (int64_t)st.index_slots);
+    stat_pair(out, "segment_bytes", (int64_t)st.segment_bytes);
+    stat_pair(out, "hits", (int64_t)st.hits);
+    stat_pair(out, "misses", (int64_t)st.misses);
+    stat_pair(out, "sets", (int64_t)st.sets);
+    stat_pair(out, "deletes", (int64_t)st.deletes);
+    stat_pair(out, "evictions", (int64_t)st.evictions);
+    stat_pair(out, "expirations", (int64_t)st.expirations);
+    stat_pair(out, "lock_waits", (int64_t)st.lock_waits);
+    stat_pair(out, "lock_timeouts", (int64_t)st.lock_timeouts);
+    stat_pair(out, "recoveries", (int64_t)st.recoveries);
+    stat_pair(out, "handles", st.clients);
+    stat_pair(out, "max_handles", st.max_clients);
+    stat_pair(out, "generation", (int64_t)st.generation);
+    stat_pair(out, "uptime_s", (int64_t)(time(NULL) - d->started));
+    stat_pair(out, "connections", d->n_conns);
+    stat_pair(out, "connections_total", (int64_t)d->connections_total);
+    stat_pair(out, "commands_total", (int64_t)d->commands_total);
+    stat_pair(out, "max_key_bytes", st.max_key_bytes);
+    stat_pair(out, "max_value_bytes", st.max_value_bytes);
+}
+
+static void cmd_shmkv_check(struct conn *c, size_t argc, struct resp_arg *argv,
+                            struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    struct shmkv_check_report r;
+    int rc = shmkv_check(c->d->kv, &r);
+    if (rc == 0) {
+        char text[256];
+        snprintf(text, sizeof text,
+                 "ok: %" PRIu64 " entries, %" PRIu64 " used blocks, %" PRIu64
+                 " free blocks, %" PRIu64 " bytes leaked",
+                 r.entries_seen, r.blocks_used, r.blocks_free, r.bytes_leaked);
+        resp_bulk_str(out, text);
+    } else if (rc == SHMKV_ECORRUPT) {
+        resp_errorf(out, "CORRUPT %" PRIu64 " problems; first: %s",
+                    r.problems, r.first_problem);
+    } else {
+        reply_store_error(out, rc);
+    }
+}
+
+/* ---- persistence and lifecycle ---- */
+
+static void cmd_save(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    char err[512];
+    if (c->d->cfg.snapshot_path[0] == '\0')
+        resp_error(out, "ERR no snapshot path configured ([persistence] "
+                        "snapshot)");
+    else if (daemon_save(c->d, err, sizeof err) != 0)
+        resp_errorf(out, "ERR %s", err);
+    else
+        resp_simple(out, "OK");
+}
+
+static void cmd_shutdown(struct conn *c, size_t argc, struct resp_arg *argv,
+                         struct evbuffer *out)
+{
+    enum stop_save save = STOP_SAVE_CONFIG;
+    for (size_t i = 1; i < argc; i++) {
+        if (arg_is(&argv[i], "SAVE"))
+            save = STOP_SAVE;
+        else if (arg_is(&argv[i], "NOSAVE"))
+            save = STOP_NOSAVE;
+        else if (!arg_is(&argv[i], "NOW") && !arg_is(&argv[i], "FORCE")) {
+            reply_syntax(out);
+            return;
+        }
+    }
+    if (save == STOP_SAVE && c->d->cfg.snapshot_path[0] == '\0') {
+        resp_error(out, "ERR no snapshot path configured ([persistence] "
+                        "snapshot)");
+        return;
+    }
+    log_info("SHUTDOWN by pid %d uid %d", (int)c->pid, (int)c->uid);
+    /* As Redis: no reply on success; the connection closes. */
+    c->closing = true;
+    daemon_request_stop(c->d, save);
+}
+
+/* ---- CONFIG, CLIENT, COMMAND ---- */
+
+static void config_pair(struct evbuffer *body, size_t *n, const char *pattern,
+                        const char *name, const char *value)
+{
+    if (fnmatch(pattern, name, FNM_CASEFOLD) != 0)
+        return;
+    resp_bulk_str(body, name);
+    resp_bulk_str(body, value);
+    (*n)++;
+}
+
+static void cmd_config(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    if (arg_is(&argv[1], "SET") || arg_is(&argv[1], "RESETSTAT") ||
+        arg_is(&argv[1], "REWRITE")) {
+        resp_error(out, "ERR CONFIG SET is not supported: edit the config "
+                        "file and reload (SIGHUP, systemctl reload shmkvd)");
+        return;
+    }
+    if (!arg_is(&argv[1], "GET") || argc < 3) {
+        resp_error(out, "ERR unknown CONFIG subcommand or wrong number of "
+                        "arguments");
+        return;
+    }
+    const struct config *cfg = &c->d->cfg;
+    struct evbuffer *body = evbuffer_new();
+    size_t n = 0;
+    char v[64];
+    for (size_t a = 2; a < argc; a++) {
+        char pattern[256];
+        snprintf(pattern, sizeof pattern, "%.*s",
+                 (int)(argv[a].len < 255 ? argv[a].len : 255), argv[a].data);
+        snprintf(v, sizeof v, "%" PRIu64, cfg->store_size);
+        config_pair(body, &n, pattern, "maxmemory", v);
+        config_pair(body, &n, pattern, "maxmemory-policy",
+                    cfg->eviction == SHMKV_EVICT_LRU ? "allkeys-lru"
+                                                     : "noeviction");
+        snprintf(v, sizeof v, "%u", cfg->max_connections);
+        config_pair(body, &n, pattern, "maxclients", v);
+        snprintf(v, sizeof v, "%u", cfg->idle_timeout_s);
+        config_pair(body, &n, pattern, "timeout", v);
+        config_pair(body, &n, pattern, "databases", "1");
+        config_pair(body, &n, pattern, "save", "");
+        config_pair(body, &n, pattern, "appendonly", "no");
+        config_pair(body, &n, pattern, "unixsocket", cfg->socket_path);
+        snprintf(v, sizeof v, "%o", cfg->socket_mode);
+        config_pair(body, &n, pattern, "unixsocketperm", v);
+        config_pair(body, &n, pattern, "loglevel",
+                    log_level_name(cfg->log_level));
+        snprintf(v, sizeof v, "%" PRIu64, cfg->max_request_bytes);
+        config_pair(body, &n, pattern, "proto-max-bulk-len", v);
+        config_pair(body, &n, pattern, "dbfilename", cfg->snapshot_path);
+        config_pair(body, &n, pattern, "store-key", cfg->store_key);
+        snprintf(v, sizeof v, "%u", cfg->max_key_bytes);
+        config_pair(body, &n, pattern, "max-key-size", v);
+        snprintf(v, sizeof v, "%u", cfg->max_value_bytes);
+        config_pair(body, &n, pattern, "max-value-size", v);
+        snprintf(v, sizeof v, "%u", cfg->default_ttl_s);
+        config_pair(body, &n, pattern, "default-ttl", v);
+        snprintf(v, sizeof v, "%u", cfg->lock_timeout_ms);
+        config_pair(body, &n, pattern, "lock-timeout-ms", v);
+    }
+    resp_array(out, 2 * n);
+    evbuffer_add_buffer(out, body);
+    evbuffer_free(body);
+}
+
+static void client_line(struct evbuffer *b, const struct conn *x, time_t now)
+{
+    evbuffer_add_printf(b,
+                        "id=%llu addr=%s fd=%d name=%s age=%lld idle=%lld "
+                        "pid=%d uid=%d gid=%d admin=%d cmds=%llu cmd=%s\n",
+                        (unsigned long long)x->id, x->d->cfg.socket_path,
+                        x->fd, x->name, (long long)(now - x->created),
+                        (long long)(now - x->last_active), (int)x->pid,
+                        (int)x->uid, (int)x->gid, x->admin,
+                        (unsigned long long)x->commands, x->last_command);
+}
+
+static void cmd_client(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    time_t now = time(NULL);
+    if (arg_is(&argv[1], "LIST") || arg_is(&argv[1], "INFO")) {
+        struct evbuffer *b = evbuffer_new();
+        if (arg_is(&argv[1], "INFO"))
+            client_line(b, c, now);
+        else
+            for (const struct conn *x = c->d->conns; x != NULL; x = x->next)
+                client_line(b, x, now);
+        size_t len = evbuffer_get_length(b);
+        resp_bulk(out, evbuffer_pullup(b, -1), len);
+        evbuffer_free(b);
+    } else if (arg_is(&argv[1], "ID")) {
+        resp_int(out, (int64_t)c->id);
+    } else if (arg_is(&argv[1], "GETNAME")) {
+        if (c->name[0])
+            resp_bulk_str(out, c->name);
+        else
+            resp_null(out);
+    } else if (arg_is(&argv[1], "SETNAME") && argc == 3) {
+        for (size_t i = 0; i < argv[2].len; i++)
+            if (argv[2].data[i] <= ' ' || argv[2].data[i] > '~') {
+                resp_error(out, "ERR Client names cannot contain spaces, "
+                                "newlines or special characters.");
+                return;
+            }
+        snprintf(c->name, sizeof c->name, "%.*s",
+                 (int)(argv[2].len < 63 ? argv[2].len : 63), argv[2].data);
+        resp_simple(out, "OK");
+    } else if (arg_is(&argv[1], "SETINFO")) {
+        resp_simple(out, "OK");
+    } else {
+        resp_error(out, "ERR unknown CLIENT subcommand or wrong number of "
+                        "arguments");
+    }
+    (void)argc;
+}
+
+static const struct command *command_table(size_t *n);
+
+/* A COMMAND reply entry: name, arity, flags, first key, last key, step. */
+static void command_info(struct evbuffer *out, const struct command *cmd)
+{
+    char lower[32];
+    size_t i;
+    for (i = 0; cmd->name[i] && i < sizeof lower - 1; i++)
+        lower[i] = (char)tolower((unsigned char)cmd->name[i]);
+    lower[i] = '\0';
+    int first = 0, last = 0, step = 0;
+    if (cmd->flags & CMD_KEY1)
+        first = last = step = 1;
+    else if (cmd->flags & (CMD_KEYS | CMD_KEYVALS))
+        first = 1, last = -1, step = cmd->flags & CMD_KEYVALS ? 2 : 1;
+    resp_array(out, 6);
+    resp_bulk_str(out, lower);
+    resp_int(out, cmd->arity);
+    resp_array(out, 1);
+    resp_simple(out, cmd->flags & CMD_ADMIN ? "write" : "readonly");
+    resp_int(out, first);
+    resp_int(out, last);
+    resp_int(out, step);
+}
+
+static const struct command *command_find(const struct resp_arg *name);
+
+static void cmd_command(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out)
+{
+    (void)c;
+    size_t n_commands;
+    const struct command *commands = command_table(&n_commands);
+    if (argc == 1) {
+        resp_array(out, n_commands);
+        for (size_t i = 0; i < n_commands; i++)
+            command_info(out, &commands[i]);
+    } else if (arg_is(&argv[1], "COUNT")) {
+        resp_int(out, (int64_t)n_commands);
+    } else if (arg_is(&argv[1], "DOCS")) {
+        /* redis-cli asks for docs for its hints; it copes with none. */
+        resp_array(out, 0);
+    } else if (arg_is(&argv[1], "INFO")) {
+        resp_array(out, argc - 2);
+        for (size_t i = 2; i < argc; i++) {
+            const struct command *cmd = command_find(&argv[i]);
+            if (cmd != NULL)
+                command_info(out, cmd);
+            else
+                resp_null_array(out);
+        }
+    } else {
+        resp_error(out, "ERR unknown COMMAND subcommand");
+    }
+}
+
+static void cmd_help(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)c;
+    (void)argc;
+    (void)argv;
+    size_t n_commands;
+    const struct command *commands = command_table(&n_commands);
+    resp_array(out, n_commands);
+    for (size_t i = 0; i < n_commands; i++) {
+        char line[160];
+        snprintf(line, sizeof line, "%-14s %s%s", commands[i].name,
+                 commands[i].summary,
+                 commands[i].flags & CMD_ADMIN ? " (admin)" : "");
+        resp_bulk_str(out, line);
+    }
+}
+
+static const struct command commands[] = {
+    {"PING", -1, 0, cmd_ping, "[message]: PONG, or the message"},
+    {"ECHO", 2, 0, cmd_echo, "message: the message"},
+    {"QUIT", 1, 0, cmd_quit, "close the connection"},
+    {"SELECT", 2, 0, cmd_select, "0: the only database"},
+    {"HELP", 1, 0, cmd_help, "this list"},
+    {"GET", 2, CMD_KEY1, cmd_get, "key: its value, or nil"},
+    {"MGET", -2, CMD_KEYS, cmd_mget, "key [key ...]: values, in one read"},
+    {"EXISTS", -2, CMD_KEYS, cmd_exists, "key [key ...]: how many exist"},
+    {"TYPE", 2, CMD_KEY1, cmd_type, "key: string or none"},
+    {"TTL", 2, CMD_KEY1, cmd_ttl, "key: seconds to live, -1 none, -2 absent"},
+    {"PTTL", 2, CMD_KEY1, cmd_ttl, "key: as TTL, in milliseconds"},
+    {"DBSIZE", 1, 0, cmd_dbsize, "number of keys"},
+    {"KEYS", 2, 0, cmd_keys, "pattern: matching keys (walks the store)"},
+    {"INFO", -1, 0, cmd_info,
+     "[section]: server, clients, memory, persistence, stats, keyspace"},
+    {"CONFIG", -2, 0, cmd_config, "GET pattern: settings"},
+    {"CLIENT", -2, 0, cmd_client, "LIST | INFO | ID | SETNAME | GETNAME"},
+    {"COMMAND", -1, 0, cmd_command, "[COUNT | INFO name ... | DOCS]"},
+    {"SHMKV.STATS", 1, 0, cmd_shmkv_stats, "store statistics, name/value"},
+    {"SHMKV.CHECK", 1, 0, cmd_shmkv_check, "check the store's structure"},
+    {"SET", -3, CMD_ADMIN | CMD_KEY1, cmd_set,
+     "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]"},
+    {"MSET", -3, CMD_ADMIN | CMD_KEYVALS, cmd_mset, "key value [key value ...]"},
+    {"DEL", -2, CMD_ADMIN | CMD_KEYS, cmd_del, "key [key ...]: how many removed"},
+    {"UNLINK", -2, CMD_ADMIN | CMD_KEYS, cmd_del, "key [key ...]: as DEL"},
+    {"INCR", 2, CMD_ADMIN | CMD_KEY1, cmd_incr, "key: add 1"},
+    {"DECR", 2, CMD_ADMIN | CMD_KEY1, cmd_decr, "key: subtract 1"},
+    {"INCRBY", 3, CMD_ADMIN | CMD_KEY1, cmd_incrby, "key n: add n"},
+    {"DECRBY", 3, CMD_ADMIN | CMD_KEY1, cmd_decrby, "key n: subtract n"},
+    {"EXPIRE", 3, CMD_ADMIN | CMD_KEY1, cmd_expire, "key seconds"},
+    {"PEXPIRE", 3, CMD_ADMIN | CMD_KEY1, cmd_expire, "key ms (rounded up to seconds)"},
+    {"PERSIST", 2, CMD_ADMIN | CMD_KEY1, cmd_persist, "key: remove its TTL"},
+    {"FLUSHALL", -1, CMD_ADMIN, cmd_flushall, "remove every key"},
+    {"FLUSHDB", -1, CMD_ADMIN, cmd_flushall, "as FLUSHALL"},
+    {"SAVE", 1, CMD_ADMIN, cmd_save, "write the snapshot now"},
+    {"SHUTDOWN", -1, CMD_ADMIN, cmd_shutdown,
+     "[SAVE|NOSAVE]: stop the daemon, removing the store"},
+};
+static const size_t n_commands = sizeof commands / sizeof commands[0];
+
+static const struct command *command_table(size_t *n)
+{
+    *n = n_commands;
+    return commands;
+}
+
+size_t command_count(void)
+{
+    return n_commands;
+}
+
+static const struct command *command_find(const struct resp_arg *name)
+{
+    for (size_t i = 0; i < n_commands; i++)
+        if (arg_is(name, commands[i].name))
+            return &commands[i];
+    return NULL;
+}
+
+void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
+                 struct evbuffer *out)
+{
+    const struct command *cmd = command_find(&argv[0]);
+    snprintf(c->last_command, sizeof c->last_command, "%.*s",
+             (int)(argv[0].len < 31 ? argv[0].len : 31), argv[0].data);
+    for (char *p = c->last_command; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    if (cmd == NULL) {
+        char shown[64];
+        size_t n = argv[0].len < 40 ? argv[0].len : 40;
+        size_t j = 0;
+        for (size_t i = 0; i < n; i++)
+            shown[j++] = isprint((unsigned char)argv[0].data[i])
+                             ? argv[0].data[i]
+                             : '?';
+        shown[j] = '\0';
+        resp_errorf(out, "ERR unknown command '%s'", shown);
+        return;
+    }
+    if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
+        (cmd->arity < 0 && argc < (size_t)-cmd->arity)) {
+        resp_errorf(out, "ERR wrong number of arguments for '%s' command",
+                    c->last_command);
+        return;
+    }
+    if ((cmd->flags & CMD_ADMIN) && !c->admin) {
+        resp_errorf(out,
+                    "NOPERM uid %d may not run '%s': not in [control] "
+                    "admin_users or admin_groups",
+                    (int)c->uid, c->last_command);
+        return;
+    }
+    cmd->fn(c, argc, argv, out);
+}

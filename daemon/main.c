@@ -1,0 +1,516 @@
+/*
+ * main.c - shmkvd: owns one store, from its config file to its removal.
+ *
+ * Start: read the config (refuse on any bad line), create the store, or
+ * adopt the one a crashed daemon left (never one whose owner is alive, nor
+ * one that is not a shmkv store of this layout), load the snapshot if
+ * configured, open the control socket, and tell systemd READY=1: from then
+ * on clients can attach. Run: one libevent loop for the socket, signals and
+ * the housekeeping timer, which expires TTLs a slice at a time (so memory
+ * of keys no one reads again comes back) and pings the watchdog. Stop
+ * (SIGTERM, SIGINT, SHUTDOWN): stop accepting, save if configured, mark
+ * the store closed so attached clients get SHMKV_ECLOSED, remove the
+ * segments and the socket, exit 0. SIGHUP re-reads the config and applies
+ * what can change at run time, naming what needs a restart.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "notify.h"
+#include "snapshot.h"
+
+#define EXPIRE_TICK_BUDGET 16 /* expire slices per tick while they pay */
+
+struct runtime {
+    struct daemon d;
+    struct event *sig_term, *sig_int, *sig_hup, *housekeeping, *watchdog;
+    struct event *stop_now;
+    int ready_fd; /* background start: tells the parent it is ready */
+    uint64_t ticks;
+};
+
+static struct runtime rt;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: shmkvd [-c FILE] [--foreground] [--check-config]\n"
+            "  -c, --config FILE   config file (default %s)\n"
+            "  -f, --foreground    stay in the foreground, log to stderr\n"
+            "  -t, --check-config  check the config, print the effective\n"
+            "                      settings, and exit\n"
+            "  -v, --version       print the version and exit\n"
+            "  -h, --help          this help\n",
+            CONFIG_DEFAULT_PATH);
+}
+
+static void store_options(const struct config *cfg, struct shmkv_options *o)
+{
+    shmkv_options_init(o);
+    o->key = cfg->store_key;
+    o->size_bytes = cfg->store_size;
+    o->mode = cfg->store_mode;
+    o->gid = cfg->store_gid == (gid_t)-1 ? -1 : (int64_t)cfg->store_gid;
+    o->max_entries = cfg->max_entries;
+    o->max_key_bytes = cfg->max_key_bytes;
+    o->max_value_bytes = cfg->max_value_bytes;
+    o->eviction = cfg->eviction;
+    o->lock_timeout_ms = cfg->lock_timeout_ms;
+    o->max_clients = cfg->max_handles;
+}
+
+/* Creates the store, or adopts one a dead daemon left. */
+static int store_open(struct daemon *d)
+{
+    struct shmkv_options o;
+    store_options(&d->cfg, &o);
+    int rc = shmkv_create(&o, &d->kv);
+    if (rc == 0) {
+        log_info("created store %s: %llu bytes, max key %u, max value %u, "
+                 "eviction %s",
+                 d->cfg.store_key, (unsigned long long)d->cfg.store_size,
+                 d->cfg.max_key_bytes, d->cfg.max_value_bytes,
+                 d->cfg.eviction == SHMKV_EVICT_LRU ? "lru" : "noeviction");
+        return 0;
+    }
+    if (rc != SHMKV_EEXIST) {
+        log_error("cannot create store %s: %s: %s", d->cfg.store_key,
+                  shmkv_strerror(rc), shmkv_last_error());
+        return -1;
+    }
+    rc = shmkv_adopt(d->cfg.store_key, &d->kv);
+    if (rc == SHMKV_EOWNED) {
+        log_error("refusing to start: %s (is another shmkvd running?)",
+                  shmkv_last_error());
+        return -1;
+    }
+    if (rc != 0) {
+        log_error("refusing to start: a segment exists at %s and it cannot "
+                  "be adopted: %s: %s",
+                  d->cfg.store_key, shmkv_strerror(rc), shmkv_last_error());
+        return -1;
+    }
+    d->adopted = true;
+    struct shmkv_stats st;
+    shmkv_stats(d->kv, &st);
+    log_warning("adopted the store at %s left by dead process %d: %llu "
+                "entries kept",
+                d->cfg.store_key, (int)st.owner_pid,
+                (unsigned long long)st.entries);
+    if (st.bytes_capacity + (1u << 20) < d->cfg.store_size ||
+        st.max_value_bytes != d->cfg.max_value_bytes ||
+        st.max_key_bytes != d->cfg.max_key_bytes ||
+        st.eviction != d->cfg.eviction)
+        log_warning("the adopted store keeps the settings it was created "
+                    "with, which differ from the config; restart with the "
+                    "store removed to apply them");
+    return 0;
+}
+
+int daemon_save(struct daemon *d, char *err, size_t err_cap)
+{
+    uint64_t n = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = snapshot_save(d->kv, d->cfg.snapshot_path, &n, err, err_cap);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    d->last_save = time(NULL);
+    d->last_save_ok = rc == 0;
+    if (rc != 0) {
+        log_error("save failed: %s", err);
+        return -1;
+    }
+    d->last_save_entries = n;
+    log_info("saved %llu entries to %s in %.0f ms", (unsigned long long)n,
+             d->cfg.snapshot_path,
+             (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+                 (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    return 0;
+}
+
+static void stop_now_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct daemon *d = arg;
+    event_base_loopexit(d->base, NULL);
+}
+
+void daemon_request_stop(struct daemon *d, enum stop_save save)
+{
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    d->stop_save = save;
+    notify_send("STOPPING=1");
+    control_stop_accepting(d);
+    /* Leave the loop after this round, so queued replies go out first. */
+    event_active(rt.stop_now, EV_TIMEOUT, 0);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct daemon *d = arg;
+    log_info("%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    daemon_request_stop(d, STOP_SAVE_CONFIG);
+}
+
+static void housekeeping_arm(struct daemon *d)
+{
+    struct timeval tv = {.tv_sec = d->cfg.housekeeping_ms / 1000,
+                         .tv_usec = (d->cfg.housekeeping_ms % 1000) * 1000};
+    evtimer_add(rt.housekeeping, &tv);
+}
+
+static void status_update(struct daemon *d)
+{
+    struct shmkv_stats st;
+    if (shmkv_stats(d->kv, &st) != 0)
+        return;
+    double hit_rate = st.hits + st.misses
+                          ? 100.0 * (double)st.hits /
+                                (double)(st.hits + st.misses)
+                          : 0.0;
+    notify_sendf("STATUS=%llu keys, %.1f%% memory used, %u handles, %u "
+                 "connections, %.1f%% hits",
+                 (unsigned long long)st.entries,
+                 st.bytes_capacity ? 100.0 * (double)st.bytes_used /
+                                         (double)st.bytes_capacity
+                                   : 0.0,
+                 st.clients, d->n_conns, hit_rate);
+}
+
+/* Active expiry, Redis-style: scan a slice; while slices keep finding
+ * expired keys (over a quarter of the budget), scan another, up to
+ * EXPIRE_TICK_BUDGET slices a tick. */
+static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct daemon *d = arg;
+    for (int slice = 0; slice < EXPIRE_TICK_BUDGET; slice++) {
+        int n = shmkv_expire_scan(d->kv, d->cfg.expire_slots_per_tick);
+        if (n < 0) {
+            if (n != SHMKV_ETIMEDOUT)
+                log_warning("expiry: %s", shmkv_strerror(n));
+            break;
+        }
+        if (n > 0)
+            log_debug("expired %d keys", n);
+        if ((uint32_t)n * 4 < d->cfg.expire_slots_per_tick / 64 + 1)
+            break;
+    }
+    uint64_t every = 5000 / (d->cfg.housekeeping_ms ? d->cfg.housekeeping_ms
+                                                    : 1000) +
+                     1;
+    if (rt.ticks++ % every == 0)
+        status_update(d);
+    housekeeping_arm(d);
+}
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    notify_send("WATCHDOG=1");
+}
+
+static void reload(struct daemon *d)
+{
+    struct config next;
+    char err[8192];
+    notify_sendf("RELOADING=1");
+    if (config_load(d->cfg.path, &next, err, sizeof err) != 0) {
+        log_error("reload: config has errors; keeping the running "
+                  "settings:\n%s",
+                  err);
+        notify_send("READY=1");
+        return;
+    }
+    char needs[1024];
+    int n = config_restart_needed(&d->cfg, &next, needs, sizeof needs);
+    if (n > 0)
+        log_warning("reload: these settings changed but need a restart: %s",
+                    needs);
+    /* Keep the running values of what needs a restart. */
+    struct config applied = d->cfg;
+    applied.default_ttl_s = next.default_ttl_s;
+    memcpy(applied.admin_uids, next.admin_uids, sizeof next.admin_uids);
+    applied.n_admin_uids = next.n_admin_uids;
+    memcpy(applied.admin_gids, next.admin_gids, sizeof next.admin_gids);
+    applied.n_admin_gids = next.n_admin_gids;
+    applied.max_connections = next.max_connections;
+    applied.max_request_bytes = next.max_request_bytes;
+    applied.idle_timeout_s = next.idle_timeout_s;
+    memcpy(applied.snapshot_path, next.snapshot_path,
+           sizeof next.snapshot_path);
+    applied.save_on_shutdown = next.save_on_shutdown;
+    applied.load_on_start = next.load_on_start;
+    applied.log_level = next.log_level;
+    applied.housekeeping_ms = next.housekeeping_ms;
+    applied.expire_slots_per_tick = next.expire_slots_per_tick;
+    d->cfg = applied;
+    log_set_level(d->cfg.log_level);
+    control_apply_config(d);
+    evtimer_del(rt.housekeeping);
+    housekeeping_arm(d);
+    log_info("reloaded %s", d->cfg.path);
+    notify_send("READY=1");
+}
+
+static void hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    log_info("SIGHUP: reloading the config");
+    reload(arg);
+}
+
+/* Forks; the parent waits until the child is ready (or failed) and exits
+ * with its verdict, so `shmkvd` returns once clients can attach. */
+static int daemonize(void)
+{
+    int pipefd[2];
+    if (pipe(pipefd) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid > 0) {
+        close(pipefd[1]);
+        char ok = 0;
+        ssize_t n = read(pipefd[0], &ok, 1);
+        _exit(n == 1 && ok == 1 ? 0 : 1);
+    }
+    close(pipefd[0]);
+    rt.ready_fd = pipefd[1];
+    if (setsid() < 0)
+        return -1;
+    return 0;
+}
+
+static void detach_stdio(void)
+{
+    FILE *f = freopen("/dev/null", "r", stdin);
+    (void)f;
+    f = freopen("/dev/null", "w", stdout);
+    (void)f;
+    f = freopen("/dev/null", "w", stderr);
+    (void)f;
+    log_use_syslog();
+}
+
+static void tell_parent(char ok)
+{
+    if (rt.ready_fd >= 0) {
+        ssize_t n = write(rt.ready_fd, &ok, 1);
+        (void)n;
+        close(rt.ready_fd);
+        rt.ready_fd = -1;
+    }
+}
+
+static int setup_events(struct daemon *d)
+{
+    rt.sig_term = evsignal_new(d->base, SIGTERM, signal_cb, d);
+    rt.sig_int = evsignal_new(d->base, SIGINT, signal_cb, d);
+    rt.sig_hup = evsignal_new(d->base, SIGHUP, hup_cb, d);
+    rt.housekeeping = evtimer_new(d->base, housekeeping_cb, d);
+    rt.stop_now = event_new(d->base, -1, 0, stop_now_cb, d);
+    if (!rt.sig_term || !rt.sig_int || !rt.sig_hup || !rt.housekeeping ||
+        !rt.stop_now)
+        return -1;
+    evsignal_add(rt.sig_term, NULL);
+    evsignal_add(rt.sig_int, NULL);
+    evsignal_add(rt.sig_hup, NULL);
+    housekeeping_arm(d);
+    uint64_t wd = notify_watchdog_usec();
+    if (wd > 0) {
+        /* Ping at half the interval, as systemd recommends. */
+        rt.watchdog = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d);
+        struct timeval tv = {.tv_sec = (time_t)(wd / 2 / 1000000),
+                             .tv_usec = (suseconds_t)(wd / 2 % 1000000)};
+        event_add(rt.watchdog, &tv);
+    }
+    return 0;
+}
+
+static void free_events(void)
+{
+    struct event *evs[] = {rt.sig_term, rt.sig_int,  rt.sig_hup,
+                           rt.housekeeping, rt.watchdog, rt.stop_now};
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
+}
+
+/* Loads the snapshot into a freshly created store, if configured. A corrupt
+ * snapshot stops the start: the operator decides, nothing is half-loaded. */
+static int load_snapshot(struct daemon *d)
+{
+    if (d->adopted || !d->cfg.load_on_start ||
+        d->cfg.snapshot_path[0] == '\0')
+        return 0;
+    struct stat st;
+    if (stat(d->cfg.snapshot_path, &st) != 0 && errno == ENOENT) {
+        log_info("no snapshot at %s: starting empty", d->cfg.snapshot_path);
+        return 0;
+    }
+    char err[512];
+    uint64_t n = 0;
+    if (snapshot_load(d->kv, d->cfg.snapshot_path, &n, err, sizeof err) !=
+        0) {
+        log_error("refusing to start: %s", err);
+        return -1;
+    }
+    log_info("loaded %llu entries from %s", (unsigned long long)n,
+             d->cfg.snapshot_path);
+    return 0;
+}
+
+static void shutdown_store(struct daemon *d)
+{
+    bool save = d->stop_save == STOP_SAVE ||
+                (d->stop_save == STOP_SAVE_CONFIG && d->cfg.save_on_shutdown &&
+                 d->cfg.snapshot_path[0] != '\0');
+    if (save) {
+        char err[512];
+        daemon_save(d, err, sizeof err);
+    }
+    shmkv_mark_closed(d->kv);
+    shmkv_destroy(d->kv);
+    d->kv = NULL;
+    log_info("store %s removed", d->cfg.store_key);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"foreground", no_argument, NULL, 'f'},
+        {"check-config", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = CONFIG_DEFAULT_PATH;
+    bool foreground = false, check_only = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:ftvh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'f':
+            foreground = true;
+            break;
+        case 't':
+            check_only = true;
+            break;
+        case 'v':
+            printf("shmkvd %s (store layout %u)\n", SHMKV_VERSION_STRING, 1u);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    struct daemon *d = &rt.d;
+    rt.ready_fd = -1;
+    char err[16384];
+    if (config_load(path, &d->cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s", err);
+        if (err[0] && err[strlen(err) - 1] != '\n')
+            fputc('\n', stderr);
+        fprintf(stderr, "shmkvd: %s has errors; not starting\n", path);
+        return 1;
+    }
+    if (check_only) {
+        config_print(&d->cfg, stdout);
+        fprintf(stderr, "%s: ok\n", path);
+        return 0;
+    }
+    log_set_level(d->cfg.log_level);
+    if (!foreground && daemonize() != 0) {
+        fprintf(stderr, "shmkvd: cannot go to the background: %s\n",
+                strerror(errno));
+        return 1;
+    }
+    ssize_t n = readlink("/proc/self/exe", d->executable,
+                         sizeof d->executable - 1);
+    d->executable[n > 0 ? n : 0] = '\0';
+    signal(SIGPIPE, SIG_IGN);
+    d->started = time(NULL);
+
+    int status = 1;
+    d->base = event_base_new();
+    if (d->base == NULL) {
+        log_error("cannot start libevent");
+        goto out;
+    }
+    if (store_open(d) != 0)
+        goto out;
+    if (load_snapshot(d) != 0)
+        goto out_store;
+    if (control_start(d) != 0)
+        goto out_store;
+    if (setup_events(d) != 0) {
+        log_error("cannot set up events");
+        goto out_control;
+    }
+    log_info("shmkvd %s ready: store %s, socket %s (pid %d)",
+             SHMKV_VERSION_STRING, d->cfg.store_key, d->cfg.socket_path,
+             (int)getpid());
+    notify_sendf("READY=1\nMAINPID=%d", (int)getpid());
+    status_update(d);
+    if (!foreground) {
+        tell_parent(1);
+        detach_stdio();
+    }
+    event_base_dispatch(d->base);
+    status = 0;
+out_control:
+    control_close_all(d);
+out_store:
+    if (d->kv != NULL) {
+        if (status != 0 && !d->adopted) {
+            shmkv_destroy(d->kv); /* a failed start leaves nothing */
+            d->kv = NULL;
+        } else if (status != 0) {
+            shmkv_close(d->kv); /* keep adopted data for the next try */
+            d->kv = NULL;
+        } else {
+            shutdown_store(d);
+        }
+    }
+out:
+    free_events();
+    if (d->base != NULL)
+        event_base_free(d->base);
+    tell_parent(status == 0 ? 1 : 0);
+    if (status == 0)
+        log_info("stopped");
+    return status;
+}

@@ -1,0 +1,550 @@
+/*
+ * shmkvctl - shmkv's admin command line.
+ *
+ * `get` reads through shared memory with libshmkv, as any client does;
+ * everything else is a command on shmkvd's control socket, in RESP. The
+ * socket and the store key come from the daemon's config file (-c, default
+ * /etc/shmkvd/shmkvd.conf) or from -s SOCKET (the key is then asked of the
+ * daemon). Exit codes: 0 ok, 1 not found, 2 usage, 3 error; messages go to
+ * stderr, results to stdout.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "shmkv.h"
+
+enum { EXIT_OK = 0, EXIT_NOTFOUND = 1, EXIT_USAGE = 2, EXIT_ERROR = 3 };
+
+/* A RESP reply, parsed into a tree. */
+struct reply {
+    char type; /* + - : $ * */
+    int64_t integer;
+    char *str; /* + - $ (NUL-terminated; len for binary) */
+    size_t len;
+    bool null;
+    struct reply *elems;
+    size_t n;
+};
+
+struct conn {
+    int fd;
+    char buf[65536];
+    size_t start, end;
+};
+
+static void die(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+
+static void die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("shmkvctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(code);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: shmkvctl [-c FILE | -s SOCKET] COMMAND [ARGS]\n"
+            "  -c, --config FILE  shmkvd's config (default %s)\n"
+            "  -s, --socket PATH  the control socket\n"
+            "commands:\n"
+            "  status                    a summary: uptime, entries, memory, "
+            "hit rate, clients\n"
+            "  get KEY                   print the value (read from shared "
+            "memory)\n"
+            "  set KEY VALUE [--ttl S]   store a value\n"
+            "  del KEY [KEY ...]         remove keys\n"
+            "  incr KEY [BY]             add to a counter, print the result\n"
+            "  flush                     remove every key\n"
+            "  save                      write the snapshot\n"
+            "  check                     check the store's structure\n"
+            "  shutdown [--save|--nosave]  stop shmkvd\n"
+            "  stats [--json]            every statistic\n"
+            "exit codes: 0 ok, 1 not found, 2 usage, 3 error\n",
+            CONFIG_DEFAULT_PATH);
+}
+
+/* ---- the control socket ---- */
+
+static void conn_open(struct conn *c, const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof addr.sun_path)
+        die(EXIT_USAGE, "socket path too long: %s", path);
+    strcpy(addr.sun_path, path);
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd < 0 ||
+        connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0)
+        die(EXIT_ERROR, "cannot connect to %s: %s (is shmkvd running?)", path,
+            strerror(errno));
+    c->start = c->end = 0;
+}
+
+static void conn_send(struct conn *c, int argc, const char *const *argv,
+                      const size_t *lens)
+{
+    size_t cap = 64;
+    for (int i = 0; i < argc; i++)
+        cap += lens[i] + 32;
+    char *msg = malloc(cap);
+    if (msg == NULL)
+        die(EXIT_ERROR, "out of memory");
+    size_t n = (size_t)snprintf(msg, cap, "*%d\r\n", argc);
+    for (int i = 0; i < argc; i++) {
+        n += (size_t)snprintf(msg + n, cap - n, "$%zu\r\n", lens[i]);
+        memcpy(msg + n, argv[i], lens[i]);
+        n += lens[i];
+        msg[n++] = '\r';
+        msg[n++] = '\n';
+    }
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(c->fd, msg + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            die(EXIT_ERROR, "writing to shmkvd: %s", strerror(errno));
+        off += (size_t)w;
+    }
+    free(msg);
+}
+
+static bool conn_fill(struct conn *c)
+{
+    if (c->start > 0) {
+        memmove(c->buf, c->buf + c->start, c->end - c->start);
+        c->end -= c->start;
+        c->start = 0;
+    }
+    if (c->end == sizeof c->buf)
+        die(EXIT_ERROR, "reply line too long");
+    ssize_t r;
+    do
+        r = read(c->fd, c->buf + c->end, sizeof c->buf - c->end);
+    while (r < 0 && errno == EINTR);
+    if (r <= 0)
+        return false;
+    c->end += (size_t)r;
+    return true;
+}
+
+/* Reads one CRLF-terminated line (without the CRLF) into a new string. */
+static char *conn_line(struct conn *c)
+{
+    for (;;) {
+        for (size_t i = c->start; i + 1 < c->end; i++) {
+            if (c->buf[i] == '\r' && c->buf[i + 1] == '\n') {
+                size_t len = i - c->start;
+                char *s = malloc(len + 1);
+                memcpy(s, c->buf + c->start, len);
+                s[len] = '\0';
+                c->start = i + 2;
+                return s;
+            }
+        }
+        if (!conn_fill(c))
+            return NULL;
+    }
+}
+
+static bool conn_bytes(struct conn *c, char *dst, size_t n)
+{
+    while (n > 0) {
+        if (c->start == c->end && !conn_fill(c))
+            return false;
+        size_t take = c->end - c->start < n ? c->end - c->start : n;
+        memcpy(dst, c->buf + c->start, take);
+        c->start += take;
+        dst += take;
+        n -= take;
+    }
+    return true;
+}
+
+static bool reply_read(struct conn *c, struct reply *r)
+{
+    memset(r, 0, sizeof *r);
+    char *line = conn_line(c);
+    if (line == NULL || line[0] == '\0') {
+        free(line);
+        return false;
+    }
+    r->type = line[0];
+    bool ok = true;
+    switch (r->type) {
+    case '+':
+    case '-':
+        r->len = strlen(line + 1);
+        r->str = strdup(line + 1);
+        break;
+    case ':':
+        r->integer = strtoll(line + 1, NULL, 10);
+        break;
+    case '$': {
+        long long len = strtoll(line + 1, NULL, 10);
+        if (len < 0) {
+            r->null = true;
+            break;
+        }
+        r->len = (size_t)len;
+        r->str = malloc(r->len + 3);
+        ok = r->str != NULL && conn_bytes(c, r->str, r->len + 2);
+        if (ok)
+            r->str[r->len] = '\0';
+        break;
+    }
+    case '*': {
+        long long n = strtoll(line + 1, NULL, 10);
+        if (n < 0) {
+            r->null = true;
+            break;
+        }
+        r->n = (size_t)n;
+        r->elems = calloc(r->n ? r->n : 1, sizeof *r->elems);
+        for (size_t i = 0; ok && i < r->n; i++)
+            ok = reply_read(c, &r->elems[i]);
+        break;
+    }
+    default:
+        ok = false;
+    }
+    free(line);
+    return ok;
+}
+
+/* Sends a command and reads its reply; the connection is closed on
+ * failure with a clear message. */
+static void command(struct conn *c, struct reply *r, int argc,
+                    const char *const *argv, const size_t *lens)
+{
+    size_t auto_lens[16];
+    if (lens == NULL) {
+        for (int i = 0; i < argc && i < 16; i++)
+            auto_lens[i] = strlen(argv[i]);
+        lens = auto_lens;
+    }
+    conn_send(c, argc, argv, lens);
+    if (!reply_read(c, r))
+        die(EXIT_ERROR, "shmkvd closed the connection");
+}
+
+static void exit_on_error_reply(const struct reply *r)
+{
+    if (r->type != '-')
+        return;
+    die(EXIT_ERROR, "%s", r->str);
+}
+
+/* ---- where the daemon is ---- */
+
+struct target {
+    const char *config_path;
+    const char *socket_path;
+    struct config cfg;
+    bool have_config;
+};
+
+static void target_load(struct target *t)
+{
+    if (t->socket_path != NULL && t->config_path == NULL)
+        return;
+    if (t->config_path == NULL)
+        t->config_path = CONFIG_DEFAULT_PATH;
+    char err[8192];
+    if (config_load(t->config_path, &t->cfg, err, sizeof err) != 0)
+        die(EXIT_ERROR, "%s", err);
+    t->have_config = true;
+    if (t->socket_path == NULL)
+        t->socket_path = t->cfg.socket_path;
+}
+
+/* The value of one stat in a SHMKV.STATS reply, or 0. */
+static int64_t stat_value(const struct reply *stats, const char *name)
+{
+    for (size_t i = 0; i + 1 < stats->n; i += 2)
+        if (strcmp(stats->elems[i].str, name) == 0)
+            return stats->elems[i + 1].integer;
+    return 0;
+}
+
+static void human(uint64_t n, char *buf, size_t cap)
+{
+    const char *units[] = {"B", "K", "M", "G", "T"};
+    double v = (double)n;
+    unsigned u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(buf, cap, u == 0 ? "%.0f%s" : "%.1f%s", v, units[u]);
+}
+
+static int cmd_status(struct conn *c)
+{
+    struct reply info, stats;
+    const char *info_cmd[] = {"INFO", "server"};
+    command(c, &info, 2, info_cmd, NULL);
+    exit_on_error_reply(&info);
+    const char *stats_cmd[] = {"SHMKV.STATS"};
+    command(c, &stats, 1, stats_cmd, NULL);
+    exit_on_error_reply(&stats);
+
+    char version[32] = "?", key[256] = "?";
+    int pid = 0;
+    for (char *line = strtok(info.str, "\r\n"); line != NULL;
+         line = strtok(NULL, "\r\n")) {
+        sscanf(line, "shmkv_version:%31s", version);
+        sscanf(line, "process_id:%d", &pid);
+        sscanf(line, "store_key:%255s", key);
+    }
+    int64_t up = stat_value(&stats, "uptime_s");
+    uint64_t hits = (uint64_t)stat_value(&stats, "hits");
+    uint64_t misses = (uint64_t)stat_value(&stats, "misses");
+    char used[32], cap[32], freeb[32];
+    human((uint64_t)stat_value(&stats, "bytes_used"), used, sizeof used);
+    human((uint64_t)stat_value(&stats, "bytes_capacity"), cap, sizeof cap);
+    human((uint64_t)stat_value(&stats, "bytes_free"), freeb, sizeof freeb);
+    printf("shmkvd %s, pid %d, up %lldd %02lldh %02lldm %02llds\n", version,
+           pid, (long long)up / 86400, (long long)up / 3600 % 24,
+           (long long)up / 60 % 60, (long long)up % 60);
+    printf("store      %s, generation %" PRId64 "\n", key,
+           stat_value(&stats, "generation"));
+    printf("entries    %" PRId64 " (%" PRId64 " with a TTL)\n",
+           stat_value(&stats, "entries"),
+           stat_value(&stats, "entries_with_ttl"));
+    printf("memory     %s used of %s, %s free, fragmentation %.1f%%\n", used,
+           cap, freeb,
+           (double)stat_value(&stats, "fragmentation_ppm") / 1e4);
+    if (hits + misses > 0)
+        printf("hit rate   %.1f%% (%" PRIu64 " hits, %" PRIu64 " misses)\n",
+               100.0 * (double)hits / (double)(hits + misses), hits, misses);
+    else
+        printf("hit rate   - (no lookups yet)\n");
+    printf("clients    %" PRId64 " connections, %" PRId64
+           " handles attached\n",
+           stat_value(&stats, "connections"), stat_value(&stats, "handles"));
+    printf("writes     %" PRId64 " sets, %" PRId64 " deletes, %" PRId64
+           " evictions, %" PRId64 " expirations\n",
+           stat_value(&stats, "sets"), stat_value(&stats, "deletes"),
+           stat_value(&stats, "evictions"),
+           stat_value(&stats, "expirations"));
+    return EXIT_OK;
+}
+
+static int cmd_stats(struct conn *c, bool json)
+{
+    struct reply r;
+    const char *argv[] = {"SHMKV.STATS"};
+    command(c, &r, 1, argv, NULL);
+    exit_on_error_reply(&r);
+    if (json)
+        putchar('{');
+    for (size_t i = 0; i + 1 < r.n; i += 2) {
+        if (json)
+            printf("%s\"%s\": %" PRId64, i ? ", " : "", r.elems[i].str,
+                   r.elems[i + 1].integer);
+        else
+            printf("%-20s %" PRId64 "\n", r.elems[i].str,
+                   r.elems[i + 1].integer);
+    }
+    if (json)
+        printf("}\n");
+    return EXIT_OK;
+}
+
+/* Reads a key through shared memory. */
+static int cmd_get(struct target *t, struct conn *c, const char *key)
+{
+    char where[4096];
+    if (t->have_config) {
+        snprintf(where, sizeof where, "%s", t->cfg.store_key);
+    } else {
+        /* Only a socket was given: ask the daemon for its store key. */
+        struct reply r;
+        const char *argv[] = {"CONFIG", "GET", "store-key"};
+        command(c, &r, 3, argv, NULL);
+        exit_on_error_reply(&r);
+        if (r.n != 2)
+            die(EXIT_ERROR, "shmkvd did not say where its store is");
+        snprintf(where, sizeof where, "%s", r.elems[1].str);
+    }
+    struct shmkv *kv;
+    int rc = shmkv_open(where, SHMKV_RDONLY, &kv);
+    if (rc != 0)
+        die(EXIT_ERROR, "cannot attach the store at %s: %s: %s", where,
+            shmkv_strerror(rc), shmkv_last_error());
+    rc = shmkv_read_begin(kv);
+    if (rc == 0) {
+        shmkv_val_t v;
+        rc = shmkv_get(kv, key, strlen(key), &v);
+        if (rc == 0) {
+            fwrite(v.data, 1, v.len, stdout);
+            putchar('\n');
+        }
+        shmkv_read_end(kv);
+    }
+    shmkv_close(kv);
+    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG) {
+        fprintf(stderr, "shmkvctl: %s: not found\n", key);
+        return EXIT_NOTFOUND;
+    }
+    if (rc != 0)
+        die(EXIT_ERROR, "get %s: %s", key, shmkv_strerror(rc));
+    return EXIT_OK;
+}
+
+/* Runs a socket command and prints its reply the way a script wants it. */
+static int simple(struct conn *c, int argc, const char *const *argv)
+{
+    struct reply r;
+    command(c, &r, argc, argv, NULL);
+    exit_on_error_reply(&r);
+    if (r.type == ':')
+        printf("%" PRId64 "\n", r.integer);
+    else if (r.type == '$' && r.null)
+        return EXIT_NOTFOUND;
+    else if (r.str != NULL)
+        printf("%s\n", r.str);
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"socket", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'v'},
+        {NULL, 0, NULL, 0},
+    };
+    struct target t = {0};
+    int opt;
+    /* '+': stop at the command, so its own options are its own. */
+    while ((opt = getopt_long(argc, argv, "+c:s:hv", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            t.config_path = optarg;
+            break;
+        case 's':
+            t.socket_path = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return EXIT_OK;
+        case 'v':
+            printf("shmkvctl %s\n", SHMKV_VERSION_STRING);
+            return EXIT_OK;
+        default:
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[optind];
+    char **args = argv + optind + 1;
+    int nargs = argc - optind - 1;
+    target_load(&t);
+    struct conn c;
+
+    if (strcmp(cmd, "get") == 0 && nargs == 1) {
+        if (!t.have_config)
+            conn_open(&c, t.socket_path);
+        return cmd_get(&t, &c, args[0]);
+    }
+    if (strcmp(cmd, "set") == 0 && (nargs == 2 || nargs == 4)) {
+        const char *v[5] = {"SET", args[0], args[1], "EX", NULL};
+        int n = 3;
+        if (nargs == 4) {
+            if (strcmp(args[2], "--ttl") != 0)
+                goto bad_usage;
+            char *end;
+            long ttl = strtol(args[3], &end, 10);
+            if (*end != '\0' || ttl <= 0)
+                die(EXIT_USAGE, "--ttl wants a positive number of seconds");
+            v[4] = args[3];
+            n = 5;
+        }
+        conn_open(&c, t.socket_path);
+        return simple(&c, n, v);
+    }
+    if (strcmp(cmd, "del") == 0 && nargs >= 1 && nargs < 15) {
+        const char *v[16] = {"DEL"};
+        for (int i = 0; i < nargs; i++)
+            v[i + 1] = args[i];
+        conn_open(&c, t.socket_path);
+        struct reply r;
+        command(&c, &r, nargs + 1, v, NULL);
+        exit_on_error_reply(&r);
+        printf("%" PRId64 "\n", r.integer);
+        return r.integer > 0 ? EXIT_OK : EXIT_NOTFOUND;
+    }
+    if (strcmp(cmd, "incr") == 0 && (nargs == 1 || nargs == 2)) {
+        const char *v[3] = {"INCRBY", args[0], nargs == 2 ? args[1] : "1"};
+        conn_open(&c, t.socket_path);
+        return simple(&c, 3, v);
+    }
+    if (strcmp(cmd, "flush") == 0 && nargs == 0) {
+        const char *v[] = {"FLUSHALL"};
+        conn_open(&c, t.socket_path);
+        return simple(&c, 1, v);
+    }
+    if (strcmp(cmd, "save") == 0 && nargs == 0) {
+        const char *v[] = {"SAVE"};
+        conn_open(&c, t.socket_path);
+        return simple(&c, 1, v);
+    }
+    if (strcmp(cmd, "check") == 0 && nargs == 0) {
+        const char *v[] = {"SHMKV.CHECK"};
+        conn_open(&c, t.socket_path);
+        return simple(&c, 1, v);
+    }
+    if (strcmp(cmd, "status") == 0 && nargs == 0) {
+        conn_open(&c, t.socket_path);
+        return cmd_status(&c);
+    }
+    if (strcmp(cmd, "stats") == 0 &&
+        (nargs == 0 || (nargs == 1 && strcmp(args[0], "--json") == 0))) {
+        conn_open(&c, t.socket_path);
+        return cmd_stats(&c, nargs == 1);
+    }
+    if (strcmp(cmd, "shutdown") == 0 && nargs <= 1) {
+        const char *v[2] = {"SHUTDOWN", NULL};
+        int n = 1;
+        if (nargs == 1) {
+            if (strcmp(args[0], "--save") == 0)
+                v[n++] = "SAVE";
+            else if (strcmp(args[0], "--nosave") == 0)
+                v[n++] = "NOSAVE";
+            else
+                goto bad_usage;
+        }
+        conn_open(&c, t.socket_path);
+        conn_send(&c, n, v, (size_t[]){strlen(v[0]), n > 1 ? strlen(v[1]) : 0});
+        struct reply r;
+        /* Success closes the connection without a reply, as Redis does. */
+        if (reply_read(&c, &r))
+            exit_on_error_reply(&r);
+        return EXIT_OK;
+    }
+bad_usage:
+    fprintf(stderr, "shmkvctl: bad command or arguments: %s\n", cmd);
+    usage(stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,690 @@
+/*
+ * End-to-end tests of shmkvd: the daemon started on a private key, socket
+ * and snapshot path, driven through libshmkv, shmkvctl, redis-cli and a raw
+ * socket, and watched on a NOTIFY_SOCKET of the test's own. Covers
+ * pipelining, malformed and oversized requests, credentials, SIGTERM,
+ * SIGKILL and adoption, SAVE and load, a corrupt snapshot, SIGHUP.
+ *
+ * Every daemon the test starts is stopped by pid, and every store it could
+ * have left is removed by key, also when an assertion fails.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <stdbool.h>
+
+#include "testutil.h"
+
+struct env {
+    char dir[64];
+    char conf[96];
+    char sock[96];
+    char snap[96];
+    char log[96];
+    char notify[96];
+    char key[32];
+    int notify_fd;
+    pid_t pid;
+};
+
+static struct env E;
+static char shmkvd_path[512], shmkvctl_path[512];
+
+static void daemon_kill(void)
+{
+    if (E.pid > 0) {
+        kill(E.pid, SIGKILL);
+        waitpid(E.pid, NULL, 0);
+        E.pid = 0;
+    }
+}
+
+static void cleanup_at_exit(void)
+{
+    if (getpid() != test_owner_pid)
+        return;
+    daemon_kill();
+    shmkv_remove(E.key);
+}
+
+static void write_config(const char *extra)
+{
+    FILE *f = fopen(E.conf, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "[store]\nkey = %s\nsize = 8M\nmode = 0666\nmax_key_size = 64\n"
+            "max_value_size = 64K\n\n"
+            "[control]\nsocket = %s\nsocket_mode = 0666\n"
+            "max_request = 128K\nidle_timeout = 5\n\n"
+            "[persistence]\nsnapshot = %s\nsave_on_shutdown = no\n"
+            "load_on_start = yes\n\n"
+            "[daemon]\nlog_level = debug\nlock_timeout_ms = 500\n"
+            "housekeeping_interval_ms = 20\n%s",
+            E.key, E.sock, E.snap, extra ? extra : "");
+    fclose(f);
+}
+
+/* Waits for a notify datagram containing want; returns false on timeout. */
+static bool notify_wait(const char *want, int timeout_ms)
+{
+    char buf[4096];
+    struct pollfd p = {.fd = E.notify_fd, .events = POLLIN};
+    while (poll(&p, 1, timeout_ms) == 1) {
+        ssize_t n = recv(E.notify_fd, buf, sizeof buf - 1, 0);
+        if (n <= 0)
+            return false;
+        buf[n] = '\0';
+        if (strstr(buf, want) != NULL)
+            return true;
+    }
+    return false;
+}
+
+/* Starts shmkvd in the foreground; waits for READY=1 unless expect_fail,
+ * in which case returns its exit status. */
+static int daemon_start(bool expect_fail)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(E.log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 2);
+        setenv("NOTIFY_SOCKET", E.notify, 1);
+        execl(shmkvd_path, "shmkvd", "--foreground", "-c", E.conf,
+              (char *)NULL);
+        _exit(127);
+    }
+    if (expect_fail) {
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    }
+    E.pid = pid;
+    if (!notify_wait("READY=1", 5000)) {
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "cat %s >&2", E.log);
+        int ignored = system(cmd);
+        (void)ignored;
+        fail_msg("shmkvd did not send READY=1");
+    }
+    return 0;
+}
+
+/* SIGTERM and wait; returns the exit status. */
+static int daemon_stop(void)
+{
+    assert_true(E.pid > 0);
+    kill(E.pid, SIGTERM);
+    int status;
+    assert_int_equal(waitpid(E.pid, &status, 0), E.pid);
+    E.pid = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int sock_connect(void)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", E.sock);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+/* Sends raw bytes and reads until want bytes arrived or the peer closed
+ * (returns bytes read; *closed set if it closed). */
+static size_t sock_exchange(int fd, const char *req, size_t req_len,
+                            char *out, size_t cap, size_t want, bool *closed)
+{
+    size_t off = 0;
+    while (off < req_len) {
+        ssize_t w = write(fd, req + off, req_len - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    size_t got = 0;
+    *closed = false;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (got < want && poll(&p, 1, 3000) == 1) {
+        ssize_t r = read(fd, out + got, cap - 1 - got);
+        if (r <= 0) {
+            *closed = true;
+            break;
+        }
+        got += (size_t)r;
+    }
+    out[got] = '\0';
+    if (!*closed && got >= want) {
+        /* Is it closed right after? Peek briefly. */
+        if (poll(&p, 1, 100) == 1) {
+            char extra;
+            *closed = read(fd, &extra, 1) == 0;
+        }
+    }
+    return got;
+}
+
+/* Runs a command line, returns its exit status and its stdout in out. */
+static int run(char *out, size_t cap, const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static bool segment_exists(void)
+{
+    struct shmkv *kv;
+    int rc = shmkv_open(E.key, 0, &kv);
+    if (rc == 0)
+        shmkv_close(kv);
+    return rc != SHMKV_ENOSTORE;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    test_cleanup_install();
+    memset(&E, 0, sizeof E);
+    snprintf(E.dir, sizeof E.dir, "/tmp/shmkvd-test-XXXXXX");
+    assert_non_null(mkdtemp(E.dir));
+    chmod(E.dir, 0755);
+    snprintf(E.conf, sizeof E.conf, "%s/shmkvd.conf", E.dir);
+    snprintf(E.sock, sizeof E.sock, "%s/run/shmkvd.sock", E.dir);
+    snprintf(E.snap, sizeof E.snap, "%s/dump.shmkv", E.dir);
+    snprintf(E.log, sizeof E.log, "%s/shmkvd.log", E.dir);
+    snprintf(E.notify, sizeof E.notify, "%s/notify.sock", E.dir);
+    snprintf(E.key, sizeof E.key, "%s", test_unique_key());
+    snprintf(test_store_keys[test_store_count++], 32, "%s", E.key);
+    E.notify_fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", E.notify);
+    assert_int_equal(bind(E.notify_fd, (struct sockaddr *)&a, sizeof a), 0);
+    write_config(NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    daemon_kill();
+    shmkv_remove(E.key);
+    close(E.notify_fd);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", E.dir);
+    int ignored = system(cmd);
+    (void)ignored;
+    return 0;
+}
+
+/* shmkvctl, redis-cli and libshmkv all see the same data. */
+static void test_three_clients_agree(void **state)
+{
+    (void)state;
+    char out[4096];
+    daemon_start(false);
+    assert_int_equal(run(out, sizeof out, "%s -c %s set a 1", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_int_equal(run(out, sizeof out, "%s -c %s get a", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_string_equal(out, "1\n");
+    assert_int_equal(run(out, sizeof out, "redis-cli -s %s get a", E.sock), 0);
+    assert_string_equal(out, "1\n");
+    /* libshmkv through the config file, as a client program would. */
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.conf, SHMKV_RDONLY, &kv), 0);
+    char buf[16];
+    size_t len;
+    assert_int_equal(shmkv_get_copy(kv, "a", 1, buf, sizeof buf, &len), 0);
+    assert_int_equal(len, 1);
+    assert_memory_equal(buf, "1", 1);
+    shmkv_close(kv);
+    /* Exit codes: not found is 1, usage 2. */
+    assert_int_equal(run(out, sizeof out, "%s -c %s get nope 2>/dev/null",
+                         shmkvctl_path, E.conf),
+                     1);
+    assert_int_equal(run(out, sizeof out, "%s -c %s frobnicate 2>/dev/null",
+                         shmkvctl_path, E.conf),
+                     2);
+    /* The other shmkvctl commands. */
+    assert_int_equal(run(out, sizeof out, "%s -s %s set t v --ttl 100",
+                         shmkvctl_path, E.sock),
+                     0);
+    assert_int_equal(run(out, sizeof out, "redis-cli -s %s ttl t", E.sock), 0);
+    assert_true(atoi(out) > 90 && atoi(out) <= 100);
+    assert_int_equal(run(out, sizeof out, "%s -s %s get t", shmkvctl_path,
+                         E.sock),
+                     0);
+    assert_string_equal(out, "v\n");
+    assert_int_equal(run(out, sizeof out, "%s -c %s incr n 5", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_string_equal(out, "5\n");
+    assert_int_equal(run(out, sizeof out, "%s -c %s del n", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_int_equal(run(out, sizeof out, "%s -c %s status", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_non_null(strstr(out, "entries    2"));
+    assert_int_equal(run(out, sizeof out, "%s -c %s stats --json",
+                         shmkvctl_path, E.conf),
+                     0);
+    assert_non_null(strstr(out, "\"entries\": 2"));
+    assert_int_equal(run(out, sizeof out, "%s -c %s check", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_non_null(strstr(out, "ok"));
+    assert_int_equal(run(out, sizeof out, "%s -c %s flush", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_int_equal(run(out, sizeof out, "redis-cli -s %s dbsize", E.sock),
+                     0);
+    assert_string_equal(out, "0\n");
+    assert_int_equal(daemon_stop(), 0);
+}
+
+static void test_redis_cli_commands(void **state)
+{
+    (void)state;
+    char out[8192];
+    daemon_start(false);
+    const char *s = E.sock;
+    assert_int_equal(run(out, sizeof out, "redis-cli -s %s ping", s), 0);
+    assert_string_equal(out, "PONG\n");
+    run(out, sizeof out, "redis-cli -s %s set k v EX 100 NX", s);
+    assert_string_equal(out, "OK\n");
+    run(out, sizeof out, "redis-cli -s %s set k v2 NX", s);
+    assert_string_equal(out, "\n"); /* nil */
+    run(out, sizeof out, "redis-cli -s %s mset a 1 b 2", s);
+    assert_string_equal(out, "OK\n");
+    run(out, sizeof out, "redis-cli -s %s mget a b zz", s);
+    assert_string_equal(out, "1\n2\n\n");
+    run(out, sizeof out, "redis-cli -s %s incrby a 10", s);
+    assert_string_equal(out, "11\n");
+    run(out, sizeof out, "redis-cli -s %s decr a", s);
+    assert_string_equal(out, "10\n");
+    run(out, sizeof out, "redis-cli -s %s incr k", s);
+    assert_non_null(strstr(out, "not an integer"));
+    run(out, sizeof out, "redis-cli -s %s exists a b zz a", s);
+    assert_string_equal(out, "3\n");
+    run(out, sizeof out, "redis-cli -s %s expire b 50", s);
+    assert_string_equal(out, "1\n");
+    run(out, sizeof out, "redis-cli -s %s ttl b", s);
+    assert_true(atoi(out) > 40);
+    run(out, sizeof out, "redis-cli -s %s del a b zz", s);
+    assert_string_equal(out, "2\n");
+    run(out, sizeof out, "redis-cli -s %s dbsize", s);
+    assert_string_equal(out, "1\n");
+    run(out, sizeof out, "redis-cli -s %s echo hello", s);
+    assert_string_equal(out, "hello\n");
+    run(out, sizeof out, "redis-cli -s %s info keyspace", s);
+    assert_non_null(strstr(out, "db0:keys=1,expires=1"));
+    run(out, sizeof out, "redis-cli -s %s info", s);
+    assert_non_null(strstr(out, "# Server"));
+    assert_non_null(strstr(out, "# Clients"));
+    assert_non_null(strstr(out, "# Memory"));
+    assert_non_null(strstr(out, "# Stats"));
+    assert_non_null(strstr(out, "# Keyspace"));
+    run(out, sizeof out, "redis-cli -s %s config get maxmemory-policy", s);
+    assert_string_equal(out, "maxmemory-policy\nnoeviction\n");
+    run(out, sizeof out, "redis-cli -s %s client list", s);
+    assert_non_null(strstr(out, "cmd=client"));
+    run(out, sizeof out, "redis-cli -s %s command count", s);
+    assert_true(atoi(out) > 20);
+    run(out, sizeof out, "redis-cli -s %s shmkv.check", s);
+    assert_non_null(strstr(out, "ok: 1 entries"));
+    run(out, sizeof out, "redis-cli -s %s shmkv.stats", s);
+    assert_non_null(strstr(out, "entries"));
+    run(out, sizeof out, "redis-cli -s %s nosuchcommand", s);
+    assert_non_null(strstr(out, "unknown command"));
+    run(out, sizeof out, "redis-cli -s %s get", s);
+    assert_non_null(strstr(out, "wrong number of arguments"));
+    run(out, sizeof out, "redis-cli -s %s flushall", s);
+    assert_string_equal(out, "OK\n");
+    assert_int_equal(daemon_stop(), 0);
+}
+
+static void test_pipelining_and_inline(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int fd = sock_connect();
+    char req[65536];
+    size_t n = 0;
+    for (int i = 0; i < 200; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n,
+                              "*3\r\n$3\r\nSET\r\n$%d\r\nk%d\r\n$1\r\nv\r\n",
+                              i < 10 ? 2 : (i < 100 ? 3 : 4), i);
+    n += (size_t)snprintf(req + n, sizeof req - n, "PING\r\nGET k7\r\n");
+    char out[65536];
+    bool closed;
+    size_t want = 200 * 5 + 7 + 7;
+    size_t got = sock_exchange(fd, req, n, out, sizeof out, want, &closed);
+    assert_int_equal(got, want);
+    assert_false(closed);
+    assert_memory_equal(out + 200 * 5, "+PONG\r\n$1\r\nv\r\n", 14);
+    close(fd);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int good = sock_connect();
+    char out[4096];
+    bool closed;
+    /* Garbage: an error, then the connection is closed. */
+    int bad = sock_connect();
+    const char garbage[] = "*2\r\n$3\r\nGET\r\nXYZ\r\n";
+    sock_exchange(bad, garbage, sizeof garbage - 1, out, sizeof out, 1,
+                  &closed);
+    assert_true(out[0] == '-');
+    assert_non_null(strstr(out, "Protocol error"));
+    close(bad);
+    /* Oversized: a bulk over max_request (128K) is refused at its header. */
+    bad = sock_connect();
+    const char big[] = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10000000\r\n";
+    sock_exchange(bad, big, sizeof big - 1, out, sizeof out, 1, &closed);
+    assert_true(out[0] == '-');
+    close(bad);
+    /* A value over the store's limit (64K) but under max_request. */
+    bad = sock_connect();
+    static char req[80000];
+    int n = snprintf(req, sizeof req,
+                     "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$70000\r\n");
+    memset(req + n, 'x', 70000);
+    memcpy(req + n + 70000, "\r\n", 2);
+    sock_exchange(bad, req, (size_t)n + 70002, out, sizeof out, 1, &closed);
+    assert_non_null(strstr(out, "-ERR"));
+    close(bad);
+    /* The well-behaved connection still works. */
+    const char ping[] = "PING\r\n";
+    sock_exchange(good, ping, sizeof ping - 1, out, sizeof out, 7, &closed);
+    assert_string_equal(out, "+PONG\r\n");
+    close(good);
+    /* Idle connections are closed after idle_timeout (5 s here): not
+     * waited for; the daemon is still healthy. */
+    assert_int_equal(daemon_stop(), 0);
+}
+
+static void test_non_admin_refused(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("not root: cannot switch uid, skipped\n");
+        return;
+    }
+    daemon_start(false);
+    pid_t child = fork();
+    if (child == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(10);
+        int fd = sock_connect();
+        char out[512];
+        bool closed;
+        const char set[] = "SET x 1\r\n";
+        sock_exchange(fd, set, sizeof set - 1, out, sizeof out, 1, &closed);
+        if (strncmp(out, "-NOPERM", 7) != 0)
+            _exit(11);
+        const char shutdown[] = "SHUTDOWN\r\n";
+        sock_exchange(fd, shutdown, sizeof shutdown - 1, out, sizeof out, 1,
+                      &closed);
+        if (strncmp(out, "-NOPERM", 7) != 0)
+            _exit(12);
+        const char get[] = "GET x\r\n";
+        sock_exchange(fd, get, sizeof get - 1, out, sizeof out, 5, &closed);
+        if (strcmp(out, "$-1\r\n") != 0)
+            _exit(13);
+        _exit(0);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+static void test_sigterm_removes_everything(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    assert_true(segment_exists());
+    struct stat st;
+    assert_int_equal(stat(E.sock, &st), 0);
+    /* An attached client sees the store close, not a crash. */
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.key, 0, &kv), 0);
+    assert_int_equal(daemon_stop(), 0);
+    assert_true(notify_wait("STOPPING=1", 1000) || true);
+    assert_int_equal(shmkv_read_begin(kv), SHMKV_ECLOSED);
+    shmkv_close(kv);
+    assert_false(segment_exists());
+    assert_int_not_equal(stat(E.sock, &st), 0);
+}
+
+static void test_notify_protocol(void **state)
+{
+    (void)state;
+    daemon_start(false); /* waits for READY=1 */
+    kill(E.pid, SIGTERM);
+    assert_true(notify_wait("STOPPING=1", 3000));
+    int status;
+    waitpid(E.pid, &status, 0);
+    E.pid = 0;
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_sigkill_then_adopt(void **state)
+{
+    (void)state;
+    char out[256];
+    daemon_start(false);
+    run(out, sizeof out, "redis-cli -s %s set survivor yes", E.sock);
+    run(out, sizeof out, "redis-cli -s %s set counter 41", E.sock);
+    kill(E.pid, SIGKILL);
+    waitpid(E.pid, NULL, 0);
+    E.pid = 0;
+    assert_true(segment_exists()); /* a crash leaves the store */
+    daemon_start(false);
+    run(out, sizeof out, "redis-cli -s %s get survivor", E.sock);
+    assert_string_equal(out, "yes\n");
+    run(out, sizeof out, "redis-cli -s %s incr counter", E.sock);
+    assert_string_equal(out, "42\n");
+    char info[4096];
+    run(info, sizeof info, "redis-cli -s %s info server", E.sock);
+    assert_non_null(strstr(info, "store_adopted:1"));
+    /* A second daemon on the same store refuses: its owner is alive. */
+    char conf2[96];
+    snprintf(conf2, sizeof conf2, "%s", E.conf);
+    char sock_save[96];
+    snprintf(sock_save, sizeof sock_save, "%s", E.sock);
+    snprintf(E.sock, sizeof E.sock, "%s/other.sock", E.dir);
+    write_config(NULL);
+    assert_int_equal(daemon_start(true), 1);
+    snprintf(E.sock, sizeof E.sock, "%s", sock_save);
+    write_config(NULL);
+    assert_true(segment_exists());
+    assert_int_equal(daemon_stop(), 0);
+    assert_false(segment_exists());
+}
+
+static void test_save_and_load(void **state)
+{
+    (void)state;
+    char out[256];
+    daemon_start(false);
+    for (int i = 0; i < 100; i++) {
+        snprintf(out, sizeof out,
+                 "redis-cli -s %s set key%d value%d %s >/dev/null", E.sock, i,
+                 i, i % 2 ? "EX 1000" : "");
+        assert_int_equal(system(out), 0);
+    }
+    assert_int_equal(run(out, sizeof out, "%s -c %s save", shmkvctl_path,
+                         E.conf),
+                     0);
+    assert_int_equal(daemon_stop(), 0);
+    assert_false(segment_exists());
+    daemon_start(false); /* load_on_start */
+    run(out, sizeof out, "redis-cli -s %s dbsize", E.sock);
+    assert_string_equal(out, "100\n");
+    run(out, sizeof out, "redis-cli -s %s get key42", E.sock);
+    assert_string_equal(out, "value42\n");
+    run(out, sizeof out, "redis-cli -s %s ttl key43", E.sock);
+    assert_true(atoi(out) > 990 && atoi(out) <= 1000);
+    run(out, sizeof out, "redis-cli -s %s ttl key42", E.sock);
+    assert_string_equal(out, "-1\n");
+    /* SHUTDOWN SAVE writes it too. */
+    run(out, sizeof out, "redis-cli -s %s set late 1", E.sock);
+    run(out, sizeof out, "redis-cli -s %s shutdown save", E.sock);
+    int status;
+    assert_int_equal(waitpid(E.pid, &status, 0), E.pid);
+    E.pid = 0;
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    daemon_start(false);
+    run(out, sizeof out, "redis-cli -s %s get late", E.sock);
+    assert_string_equal(out, "1\n");
+    assert_int_equal(daemon_stop(), 0);
+}
+
+static void test_corrupt_snapshot_refused(void **state)
+{
+    (void)state;
+    char out[256];
+    daemon_start(false);
+    run(out, sizeof out, "redis-cli -s %s set a 1", E.sock);
+    run(out, sizeof out, "redis-cli -s %s save", E.sock);
+    assert_int_equal(daemon_stop(), 0);
+    /* Flip a byte in the middle. */
+    int fd = open(E.snap, O_RDWR);
+    assert_true(fd >= 0);
+    off_t size = lseek(fd, 0, SEEK_END);
+    char b;
+    assert_int_equal(pread(fd, &b, 1, size / 2), 1);
+    b ^= 0x5a;
+    assert_int_equal(pwrite(fd, &b, 1, size / 2), 1);
+    close(fd);
+    assert_int_not_equal(daemon_start(true), 0);
+    assert_false(segment_exists()); /* nothing half-made */
+    run(out, sizeof out, "grep -c 'refusing to start' %s", E.log);
+    assert_true(atoi(out) >= 1);
+}
+
+static void test_bad_config_refused(void **state)
+{
+    (void)state;
+    write_config("bogus_setting = 1\n");
+    assert_int_not_equal(daemon_start(true), 0);
+    char out[512];
+    run(out, sizeof out, "grep -c 'shmkvd.conf:[0-9]*:' %s", E.log);
+    assert_true(atoi(out) >= 1);
+    assert_false(segment_exists());
+    write_config(NULL);
+}
+
+static void test_sighup_reload(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    /* A run-time setting applies; a store setting needs a restart. */
+    write_config("expire_slots_per_tick = 100\n");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "sed -i 's/^size = 8M/size = 16M/' %s", E.conf);
+    assert_int_equal(system(cmd), 0);
+    kill(E.pid, SIGHUP);
+    assert_true(notify_wait("READY=1", 3000));
+    char out[512];
+    run(out, sizeof out, "grep -c 'need a restart: .*size' %s", E.log);
+    assert_true(atoi(out) >= 1);
+    run(out, sizeof out, "redis-cli -s %s ping", E.sock);
+    assert_string_equal(out, "PONG\n");
+    assert_int_equal(daemon_stop(), 0);
+    write_config(NULL);
+}
+
+static void test_expiry_reclaims_unread_keys(void **state)
+{
+    (void)state;
+    char out[256];
+    daemon_start(false);
+    for (int i = 0; i < 50; i++) {
+        snprintf(out, sizeof out,
+                 "redis-cli -s %s set tmp%d x EX 1 >/dev/null", E.sock, i);
+        assert_int_equal(system(out), 0);
+    }
+    /* No one reads them; housekeeping must reclaim them. */
+    sleep(3);
+    run(out, sizeof out, "redis-cli -s %s dbsize", E.sock);
+    assert_string_equal(out, "0\n");
+    run(out, sizeof out, "redis-cli -s %s info stats", E.sock);
+    assert_non_null(strstr(out, "expired_keys:50"));
+    assert_int_equal(daemon_stop(), 0);
+}
+
+int main(void)
+{
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    snprintf(shmkvd_path, sizeof shmkvd_path, "%s/shmkvd", build);
+    snprintf(shmkvctl_path, sizeof shmkvctl_path, "%s/shmkvctl", build);
+    if (access(shmkvd_path, X_OK) != 0 || access(shmkvctl_path, X_OK) != 0) {
+        fprintf(stderr, "build %s and %s first\n", shmkvd_path,
+                shmkvctl_path);
+        return 1;
+    }
+    test_cleanup_install();
+    atexit(cleanup_at_exit);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_three_clients_agree, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_redis_cli_commands, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pipelining_and_inline, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_non_admin_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_removes_everything,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notify_protocol, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_sigkill_then_adopt, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_save_and_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_snapshot_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_bad_config_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expiry_reclaims_unread_keys,
+                                        setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

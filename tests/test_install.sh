@@ -1,0 +1,53 @@
+#!/bin/sh
+# `make install` into a staging directory: every file lands, an existing
+# config is kept, the unit passes `systemd-analyze verify`, and shmkv.pc
+# builds a client.
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD:-build}
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cd "$top"
+make -s BUILD="$build" DESTDIR="$stage" PREFIX=/usr/local install >/dev/null
+for f in usr/local/lib/libshmkv.a usr/local/lib/libshmkv.so.0 \
+         usr/local/include/shmkv.h usr/local/lib/pkgconfig/shmkv.pc \
+         usr/local/bin/shmkvd usr/local/bin/shmkvctl etc/shmkvd/shmkvd.conf \
+         lib/systemd/system/shmkvd.service usr/lib/sysusers.d/shmkv.conf; do
+    [ -e "$stage/$f" ] || { echo "install: missing $f"; exit 1; }
+done
+grep -q '^socket = /run/shmkvd/shmkvd.sock' "$stage/etc/shmkvd/shmkvd.conf"
+"$stage/usr/local/bin/shmkvd" --check-config -c "$stage/etc/shmkvd/shmkvd.conf" \
+    >/dev/null 2>&1 || { echo "installed config does not check"; exit 1; }
+
+# A second install keeps the operator's config.
+echo "; edited by the operator" >>"$stage/etc/shmkvd/shmkvd.conf"
+make -s BUILD="$build" DESTDIR="$stage" PREFIX=/usr/local install >/dev/null
+grep -q "edited by the operator" "$stage/etc/shmkvd/shmkvd.conf" ||
+    { echo "install overwrote an existing config"; exit 1; }
+
+# The unit, with ExecStart pointing at the staged binary.
+if command -v systemd-analyze >/dev/null; then
+    mkdir -p "$stage/verify"
+    sed "s|/usr/local/bin/shmkvd|$stage/usr/local/bin/shmkvd|" \
+        "$stage/lib/systemd/system/shmkvd.service" >"$stage/verify/shmkvd.service"
+    if ! out=$(systemd-analyze verify "$stage/verify/shmkvd.service" 2>&1); then
+        echo "$out"
+        echo "systemd-analyze verify failed"
+        exit 1
+    fi
+    [ -z "$out" ] || { echo "$out"; echo "systemd-analyze verify warned"; exit 1; }
+else
+    echo "systemd-analyze not found: unit not verified"
+fi
+
+# pkg-config finds the library and a client builds against it.
+cat >"$stage/client.c" <<'EOC'
+#include <shmkv.h>
+int main(void) { return shmkv_strerror(SHMKV_ENOTFOUND)[0] ? 0 : 1; }
+EOC
+PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$stage/usr/local/lib/pkgconfig" \
+    ${CC:-cc} ${EXAMPLE_CFLAGS:-} "$stage/client.c" -o "$stage/client" \
+    $(PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$stage/usr/local/lib/pkgconfig" \
+      pkg-config --cflags --libs --static shmkv)
+LD_LIBRARY_PATH="$stage/usr/local/lib" "$stage/client"
+echo "install: 1 passed, 0 failed"
