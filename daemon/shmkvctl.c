@@ -226,6 +226,15 @@ static bool reply_read(struct conn *c, struct reply *r)
     return ok;
 }
 
+static void reply_free(struct reply *r)
+{
+    for (size_t i = 0; i < r->n && r->elems != NULL; i++)
+        reply_free(&r->elems[i]);
+    free(r->elems);
+    free(r->str);
+    memset(r, 0, sizeof *r);
+}
+
 /* Sends a command and reads its reply; the connection is closed on
  * failure with a clear message. */
 static void command(struct conn *c, struct reply *r, int argc,
@@ -342,6 +351,8 @@ static int cmd_status(struct conn *c)
            stat_value(&stats, "sets"), stat_value(&stats, "deletes"),
            stat_value(&stats, "evictions"),
            stat_value(&stats, "expirations"));
+    reply_free(&info);
+    reply_free(&stats);
     return EXIT_OK;
 }
 
@@ -363,6 +374,7 @@ static int cmd_stats(struct conn *c, bool json)
     }
     if (json)
         printf("}\n");
+    reply_free(&r);
     return EXIT_OK;
 }
 
@@ -381,6 +393,7 @@ static int cmd_get(struct target *t, struct conn *c, const char *key)
         if (r.n != 2)
             die(EXIT_ERROR, "shmkvd did not say where its store is");
         snprintf(where, sizeof where, "%s", r.elems[1].str);
+        reply_free(&r);
     }
     struct shmkv *kv;
     int rc = shmkv_open(where, SHMKV_RDONLY, &kv);
@@ -415,11 +428,11 @@ static int simple(struct conn *c, int argc, const char *const *argv)
     exit_on_error_reply(&r);
     if (r.type == ':')
         printf("%" PRId64 "\n", r.integer);
-    else if (r.type == '$' && r.null)
-        return EXIT_NOTFOUND;
     else if (r.str != NULL)
         printf("%s\n", r.str);
-    return EXIT_OK;
+    int status = r.type == '$' && r.null ? EXIT_NOTFOUND : EXIT_OK;
+    reply_free(&r);
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -493,7 +506,9 @@ int main(int argc, char **argv)
         command(&c, &r, nargs + 1, v, NULL);
         exit_on_error_reply(&r);
         printf("%" PRId64 "\n", r.integer);
-        return r.integer > 0 ? EXIT_OK : EXIT_NOTFOUND;
+        int status = r.integer > 0 ? EXIT_OK : EXIT_NOTFOUND;
+        reply_free(&r);
+        return status;
     }
     if (strcmp(cmd, "incr") == 0 && (nargs == 1 || nargs == 2)) {
         const char *v[3] = {"INCRBY", args[0], nargs == 2 ? args[1] : "1"};
@@ -541,6 +556,7 @@ int main(int argc, char **argv)
         /* Success closes the connection without a reply, as Redis does. */
         if (reply_read(&c, &r))
             exit_on_error_reply(&r);
+        reply_free(&r);
         return EXIT_OK;
     }
 bad_usage:
