@@ -141,7 +141,8 @@ static int lock_wait(struct shmkv *kv, bool write)
  * new one (recover_gen): it waits for the new generation instead. */
 static int lock_take(struct shmkv *kv, bool write)
 {
-    uint64_t deadline = monotonic_ms() + 2u * kv->lock_timeout_ms;
+    uint64_t deadline = 0; /* set on the first retry: reading the clock
+                              costs as much as an uncontended lock */
     for (;;) {
         int rc = generation_refresh(kv);
         if (rc != 0)
@@ -179,7 +180,9 @@ static int lock_take(struct shmkv *kv, bool write)
     next:
         if (rc != SHMKV_ERETRY)
             return rc;
-        if (monotonic_ms() >= deadline) {
+        if (deadline == 0)
+            deadline = monotonic_ms() + 2u * kv->lock_timeout_ms;
+        else if (monotonic_ms() >= deadline) {
             counter_bump(&kv->slot->lock_timeouts);
             return set_error(SHMKV_ETIMEDOUT,
                              "the store is being recovered; gave up after "

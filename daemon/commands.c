@@ -388,6 +388,18 @@ static void cmd_decrby(struct conn *c, size_t argc, struct resp_arg *argv,
     incr_by(c, &argv[1], -by, out);
 }
 
+/* :1 when the key was changed, :0 when there is no such key (a key over
+ * the size limit cannot exist), an error otherwise. */
+static void reply_applied(struct evbuffer *out, int rc)
+{
+    if (rc == 0)
+        resp_int(out, 1);
+    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_int(out, 0);
+    else
+        reply_store_error(out, rc);
+}
+
 static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
                        struct evbuffer *out)
 {
@@ -410,12 +422,7 @@ static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
         rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len,
                           (uint32_t)ttl);
     }
-    if (rc == 0)
-        resp_int(out, 1);
-    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
-        resp_int(out, 0);
-    else
-        reply_store_error(out, rc);
+    reply_applied(out, rc);
 }
 
 static void cmd_persist(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -428,12 +435,7 @@ static void cmd_persist(struct conn *c, size_t argc, struct resp_arg *argv,
         rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, 0);
     else if (rc == 0)
         rc = SHMKV_ENOTFOUND; /* no TTL to remove */
-    if (rc == 0)
-        resp_int(out, 1);
-    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
-        resp_int(out, 0);
-    else
-        reply_store_error(out, rc);
+    reply_applied(out, rc);
 }
 
 static void cmd_ttl(struct conn *c, size_t argc, struct resp_arg *argv,
