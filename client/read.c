@@ -148,7 +148,7 @@ int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
         *vlen = e->u.entry.vlen;
         if (e->u.entry.vlen > cap)
             rc = SHMKV_ENOBUFS;
-        else
+        else if (e->u.entry.vlen > 0) /* buf may be NULL when cap is 0 */
             memcpy(buf, entry_value(e), e->u.entry.vlen);
     }
     if (own_section)

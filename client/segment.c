@@ -28,7 +28,7 @@ static int parse_number_key(const char *s, key_t *out)
     errno = 0;
     unsigned long long v = strtoull(s, &end, 0);
     if (errno != 0 || end == s || *end != '\0' || v == 0 ||
-        v > 0xffffffffull || s[0] == '-')
+        v > 0xffffffffull || strchr(s, '-') != NULL)
         return set_error(SHMKV_EINVAL, "bad key '%s': want a nonzero 32-bit "
                                        "number such as 0x5eed0001",
                          s);

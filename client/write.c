@@ -54,6 +54,16 @@ static uint64_t rng_next(struct shmkv *kv)
     return x;
 }
 
+/* The expiry time ttl_s seconds after now (0: none), saturated at the last
+ * second a 32-bit expiry can hold instead of wrapping into the past. */
+static uint32_t expiry_after(uint32_t now, uint32_t ttl_s)
+{
+    if (ttl_s == 0)
+        return 0;
+    uint64_t at = (uint64_t)now + ttl_s;
+    return at > UINT32_MAX ? UINT32_MAX : (uint32_t)at;
+}
+
 static bool expired_at(const struct block *e, uint32_t now)
 {
     return e->u.entry.expire_unix != 0 && e->u.entry.expire_unix <= now;
@@ -203,7 +213,7 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     if ((flags & SHMKV_XX) && pos.off == 0)
         return SHMKV_ENOTFOUND;
 
-    uint32_t expire = ttl_s ? now + ttl_s : 0;
+    uint32_t expire = expiry_after(now, ttl_s);
     if ((flags & SHMKV_KEEPTTL) && pos.off != 0)
         expire = block_at(d, pos.off)->u.entry.expire_unix;
 
@@ -319,7 +329,7 @@ int shmkv_expire(struct shmkv *kv, const void *key, size_t klen,
         rc = SHMKV_ENOTFOUND;
     } else {
         struct block *e = block_at(kv->data, pos.off);
-        uint32_t expire = ttl_s ? now + ttl_s : 0;
+        uint32_t expire = expiry_after(now, ttl_s);
         if ((e->u.entry.expire_unix != 0) != (expire != 0))
             kv->data->ttl_entries += expire != 0 ? 1 : (uint64_t)-1;
         /* One aligned 32-bit store: readers see the old or new TTL. */

@@ -131,9 +131,11 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out);
 int shmkv_destroy(struct shmkv *kv);
 
 /* Removes the store at where (see shmkv_open) whatever its state, open or
- * closed, valid or not, as long as it is a shmkv store: its data segments and
- * its control segment. For cleanup tools and tests; an owner with a handle
- * uses shmkv_destroy(). SHMKV_ENOSTORE if nothing is there. */
+ * closed, damaged data or not: its data segments and its control segment.
+ * For cleanup tools and tests; an owner with a handle uses shmkv_destroy().
+ * SHMKV_ENOSTORE if nothing is there; SHMKV_ENOTSHMKV or SHMKV_EVERSION
+ * (nothing removed) when the segment is not a store of this layout, whose
+ * data segments could not be found. */
 int shmkv_remove(const char *where);
 
 /* Takes over an existing store whose owner process is dead (a daemon that
