@@ -38,7 +38,8 @@ SOVERSION := 0
 
 .PHONY: all deps run test test-sanitize bench install uninstall clean format lint
 
-all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkvd $(BUILD)/shmkvctl
+all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkvd $(BUILD)/shmkvctl \
+	$(BUILD)/shmkv-bench
 
 # Checks the build dependencies; as root on Debian installs what is missing.
 deps:
@@ -84,7 +85,7 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libshmkvd.a $(BUILD)/libsh
 $(BUILD)/shmkv-bench: bench/shmkv-bench.c $(BUILD)/libshmkv.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(BUILD)/libshmkv.a $(LIBS) -lm
 
-test: deps $(TEST_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl
+test: deps $(TEST_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl $(BUILD)/shmkv-bench
 	@BUILD=$(BUILD) EXAMPLE_CFLAGS="$(CFLAGS)" sh tests/run.sh $(TEST_BINS) $(TEST_SCRIPTS)
 
 test-sanitize: deps
