@@ -135,10 +135,26 @@ static int lock_wait(struct shmkv *kv, bool write)
     }
 }
 
+/* True if the copy of this handle's generation into a new one (recover_gen)
+ * was begun by a process that died before publishing it: nothing would
+ * ever clear recover_gen, and writers would wait for it until they time
+ * out. The recoverer stored recover_pid and recover_start_ticks before
+ * recover_gen (seq_cst), so having loaded recover_gen we see them. */
+static bool recovery_abandoned(struct shmkv *kv)
+{
+    struct ctl_header *c = kv->ctl;
+    int32_t pid = atomic_load_explicit(&c->recover_pid, memory_order_seq_cst);
+    return pid > 0 && pid != (int32_t)kv->pid &&
+           atomic_load_explicit(&c->recover_gen, memory_order_seq_cst) ==
+               kv->gen &&
+           !process_alive(pid, atomic_load(&c->recover_start_ticks));
+}
+
 /* Takes the lock on the attached generation, following generation changes.
  * On success the handle's generation is current and the lock is held. A
  * writer does not even ask for the lock of a generation being copied into a
- * new one (recover_gen): it waits for the new generation instead. */
+ * new one (recover_gen): it waits for the new generation instead, and takes
+ * the copy over if the process making it died. */
 static int lock_take(struct shmkv *kv, bool write)
 {
     uint64_t deadline = 0; /* set on the first retry: reading the clock
@@ -150,6 +166,13 @@ static int lock_take(struct shmkv *kv, bool write)
         if (write && atomic_load_explicit(&kv->ctl->recover_gen,
                                           memory_order_seq_cst) == kv->gen) {
             rc = SHMKV_ERETRY;
+            if (kv->can_recover && recovery_abandoned(kv)) {
+                /* Claims the recovery from the dead process (removing the
+                 * segment it was building) and copies the generation. */
+                rc = generation_recover(kv, kv->gen);
+                if (rc == 0 || rc == SHMKV_ETIMEDOUT)
+                    rc = SHMKV_ERETRY;
+            }
             goto next;
         }
         atomic_store_explicit(
