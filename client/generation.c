@@ -175,8 +175,12 @@ static int recovery_claim(struct shmkv *kv)
     if (atomic_compare_exchange_strong(&c->recover_pid, &holder,
                                        (int32_t)kv->pid))
         goto claimed;
-    if (holder == (int32_t)kv->pid ||
-        process_alive(holder, atomic_load(&c->recover_start_ticks)))
+    /* A claimant stores its start time just after its pid: until then the
+     * time is its predecessor's and a live claimant looks dead. Reading
+     * the time again after the (slow) liveness check closes that window. */
+    uint64_t ticks = atomic_load(&c->recover_start_ticks);
+    if (holder == (int32_t)kv->pid || process_alive(holder, ticks) ||
+        atomic_load(&c->recover_start_ticks) != ticks)
         return SHMKV_ETIMEDOUT;
     if (!atomic_compare_exchange_strong(&c->recover_pid, &holder,
                                         (int32_t)kv->pid))
