@@ -18,7 +18,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/un.h>
 
 #include <ini.h>
 
@@ -158,7 +157,8 @@ int config_parse_size(const char *s, uint64_t *out)
     }
     if (shift != 0) {
         end++;
-        if (end[0] == 'i' && toupper((unsigned char)end[1]) == 'B')
+        if (tolower((unsigned char)end[0]) == 'i' &&
+            toupper((unsigned char)end[1]) == 'B')
             end += 2;
         else if (toupper((unsigned char)end[0]) == 'B')
             end++;
@@ -274,7 +274,7 @@ static void problem(struct parse *p, int line, const char *fmt, ...)
     va_end(ap);
     if (n > 0)
         p->err_len += (size_t)n;
-    if (p->err_len + 2 >= p->err_cap) {
+    if (p->err_len + 2 > p->err_cap) { /* no room for '\n' and the NUL */
         p->err_len = p->err_cap - 1;
         return;
     }
@@ -366,6 +366,13 @@ static char *reader(char *str, int num, void *stream)
     }
     if (p->section[0] == '\0') {
         problem(p, p->line, "'%s' comes before any [section]", s);
+        snprintf(str, (size_t)num, "\n");
+        return str;
+    }
+    if (!p->section_known) {
+        /* Lines under a bad or unknown header (reported there) are
+         * skipped: after a malformed header inih still has the section
+         * before it, and would check them against that one. */
         snprintf(str, (size_t)num, "\n");
         return str;
     }
@@ -581,11 +588,6 @@ static void cross_check(struct parse *p)
                 "max_value_size %" PRIu32
                 " is over a quarter of the store size (%" PRIu64 ")",
                 c->max_value_bytes, c->store_size / 4);
-    struct sockaddr_un sun;
-    if (strlen(c->socket_path) >= sizeof sun.sun_path)
-        problem(p, line_of(p, "socket"),
-                "socket: path longer than %zu bytes",
-                sizeof sun.sun_path - 1);
 }
 
 int config_load(const char *path, struct config *cfg, char *err,
@@ -689,6 +691,16 @@ void config_print(const struct config *c, FILE *out)
             c->expire_slots_per_tick);
 }
 
+/* Whether two key specs name the same System V key ("0x5EED0001" and
+ * "key:0x5eed0001" do). */
+static bool same_key(const char *a, const char *b)
+{
+    int32_t ka, kb;
+    if (shmkv_parse_key(a, &ka) != 0 || shmkv_parse_key(b, &kb) != 0)
+        return strcmp(a, b) == 0;
+    return ka == kb;
+}
+
 int config_restart_needed(const struct config *old, const struct config *new_,
                           char *buf, size_t cap)
 {
@@ -696,7 +708,7 @@ int config_restart_needed(const struct config *old, const struct config *new_,
         const char *name;
         bool differs;
     } fixed[] = {
-        {"key", strcmp(old->store_key, new_->store_key) != 0},
+        {"key", !same_key(old->store_key, new_->store_key)},
         {"size", old->store_size != new_->store_size},
         {"mode", old->store_mode != new_->store_mode},
         {"group", old->store_gid != new_->store_gid},

@@ -70,14 +70,15 @@ static long find_crlf(const char *buf, size_t from, size_t len)
     return -1;
 }
 
-/* Parses a decimal integer filling buf[from, to) exactly. */
+/* Parses a decimal integer filling buf[from, to) exactly: an optional '-'
+ * and 1 to 18 digits. */
 static bool parse_len(const char *buf, size_t from, size_t to, long long *out)
 {
-    if (from >= to || to - from > 19)
+    if (from >= to)
         return false;
     bool neg = buf[from] == '-';
     size_t i = neg ? from + 1 : from;
-    if (i >= to)
+    if (i >= to || to - i > 18)
         return false;
     long long v = 0;
     for (; i < to; i++) {
@@ -144,7 +145,7 @@ static enum resp_status parse_multibulk(struct resp_parser *p,
         pos = (size_t)eol + 2;
         /* Refuse by the declared size before the body arrives. */
         if ((unsigned long long)blen > p->max_request_bytes ||
-            pos + (size_t)blen + 2 > p->max_request_bytes + 64) {
+            pos + (size_t)blen + 2 > p->max_request_bytes) {
             set_err(err, err_cap, "Protocol error: request too big");
             return RESP_TOO_BIG;
         }
