@@ -287,7 +287,8 @@ struct shmkv_stats {
     uint64_t deletes;
     uint64_t evictions;
     uint64_t expirations;
-    uint64_t lock_waits;       /* lock not free at first try */
+    uint64_t lock_waits;       /* lock still taken after a short spin:
+                                  the caller slept on it */
     uint64_t lock_timeouts;
     uint64_t recoveries;       /* lock recoveries after a dead holder */
     /* layout and limits */
