@@ -50,7 +50,7 @@ struct setting {
 
 static const struct setting settings[] = {
     {"store", "key", K_KEY, FIELD(store_key), 0, 0},
-    {"store", "size", K_SIZE, FIELD(store_size), MIB, 1ull << 40},
+    {"store", "size", K_SIZE, FIELD(store_size), MIB, 64ull << 30},
     {"store", "mode", K_MODE, FIELD(store_mode), 0, 0777},
     {"store", "group", K_GROUP, FIELD(store_group), 0, 0},
     {"store", "max_key_size", K_SIZE, FIELD(max_key_bytes), 1, 65535},
