@@ -347,12 +347,23 @@ static void test_sizes(void **state)
         const char *text;
         uint64_t bytes;
     } sizes[] = {
-        {"1M", MIB},          {"1m", MIB},           {"1MB", MIB},
-        {"1mb", MIB},         {"1MiB", MIB},         {"1Mib", MIB},
-        {"1048576", MIB},     {"1048576B", MIB},     {"1048577", MIB + 1},
-        {"1024K", MIB},       {"1024KiB", MIB},      {"1536k", 1536 * 1024},
-        {"3G", 3ull << 30},   {"3GB", 3ull << 30},   {"64G", 64ull << 30},
-        {"64GiB", 64ull << 30}, {"65536M", 64ull << 30},
+        {"1M", MIB},
+        {"1m", MIB},
+        {"1MB", MIB},
+        {"1mb", MIB},
+        {"1MiB", MIB},
+        {"1Mib", MIB},
+        {"1048576", MIB},
+        {"1048576B", MIB},
+        {"1048577", MIB + 1},
+        {"1024K", MIB},
+        {"1024KiB", MIB},
+        {"1536k", 1536 * 1024},
+        {"3G", 3ull << 30},
+        {"3GB", 3ull << 30},
+        {"64G", 64ull << 30},
+        {"64GiB", 64ull << 30},
+        {"65536M", 64ull << 30},
     };
     char line[128];
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -629,8 +640,7 @@ static void test_out_of_range(void **state)
         const char *section, *name;
         const char *below, *min, *max, *above; /* below NULL: min is 0 */
     } ranges[] = {
-        {"store", "size", "1048575", "1048576", "68719476736",
-         "68719476737"},
+        {"store", "size", "1048575", "1048576", "68719476736", "68719476737"},
         {"store", "max_key_size", "0", "1", "65535", "65536"},
         {"store", "max_value_size", NULL, "0", "4294967295", "4294967296"},
         {"store", "max_entries", NULL, "0", "4294967296", "4294967297"},
