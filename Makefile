@@ -156,11 +156,11 @@ uninstall:
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 format:
-	clang-format -i include/*.h client/*.[ch] tests/*.[ch] bench/*.c
+	clang-format -i include/*.h client/*.[ch] daemon/*.[ch] tests/*.[ch] bench/*.c
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
-	  --suppress=missingIncludeSystem -Iinclude -Iclient client/ bench/ tests/
+	  --suppress=missingIncludeSystem -Iinclude -Iclient -Idaemon client/ daemon/ bench/ tests/
 
 clean:
 	rm -rf build build-san run

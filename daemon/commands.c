@@ -89,8 +89,7 @@ static void reply_store_error(struct evbuffer *out, int rc)
         resp_error(out, "ERR the store is closed (shutting down)");
         break;
     default:
-        resp_errorf(out, "ERR %s: %s", shmkv_strerror(rc),
-                    shmkv_last_error());
+        resp_errorf(out, "ERR %s: %s", shmkv_strerror(rc), shmkv_last_error());
     }
 }
 
@@ -257,14 +256,13 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
         int rc = shmkv_get_copy(kv, argv[1].data, argv[1].len, NULL, 0, &need);
         if (rc == SHMKV_ENOBUFS || rc == 0) {
             old = malloc(need ? need : 1);
-            if (old != NULL &&
-                shmkv_get_copy(kv, argv[1].data, argv[1].len, old, need,
-                               &old_len) == 0)
+            if (old != NULL && shmkv_get_copy(kv, argv[1].data, argv[1].len,
+                                              old, need, &old_len) == 0)
                 had_old = true;
         }
     }
-    int rc = shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data,
-                       argv[2].len, ttl_s > 0 ? (uint32_t)ttl_s : 0, flags);
+    int rc = shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data, argv[2].len,
+                       ttl_s > 0 ? (uint32_t)ttl_s : 0, flags);
     if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND)
         reply_store_error(out, rc);
     else if (want_old && had_old)
@@ -284,9 +282,9 @@ static void cmd_mset(struct conn *c, size_t argc, struct resp_arg *argv,
         return;
     }
     for (size_t i = 1; i < argc; i += 2) {
-        int rc = shmkv_set(c->d->kv, argv[i].data, argv[i].len,
-                           argv[i + 1].data, argv[i + 1].len,
-                           c->d->cfg.default_ttl_s, 0);
+        int rc =
+            shmkv_set(c->d->kv, argv[i].data, argv[i].len, argv[i + 1].data,
+                      argv[i + 1].len, c->d->cfg.default_ttl_s, 0);
         if (rc != 0) {
             reply_store_error(out, rc);
             return;
@@ -334,8 +332,7 @@ static void cmd_type(struct conn *c, size_t argc, struct resp_arg *argv,
 {
     (void)argc;
     size_t len;
-    int rc = shmkv_get_copy(c->d->kv, argv[1].data, argv[1].len, NULL, 0,
-                            &len);
+    int rc = shmkv_get_copy(c->d->kv, argv[1].data, argv[1].len, NULL, 0, &len);
     resp_simple(out, rc == 0 || rc == SHMKV_ENOBUFS ? "string" : "none");
 }
 
@@ -419,8 +416,7 @@ static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
             resp_error(out, "ERR invalid expire time in 'expire' command");
             return;
         }
-        rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len,
-                          (uint32_t)ttl);
+        rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, (uint32_t)ttl);
     }
     reply_applied(out, rc);
 }
@@ -489,8 +485,8 @@ struct keys_ctx {
     size_t count;
 };
 
-static int keys_visit(void *arg, const void *key, size_t klen,
-                      const void *val, size_t vlen, int64_t ttl_s)
+static int keys_visit(void *arg, const void *key, size_t klen, const void *val,
+                      size_t vlen, int64_t ttl_s)
 {
     (void)val;
     (void)vlen;
@@ -545,8 +541,7 @@ static bool section_wanted(const char *want, const char *name, bool deflt)
     if (want == NULL || strcasecmp(want, "default") == 0)
         return deflt;
     return strcasecmp(want, "all") == 0 ||
-           strcasecmp(want, "everything") == 0 ||
-           strcasecmp(want, name) == 0;
+           strcasecmp(want, "everything") == 0 || strcasecmp(want, name) == 0;
 }
 
 static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -584,8 +579,8 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "store_adopted:%d\r\n",
             SHMKV_VERSION_STRING, (int)getpid(), d->cfg.socket_path,
             (long long)(now - d->started),
-            (long long)(now - d->started) / 86400, d->executable,
-            d->cfg.path, d->cfg.store_key, st.generation, d->adopted);
+            (long long)(now - d->started) / 86400, d->executable, d->cfg.path,
+            d->cfg.store_key, st.generation, d->adopted);
     }
     if (section_wanted(w, "clients", true)) {
         info_section(b, "Clients", &first);
@@ -609,9 +604,8 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "max_key_size:%u\r\nmax_value_size:%u\r\n",
             st.bytes_used, h1, st.bytes_capacity, h2,
             st.eviction == SHMKV_EVICT_LRU ? "allkeys-lru" : "noeviction",
-            st.bytes_free, st.largest_free, st.fragmentation,
-            st.segment_bytes, st.index_slots, st.max_key_bytes,
-            st.max_value_bytes);
+            st.bytes_free, st.largest_free, st.fragmentation, st.segment_bytes,
+            st.index_slots, st.max_key_bytes, st.max_value_bytes);
     }
     if (section_wanted(w, "persistence", true)) {
         info_section(b, "Persistence", &first);
@@ -620,8 +614,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
                             "rdb_last_bgsave_status:%s\r\n"
                             "rdb_last_save_keys:%" PRIu64 "\r\n",
                             d->cfg.snapshot_path, (long long)d->last_save,
-                            d->last_save == 0 || d->last_save_ok ? "ok"
-                                                                 : "err",
+                            d->last_save == 0 || d->last_save_ok ? "ok" : "err",
                             d->last_save_entries);
     }
     if (section_wanted(w, "stats", true)) {
@@ -636,18 +629,16 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "total_sets:%" PRIu64 "\r\ntotal_deletes:%" PRIu64 "\r\n"
             "lock_waits:%" PRIu64 "\r\nlock_timeouts:%" PRIu64 "\r\n"
             "lock_recoveries:%" PRIu64 "\r\n",
-            d->connections_total, d->commands_total,
-            d->connections_rejected, st.hits, st.misses, st.expirations,
-            st.evictions, st.sets, st.deletes, st.lock_waits,
-            st.lock_timeouts, st.recoveries);
+            d->connections_total, d->commands_total, d->connections_rejected,
+            st.hits, st.misses, st.expirations, st.evictions, st.sets,
+            st.deletes, st.lock_waits, st.lock_timeouts, st.recoveries);
     }
     if (section_wanted(w, "keyspace", true)) {
         info_section(b, "Keyspace", &first);
         if (st.entries > 0)
-            evbuffer_add_printf(b,
-                                "db0:keys=%" PRIu64 ",expires=%" PRIu64
-                                ",avg_ttl=0\r\n",
-                                st.entries, st.entries_with_ttl);
+            evbuffer_add_printf(
+                b, "db0:keys=%" PRIu64 ",expires=%" PRIu64 ",avg_ttl=0\r\n",
+                st.entries, st.entries_with_ttl);
     }
     size_t len = evbuffer_get_length(b);
     resp_bulk(out, evbuffer_pullup(b, -1), len);
@@ -719,8 +710,8 @@ static void cmd_shmkv_check(struct conn *c, size_t argc, struct resp_arg *argv,
                  r.entries_seen, r.blocks_used, r.blocks_free, r.bytes_leaked);
         resp_bulk_str(out, text);
     } else if (rc == SHMKV_ECORRUPT) {
-        resp_errorf(out, "CORRUPT %" PRIu64 " problems; first: %s",
-                    r.problems, r.first_problem);
+        resp_errorf(out, "CORRUPT %" PRIu64 " problems; first: %s", r.problems,
+                    r.first_problem);
     } else {
         reply_store_error(out, rc);
     }
@@ -842,8 +833,8 @@ static void client_line(struct evbuffer *b, const struct conn *x, time_t now)
     evbuffer_add_printf(b,
                         "id=%llu addr=%s fd=%d name=%s age=%lld idle=%lld "
                         "pid=%d uid=%d gid=%d admin=%d cmds=%llu cmd=%s\n",
-                        (unsigned long long)x->id, x->d->cfg.socket_path,
-                        x->fd, x->name, (long long)(now - x->created),
+                        (unsigned long long)x->id, x->d->cfg.socket_path, x->fd,
+                        x->name, (long long)(now - x->created),
                         (long long)(now - x->last_active), (int)x->pid,
                         (int)x->uid, (int)x->gid, x->admin,
                         (unsigned long long)x->commands, x->last_command);
@@ -896,7 +887,7 @@ static void command_info(struct evbuffer *out, const struct command *cmd)
 {
     char lower[32];
     size_t i;
-    for (i = 0; cmd->name[i] && i < sizeof lower - 1; i++)
+    for (i = 0; i < sizeof lower - 1 && cmd->name[i]; i++)
         lower[i] = (char)tolower((unsigned char)cmd->name[i]);
     lower[i] = '\0';
     int first = 0, last = 0, step = 0;
@@ -986,15 +977,18 @@ static const struct command commands[] = {
     {"SHMKV.CHECK", 1, 0, cmd_shmkv_check, "check the store's structure"},
     {"SET", -3, CMD_ADMIN | CMD_KEY1, cmd_set,
      "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]"},
-    {"MSET", -3, CMD_ADMIN | CMD_KEYVALS, cmd_mset, "key value [key value ...]"},
-    {"DEL", -2, CMD_ADMIN | CMD_KEYS, cmd_del, "key [key ...]: how many removed"},
+    {"MSET", -3, CMD_ADMIN | CMD_KEYVALS, cmd_mset,
+     "key value [key value ...]"},
+    {"DEL", -2, CMD_ADMIN | CMD_KEYS, cmd_del,
+     "key [key ...]: how many removed"},
     {"UNLINK", -2, CMD_ADMIN | CMD_KEYS, cmd_del, "key [key ...]: as DEL"},
     {"INCR", 2, CMD_ADMIN | CMD_KEY1, cmd_incr, "key: add 1"},
     {"DECR", 2, CMD_ADMIN | CMD_KEY1, cmd_decr, "key: subtract 1"},
     {"INCRBY", 3, CMD_ADMIN | CMD_KEY1, cmd_incrby, "key n: add n"},
     {"DECRBY", 3, CMD_ADMIN | CMD_KEY1, cmd_decrby, "key n: subtract n"},
     {"EXPIRE", 3, CMD_ADMIN | CMD_KEY1, cmd_expire, "key seconds"},
-    {"PEXPIRE", 3, CMD_ADMIN | CMD_KEY1, cmd_expire, "key ms (rounded up to seconds)"},
+    {"PEXPIRE", 3, CMD_ADMIN | CMD_KEY1, cmd_expire,
+     "key ms (rounded up to seconds)"},
     {"PERSIST", 2, CMD_ADMIN | CMD_KEY1, cmd_persist, "key: remove its TTL"},
     {"FLUSHALL", -1, CMD_ADMIN, cmd_flushall, "remove every key"},
     {"FLUSHDB", -1, CMD_ADMIN, cmd_flushall, "as FLUSHALL"},
@@ -1036,9 +1030,8 @@ void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
         size_t n = argv[0].len < 40 ? argv[0].len : 40;
         size_t j = 0;
         for (size_t i = 0; i < n; i++)
-            shown[j++] = isprint((unsigned char)argv[0].data[i])
-                             ? argv[0].data[i]
-                             : '?';
+            shown[j++] =
+                isprint((unsigned char)argv[0].data[i]) ? argv[0].data[i] : '?';
         shown[j] = '\0';
         resp_errorf(out, "ERR unknown command '%s'", shown);
         return;

@@ -54,8 +54,7 @@ static const struct setting settings[] = {
     {"store", "mode", K_MODE, FIELD(store_mode), 0, 0777},
     {"store", "group", K_GROUP, FIELD(store_group), 0, 0},
     {"store", "max_key_size", K_SIZE, FIELD(max_key_bytes), 1, 65535},
-    {"store", "max_value_size", K_SIZE, FIELD(max_value_bytes), 0,
-     UINT32_MAX},
+    {"store", "max_value_size", K_SIZE, FIELD(max_value_bytes), 0, UINT32_MAX},
     {"store", "max_entries", K_UINT, FIELD(max_entries), 0, 1ull << 32},
     {"store", "eviction", K_EVICTION, FIELD(eviction), 0, 0},
     {"store", "default_ttl", K_UINT, FIELD(default_ttl_s), 0, UINT32_MAX},
@@ -241,8 +240,8 @@ struct parse {
     struct config *cfg;
     const char *path;
     FILE *file;
-    int line;             /* the line inih is on */
-    char section[64];     /* as the reader last saw it */
+    int line;         /* the line inih is on */
+    char section[64]; /* as the reader last saw it */
     bool section_known;
     int set_at[NSETTINGS]; /* the line each setting was given on, or 0 */
     char *err;
@@ -317,8 +316,7 @@ static char *reader(char *str, int num, void *stream)
         int c;
         while ((c = fgetc(p->file)) != EOF && c != '\n')
             ;
-        problem(p, p->line, "line too long (at most %d characters)",
-                num - 2);
+        problem(p, p->line, "line too long (at most %d characters)", num - 2);
         snprintf(str, (size_t)num, "\n");
         return str;
     }
@@ -331,16 +329,15 @@ static char *reader(char *str, int num, void *stream)
         return str;
     }
     if ((int)strlen(s) > num - 2) {
-        problem(p, p->line, "line too long (at most %d characters)",
-                num - 2);
+        problem(p, p->line, "line too long (at most %d characters)", num - 2);
         snprintf(str, (size_t)num, "\n");
         return str;
     }
     if (s[0] == '[') {
         char *close = strchr(s, ']');
         char *rest = close ? trim(close + 1) : NULL;
-        if (close == NULL || (rest[0] != '\0' && rest[0] != ';' &&
-                              rest[0] != '#')) {
+        if (close == NULL ||
+            (rest[0] != '\0' && rest[0] != ';' && rest[0] != '#')) {
             problem(p, p->line, "bad section header '%s': want [name]", s);
             p->section_known = false;
             snprintf(p->section, sizeof p->section, "?");
@@ -400,8 +397,8 @@ static int parse_id_list(struct parse *p, const struct setting *st,
         else
             rc = resolve_group(tok, &((gid_t *)ids)[n]);
         if (rc != 0) {
-            problem(p, p->line, "%s: no %s named '%s' on this system",
-                    st->name, st->kind == K_USERS ? "user" : "group", tok);
+            problem(p, p->line, "%s: no %s named '%s' on this system", st->name,
+                    st->kind == K_USERS ? "user" : "group", tok);
             return -1;
         }
         n++;
@@ -477,8 +474,7 @@ static int apply(struct parse *p, const struct setting *st, const char *value)
     }
     case K_BOOL:
         if (parse_bool(value, field) != 0) {
-            problem(p, p->line, "%s: '%s' is not yes or no", st->name,
-                    value);
+            problem(p, p->line, "%s: '%s' is not yes or no", st->name, value);
             return -1;
         }
         return 0;
@@ -531,9 +527,9 @@ static int apply(struct parse *p, const struct setting *st, const char *value)
                              &p->cfg->n_admin_gids);
     }
     if (v < st->min || v > st->max) {
-        problem(p, p->line, "%s: %s is out of range (%" PRIu64 " to %" PRIu64
-                            ")",
-                st->name, value, st->min, st->max);
+        problem(p, p->line,
+                "%s: %s is out of range (%" PRIu64 " to %" PRIu64 ")", st->name,
+                value, st->min, st->max);
         return -1;
     }
     store_uint(field, st->width, v);
@@ -564,8 +560,8 @@ static int handler(void *user, const char *section, const char *name,
         if (strcmp(settings[i].name, name) == 0)
             elsewhere = settings[i].section;
     if (elsewhere != NULL)
-        problem(p, p->line, "'%s' belongs in [%s], not [%s]", name,
-                elsewhere, section);
+        problem(p, p->line, "'%s' belongs in [%s], not [%s]", name, elsewhere,
+                section);
     else
         problem(p, p->line, "unknown setting '%s' in [%s]", name, section);
     return 1;
@@ -590,14 +586,12 @@ static void cross_check(struct parse *p)
                 c->max_value_bytes, c->store_size / 4);
 }
 
-int config_load(const char *path, struct config *cfg, char *err,
-                size_t err_cap)
+int config_load(const char *path, struct config *cfg, char *err, size_t err_cap)
 {
     config_defaults(cfg);
     if (err_cap > 0)
         err[0] = '\0';
-    struct parse p = {.cfg = cfg, .path = path, .err = err,
-                      .err_cap = err_cap};
+    struct parse p = {.cfg = cfg, .path = path, .err = err, .err_cap = err_cap};
     snprintf(cfg->path, sizeof cfg->path, "%s", path);
     p.file = fopen(path, "re");
     if (p.file == NULL) {
@@ -616,9 +610,8 @@ int config_load(const char *path, struct config *cfg, char *err,
     if (p.problems == 0)
         cross_check(&p);
     if (p.problems == 0 && cfg->max_value_bytes == 0)
-        cfg->max_value_bytes = (uint32_t)(cfg->store_size / 4 < MIB
-                                              ? cfg->store_size / 4
-                                              : MIB);
+        cfg->max_value_bytes =
+            (uint32_t)(cfg->store_size / 4 < MIB ? cfg->store_size / 4 : MIB);
     return p.problems == 0 ? 0 : -1;
 }
 

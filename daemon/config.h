@@ -40,20 +40,20 @@ struct config {
     uint32_t max_value_bytes; /* max_value_size = 1M */
     uint64_t max_entries;     /* max_entries = 0 (0: one per 128 bytes) */
     enum shmkv_eviction eviction; /* eviction = noeviction | lru */
-    uint32_t default_ttl_s;   /* default_ttl = 0 (seconds; for socket SETs
-                                 without EX/PX; 0 none) */
-    uint32_t max_handles;     /* max_handles = 1024 (client slots) */
+    uint32_t default_ttl_s;       /* default_ttl = 0 (seconds; for socket SETs
+                                     without EX/PX; 0 none) */
+    uint32_t max_handles;         /* max_handles = 1024 (client slots) */
 
     /* [control] */
-    char socket_path[108];    /* socket = /run/shmkvd/shmkvd.sock */
-    unsigned socket_mode;     /* socket_mode = 0660 */
+    char socket_path[108];            /* socket = /run/shmkvd/shmkvd.sock */
+    unsigned socket_mode;             /* socket_mode = 0660 */
     uid_t admin_uids[CONFIG_MAX_IDS]; /* admin_users = root, 1000 */
     size_t n_admin_uids;
     gid_t admin_gids[CONFIG_MAX_IDS]; /* admin_groups = shmkv */
     size_t n_admin_gids;
-    uint32_t max_connections; /* max_connections = 128 */
+    uint32_t max_connections;   /* max_connections = 128 */
     uint64_t max_request_bytes; /* max_request = 4M (one RESP request) */
-    uint32_t idle_timeout_s;  /* idle_timeout = 300 (0: never) */
+    uint32_t idle_timeout_s;    /* idle_timeout = 300 (0: never) */
 
     /* [persistence] */
     char snapshot_path[4096]; /* snapshot = "" (none) */
@@ -61,9 +61,9 @@ struct config {
     bool load_on_start;       /* load_on_start = yes */
 
     /* [daemon] */
-    enum log_level log_level;  /* log_level = info */
-    uint32_t lock_timeout_ms;  /* lock_timeout_ms = 5000 */
-    uint32_t housekeeping_ms;  /* housekeeping_interval_ms = 100 */
+    enum log_level log_level;       /* log_level = info */
+    uint32_t lock_timeout_ms;       /* lock_timeout_ms = 5000 */
+    uint32_t housekeeping_ms;       /* housekeeping_interval_ms = 100 */
     uint32_t expire_slots_per_tick; /* expire_slots_per_tick = 4096 */
 };
 

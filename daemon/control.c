@@ -106,8 +106,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         size_t consumed = 0, argc = 0;
         struct resp_arg *argv = NULL;
         char err[256];
-        enum resp_status st = resp_parse(&c->parser, buf, len, &consumed,
-                                         &argc, &argv, err, sizeof err);
+        enum resp_status st = resp_parse(&c->parser, buf, len, &consumed, &argc,
+                                         &argv, err, sizeof err);
         if (st == RESP_INCOMPLETE)
             break;
         if (st == RESP_PROTO || st == RESP_TOO_BIG) {
@@ -207,15 +207,14 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     conn_set_timeouts(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    log_debug("connection %llu from pid %d uid %d%s",
-              (unsigned long long)c->id, (int)c->pid, (int)c->uid,
-              c->admin ? " (admin)" : "");
+    log_debug("connection %llu from pid %d uid %d%s", (unsigned long long)c->id,
+              (int)c->pid, (int)c->uid, c->admin ? " (admin)" : "");
 }
 
 /* Makes the socket's directory if it is missing (one level, 0755). */
 static int ensure_socket_dir(const char *path)
 {
-    char dir[sizeof ((struct sockaddr_un *)0)->sun_path];
+    char dir[sizeof((struct sockaddr_un *)0)->sun_path];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash == NULL || slash == dir)
@@ -257,8 +256,7 @@ int control_start(struct daemon *d)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", d->cfg.socket_path);
-    if (ensure_socket_dir(addr.sun_path) != 0 ||
-        clear_stale_socket(&addr) != 0)
+    if (ensure_socket_dir(addr.sun_path) != 0 || clear_stale_socket(&addr) != 0)
         return -1;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
@@ -288,10 +286,9 @@ int control_start(struct daemon *d)
         log_error("listen %s: %s", addr.sun_path, strerror(errno));
         goto fail;
     }
-    d->listener = evconnlistener_new(d->base, accept_cb, d,
-                                     LEV_OPT_CLOSE_ON_FREE |
-                                         LEV_OPT_CLOSE_ON_EXEC,
-                                     -1, fd);
+    d->listener = evconnlistener_new(
+        d->base, accept_cb, d, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        -1, fd);
     if (d->listener == NULL) {
         log_error("evconnlistener_new failed");
         goto fail;

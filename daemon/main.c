@@ -180,16 +180,15 @@ static void status_update(struct daemon *d)
     struct shmkv_stats st;
     if (shmkv_stats(d->kv, &st) != 0)
         return;
-    double hit_rate = st.hits + st.misses
-                          ? 100.0 * (double)st.hits /
-                                (double)(st.hits + st.misses)
-                          : 0.0;
+    double hit_rate = st.hits + st.misses ? 100.0 * (double)st.hits /
+                                                (double)(st.hits + st.misses)
+                                          : 0.0;
     notify_sendf("STATUS=%llu keys, %.1f%% memory used, %u handles, %u "
                  "connections, %.1f%% hits",
                  (unsigned long long)st.entries,
-                 st.bytes_capacity ? 100.0 * (double)st.bytes_used /
-                                         (double)st.bytes_capacity
-                                   : 0.0,
+                 st.bytes_capacity
+                     ? 100.0 * (double)st.bytes_used / (double)st.bytes_capacity
+                     : 0.0,
                  st.clients, d->n_conns, hit_rate);
 }
 
@@ -213,9 +212,8 @@ static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
         if ((uint32_t)n * 4 < d->cfg.expire_slots_per_tick / 64 + 1)
             break;
     }
-    uint64_t every = 5000 / (d->cfg.housekeeping_ms ? d->cfg.housekeeping_ms
-                                                    : 1000) +
-                     1;
+    uint64_t every =
+        5000 / (d->cfg.housekeeping_ms ? d->cfg.housekeeping_ms : 1000) + 1;
     if (rt.ticks++ % every == 0)
         status_update(d);
     housekeeping_arm(d);
@@ -351,7 +349,7 @@ static int setup_events(struct daemon *d)
 
 static void free_events(void)
 {
-    struct event *evs[] = {rt.sig_term, rt.sig_int,  rt.sig_hup,
+    struct event *evs[] = {rt.sig_term,     rt.sig_int,  rt.sig_hup,
                            rt.housekeeping, rt.watchdog, rt.stop_now};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i] != NULL)
@@ -362,8 +360,7 @@ static void free_events(void)
  * snapshot stops the start: the operator decides, nothing is half-loaded. */
 static int load_snapshot(struct daemon *d)
 {
-    if (d->adopted || !d->cfg.load_on_start ||
-        d->cfg.snapshot_path[0] == '\0')
+    if (d->adopted || !d->cfg.load_on_start || d->cfg.snapshot_path[0] == '\0')
         return 0;
     struct stat st;
     if (stat(d->cfg.snapshot_path, &st) != 0 && errno == ENOENT) {
@@ -372,8 +369,7 @@ static int load_snapshot(struct daemon *d)
     }
     char err[512];
     uint64_t n = 0;
-    if (snapshot_load(d->kv, d->cfg.snapshot_path, &n, err, sizeof err) !=
-        0) {
+    if (snapshot_load(d->kv, d->cfg.snapshot_path, &n, err, sizeof err) != 0) {
         log_error("refusing to start: %s", err);
         return -1;
     }
@@ -458,8 +454,8 @@ int main(int argc, char **argv)
                 strerror(errno));
         return 1;
     }
-    ssize_t n = readlink("/proc/self/exe", d->executable,
-                         sizeof d->executable - 1);
+    ssize_t n =
+        readlink("/proc/self/exe", d->executable, sizeof d->executable - 1);
     d->executable[n > 0 ? n : 0] = '\0';
     signal(SIGPIPE, SIG_IGN);
     d->started = time(NULL);

@@ -26,8 +26,7 @@ int notify_send(const char *state)
     memcpy(addr.sun_path, path, plen);
     if (path[0] == '@')
         addr.sun_path[0] = '\0'; /* abstract namespace */
-    socklen_t alen =
-        (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
+    socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;

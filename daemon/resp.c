@@ -90,11 +90,10 @@ static bool parse_len(const char *buf, size_t from, size_t to, long long *out)
     return true;
 }
 
-static enum resp_status parse_multibulk(struct resp_parser *p,
-                                        const char *buf, size_t len,
-                                        size_t *consumed, size_t *argc,
-                                        struct resp_arg **argv, char *err,
-                                        size_t err_cap)
+static enum resp_status parse_multibulk(struct resp_parser *p, const char *buf,
+                                        size_t len, size_t *consumed,
+                                        size_t *argc, struct resp_arg **argv,
+                                        char *err, size_t err_cap)
 {
     long eol = find_crlf(buf, 1, len);
     if (eol < 0) {
@@ -217,7 +216,8 @@ static enum resp_status split_inline(struct resp_parser *p, const char *line,
                 done = true;
             } else if (in_dq) {
                 if (line[i] == '\\' && i + 3 < n && line[i + 1] == 'x' &&
-                    hex_digit(line[i + 2]) >= 0 && hex_digit(line[i + 3]) >= 0) {
+                    hex_digit(line[i + 2]) >= 0 &&
+                    hex_digit(line[i + 3]) >= 0) {
                     out[o++] = (char)(hex_digit(line[i + 2]) * 16 +
                                       hex_digit(line[i + 3]));
                     i += 4;
@@ -232,7 +232,8 @@ static enum resp_status split_inline(struct resp_parser *p, const char *line,
                     i += 2;
                 } else if (line[i] == '"') {
                     /* A closing quote must end the argument. */
-                    if (i + 1 < n && line[i + 1] != ' ' && line[i + 1] != '\t') {
+                    if (i + 1 < n && line[i + 1] != ' ' &&
+                        line[i + 1] != '\t') {
                         set_err(err, err_cap,
                                 "Protocol error: unbalanced quotes in request");
                         return RESP_PROTO;
@@ -247,7 +248,8 @@ static enum resp_status split_inline(struct resp_parser *p, const char *line,
                     out[o++] = '\'';
                     i += 2;
                 } else if (line[i] == '\'') {
-                    if (i + 1 < n && line[i + 1] != ' ' && line[i + 1] != '\t') {
+                    if (i + 1 < n && line[i + 1] != ' ' &&
+                        line[i + 1] != '\t') {
                         set_err(err, err_cap,
                                 "Protocol error: unbalanced quotes in request");
                         return RESP_PROTO;
@@ -270,7 +272,8 @@ static enum resp_status split_inline(struct resp_parser *p, const char *line,
             }
         }
         if (count + 1 > p->max_args) {
-            set_err(err, err_cap, "Protocol error: too many arguments in request");
+            set_err(err, err_cap,
+                    "Protocol error: too many arguments in request");
             return RESP_TOO_BIG;
         }
         if (!args_reserve(p, count + 1)) {
@@ -288,9 +291,9 @@ static enum resp_status split_inline(struct resp_parser *p, const char *line,
 }
 
 static enum resp_status parse_inline(struct resp_parser *p, const char *buf,
-                                     size_t len, size_t *consumed,
-                                     size_t *argc, struct resp_arg **argv,
-                                     char *err, size_t err_cap)
+                                     size_t len, size_t *consumed, size_t *argc,
+                                     struct resp_arg **argv, char *err,
+                                     size_t err_cap)
 {
     const char *nl = memchr(buf, '\n', len);
     if (nl == NULL) {
@@ -328,8 +331,7 @@ enum resp_status resp_parse(struct resp_parser *p, const char *buf, size_t len,
     if (len == 0)
         return RESP_INCOMPLETE;
     if (buf[0] == '*')
-        return parse_multibulk(p, buf, len, consumed, argc, argv, err,
-                               err_cap);
+        return parse_multibulk(p, buf, len, consumed, argc, argv, err, err_cap);
     return parse_inline(p, buf, len, consumed, argc, argv, err, err_cap);
 }
 

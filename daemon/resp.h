@@ -52,21 +52,20 @@ void resp_parser_free(struct resp_parser *p);
  * holds a message in Redis's style ("Protocol error: invalid bulk length").
  * The parser never reads past buf + len and never allocates more than the
  * limits allow. */
-enum resp_status resp_parse(struct resp_parser *p, const char *buf,
-                            size_t len, size_t *consumed, size_t *argc,
-                            struct resp_arg **argv, char *err,
-                            size_t err_cap);
+enum resp_status resp_parse(struct resp_parser *p, const char *buf, size_t len,
+                            size_t *consumed, size_t *argc,
+                            struct resp_arg **argv, char *err, size_t err_cap);
 
 /* Replies, appended to out. */
-void resp_simple(struct evbuffer *out, const char *s);     /* +OK */
-void resp_error(struct evbuffer *out, const char *msg);    /* -ERR ... */
+void resp_simple(struct evbuffer *out, const char *s);  /* +OK */
+void resp_error(struct evbuffer *out, const char *msg); /* -ERR ... */
 void resp_errorf(struct evbuffer *out, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-void resp_int(struct evbuffer *out, int64_t v);            /* :1 */
+void resp_int(struct evbuffer *out, int64_t v);                  /* :1 */
 void resp_bulk(struct evbuffer *out, const void *p, size_t len); /* $n */
 void resp_bulk_str(struct evbuffer *out, const char *s);
-void resp_null(struct evbuffer *out);                      /* $-1 */
-void resp_null_array(struct evbuffer *out);                /* *-1 */
-void resp_array(struct evbuffer *out, size_t n);           /* *n header */
+void resp_null(struct evbuffer *out);            /* $-1 */
+void resp_null_array(struct evbuffer *out);      /* *-1 */
+void resp_array(struct evbuffer *out, size_t n); /* *n header */
 
 #endif

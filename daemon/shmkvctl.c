@@ -88,8 +88,7 @@ static void conn_open(struct conn *c, const char *path)
         die(EXIT_USAGE, "socket path too long: %s", path);
     strcpy(addr.sun_path, path);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0 ||
-        connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0)
+    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0)
         die(EXIT_ERROR, "cannot connect to %s: %s (is shmkvd running?)", path,
             strerror(errno));
     c->start = c->end = 0;
@@ -336,21 +335,18 @@ static int cmd_status(struct conn *c)
            stat_value(&stats, "entries"),
            stat_value(&stats, "entries_with_ttl"));
     printf("memory     %s used of %s, %s free, fragmentation %.1f%%\n", used,
-           cap, freeb,
-           (double)stat_value(&stats, "fragmentation_ppm") / 1e4);
+           cap, freeb, (double)stat_value(&stats, "fragmentation_ppm") / 1e4);
     if (hits + misses > 0)
         printf("hit rate   %.1f%% (%" PRIu64 " hits, %" PRIu64 " misses)\n",
                100.0 * (double)hits / (double)(hits + misses), hits, misses);
     else
         printf("hit rate   - (no lookups yet)\n");
-    printf("clients    %" PRId64 " connections, %" PRId64
-           " handles attached\n",
+    printf("clients    %" PRId64 " connections, %" PRId64 " handles attached\n",
            stat_value(&stats, "connections"), stat_value(&stats, "handles"));
     printf("writes     %" PRId64 " sets, %" PRId64 " deletes, %" PRId64
            " evictions, %" PRId64 " expirations\n",
            stat_value(&stats, "sets"), stat_value(&stats, "deletes"),
-           stat_value(&stats, "evictions"),
-           stat_value(&stats, "expirations"));
+           stat_value(&stats, "evictions"), stat_value(&stats, "expirations"));
     reply_free(&info);
     reply_free(&stats);
     return EXIT_OK;
