@@ -54,8 +54,7 @@ static void mapping_search(uint32_t units, unsigned *fl, unsigned *sl)
     mapping_insert(units, fl, sl);
 }
 
-static uint32_t *footer_of(struct data_header *d, uint32_t off,
-                           uint32_t units)
+static uint32_t *footer_of(struct data_header *d, uint32_t off, uint32_t units)
 {
     return (uint32_t *)((char *)block_at(d, off + units) - sizeof(uint32_t));
 }
@@ -254,10 +253,10 @@ int arena_check(const struct data_header *d, uint8_t *used_map,
                           off);
         if (is_free) {
             if (prev_free)
-                check_problem(r, "arena: adjacent free blocks at unit %u",
-                              off);
-            const uint32_t *foot = (const uint32_t *)((const char *)block_at(
-                                       d, off + b->size_units) -
+                check_problem(r, "arena: adjacent free blocks at unit %u", off);
+            const uint32_t *foot =
+                (const uint32_t *)((const char *)block_at(d,
+                                                          off + b->size_units) -
                                    sizeof(uint32_t));
             if (*foot != b->size_units)
                 check_problem(r, "arena: free block at unit %u bad footer",
@@ -294,8 +293,7 @@ int arena_check(const struct data_header *d, uint8_t *used_map,
             uint32_t prev = 0;
             bool nonempty = d->free_heads[fl][sl] != 0;
             if (nonempty != !!(d->sl_bitmap[fl] & (1u << sl)))
-                check_problem(r, "arena: bitmap wrong for list %u/%u", fl,
-                              sl);
+                check_problem(r, "arena: bitmap wrong for list %u/%u", fl, sl);
             for (uint32_t o = d->free_heads[fl][sl]; o != 0;
                  o = block_at(d, o)->u.free.next) {
                 if (o < first || o >= end || listed > free_blocks) {
@@ -307,8 +305,9 @@ int arena_check(const struct data_header *d, uint8_t *used_map,
                 mapping_insert(b->size_units, &bfl, &bsl);
                 if ((b->flags & BLOCK_USED) || bfl != fl || bsl != sl ||
                     b->u.free.prev != prev)
-                    check_problem(r, "arena: free list %u/%u: bad block at "
-                                     "unit %u",
+                    check_problem(r,
+                                  "arena: free list %u/%u: bad block at "
+                                  "unit %u",
                                   fl, sl, o);
                 prev = o;
                 listed++;

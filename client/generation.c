@@ -46,8 +46,8 @@ static int data_validate(const struct shmkv *kv, const struct data_header *d,
     return 0;
 }
 
-static void handle_bind_data(struct shmkv *kv, struct data_header *d,
-                             int shmid, uint64_t current)
+static void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
+                             uint64_t current)
 {
     struct lock_slot *locks =
         (struct lock_slot *)((char *)kv->ctl + kv->ctl->locks_off);
@@ -66,7 +66,7 @@ int generation_refresh(struct shmkv *kv)
     for (int attempt = 0; attempt < 100; attempt++) {
         uint64_t cur =
             atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
-        if (cur & CURRENT_CLOSED)
+        if ((cur & CURRENT_CLOSED) && !kv->closer)
             return set_error(SHMKV_ECLOSED, "the store was closed");
         if (cur == kv->current && kv->data != NULL)
             return 0;
@@ -154,9 +154,9 @@ static bool live_writer_in(struct shmkv *kv, uint32_t gen)
         (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
     for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
         struct client_slot *s = &slots[i];
-        if (s == kv->slot || atomic_load_explicit(&s->lock_state,
-                                                  memory_order_seq_cst) !=
-                                 LOCK_STATE(gen, LOCKING_WRITE))
+        if (s == kv->slot ||
+            atomic_load_explicit(&s->lock_state, memory_order_seq_cst) !=
+                LOCK_STATE(gen, LOCKING_WRITE))
             continue;
         int32_t pid = atomic_load(&s->pid);
         if (pid > 0 && process_alive(pid, atomic_load(&s->start_ticks)))

@@ -38,7 +38,8 @@ struct shmkv {
 
     bool rdonly;
     bool in_read;
-    bool owner; /* created it: shmkv_destroy removes it */
+    bool closer; /* this handle closed the store: it may still read */
+    bool owner;  /* created it: shmkv_destroy removes it */
     /* Same uid as the control segment's owner: may build generations (a
      * segment made by another uid could not be removed by the owner). */
     bool can_recover;
@@ -105,10 +106,8 @@ struct table_pos {
 };
 /* table_find, table_home: inline, in table.h */
 int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off);
-void table_replace(struct shmkv *kv, const struct table_pos *pos,
-                   uint32_t off);
-void table_remove(struct shmkv *kv, uint64_t hash,
-                  const struct table_pos *pos);
+void table_replace(struct shmkv *kv, const struct table_pos *pos, uint32_t off);
+void table_remove(struct shmkv *kv, uint64_t hash, const struct table_pos *pos);
 int table_check(const struct shmkv *kv, uint8_t *used_map,
                 struct shmkv_check_report *r);
 uint64_t index_bytes_for(uint64_t nbuckets);

@@ -45,7 +45,7 @@
 #define CURRENT_CLOSED (1ull << 63)
 #define CURRENT_GEN(w) (((w) >> 32) & 0x7fffffffull)
 #define CURRENT_SHMID(w) ((int)((w)&0xffffffffull))
-#define CURRENT_MAKE(gen, shmid)                                              \
+#define CURRENT_MAKE(gen, shmid)                                               \
     ((((uint64_t)(gen)&0x7fffffffull) << 32) | (uint32_t)(shmid))
 
 /* client_slot.lock_state: generation << 2 | LOCKING_READ or LOCKING_WRITE,

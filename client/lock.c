@@ -81,8 +81,8 @@ static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
         (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
     for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
         struct client_slot *s = &slots[i];
-        uint64_t st = atomic_load_explicit(&s->lock_state,
-                                           memory_order_acquire);
+        uint64_t st =
+            atomic_load_explicit(&s->lock_state, memory_order_acquire);
         if (st == 0 || LOCK_STATE_GEN(st) != gen || s == kv->slot)
             continue;
         int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
@@ -107,16 +107,15 @@ static int lock_wait(struct shmkv *kv, bool write)
         if (slice_end > deadline)
             slice_end = deadline;
         struct timespec ts = ms_to_timespec(slice_end);
-        int rc = write ? pthread_rwlock_clockwrlock(kv->lock, CLOCK_MONOTONIC,
-                                                    &ts)
-                       : pthread_rwlock_clockrdlock(kv->lock, CLOCK_MONOTONIC,
-                                                    &ts);
+        int rc =
+            write ? pthread_rwlock_clockwrlock(kv->lock, CLOCK_MONOTONIC, &ts)
+                  : pthread_rwlock_clockrdlock(kv->lock, CLOCK_MONOTONIC, &ts);
         if (rc == 0)
             return 0;
         if (rc != ETIMEDOUT && rc != EINTR && rc != EAGAIN)
             return set_error(SHMKV_ESYS, "rwlock: error %d", rc);
-        uint64_t cur = atomic_load_explicit(&kv->ctl->current,
-                                            memory_order_acquire);
+        uint64_t cur =
+            atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
         if (cur != kv->current)
             return SHMKV_ERETRY;
         if (write && atomic_load_explicit(&kv->ctl->recover_gen,
@@ -131,8 +130,7 @@ static int lock_wait(struct shmkv *kv, bool write)
         }
         if (monotonic_ms() >= deadline) {
             counter_bump(&kv->slot->lock_timeouts);
-            return set_error(SHMKV_ETIMEDOUT,
-                             "waited %u ms for the %s lock",
+            return set_error(SHMKV_ETIMEDOUT, "waited %u ms for the %s lock",
                              kv->lock_timeout_ms, write ? "write" : "read");
         }
     }
@@ -196,6 +194,8 @@ static int lock_take(struct shmkv *kv, bool write)
 {
     uint64_t deadline = 0; /* set on the first retry: reading the clock
                               costs as much as an uncontended lock */
+    if (write && kv->closer)
+        return set_error(SHMKV_ECLOSED, "the store was closed");
     for (;;) {
         int rc = generation_refresh(kv);
         if (rc != 0)
@@ -226,8 +226,8 @@ static int lock_take(struct shmkv *kv, bool write)
              * handle waited on the old lock; a writer must also not write
              * into a generation that is being copied (seq_cst pairs with
              * generation_recover's store of recover_gen). */
-            uint64_t cur = atomic_load_explicit(&kv->ctl->current,
-                                                memory_order_seq_cst);
+            uint64_t cur =
+                atomic_load_explicit(&kv->ctl->current, memory_order_seq_cst);
             bool stale = cur != kv->current;
             if (write && !stale)
                 stale = atomic_load_explicit(&kv->ctl->recover_gen,

@@ -109,8 +109,7 @@ static int check_key(const struct shmkv *kv, const void *key, size_t klen)
     return 0;
 }
 
-int shmkv_get(struct shmkv *kv, const void *key, size_t klen,
-              shmkv_val_t *val)
+int shmkv_get(struct shmkv *kv, const void *key, size_t klen, shmkv_val_t *val)
 {
     if (kv == NULL || val == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or value");
@@ -205,8 +204,8 @@ int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
                 if (ttl <= 0)
                     continue;
             }
-            rc = fn(ctx, entry_key(e), e->klen, entry_value(e),
-                    e->u.entry.vlen, ttl);
+            rc = fn(ctx, entry_key(e), e->klen, entry_value(e), e->u.entry.vlen,
+                    ttl);
         }
     }
     shmkv_read_end(kv);

@@ -27,10 +27,11 @@ static int parse_number_key(const char *s, key_t *out)
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 0);
-    if (errno != 0 || end == s || *end != '\0' || v == 0 ||
-        v > 0xffffffffull || strchr(s, '-') != NULL)
-        return set_error(SHMKV_EINVAL, "bad key '%s': want a nonzero 32-bit "
-                                       "number such as 0x5eed0001",
+    if (errno != 0 || end == s || *end != '\0' || v == 0 || v > 0xffffffffull ||
+        strchr(s, '-') != NULL)
+        return set_error(SHMKV_EINVAL,
+                         "bad key '%s': want a nonzero 32-bit "
+                         "number such as 0x5eed0001",
                          s);
     *out = (key_t)(uint32_t)v;
     return 0;
@@ -41,8 +42,8 @@ static int parse_ftok_key(const char *spec, key_t *out)
     const char *body = spec + strlen("ftok:");
     const char *colon = strrchr(body, ':');
     if (colon == NULL || colon == body)
-        return set_error(SHMKV_EINVAL,
-                         "bad key '%s': want ftok:/path:proj_id", spec);
+        return set_error(SHMKV_EINVAL, "bad key '%s': want ftok:/path:proj_id",
+                         spec);
     char path[4096];
     size_t plen = (size_t)(colon - body);
     if (plen >= sizeof path)
@@ -54,8 +55,8 @@ static int parse_ftok_key(const char *spec, key_t *out)
     long proj = strtol(colon + 1, &end, 0);
     if (errno != 0 || end == colon + 1 || *end != '\0' || proj < 1 ||
         proj > 255)
-        return set_error(SHMKV_EINVAL,
-                         "bad key '%s': proj_id must be 1 to 255", spec);
+        return set_error(SHMKV_EINVAL, "bad key '%s': proj_id must be 1 to 255",
+                         spec);
     key_t k = ftok(path, (int)proj);
     if (k == (key_t)-1)
         return set_errno_error(SHMKV_EINVAL, path);
@@ -91,8 +92,8 @@ struct config_key {
     bool found;
 };
 
-static int config_key_handler(void *user, const char *section,
-                              const char *name, const char *value)
+static int config_key_handler(void *user, const char *section, const char *name,
+                              const char *value)
 {
     struct config_key *ck = user;
     if (strcmp(section, "store") == 0 && strcmp(name, "key") == 0) {
@@ -157,8 +158,7 @@ int segment_create(key_t key, uint64_t bytes, unsigned mode, int *shmid_out)
     }
     switch (errno) {
     case EEXIST:
-        return set_error(SHMKV_EEXIST,
-                         "a segment already exists at key 0x%08x",
+        return set_error(SHMKV_EEXIST, "a segment already exists at key 0x%08x",
                          (unsigned)key);
     case EINVAL:
         return set_error(SHMKV_ELIMIT,
@@ -181,8 +181,7 @@ int segment_create(key_t key, uint64_t bytes, unsigned mode, int *shmid_out)
     }
 }
 
-int segment_attach(int shmid, bool rdonly, void **addr_out,
-                   uint64_t *bytes_out)
+int segment_attach(int shmid, bool rdonly, void **addr_out, uint64_t *bytes_out)
 {
     struct shmid_ds ds;
     if (shmctl(shmid, IPC_STAT, &ds) != 0) {

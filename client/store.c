@@ -148,8 +148,8 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
         entries = g->data_bytes / DEFAULT_ENTRY_BYTES;
     g->nbuckets = buckets_for_entries(entries);
     g->index_off = align_up(sizeof(struct data_header), CACHE_LINE);
-    g->arena_off = align_up(g->index_off + index_bytes_for(g->nbuckets),
-                            CACHE_LINE);
+    g->arena_off =
+        align_up(g->index_off + index_bytes_for(g->nbuckets), CACHE_LINE);
     if (g->arena_off > g->data_bytes / 2)
         return set_error(SHMKV_EINVAL,
                          "max entries %llu: the index would take over half "
@@ -159,8 +159,8 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
 
     g->locks_off = align_up(sizeof(struct ctl_header), CACHE_LINE);
     g->clients_off = g->locks_off + LOCK_SLOTS * sizeof(struct lock_slot);
-    g->recency_off = g->clients_off +
-                     (uint64_t)o->max_clients * sizeof(struct client_slot);
+    g->recency_off =
+        g->clients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
     g->recency_cells = 0;
     if (o->eviction == SHMKV_EVICT_LRU) {
         g->recency_cells = next_pow2(entries);
@@ -184,8 +184,8 @@ static void data_init(struct data_header *d, const struct ctl_header *c,
     d->nbuckets = buckets_for_entries(c->max_entries);
     d->max_load = d->nbuckets * BUCKET_SLOTS * MAX_LOAD_PERCENT / 100;
     d->index_off = align_up(sizeof *d, CACHE_LINE);
-    d->arena_off = align_up(d->index_off + index_bytes_for(d->nbuckets),
-                            CACHE_LINE);
+    d->arena_off =
+        align_up(d->index_off + index_bytes_for(d->nbuckets), CACHE_LINE);
     d->arena_units = (c->data_bytes - d->arena_off) / UNIT_BYTES - 1;
     arena_init(d);
     memcpy(d->magic, DATA_MAGIC, sizeof d->magic);
@@ -224,8 +224,7 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
         shmctl(shmid, IPC_RMID, NULL);
         return rc;
     }
-    struct lock_slot *locks =
-        (struct lock_slot *)((char *)c + c->locks_off);
+    struct lock_slot *locks = (struct lock_slot *)((char *)c + c->locks_off);
     rc = lock_init(&locks[gen % LOCK_SLOTS].rwlock);
     if (rc != 0) {
         shmdt(addr);
@@ -500,13 +499,12 @@ int shmkv_adopt(const char *where, struct shmkv **out)
     handle_bind_ctl(kv, c, id);
     /* owner_pid is the claim: only one adopter wins it. */
     int32_t owner = atomic_load(&c->owner_pid);
-    if (owner == (int32_t)kv->pid ||
-        process_alive(owner, c->owner_start_ticks))
+    if (owner == (int32_t)kv->pid || process_alive(owner, c->owner_start_ticks))
         rc = set_error(SHMKV_EOWNED,
                        "the store at key 0x%08x is owned by live process %d",
                        (unsigned)key, (int)owner);
-    else if (!atomic_compare_exchange_strong(&c->owner_pid,
-                                             &owner, (int32_t)kv->pid))
+    else if (!atomic_compare_exchange_strong(&c->owner_pid, &owner,
+                                             (int32_t)kv->pid))
         rc = set_error(SHMKV_EOWNED,
                        "another process adopted the store at key 0x%08x",
                        (unsigned)key);
@@ -546,7 +544,11 @@ int shmkv_mark_closed(struct shmkv *kv)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
-    atomic_fetch_or(&kv->ctl->current, CURRENT_CLOSED);
+    uint64_t cur = atomic_fetch_or(&kv->ctl->current, CURRENT_CLOSED);
+    kv->closer = true;
+    /* The handle follows the closed generation, to read what it holds. */
+    if ((cur & ~CURRENT_CLOSED) == (kv->current & ~CURRENT_CLOSED))
+        kv->current = cur | CURRENT_CLOSED;
     return 0;
 }
 

@@ -48,8 +48,7 @@ int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
     for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
         struct bucket *bk = &kv->buckets[b];
         for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
-            if (atomic_load_explicit(&bk->slot[i], memory_order_relaxed) !=
-                0)
+            if (atomic_load_explicit(&bk->slot[i], memory_order_relaxed) != 0)
                 continue;
             /* Counts on the way were raised first (below), then this one
              * release store publishes the entry. */
@@ -57,8 +56,7 @@ int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
                  p = next_bucket(p, step, kv->nbuckets))
                 atomic_fetch_add_explicit(&kv->buckets[p].overflow, 1,
                                           memory_order_relaxed);
-            atomic_store_explicit(&bk->slot[i],
-                                  SLOT_MAKE(hash_tag(hash), off),
+            atomic_store_explicit(&bk->slot[i], SLOT_MAKE(hash_tag(hash), off),
                                   memory_order_release);
             return 0;
         }
@@ -70,10 +68,10 @@ int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
 void table_replace(struct shmkv *kv, const struct table_pos *pos, uint32_t off)
 {
     struct bucket *bk = &kv->buckets[pos->bucket];
-    uint64_t s = atomic_load_explicit(&bk->slot[pos->slot],
-                                      memory_order_relaxed);
-    atomic_store_explicit(&bk->slot[pos->slot],
-                          SLOT_MAKE(SLOT_TAG(s), off), memory_order_release);
+    uint64_t s =
+        atomic_load_explicit(&bk->slot[pos->slot], memory_order_relaxed);
+    atomic_store_explicit(&bk->slot[pos->slot], SLOT_MAKE(SLOT_TAG(s), off),
+                          memory_order_release);
 }
 
 void table_remove(struct shmkv *kv, uint64_t hash, const struct table_pos *pos)
@@ -115,8 +113,9 @@ int table_check(const struct shmkv *kv, uint8_t *used_map,
             }
             uint64_t bit = off - first;
             if (!(used_map[bit / 8] & (1u << (bit % 8)))) {
-                check_problem(r, "index %llu/%u: offset %u is not a used "
-                                 "block",
+                check_problem(r,
+                              "index %llu/%u: offset %u is not a used "
+                              "block",
                               (unsigned long long)b, i, off);
                 continue;
             }
@@ -132,8 +131,7 @@ int table_check(const struct shmkv *kv, uint8_t *used_map,
             }
             if (e->u.entry.expire_unix != 0)
                 with_ttl++;
-            uint64_t hash =
-                key_hash(entry_key(e), e->klen, kv->seed);
+            uint64_t hash = key_hash(entry_key(e), e->klen, kv->seed);
             if (SLOT_TAG(s) != hash_tag(hash)) {
                 check_problem(r, "index %llu/%u: tag does not match key",
                               (unsigned long long)b, i);
@@ -142,8 +140,9 @@ int table_check(const struct shmkv *kv, uint8_t *used_map,
             struct table_pos pos;
             table_find(kv, hash, entry_key(e), e->klen, &pos);
             if (pos.off != off) {
-                check_problem(r, "index %llu/%u: key not found by lookup "
-                                 "(or duplicated)",
+                check_problem(r,
+                              "index %llu/%u: key not found by lookup "
+                              "(or duplicated)",
                               (unsigned long long)b, i);
                 continue;
             }
@@ -167,8 +166,7 @@ int table_check(const struct shmkv *kv, uint8_t *used_map,
     r->entries_seen = seen;
     if (seen != d->entries)
         check_problem(r, "index holds %llu entries, header says %llu",
-                      (unsigned long long)seen,
-                      (unsigned long long)d->entries);
+                      (unsigned long long)seen, (unsigned long long)d->entries);
     if (with_ttl != d->ttl_entries)
         check_problem(r, "%llu entries with a TTL, header counts %llu",
                       (unsigned long long)with_ttl,

@@ -32,8 +32,7 @@ static inline uint64_t probe_step(uint64_t nbuckets, uint64_t hash)
     return 1 + (hash >> 32) % (nbuckets - 1);
 }
 
-static inline uint64_t next_bucket(uint64_t b, uint64_t step,
-                                   uint64_t nbuckets)
+static inline uint64_t next_bucket(uint64_t b, uint64_t step, uint64_t nbuckets)
 {
     b += step;
     return b >= nbuckets ? b - nbuckets : b;

@@ -86,8 +86,8 @@ static void entry_remove(struct shmkv *kv, uint64_t hash,
 /* Removes the entry in bucket b, slot i (its hash recomputed). */
 static void slot_remove(struct shmkv *kv, uint64_t b, unsigned i)
 {
-    uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
-                                      memory_order_relaxed);
+    uint64_t s =
+        atomic_load_explicit(&kv->buckets[b].slot[i], memory_order_relaxed);
     const struct block *e = block_at(kv->data, SLOT_OFF(s));
     uint64_t hash = key_hash(entry_key(e), e->klen, kv->seed);
     struct table_pos pos = {.bucket = b, .slot = i, .off = SLOT_OFF(s)};
@@ -108,8 +108,8 @@ static uint64_t expire_slots(struct shmkv *kv, uint64_t max_slots)
     for (uint64_t n = 0; n < max_slots && d->ttl_entries > 0; n++) {
         uint64_t b = at / BUCKET_SLOTS;
         unsigned i = (unsigned)(at % BUCKET_SLOTS);
-        uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
-                                          memory_order_relaxed);
+        uint64_t s =
+            atomic_load_explicit(&kv->buckets[b].slot[i], memory_order_relaxed);
         if (SLOT_OFF(s) != 0 && expired_at(block_at(d, SLOT_OFF(s)), now)) {
             slot_remove(kv, b, i);
             removed++;
@@ -217,12 +217,12 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     if ((flags & SHMKV_KEEPTTL) && pos.off != 0)
         expire = block_at(d, pos.off)->u.entry.expire_unix;
 
-    uint32_t off = make_room(kv, entry_units(klen, vlen), pos.off == 0,
-                             pos.off);
+    uint32_t off =
+        make_room(kv, entry_units(klen, vlen), pos.off == 0, pos.off);
     if (off == 0)
         return set_error(SHMKV_ENOSPC,
-                         "no room for a %zu-byte key and %zu-byte value",
-                         klen, vlen);
+                         "no room for a %zu-byte key and %zu-byte value", klen,
+                         vlen);
     struct block *e = block_at(d, off);
     e->klen = (uint16_t)klen;
     e->u.entry.vlen = (uint32_t)vlen;
@@ -264,9 +264,8 @@ int shmkv_set(struct shmkv *kv, const void *key, size_t klen, const void *val,
     if (rc != 0)
         return rc;
     if (vlen > kv->max_value_bytes)
-        return set_error(SHMKV_E2BIG,
-                         "value of %zu bytes is over the limit %u", vlen,
-                         kv->max_value_bytes);
+        return set_error(SHMKV_E2BIG, "value of %zu bytes is over the limit %u",
+                         vlen, kv->max_value_bytes);
     if ((flags & ~(SHMKV_NX | SHMKV_XX | SHMKV_KEEPTTL)) ||
         ((flags & SHMKV_NX) && (flags & SHMKV_XX)))
         return set_error(SHMKV_EINVAL, "bad set flags 0x%x", (unsigned)flags);
@@ -305,8 +304,7 @@ int shmkv_del(struct shmkv *kv, const void *key, size_t klen)
     return rc;
 }
 
-int shmkv_expire(struct shmkv *kv, const void *key, size_t klen,
-                 uint32_t ttl_s)
+int shmkv_expire(struct shmkv *kv, const void *key, size_t klen, uint32_t ttl_s)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
@@ -386,7 +384,8 @@ int shmkv_incr(struct shmkv *kv, const void *key, size_t klen, int64_t delta,
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
     int64_t value = 0;
-    if (pos.off != 0 && !expired_at(block_at(kv->data, pos.off), clock_unix())) {
+    if (pos.off != 0 &&
+        !expired_at(block_at(kv->data, pos.off), clock_unix())) {
         const struct block *e = block_at(kv->data, pos.off);
         if (!parse_int64(entry_value(e), e->u.entry.vlen, &value)) {
             rc = set_error(SHMKV_ENOTNUM, "value is not a 64-bit integer");

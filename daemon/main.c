@@ -105,14 +105,18 @@ static int store_open(struct daemon *d)
     d->adopted = true;
     struct shmkv_stats st;
     shmkv_stats(d->kv, &st);
-    log_warning("adopted the store at %s left by dead process %d: %llu "
+    log_warning("adopted the store at %s left by a shmkvd that died: %llu "
                 "entries kept",
-                d->cfg.store_key, (int)st.owner_pid,
-                (unsigned long long)st.entries);
-    if (st.bytes_capacity + (1u << 20) < d->cfg.store_size ||
+                d->cfg.store_key, (unsigned long long)st.entries);
+    /* The data segment is the index (64-byte buckets of 7 slots) and the
+     * arena, give or take its header and page rounding. */
+    uint64_t data_bytes = st.bytes_capacity + st.index_slots / 7 * 64;
+    uint64_t slack = d->cfg.store_size / 64 + (64u << 10);
+    if (data_bytes + slack < d->cfg.store_size ||
+        data_bytes > d->cfg.store_size + slack ||
         st.max_value_bytes != d->cfg.max_value_bytes ||
         st.max_key_bytes != d->cfg.max_key_bytes ||
-        st.eviction != d->cfg.eviction)
+        st.eviction != d->cfg.eviction || st.max_clients != d->cfg.max_handles)
         log_warning("the adopted store keeps the settings it was created "
                     "with, which differ from the config; restart with the "
                     "store removed to apply them");
@@ -378,19 +382,30 @@ static int load_snapshot(struct daemon *d)
     return 0;
 }
 
-static void shutdown_store(struct daemon *d)
+/* Closes the store first, so that the snapshot holds every write a client
+ * was told succeeded, then saves and removes it. A failed save leaves the
+ * store in place, for the next start to adopt with its data. */
+static int shutdown_store(struct daemon *d)
 {
     bool save = d->stop_save == STOP_SAVE ||
                 (d->stop_save == STOP_SAVE_CONFIG && d->cfg.save_on_shutdown &&
                  d->cfg.snapshot_path[0] != '\0');
+    shmkv_mark_closed(d->kv);
     if (save) {
         char err[512];
-        daemon_save(d, err, sizeof err);
+        if (daemon_save(d, err, sizeof err) != 0) {
+            shmkv_close(d->kv);
+            d->kv = NULL;
+            log_error("the store %s is left in place so that no data is "
+                      "lost; the next start adopts it",
+                      d->cfg.store_key);
+            return -1;
+        }
     }
-    shmkv_mark_closed(d->kv);
     shmkv_destroy(d->kv);
     d->kv = NULL;
     log_info("store %s removed", d->cfg.store_key);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -466,6 +481,15 @@ int main(int argc, char **argv)
         log_error("cannot start libevent");
         goto out;
     }
+    /* Until the loop handles them, stop signals wait: a SIGTERM in the
+     * middle of loading a snapshot would otherwise leave a half-filled
+     * store for the next start to adopt. */
+    sigset_t stop_signals, old_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGHUP);
+    sigprocmask(SIG_BLOCK, &stop_signals, &old_mask);
     if (store_open(d) != 0)
         goto out;
     if (load_snapshot(d) != 0)
@@ -476,6 +500,7 @@ int main(int argc, char **argv)
         log_error("cannot set up events");
         goto out_control;
     }
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
     log_info("shmkvd %s ready: store %s, socket %s (pid %d)",
              SHMKV_VERSION_STRING, d->cfg.store_key, d->cfg.socket_path,
              (int)getpid());
@@ -497,8 +522,8 @@ out_store:
         } else if (status != 0) {
             shmkv_close(d->kv); /* keep adopted data for the next try */
             d->kv = NULL;
-        } else {
-            shutdown_store(d);
+        } else if (shutdown_store(d) != 0) {
+            status = 1;
         }
     }
 out:

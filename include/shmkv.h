@@ -145,8 +145,12 @@ int shmkv_remove(const char *where);
  * detail names its pid); otherwise the errors of shmkv_open(). */
 int shmkv_adopt(const char *where, struct shmkv **out);
 
-/* Marks the store closed: every handle's next operation returns
- * SHMKV_ECLOSED. The segments remain until shmkv_destroy(). */
+/* Marks the store closed: every other handle's next operation returns
+ * SHMKV_ECLOSED, and so does any write, also through kv. kv itself may
+ * still read (shmkv_read_begin, shmkv_foreach, ...), so that an owner can
+ * save a last snapshot in which no write can be missing: a writer that
+ * held or awaited the lock when the store closed sees the mark once it
+ * has the lock, and fails. The segments remain until shmkv_destroy(). */
 int shmkv_mark_closed(struct shmkv *kv);
 
 /* ---------------------------------------------------------------------- */

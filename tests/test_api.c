@@ -712,6 +712,14 @@ static void test_open_wrong_version(void **state)
     store_drop(&s);
 }
 
+static int count_one(void *ctx, const void *key, size_t klen, const void *val,
+                     size_t vlen, int64_t ttl_s)
+{
+    (void)key, (void)klen, (void)val, (void)vlen, (void)ttl_s;
+    (*(unsigned *)ctx)++;
+    return 0;
+}
+
 static void test_open_flags_clients_closed(void **state)
 {
     (void)state;
@@ -758,6 +766,15 @@ static void test_open_flags_clients_closed(void **state)
     size_t vlen;
     assert_rc(shmkv_get_copy(a, "still", 5, buf, sizeof buf, &vlen),
               SHMKV_ECLOSED);
+    /* The handle that closed it may still read (to save a last snapshot)
+     * but not write. */
+    assert_ok(shmkv_get_copy(s.kv, "still", 5, buf, sizeof buf, &vlen));
+    assert_memory_equal(buf, "here", 4);
+    assert_rc(set_str(s.kv, "x", "y", 0, 0), SHMKV_ECLOSED);
+    assert_rc(shmkv_del(s.kv, "still", 5), SHMKV_ECLOSED);
+    unsigned seen = 0;
+    assert_ok(shmkv_foreach(s.kv, count_one, &seen));
+    assert_int_equal(seen, 1);
     shmkv_close(a);
     store_drop(&s);
 }
