@@ -80,8 +80,14 @@ $(BUILD)/libshmkv.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/libshmkv.so: $(LIB_OBJS)
+# The shared library under its soname, with the link-time name beside it,
+# so that a program linked with -Lbuild -lshmkv runs with
+# LD_LIBRARY_PATH=build.
+$(BUILD)/libshmkv.so.$(SOVERSION): $(LIB_OBJS)
 	$(CC) -shared -Wl,-soname,libshmkv.so.$(SOVERSION) -o $@ $^ $(LIBS)
+
+$(BUILD)/libshmkv.so: $(BUILD)/libshmkv.so.$(SOVERSION)
+	ln -sf libshmkv.so.$(SOVERSION) $@
 
 $(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a
 	@mkdir -p $(dir $@)
@@ -130,7 +136,7 @@ install: all
 	    $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/shmkvd $(DESTDIR)$(UNITDIR) \
 	    $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)
 	install -m 644 $(BUILD)/libshmkv.a $(DESTDIR)$(LIBDIR)/
-	install -m 755 $(BUILD)/libshmkv.so $(DESTDIR)$(LIBDIR)/libshmkv.so.$(SOVERSION)
+	install -m 755 $(BUILD)/libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/
 	ln -sf libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libshmkv.so
 	install -m 644 include/shmkv.h $(DESTDIR)$(INCLUDEDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \

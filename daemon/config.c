@@ -458,6 +458,14 @@ static int apply(struct parse *p, const struct setting *st, const char *value)
                     st->name, value);
             return -1;
         }
+        if (st->offset == offsetof(struct config, store_mode) &&
+            (m & 0600) != 0600) {
+            problem(p, p->line,
+                    "mode: %s leaves the owner without read and write "
+                    "permission, which shmkvd and every client need",
+                    value);
+            return -1;
+        }
         *(unsigned *)field = (unsigned)m;
         return 0;
     }

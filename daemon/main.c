@@ -455,7 +455,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s", err);
         if (err[0] && err[strlen(err) - 1] != '\n')
             fputc('\n', stderr);
-        fprintf(stderr, "shmkvd: %s has errors; not starting\n", path);
+        fprintf(stderr,
+                check_only ? "shmkvd: %s has errors\n"
+                           : "shmkvd: %s has errors; not starting\n",
+                path);
         return 1;
     }
     if (check_only) {

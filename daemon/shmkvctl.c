@@ -89,8 +89,11 @@ static void conn_open(struct conn *c, const char *path)
     strcpy(addr.sun_path, path);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0)
-        die(EXIT_ERROR, "cannot connect to %s: %s (is shmkvd running?)", path,
-            strerror(errno));
+        die(EXIT_ERROR, "cannot connect to %s: %s (is shmkvd running?%s)", path,
+            strerror(errno),
+            path[0] == '/' ? ""
+                           : " a relative socket path is taken from the "
+                             "current directory, as shmkvd does");
     c->start = c->end = 0;
 }
 
@@ -273,8 +276,12 @@ static void target_load(struct target *t)
     if (t->config_path == NULL)
         t->config_path = CONFIG_DEFAULT_PATH;
     char err[8192];
-    if (config_load(t->config_path, &t->cfg, err, sizeof err) != 0)
+    if (config_load(t->config_path, &t->cfg, err, sizeof err) != 0) {
+        size_t n = strlen(err);
+        while (n > 0 && err[n - 1] == '\n')
+            err[--n] = '\0';
         die(EXIT_ERROR, "%s", err);
+    }
     t->have_config = true;
     if (t->socket_path == NULL)
         t->socket_path = t->cfg.socket_path;
@@ -471,6 +478,11 @@ int main(int argc, char **argv)
     int nargs = argc - optind - 1;
     target_load(&t);
     struct conn c;
+    for (int i = 0; i < nargs; i++)
+        if (args[i][0] == '\0' && strcmp(cmd, "set") != 0)
+            die(EXIT_USAGE, "%s: an empty argument", cmd);
+    if (strcmp(cmd, "set") == 0 && nargs >= 1 && args[0][0] == '\0')
+        die(EXIT_USAGE, "set: an empty key");
 
     if (strcmp(cmd, "get") == 0 && nargs == 1) {
         if (!t.have_config)
@@ -507,6 +519,9 @@ int main(int argc, char **argv)
         return status;
     }
     if (strcmp(cmd, "incr") == 0 && (nargs == 1 || nargs == 2)) {
+        char *end;
+        if (nargs == 2 && (strtoll(args[1], &end, 10), *end != '\0'))
+            die(EXIT_USAGE, "incr: BY must be an integer, not '%s'", args[1]);
         const char *v[3] = {"INCRBY", args[0], nargs == 2 ? args[1] : "1"};
         conn_open(&c, t.socket_path);
         return simple(&c, 3, v);
