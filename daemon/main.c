@@ -41,6 +41,10 @@ struct runtime {
     uint64_t ticks;
 };
 
+/* How much longer than its timeout systemd should wait for a snapshot load
+ * or the shutdown save: five minutes. */
+#define LONG_TASK_USEC 300000000ull
+
 static struct runtime rt;
 
 static void usage(FILE *out)
@@ -373,6 +377,9 @@ static int load_snapshot(struct daemon *d)
     }
     char err[512];
     uint64_t n = 0;
+    /* A large snapshot can outlast systemd's start timeout. */
+    notify_sendf("STATUS=loading %s\nEXTEND_TIMEOUT_USEC=%llu",
+                 d->cfg.snapshot_path, LONG_TASK_USEC);
     if (snapshot_load(d->kv, d->cfg.snapshot_path, &n, err, sizeof err) != 0) {
         log_error("refusing to start: %s", err);
         return -1;
@@ -393,6 +400,8 @@ static int shutdown_store(struct daemon *d)
     shmkv_mark_closed(d->kv);
     if (save) {
         char err[512];
+        notify_sendf("STATUS=saving %s\nEXTEND_TIMEOUT_USEC=%llu",
+                     d->cfg.snapshot_path, LONG_TASK_USEC);
         if (daemon_save(d, err, sizeof err) != 0) {
             shmkv_close(d->kv);
             d->kv = NULL;
