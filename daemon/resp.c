@@ -148,8 +148,11 @@ static enum resp_status parse_multibulk(struct resp_parser *p, const char *buf,
             set_err(err, err_cap, "Protocol error: request too big");
             return RESP_TOO_BIG;
         }
-        if (len - pos < (size_t)blen + 2)
+        if (len - pos < (size_t)blen + 2) {
+            /* Nothing can change before the whole body is there. */
+            p->need = pos + (size_t)blen + 2;
             return RESP_INCOMPLETE;
+        }
         if (buf[pos + (size_t)blen] != '\r' ||
             buf[pos + (size_t)blen + 1] != '\n') {
             set_err(err, err_cap, "Protocol error: bulk not followed by CRLF");
@@ -330,9 +333,15 @@ enum resp_status resp_parse(struct resp_parser *p, const char *buf, size_t len,
         err[0] = '\0';
     if (len == 0)
         return RESP_INCOMPLETE;
+    p->need = 0;
     if (buf[0] == '*')
         return parse_multibulk(p, buf, len, consumed, argc, argv, err, err_cap);
     return parse_inline(p, buf, len, consumed, argc, argv, err, err_cap);
+}
+
+size_t resp_need(const struct resp_parser *p)
+{
+    return p->need;
 }
 
 /* ---- replies ---- */

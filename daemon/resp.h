@@ -31,6 +31,8 @@ struct resp_parser {
     size_t args_cap;
     char *inline_buf;
     size_t inline_cap;
+    /* Set by resp_parse: see resp_need. */
+    size_t need;
 };
 
 enum resp_status {
@@ -55,6 +57,14 @@ void resp_parser_free(struct resp_parser *p);
 enum resp_status resp_parse(struct resp_parser *p, const char *buf, size_t len,
                             size_t *consumed, size_t *argc,
                             struct resp_arg **argv, char *err, size_t err_cap);
+
+/* After resp_parse returned RESP_INCOMPLETE: the fewest bytes, from the
+ * request's start, with which parsing it again can give another answer
+ * (the end of the bulk string it stopped in), or 0 if any byte might. A
+ * caller holding fewer bytes of the same request can skip the parse and
+ * the copying before it, so that a large value arriving in many reads is
+ * not parsed again on each. resp_parse itself does not use it. */
+size_t resp_need(const struct resp_parser *p);
 
 /* Replies, appended to out. */
 void resp_simple(struct evbuffer *out, const char *s);  /* +OK */

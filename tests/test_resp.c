@@ -689,11 +689,31 @@ static void test_replies_parse_back(void **state)
     evbuffer_free(out);
 }
 
+/* resp_need: the end of the bulk string a parse stopped in, 0 where any
+ * next byte might change the answer. */
+static void test_need(void **state)
+{
+    struct fixture *f = *state;
+    const char head[] = "*2\r\n$3\r\nSET\r\n$10\r\n";
+    char req[64];
+    snprintf(req, sizeof req, "%s0123", head);
+    assert_int_equal(parse(f, req, strlen(req)), RESP_INCOMPLETE);
+    assert_int_equal(resp_need(&f->p), strlen(head) + 10 + 2);
+    snprintf(req, sizeof req, "%s0123456789\r\n", head);
+    assert_int_equal(parse(f, req, strlen(req)), RESP_DONE);
+    assert_int_equal(resp_need(&f->p), 0);
+    assert_int_equal(parse(f, "*2\r\n$3\r\nSE", 12), RESP_INCOMPLETE);
+    assert_int_equal(resp_need(&f->p), 13);
+    assert_int_equal(parse(f, "*2\r\n$1", 6), RESP_INCOMPLETE);
+    assert_int_equal(resp_need(&f->p), 0);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_multibulk),
+        T(test_need),
         T(test_multibulk_empty),
         T(test_max_args_exactly),
         T(test_inline),
