@@ -4,7 +4,9 @@
  *
  * A table maps each name to its arity (Redis convention: n exact, -n at
  * least n, counting the name), whether it changes the store or the daemon
- * (ADMIN: only admin peers may run it), and its handler. Handlers call
+ * and who may run it (ADMIN: admin peers only, which every command that
+ * changes the store or the daemon is, and those that walk the whole store
+ * under its lock), and its handler. Handlers call
  * libshmkv on the daemon's own handle; reads use a read section and reply
  * straight from shared memory, so a GET costs one copy into the socket
  * buffer. Replies and error texts follow Redis so that redis-cli and client
@@ -13,7 +15,9 @@
 #include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <fnmatch.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,10 +30,12 @@
 #include "log.h"
 #include "snapshot.h"
 
-#define CMD_ADMIN 0x1   /* changes the store or the daemon */
+#define CMD_ADMIN 0x1   /* admin peers only */
 #define CMD_KEY1 0x2    /* argv[1] is its one key */
 #define CMD_KEYS 0x4    /* every argument is a key */
 #define CMD_KEYVALS 0x8 /* key value pairs */
+#define CMD_WRITE 0x10  /* changes the store or the daemon */
+#define CMD_WRITES (CMD_ADMIN | CMD_WRITE)
 
 typedef void command_fn(struct conn *c, size_t argc, struct resp_arg *argv,
                         struct evbuffer *out);
@@ -79,7 +85,6 @@ static void reply_store_error(struct evbuffer *out, int rc)
         resp_errorf(out, "ERR %s", shmkv_last_error());
         break;
     case SHMKV_ENOTNUM:
-    case SHMKV_EOVERFLOW:
         resp_error(out, "ERR value is not an integer or out of range");
         break;
     case SHMKV_ETIMEDOUT:
@@ -96,6 +101,34 @@ static void reply_store_error(struct evbuffer *out, int rc)
 static void reply_syntax(struct evbuffer *out)
 {
     resp_error(out, "ERR syntax error");
+}
+
+/* The longest TTL a store entry can carry, in seconds (about 68 years). */
+#define TTL_MAX_S ((int64_t)(UINT32_MAX / 2))
+
+/* n seconds or milliseconds, rounded up to whole seconds, without
+ * overflow for any n. */
+static int64_t ceil_seconds(int64_t n, bool ms)
+{
+    if (!ms)
+        return n;
+    return n / 1000 + (n % 1000 > 0);
+}
+
+/* The time to live, in seconds, that an EX, PX, EXAT or PXAT argument
+ * asks for (n > 0 as Redis requires). *ttl_s <= 0 means the absolute time
+ * has passed. False if n is out of range. */
+static bool ttl_from_arg(int64_t n, bool ms, bool at, int64_t *ttl_s)
+{
+    if (n <= 0)
+        return false;
+    int64_t s = ceil_seconds(n, ms);
+    if (at)
+        s -= (int64_t)time(NULL);
+    if (s > TTL_MAX_S)
+        return false;
+    *ttl_s = s;
+    return true;
 }
 
 static void human_bytes(uint64_t n, char *buf, size_t cap)
@@ -187,7 +220,10 @@ static void cmd_mget(struct conn *c, size_t argc, struct resp_arg *argv,
         reply_store_error(out, rc);
         return;
     }
-    /* One read section: a consistent view of all the keys. */
+    /* One read section: a consistent view of all the keys. A reply that
+     * outgrows the connection's output limit is abandoned (the connection
+     * is closed), not built to the end. */
+    size_t limit = conn_output_limit(c);
     resp_array(out, argc - 1);
     for (size_t i = 1; i < argc; i++) {
         shmkv_val_t v;
@@ -195,6 +231,10 @@ static void cmd_mget(struct conn *c, size_t argc, struct resp_arg *argv,
             resp_bulk(out, v.data, v.len);
         else
             resp_null(out);
+        if (evbuffer_get_length(out) > limit) {
+            c->reply_overflow = true;
+            break;
+        }
     }
     shmkv_read_end(kv);
 }
@@ -205,7 +245,7 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
 {
     int flags = 0;
     int64_t ttl_s = -1;
-    bool want_old = false;
+    bool want_old = false, expired = false;
     for (size_t i = 3; i < argc; i++) {
         int64_t n;
         if (arg_is(&argv[i], "NX") && !(flags & SHMKV_XX)) {
@@ -214,30 +254,28 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
             flags |= SHMKV_XX;
         } else if (arg_is(&argv[i], "GET")) {
             want_old = true;
-        } else if (arg_is(&argv[i], "KEEPTTL") && ttl_s < 0) {
+        } else if (arg_is(&argv[i], "KEEPTTL") && ttl_s < 0 && !expired) {
             flags |= SHMKV_KEEPTTL;
         } else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
                     arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
-                   i + 1 < argc && ttl_s < 0 && !(flags & SHMKV_KEEPTTL)) {
+                   i + 1 < argc && ttl_s < 0 && !expired &&
+                   !(flags & SHMKV_KEEPTTL)) {
             if (!arg_int64(&argv[i + 1], &n)) {
                 resp_error(out, "ERR value is not an integer or out of range");
                 return;
             }
             bool ms = toupper((unsigned char)argv[i].data[0]) == 'P';
             bool at = argv[i].len == 4;
-            if (at)
-                n -= ms ? (int64_t)time(NULL) * 1000 : (int64_t)time(NULL);
-            if (n <= 0 && !at) {
+            /* Whole seconds: a PX below 1 s rounds up to 1 s. */
+            if (!ttl_from_arg(n, ms, at, &ttl_s)) {
                 resp_error(out, "ERR invalid expire time in 'set' command");
                 return;
             }
-            /* Whole seconds: a PX below 1 s rounds up to 1 s. */
-            ttl_s = ms ? (n + 999) / 1000 : n;
-            if (ttl_s <= 0)
-                ttl_s = 1;
-            if (ttl_s > UINT32_MAX / 2) {
-                resp_error(out, "ERR invalid expire time in 'set' command");
-                return;
+            if (ttl_s <= 0) {
+                /* An EXAT or PXAT already past: as Redis, the write
+                 * happens and the key is gone at once. */
+                ttl_s = 0;
+                expired = true;
             }
             i++;
         } else {
@@ -245,7 +283,7 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
             return;
         }
     }
-    if (ttl_s < 0 && !(flags & SHMKV_KEEPTTL))
+    if (ttl_s < 0 && !expired && !(flags & SHMKV_KEEPTTL))
         ttl_s = c->d->cfg.default_ttl_s;
     struct shmkv *kv = c->d->kv;
     char *old = NULL;
@@ -263,6 +301,11 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
     }
     int rc = shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data, argv[2].len,
                        ttl_s > 0 ? (uint32_t)ttl_s : 0, flags);
+    if (rc == 0 && expired) {
+        int del = shmkv_del(kv, argv[1].data, argv[1].len);
+        if (del != 0 && del != SHMKV_ENOTFOUND)
+            rc = del;
+    }
     if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND)
         reply_store_error(out, rc);
     else if (want_old && had_old)
@@ -333,7 +376,12 @@ static void cmd_type(struct conn *c, size_t argc, struct resp_arg *argv,
     (void)argc;
     size_t len;
     int rc = shmkv_get_copy(c->d->kv, argv[1].data, argv[1].len, NULL, 0, &len);
-    resp_simple(out, rc == 0 || rc == SHMKV_ENOBUFS ? "string" : "none");
+    if (rc == 0 || rc == SHMKV_ENOBUFS)
+        resp_simple(out, "string");
+    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_simple(out, "none");
+    else
+        reply_store_error(out, rc);
 }
 
 static void incr_by(struct conn *c, const struct resp_arg *key, int64_t by,
@@ -341,7 +389,9 @@ static void incr_by(struct conn *c, const struct resp_arg *key, int64_t by,
 {
     int64_t result;
     int rc = shmkv_incr(c->d->kv, key->data, key->len, by, &result);
-    if (rc != 0)
+    if (rc == SHMKV_EOVERFLOW)
+        resp_error(out, "ERR increment or decrement would overflow");
+    else if (rc != 0)
         reply_store_error(out, rc);
     else
         resp_int(out, result);
@@ -411,9 +461,10 @@ static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
     if (s <= 0) /* as Redis: a TTL in the past deletes the key */
         rc = shmkv_del(c->d->kv, argv[1].data, argv[1].len);
     else {
-        int64_t ttl = ms ? (s + 999) / 1000 : s;
-        if (ttl > UINT32_MAX / 2) {
-            resp_error(out, "ERR invalid expire time in 'expire' command");
+        int64_t ttl = ceil_seconds(s, ms);
+        if (ttl > TTL_MAX_S) {
+            resp_errorf(out, "ERR invalid expire time in '%s' command",
+                        c->last_command);
             return;
         }
         rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, (uint32_t)ttl);
@@ -467,7 +518,8 @@ static void cmd_dbsize(struct conn *c, size_t argc, struct resp_arg *argv,
 static void cmd_flushall(struct conn *c, size_t argc, struct resp_arg *argv,
                          struct evbuffer *out)
 {
-    if (argc == 2 && !arg_is(&argv[1], "SYNC") && !arg_is(&argv[1], "ASYNC")) {
+    if (argc > 2 || (argc == 2 && !arg_is(&argv[1], "SYNC") &&
+                     !arg_is(&argv[1], "ASYNC"))) {
         reply_syntax(out);
         return;
     }
@@ -479,10 +531,92 @@ static void cmd_flushall(struct conn *c, size_t argc, struct resp_arg *argv,
     log_info("FLUSHALL by pid %d uid %d", (int)c->pid, (int)c->uid);
 }
 
+/* Redis's glob over binary strings: * (any run), ? (any byte), [abc],
+ * [^a-z] or [!a-z] (a set or range, negated), \x (x itself). Both sides
+ * are counted, so keys holding NUL bytes match like any other. Iterative,
+ * returning to the last * on a mismatch: O(plen * slen) at worst, however
+ * many stars the pattern holds. */
+static bool glob_class(const char *p, size_t plen, size_t *pi, unsigned char ch)
+{
+    size_t i = *pi + 1; /* past '[' */
+    bool negate = i < plen && (p[i] == '^' || p[i] == '!');
+    if (negate)
+        i++;
+    bool match = false, first = true;
+    while (i < plen && (p[i] != ']' || first)) {
+        first = false;
+        unsigned char lo = (unsigned char)p[i];
+        if (lo == '\\' && i + 1 < plen)
+            lo = (unsigned char)p[++i];
+        unsigned char hi = lo;
+        if (i + 2 < plen && p[i + 1] == '-' && p[i + 2] != ']') {
+            i += 2;
+            hi = (unsigned char)p[i];
+            if (hi == '\\' && i + 1 < plen)
+                hi = (unsigned char)p[++i];
+            if (lo > hi) {
+                unsigned char t = lo;
+                lo = hi;
+                hi = t;
+            }
+        }
+        if (ch >= lo && ch <= hi)
+            match = true;
+        i++;
+    }
+    *pi = i < plen ? i + 1 : i; /* past ']', or the end if it is missing */
+    return match != negate;
+}
+
+static bool glob_match(const char *p, size_t plen, const char *s, size_t slen)
+{
+    size_t pi = 0, si = 0;
+    size_t star_p = SIZE_MAX, star_s = 0;
+    while (si < slen) {
+        if (pi < plen && p[pi] == '*') {
+            while (pi < plen && p[pi] == '*')
+                pi++;
+            star_p = pi;
+            star_s = si;
+            continue;
+        }
+        if (pi < plen) {
+            unsigned char ch = (unsigned char)s[si];
+            size_t next = pi + 1;
+            bool ok;
+            if (p[pi] == '?') {
+                ok = true;
+            } else if (p[pi] == '[') {
+                next = pi;
+                ok = glob_class(p, plen, &next, ch);
+            } else if (p[pi] == '\\' && pi + 1 < plen) {
+                ok = (unsigned char)p[pi + 1] == ch;
+                next = pi + 2;
+            } else {
+                ok = (unsigned char)p[pi] == ch;
+            }
+            if (ok) {
+                pi = next;
+                si++;
+                continue;
+            }
+        }
+        if (star_p == SIZE_MAX)
+            return false;
+        pi = star_p;
+        si = ++star_s;
+    }
+    while (pi < plen && p[pi] == '*')
+        pi++;
+    return pi == plen;
+}
+
 struct keys_ctx {
+    struct conn *c;
     struct evbuffer *body;
-    const char *pattern;
+    const struct resp_arg *pattern;
     size_t count;
+    size_t limit;
 };
 
 static int keys_visit(void *arg, const void *key, size_t klen, const void *val,
@@ -492,13 +626,14 @@ static int keys_visit(void *arg, const void *key, size_t klen, const void *val,
     (void)vlen;
     (void)ttl_s;
     struct keys_ctx *k = arg;
-    char name[65536 + 1];
-    memcpy(name, key, klen);
-    name[klen] = '\0';
-    if (strlen(name) == klen && fnmatch(k->pattern, name, 0) != 0)
+    if (!glob_match(k->pattern->data, k->pattern->len, key, klen))
         return 0;
     resp_bulk(k->body, key, klen);
     k->count++;
+    if (evbuffer_get_length(k->body) > k->limit) {
+        k->c->reply_overflow = true;
+        return 1;
+    }
     return 0;
 }
 
@@ -506,20 +641,18 @@ static void cmd_keys(struct conn *c, size_t argc, struct resp_arg *argv,
                      struct evbuffer *out)
 {
     (void)argc;
-    char pattern[1024];
-    if (argv[1].len >= sizeof pattern) {
-        resp_error(out, "ERR pattern too long");
-        return;
-    }
-    memcpy(pattern, argv[1].data, argv[1].len);
-    pattern[argv[1].len] = '\0';
-    struct keys_ctx k = {.body = evbuffer_new(), .pattern = pattern};
+    struct keys_ctx k = {.c = c,
+                         .body = evbuffer_new(),
+                         .pattern = &argv[1],
+                         .limit = conn_output_limit(c)};
     if (k.body == NULL) {
         resp_error(out, "ERR out of memory");
         return;
     }
     int rc = shmkv_foreach(c->d->kv, keys_visit, &k);
-    if (rc != 0) {
+    if (c->reply_overflow) {
+        /* The connection is closed; the reply is never sent. */
+    } else if (rc != 0) {
         reply_store_error(out, rc);
     } else {
         resp_array(out, k.count);
@@ -536,27 +669,23 @@ static void info_section(struct evbuffer *b, const char *title, bool *first)
     *first = false;
 }
 
-static bool section_wanted(const char *want, const char *name, bool deflt)
+/* True if INFO's arguments (none: "default") ask for the section. */
+static bool section_wanted(size_t argc, const struct resp_arg *argv,
+                           const char *name)
 {
-    if (want == NULL || strcasecmp(want, "default") == 0)
-        return deflt;
-    return strcasecmp(want, "all") == 0 ||
-           strcasecmp(want, "everything") == 0 || strcasecmp(want, name) == 0;
+    if (argc < 2)
+        return true; /* every section is in the default set */
+    for (size_t i = 1; i < argc; i++)
+        if (arg_is(&argv[i], "default") || arg_is(&argv[i], "all") ||
+            arg_is(&argv[i], "everything") || arg_is(&argv[i], name))
+            return true;
+    return false;
 }
 
 static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
                      struct evbuffer *out)
 {
     struct daemon *d = c->d;
-    char want[64] = "";
-    if (argc > 2) {
-        reply_syntax(out);
-        return;
-    }
-    if (argc == 2)
-        snprintf(want, sizeof want, "%.*s",
-                 (int)(argv[1].len < 63 ? argv[1].len : 63), argv[1].data);
-    const char *w = argc == 2 ? want : NULL;
     struct shmkv_stats st;
     int rc = shmkv_stats(d->kv, &st);
     if (rc != 0) {
@@ -567,7 +696,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
     bool first = true;
     time_t now = time(NULL);
     char h1[32], h2[32];
-    if (section_wanted(w, "server", true)) {
+    if (section_wanted(argc, argv, "server")) {
         info_section(b, "Server", &first);
         evbuffer_add_printf(
             b,
@@ -582,7 +711,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             (long long)(now - d->started) / 86400, d->executable, d->cfg.path,
             d->cfg.store_key, st.generation, d->adopted);
     }
-    if (section_wanted(w, "clients", true)) {
+    if (section_wanted(argc, argv, "clients")) {
         info_section(b, "Clients", &first);
         evbuffer_add_printf(b,
                             "connected_clients:%u\r\nmaxclients:%u\r\n"
@@ -590,7 +719,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
                             d->n_conns, d->cfg.max_connections, st.clients,
                             st.max_clients);
     }
-    if (section_wanted(w, "memory", true)) {
+    if (section_wanted(argc, argv, "memory")) {
         info_section(b, "Memory", &first);
         human_bytes(st.bytes_used, h1, sizeof h1);
         human_bytes(st.bytes_capacity, h2, sizeof h2);
@@ -607,7 +736,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             st.bytes_free, st.largest_free, st.fragmentation, st.segment_bytes,
             st.index_slots, st.max_key_bytes, st.max_value_bytes);
     }
-    if (section_wanted(w, "persistence", true)) {
+    if (section_wanted(argc, argv, "persistence")) {
         info_section(b, "Persistence", &first);
         evbuffer_add_printf(b,
                             "snapshot_path:%s\r\nrdb_last_save_time:%lld\r\n"
@@ -617,7 +746,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
                             d->last_save == 0 || d->last_save_ok ? "ok" : "err",
                             d->last_save_entries);
     }
-    if (section_wanted(w, "stats", true)) {
+    if (section_wanted(argc, argv, "stats")) {
         info_section(b, "Stats", &first);
         evbuffer_add_printf(
             b,
@@ -633,7 +762,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             st.hits, st.misses, st.expirations, st.evictions, st.sets,
             st.deletes, st.lock_waits, st.lock_timeouts, st.recoveries);
     }
-    if (section_wanted(w, "keyspace", true)) {
+    if (section_wanted(argc, argv, "keyspace")) {
         info_section(b, "Keyspace", &first);
         if (st.entries > 0)
             evbuffer_add_printf(
@@ -774,10 +903,20 @@ static void config_pair(struct evbuffer *body, size_t *n, const char *pattern,
 static void cmd_config(struct conn *c, size_t argc, struct resp_arg *argv,
                        struct evbuffer *out)
 {
-    if (arg_is(&argv[1], "SET") || arg_is(&argv[1], "RESETSTAT") ||
-        arg_is(&argv[1], "REWRITE")) {
+    if (arg_is(&argv[1], "SET")) {
         resp_error(out, "ERR CONFIG SET is not supported: edit the config "
                         "file and reload (SIGHUP, systemctl reload shmkvd)");
+        return;
+    }
+    if (arg_is(&argv[1], "RESETSTAT")) {
+        resp_error(out, "ERR CONFIG RESETSTAT is not supported: the store's "
+                        "counters are shared by every attached process and "
+                        "count from the store's creation");
+        return;
+    }
+    if (arg_is(&argv[1], "REWRITE")) {
+        resp_error(out, "ERR CONFIG REWRITE is not supported: shmkvd never "
+                        "writes its config file; edit it and reload");
         return;
     }
     if (!arg_is(&argv[1], "GET") || argc < 3) {
@@ -830,14 +969,18 @@ static void cmd_config(struct conn *c, size_t argc, struct resp_arg *argv,
 
 static void client_line(struct evbuffer *b, const struct conn *x, time_t now)
 {
-    evbuffer_add_printf(b,
-                        "id=%llu addr=%s fd=%d name=%s age=%lld idle=%lld "
-                        "pid=%d uid=%d gid=%d admin=%d cmds=%llu cmd=%s\n",
-                        (unsigned long long)x->id, x->d->cfg.socket_path, x->fd,
-                        x->name, (long long)(now - x->created),
-                        (long long)(now - x->last_active), (int)x->pid,
-                        (int)x->uid, (int)x->gid, x->admin,
-                        (unsigned long long)x->commands, x->last_command);
+    /* qbuf: request bytes received, not yet run; omem: reply bytes queued,
+     * not yet taken by the peer (as Redis's fields). */
+    evbuffer_add_printf(
+        b,
+        "id=%llu addr=%s fd=%d name=%s age=%lld idle=%lld pid=%d uid=%d "
+        "gid=%d admin=%d cmds=%llu qbuf=%zu omem=%zu cmd=%s\n",
+        (unsigned long long)x->id, x->d->cfg.socket_path, x->fd, x->name,
+        (long long)(now - x->created), (long long)(now - x->last_active),
+        (int)x->pid, (int)x->uid, (int)x->gid, x->admin,
+        (unsigned long long)x->commands,
+        evbuffer_get_length(bufferevent_get_input(x->bev)),
+        evbuffer_get_length(bufferevent_get_output(x->bev)), x->last_command);
 }
 
 static void cmd_client(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -899,7 +1042,7 @@ static void command_info(struct evbuffer *out, const struct command *cmd)
     resp_bulk_str(out, lower);
     resp_int(out, cmd->arity);
     resp_array(out, 1);
-    resp_simple(out, cmd->flags & CMD_ADMIN ? "write" : "readonly");
+    resp_simple(out, cmd->flags & CMD_WRITE ? "write" : "readonly");
     resp_int(out, first);
     resp_int(out, last);
     resp_int(out, step);
@@ -967,33 +1110,35 @@ static const struct command commands[] = {
     {"TTL", 2, CMD_KEY1, cmd_ttl, "key: seconds to live, -1 none, -2 absent"},
     {"PTTL", 2, CMD_KEY1, cmd_ttl, "key: as TTL, in milliseconds"},
     {"DBSIZE", 1, 0, cmd_dbsize, "number of keys"},
-    {"KEYS", 2, 0, cmd_keys, "pattern: matching keys (walks the store)"},
+    {"KEYS", 2, CMD_ADMIN, cmd_keys,
+     "pattern: matching keys (walks the store under its read lock)"},
     {"INFO", -1, 0, cmd_info,
      "[section]: server, clients, memory, persistence, stats, keyspace"},
     {"CONFIG", -2, 0, cmd_config, "GET pattern: settings"},
     {"CLIENT", -2, 0, cmd_client, "LIST | INFO | ID | SETNAME | GETNAME"},
     {"COMMAND", -1, 0, cmd_command, "[COUNT | INFO name ... | DOCS]"},
     {"SHMKV.STATS", 1, 0, cmd_shmkv_stats, "store statistics, name/value"},
-    {"SHMKV.CHECK", 1, 0, cmd_shmkv_check, "check the store's structure"},
-    {"SET", -3, CMD_ADMIN | CMD_KEY1, cmd_set,
+    {"SHMKV.CHECK", 1, CMD_ADMIN, cmd_shmkv_check,
+     "check the store's structure (under its read lock)"},
+    {"SET", -3, CMD_WRITES | CMD_KEY1, cmd_set,
      "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]"},
-    {"MSET", -3, CMD_ADMIN | CMD_KEYVALS, cmd_mset,
+    {"MSET", -3, CMD_WRITES | CMD_KEYVALS, cmd_mset,
      "key value [key value ...]"},
-    {"DEL", -2, CMD_ADMIN | CMD_KEYS, cmd_del,
+    {"DEL", -2, CMD_WRITES | CMD_KEYS, cmd_del,
      "key [key ...]: how many removed"},
-    {"UNLINK", -2, CMD_ADMIN | CMD_KEYS, cmd_del, "key [key ...]: as DEL"},
-    {"INCR", 2, CMD_ADMIN | CMD_KEY1, cmd_incr, "key: add 1"},
-    {"DECR", 2, CMD_ADMIN | CMD_KEY1, cmd_decr, "key: subtract 1"},
-    {"INCRBY", 3, CMD_ADMIN | CMD_KEY1, cmd_incrby, "key n: add n"},
-    {"DECRBY", 3, CMD_ADMIN | CMD_KEY1, cmd_decrby, "key n: subtract n"},
-    {"EXPIRE", 3, CMD_ADMIN | CMD_KEY1, cmd_expire, "key seconds"},
-    {"PEXPIRE", 3, CMD_ADMIN | CMD_KEY1, cmd_expire,
+    {"UNLINK", -2, CMD_WRITES | CMD_KEYS, cmd_del, "key [key ...]: as DEL"},
+    {"INCR", 2, CMD_WRITES | CMD_KEY1, cmd_incr, "key: add 1"},
+    {"DECR", 2, CMD_WRITES | CMD_KEY1, cmd_decr, "key: subtract 1"},
+    {"INCRBY", 3, CMD_WRITES | CMD_KEY1, cmd_incrby, "key n: add n"},
+    {"DECRBY", 3, CMD_WRITES | CMD_KEY1, cmd_decrby, "key n: subtract n"},
+    {"EXPIRE", 3, CMD_WRITES | CMD_KEY1, cmd_expire, "key seconds"},
+    {"PEXPIRE", 3, CMD_WRITES | CMD_KEY1, cmd_expire,
      "key ms (rounded up to seconds)"},
-    {"PERSIST", 2, CMD_ADMIN | CMD_KEY1, cmd_persist, "key: remove its TTL"},
-    {"FLUSHALL", -1, CMD_ADMIN, cmd_flushall, "remove every key"},
-    {"FLUSHDB", -1, CMD_ADMIN, cmd_flushall, "as FLUSHALL"},
-    {"SAVE", 1, CMD_ADMIN, cmd_save, "write the snapshot now"},
-    {"SHUTDOWN", -1, CMD_ADMIN, cmd_shutdown,
+    {"PERSIST", 2, CMD_WRITES | CMD_KEY1, cmd_persist, "key: remove its TTL"},
+    {"FLUSHALL", -1, CMD_WRITES, cmd_flushall, "remove every key"},
+    {"FLUSHDB", -1, CMD_WRITES, cmd_flushall, "as FLUSHALL"},
+    {"SAVE", 1, CMD_WRITES, cmd_save, "write the snapshot now"},
+    {"SHUTDOWN", -1, CMD_WRITES, cmd_shutdown,
      "[SAVE|NOSAVE]: stop the daemon, removing the store"},
 };
 static const size_t n_commands = sizeof commands / sizeof commands[0];

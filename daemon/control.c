@@ -5,10 +5,27 @@
  * many pipelined in a read); each reply is appended to the output buffer in
  * order. The peer's credentials (SO_PEERCRED) are read once at accept and
  * decide whether it may run commands that change the store or its
- * lifecycle. Limits: connections (max_connections), one request's size
- * (max_request), idle time (idle_timeout, as a read timeout). A peer that
- * breaks the protocol gets one error reply and is disconnected once it has
- * been written; nothing it sends can reach other connections.
+ * lifecycle. A peer that breaks the protocol gets one error reply and is
+ * disconnected once it has been written; nothing it sends can reach other
+ * connections.
+ *
+ * What one connection may cost is bounded:
+ * - output: while more than OUTPUT_SOFT_LIMIT is queued, no further request
+ *   is parsed and nothing more is read; both resume when the peer has read
+ *   the output down to OUTPUT_LOW_WATERMARK. A single reply that takes the
+ *   output past conn_output_limit() closes the connection.
+ * - time: one turn runs at most TURN_MAX_REQUESTS requests or TURN_MAX_NS,
+ *   then the connection stops reading and yields to the loop (a zero
+ *   timer, which fires only after the loop has polled every other socket)
+ *   and carries on with its buffered input from there.
+ * - idle time (idle_timeout): a read timeout while the connection waits for
+ *   a request, a write timeout while a reply is queued (a peer that is
+ *   still downloading is not idle; one that stopped reading is).
+ * - a closing connection (QUIT, protocol error, SHUTDOWN, the peer's EOF)
+ *   reads nothing more and is closed once its output is flushed, or when
+ *   writing makes no progress for CLOSE_FLUSH_TIMEOUT_S.
+ * Invariant: reading is enabled exactly when the connection may parse more
+ * (not closing, no EOF seen, output under the soft limit, not yielded).
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -20,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -30,6 +48,21 @@
 
 #define LISTEN_BACKLOG 128
 #define MAX_ARGS (1024u * 1024u)
+
+#define OUTPUT_SOFT_LIMIT ((size_t)1024 * 1024)
+#define OUTPUT_LOW_WATERMARK ((size_t)256 * 1024)
+#define OUTPUT_HARD_LIMIT ((size_t)64 * 1024 * 1024)
+#define TURN_MAX_REQUESTS 64
+#define TURN_MAX_NS (10 * 1000 * 1000)
+#define CLOSE_FLUSH_TIMEOUT_S 10
+/* Descriptors kept for everything but connections: the listener,
+ * libevent, logging, snapshots. */
+#define FD_RESERVE 32
+/* After accept() fails (EMFILE, ENFILE, ENOMEM...), the listener rests
+ * this long instead of failing again at once; the failure is logged at
+ * most once per ACCEPT_ERROR_LOG_INTERVAL_S. */
+#define ACCEPT_RETRY_MS 100
+#define ACCEPT_ERROR_LOG_INTERVAL_S 10
 
 /* True if uid or one of the groups of pid is an admin. The daemon's own
  * user is always one: whoever can run the daemon can stop it. */
@@ -80,36 +113,129 @@ void conn_close(struct conn *c)
         c->next->prev = c->prev;
     d->n_conns--;
     log_debug("connection %llu closed", (unsigned long long)c->id);
+    event_free(c->resume);
     bufferevent_free(c->bev);
     resp_parser_free(&c->parser);
     free(c);
 }
 
-static void conn_write_cb(struct bufferevent *bev, void *arg)
+size_t conn_output_limit(const struct conn *c)
 {
-    struct conn *c = arg;
-    if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        conn_close(c);
+    uint64_t two_requests = 2 * c->d->cfg.max_request_bytes;
+    return two_requests > OUTPUT_HARD_LIMIT ? (size_t)two_requests
+                                            : OUTPUT_HARD_LIMIT;
 }
 
-/* Parses and runs every complete request in the input. */
-static void conn_read_cb(struct bufferevent *bev, void *arg)
+static void conn_set_reading(struct conn *c, bool on)
 {
-    struct conn *c = arg;
+    if (on == c->reading)
+        return;
+    c->reading = on;
+    if (on)
+        bufferevent_enable(c->bev, EV_READ);
+    else
+        bufferevent_disable(c->bev, EV_READ);
+}
+
+/* The write timeout of a closing connection: idle_timeout, bounded. */
+static unsigned conn_flush_timeout_s(const struct conn *c)
+{
+    unsigned idle_s = c->d->cfg.idle_timeout_s;
+    return idle_s == 0 || idle_s > CLOSE_FLUSH_TIMEOUT_S ? CLOSE_FLUSH_TIMEOUT_S
+                                                         : idle_s;
+}
+
+/* Applies the idle limit as the connection's state asks (see the top of
+ * the file). force: re-apply even if the kind is unchanged, for a new
+ * idle_timeout. */
+static void conn_set_timeouts(struct conn *c, bool force)
+{
+    unsigned idle_s = c->d->cfg.idle_timeout_s;
+    bool pending = evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+    enum conn_timeout want;
+    if (c->closing) {
+        want = CONN_TIMEOUT_FLUSH;
+        idle_s = conn_flush_timeout_s(c);
+    } else if (idle_s == 0) {
+        want = CONN_TIMEOUT_NONE;
+    } else {
+        want = pending ? CONN_TIMEOUT_WRITE : CONN_TIMEOUT_READ;
+    }
+    if (want == c->timeout && !force)
+        return;
+    c->timeout = want;
+    struct timeval tv = {.tv_sec = idle_s};
+    bufferevent_set_timeouts(c->bev, want == CONN_TIMEOUT_READ ? &tv : NULL,
+                             want >= CONN_TIMEOUT_WRITE ? &tv : NULL);
+}
+
+/* Sets what the connection waits for next: a closing one whose output is
+ * flushed is closed; reading is enabled only while it may parse more.
+ * Returns false if the connection was closed (c is freed). */
+static bool conn_settle(struct conn *c)
+{
+    if (c->closing &&
+        evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_close(c);
+        return false;
+    }
+    conn_set_reading(c, !c->closing && !c->input_ended && !c->output_full &&
+                            !c->yielded);
+    conn_set_timeouts(c, false);
+    return true;
+}
+
+static int64_t elapsed_ns(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - since->tv_sec) * 1000000000 +
+           (now.tv_nsec - since->tv_nsec);
+}
+
+/* Parses and runs the complete requests in the input, within one turn's
+ * budget and while the output is under the soft limit. Returns false if
+ * the connection was closed (c is freed). */
+static bool conn_process(struct conn *c)
+{
     struct daemon *d = c->d;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    struct evbuffer *out = bufferevent_get_output(bev);
-    c->last_active = time(NULL);
-    while (!c->closing && evbuffer_get_length(in) > 0) {
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t limit = conn_output_limit(c);
+    struct timespec turn_start;
+    clock_gettime(CLOCK_MONOTONIC, &turn_start);
+    unsigned done = 0;
+    bool incomplete = false;
+    while (!c->closing && !d->stopping && evbuffer_get_length(in) > 0) {
+        if (evbuffer_get_length(out) >= OUTPUT_SOFT_LIMIT) {
+            c->output_full = true;
+            break;
+        }
+        if (done == TURN_MAX_REQUESTS ||
+            (done > 0 && elapsed_ns(&turn_start) >= TURN_MAX_NS)) {
+            static const struct timeval now = {0, 0};
+            c->yielded = true;
+            evtimer_add(c->resume, &now);
+            break;
+        }
         size_t len = evbuffer_get_length(in);
+        if (len < resp_need(&c->parser)) {
+            /* The last parse stopped inside a bulk string that has not
+             * all arrived: parsing (and the pullup that copies the input
+             * into one piece) would only stop there again. */
+            incomplete = true;
+            break;
+        }
         const char *buf = (const char *)evbuffer_pullup(in, -1);
         size_t consumed = 0, argc = 0;
         struct resp_arg *argv = NULL;
         char err[256];
         enum resp_status st = resp_parse(&c->parser, buf, len, &consumed, &argc,
                                          &argv, err, sizeof err);
-        if (st == RESP_INCOMPLETE)
+        if (st == RESP_INCOMPLETE) {
+            incomplete = true;
             break;
+        }
         if (st == RESP_PROTO || st == RESP_TOO_BIG) {
             log_info("connection %llu (pid %d): %s; disconnecting",
                      (unsigned long long)c->id, (int)c->pid, err);
@@ -121,35 +247,84 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         if (st == RESP_DONE && argc > 0) {
             c->commands++;
             d->commands_total++;
+            done++;
             command_run(c, argc, argv, out);
         }
         evbuffer_drain(in, consumed);
-        if (d->stopping)
-            break;
+        if (c->reply_overflow || evbuffer_get_length(out) > limit) {
+            log_warning("connection %llu (pid %d uid %d): the reply to '%s' "
+                        "takes its output over the limit of %zu bytes; "
+                        "disconnecting",
+                        (unsigned long long)c->id, (int)c->pid, (int)c->uid,
+                        c->last_command, limit);
+            conn_close(c);
+            return false;
+        }
     }
-    if (c->closing && evbuffer_get_length(out) == 0)
-        conn_close(c);
+    /* After the peer's EOF, close once nothing complete is left to run. */
+    if (c->input_ended && !c->yielded && !c->output_full &&
+        (incomplete || evbuffer_get_length(in) == 0))
+        c->closing = true;
+    return conn_settle(c);
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct conn *c = arg;
+    c->last_active = time(NULL);
+    if (c->yielded || c->output_full)
+        return; /* buffered; parsed when the connection resumes */
+    conn_process(c);
+}
+
+/* Runs when a write leaves at most OUTPUT_LOW_WATERMARK queued. */
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct conn *c = arg;
+    if (c->output_full) {
+        c->output_full = false;
+        if (!c->yielded) {
+            conn_process(c);
+            return;
+        }
+    }
+    conn_settle(c);
+}
+
+/* The zero timer armed when a turn's budget ran out. */
+static void conn_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    c->yielded = false;
+    conn_process(c);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct conn *c = arg;
-    if (what & BEV_EVENT_TIMEOUT)
+    if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_READING)) {
+        /* The peer shut down its side (libevent has stopped reading):
+         * answer what it sent, flush, then close. */
+        c->input_ended = true;
+        c->reading = false;
+        conn_process(c);
+        return;
+    }
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING))
+        log_debug("connection %llu has not read its replies for %u s: "
+                  "closing",
+                  (unsigned long long)c->id,
+                  c->closing ? conn_flush_timeout_s(c)
+                             : c->d->cfg.idle_timeout_s);
+    else if (what & BEV_EVENT_TIMEOUT)
         log_debug("connection %llu idle for %u s: closing",
                   (unsigned long long)c->id, c->d->cfg.idle_timeout_s);
     conn_close(c);
-}
-
-/* Applies the idle limit to a connection. */
-static void conn_set_timeouts(struct conn *c)
-{
-    if (c->d->cfg.idle_timeout_s == 0) {
-        bufferevent_set_timeouts(c->bev, NULL, NULL);
-        return;
-    }
-    struct timeval idle = {.tv_sec = c->d->cfg.idle_timeout_s};
-    bufferevent_set_timeouts(c->bev, &idle, NULL);
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
@@ -183,8 +358,15 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
         close(fd);
         return;
     }
+    c->resume = evtimer_new(d->base, conn_resume_cb, c);
+    if (c->resume == NULL) {
+        close(fd);
+        free(c);
+        return;
+    }
     c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
+        event_free(c->resume);
         close(fd);
         free(c);
         return;
@@ -205,10 +387,89 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     d->n_conns++;
     d->connections_total++;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-    conn_set_timeouts(c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, OUTPUT_LOW_WATERMARK, 0);
+    conn_set_timeouts(c, true);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->reading = true;
     log_debug("connection %llu from pid %d uid %d%s", (unsigned long long)c->id,
               (int)c->pid, (int)c->uid, c->admin ? " (admin)" : "");
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct daemon *d = arg;
+    if (d->listener != NULL && !d->stopping)
+        evconnlistener_enable(d->listener);
+}
+
+/* accept() failed with something other than a retriable error: most often
+ * EMFILE or ENFILE, which would fail again at once while the pending
+ * connection waits in the backlog. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct daemon *d = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    time_t now = time(NULL);
+    if (d->accept_error_logged == 0 ||
+        now - d->accept_error_logged >= ACCEPT_ERROR_LOG_INTERVAL_S) {
+        log_warning("accept: %s (%d connections open, %llu more failures "
+                    "since the last report); pausing new connections for "
+                    "%d ms at a time",
+                    strerror(err), (int)d->n_conns,
+                    (unsigned long long)d->accept_errors_unlogged,
+                    ACCEPT_RETRY_MS);
+        d->accept_error_logged = now;
+        d->accept_errors_unlogged = 0;
+    } else {
+        d->accept_errors_unlogged++;
+    }
+    evconnlistener_disable(l);
+    struct timeval tv = {.tv_usec = ACCEPT_RETRY_MS * 1000};
+    evtimer_add(d->accept_retry, &tv);
+}
+
+/* Keeps max_connections within the descriptors the process may open:
+ * raises the soft RLIMIT_NOFILE toward the hard limit if it is short,
+ * then lowers max_connections if that was not enough, keeping FD_RESERVE
+ * for everything else. */
+static void fit_connections_to_fd_limit(struct daemon *d)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        log_warning("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    rlim_t want = (rlim_t)d->cfg.max_connections + FD_RESERVE;
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+        return;
+    rlim_t old = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want
+                      ? want
+                      : rl.rlim_max;
+    if (rl.rlim_cur > old) {
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            log_info("raised the open-file limit from %llu to %llu for "
+                     "max_connections %u",
+                     (unsigned long long)old, (unsigned long long)rl.rlim_cur,
+                     d->cfg.max_connections);
+        } else {
+            log_warning("cannot raise the open-file limit from %llu: %s",
+                        (unsigned long long)old, strerror(errno));
+            rl.rlim_cur = old;
+        }
+    }
+    if (rl.rlim_cur >= want)
+        return;
+    uint32_t fit =
+        rl.rlim_cur > FD_RESERVE ? (uint32_t)(rl.rlim_cur - FD_RESERVE) : 1;
+    log_warning("max_connections lowered from %u to %u: the open-file limit "
+                "is %llu (hard limit %llu) and %d descriptors are kept for "
+                "the daemon",
+                d->cfg.max_connections, fit, (unsigned long long)rl.rlim_cur,
+                (unsigned long long)rl.rlim_max, FD_RESERVE);
+    d->cfg.max_connections = fit;
 }
 
 /* Makes the socket's directory if it is missing (one level, 0755). */
@@ -278,12 +539,22 @@ int control_start(struct daemon *d)
         log_error("chmod %s: %s", addr.sun_path, strerror(errno));
         goto fail;
     }
+    /* The group may already be the socket's (the daemon runs with it, as
+     * under systemd's Group=, or the directory is setgid): then chown is
+     * skipped, as a system call filter may forbid it. */
+    struct stat st;
     if (d->cfg.store_gid != (gid_t)-1 &&
+        (stat(addr.sun_path, &st) != 0 || st.st_gid != d->cfg.store_gid) &&
         chown(addr.sun_path, (uid_t)-1, d->cfg.store_gid) != 0)
         log_warning("chown %s to group %s: %s", addr.sun_path,
                     d->cfg.store_group, strerror(errno));
     if (listen(fd, LISTEN_BACKLOG) != 0) {
         log_error("listen %s: %s", addr.sun_path, strerror(errno));
+        goto fail;
+    }
+    d->accept_retry = evtimer_new(d->base, accept_retry_cb, d);
+    if (d->accept_retry == NULL) {
+        log_error("evtimer_new failed");
         goto fail;
     }
     d->listener = evconnlistener_new(
@@ -293,8 +564,14 @@ int control_start(struct daemon *d)
         log_error("evconnlistener_new failed");
         goto fail;
     }
+    evconnlistener_set_error_cb(d->listener, accept_error_cb);
+    fit_connections_to_fd_limit(d);
     return 0;
 fail:
+    if (d->accept_retry != NULL) {
+        event_free(d->accept_retry);
+        d->accept_retry = NULL;
+    }
     close(fd);
     unlink(d->socket_path);
     d->socket_path[0] = '\0';
@@ -306,6 +583,10 @@ void control_stop_accepting(struct daemon *d)
     if (d->listener != NULL) {
         evconnlistener_free(d->listener);
         d->listener = NULL;
+    }
+    if (d->accept_retry != NULL) {
+        event_free(d->accept_retry);
+        d->accept_retry = NULL;
     }
 }
 
@@ -326,9 +607,10 @@ void control_close_all(struct daemon *d)
 
 void control_apply_config(struct daemon *d)
 {
+    fit_connections_to_fd_limit(d);
     for (struct conn *c = d->conns; c != NULL; c = c->next) {
         c->admin = peer_is_admin(&d->cfg, c->uid, c->gid, c->pid);
         c->parser.max_request_bytes = d->cfg.max_request_bytes;
-        conn_set_timeouts(c);
+        conn_set_timeouts(c, true);
     }
 }

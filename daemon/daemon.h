@@ -14,15 +14,27 @@
 #include "resp.h"
 #include "shmkv.h"
 
+struct event;
 struct event_base;
 struct evconnlistener;
 struct bufferevent;
 struct evbuffer;
 
+/* Which timeout a connection runs under: none, on reading (it waits for a
+ * request), on writing (a reply is queued), or on writing its last output
+ * (it is closing). */
+enum conn_timeout {
+    CONN_TIMEOUT_NONE,
+    CONN_TIMEOUT_READ,
+    CONN_TIMEOUT_WRITE,
+    CONN_TIMEOUT_FLUSH,
+};
+
 /* One control-socket connection. */
 struct conn {
     struct daemon *d;
     struct bufferevent *bev;
+    struct event *resume; /* continues parsing after a yield to the loop */
     struct conn *prev, *next;
     uint64_t id;
     int fd;
@@ -30,7 +42,13 @@ struct conn {
     uid_t uid;
     gid_t gid;
     bool admin;
-    bool closing; /* close once the output is flushed */
+    bool closing;        /* parse nothing more; close once output is flushed */
+    bool input_ended;    /* the peer shut down its side (EOF) */
+    bool output_full;    /* output over the soft limit: parsing paused */
+    bool yielded;        /* turn budget spent: resume is armed */
+    bool reading;        /* EV_READ is enabled */
+    bool reply_overflow; /* a command's reply went over the output limit */
+    enum conn_timeout timeout;
     time_t created;
     time_t last_active;
     uint64_t commands;
@@ -51,6 +69,9 @@ struct daemon {
 
     /* control socket */
     struct evconnlistener *listener;
+    struct event *accept_retry; /* re-enables the listener after EMFILE */
+    time_t accept_error_logged;
+    uint64_t accept_errors_unlogged;
     char socket_path[108]; /* as bound, for removal */
     struct conn *conns;
     uint32_t n_conns;
@@ -74,6 +95,12 @@ int control_start(struct daemon *d);
 void control_stop_accepting(struct daemon *d);
 void control_close_all(struct daemon *d);
 void conn_close(struct conn *c);
+/* The most output a connection may queue: a reply that takes it past this
+ * closes the connection, pending output dropped (as Redis's
+ * client-output-buffer-limit). Commands whose reply grows with the store or
+ * the request (MGET, KEYS) stop building it there and set
+ * c->reply_overflow. */
+size_t conn_output_limit(const struct conn *c);
 /* Re-applies run-time settings to open connections (after SIGHUP). */
 void control_apply_config(struct daemon *d);
 

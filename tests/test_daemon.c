@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -40,6 +41,9 @@ struct env {
     char log[96];
     char notify[96];
     char key[32];
+    const char *size; /* [store] size; NULL: 8M */
+    unsigned idle;    /* [control] idle_timeout; 0: 5 */
+    rlim_t nofile;    /* the daemon's RLIMIT_NOFILE; 0: inherited */
     int notify_fd;
     pid_t pid;
 };
@@ -69,15 +73,16 @@ static void write_config(const char *extra)
     FILE *f = fopen(E.conf, "w");
     assert_non_null(f);
     fprintf(f,
-            "[store]\nkey = %s\nsize = 8M\nmode = 0666\nmax_key_size = 64\n"
+            "[store]\nkey = %s\nsize = %s\nmode = 0666\nmax_key_size = 64\n"
             "max_value_size = 64K\n\n"
             "[control]\nsocket = %s\nsocket_mode = 0666\n"
-            "max_request = 128K\nidle_timeout = 5\n\n"
+            "max_request = 128K\nidle_timeout = %u\n\n"
             "[persistence]\nsnapshot = %s\nsave_on_shutdown = no\n"
             "load_on_start = yes\n\n"
             "[daemon]\nlog_level = debug\nlock_timeout_ms = 500\n"
             "housekeeping_interval_ms = 20\n%s",
-            E.key, E.sock, E.snap, extra ? extra : "");
+            E.key, E.size ? E.size : "8M", E.sock, E.idle ? E.idle : 5, E.snap,
+            extra ? extra : "");
     fclose(f);
 }
 
@@ -107,6 +112,11 @@ static int daemon_start(bool expect_fail)
         int fd = open(E.log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         dup2(fd, 2);
         setenv("NOTIFY_SOCKET", E.notify, 1);
+        if (E.nofile != 0) {
+            struct rlimit rl = {E.nofile, E.nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(126);
+        }
         execl(shmkvd_path, "shmkvd", "--foreground", "-c", E.conf,
               (char *)NULL);
         _exit(127);
@@ -149,8 +159,8 @@ static int sock_connect(void)
 
 /* Sends raw bytes and reads until want bytes arrived or the peer closed
  * (returns bytes read; *closed set if it closed). */
-static size_t sock_exchange(int fd, const char *req, size_t req_len,
-                            char *out, size_t cap, size_t want, bool *closed)
+static size_t sock_exchange(int fd, const char *req, size_t req_len, char *out,
+                            size_t cap, size_t want, bool *closed)
 {
     size_t off = 0;
     while (off < req_len) {
@@ -248,12 +258,10 @@ static void test_three_clients_agree(void **state)
     (void)state;
     char out[4096];
     daemon_start(false);
-    assert_int_equal(run(out, sizeof out, "%s -c %s set a 1", shmkvctl_path,
-                         E.conf),
-                     0);
-    assert_int_equal(run(out, sizeof out, "%s -c %s get a", shmkvctl_path,
-                         E.conf),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s set a 1", shmkvctl_path, E.conf), 0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s get a", shmkvctl_path, E.conf), 0);
     assert_string_equal(out, "1\n");
     assert_int_equal(run(out, sizeof out, "redis-cli -s %s get a", E.sock), 0);
     assert_string_equal(out, "1\n");
@@ -279,34 +287,27 @@ static void test_three_clients_agree(void **state)
                      0);
     assert_int_equal(run(out, sizeof out, "redis-cli -s %s ttl t", E.sock), 0);
     assert_true(atoi(out) > 90 && atoi(out) <= 100);
-    assert_int_equal(run(out, sizeof out, "%s -s %s get t", shmkvctl_path,
-                         E.sock),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -s %s get t", shmkvctl_path, E.sock), 0);
     assert_string_equal(out, "v\n");
-    assert_int_equal(run(out, sizeof out, "%s -c %s incr n 5", shmkvctl_path,
-                         E.conf),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s incr n 5", shmkvctl_path, E.conf), 0);
     assert_string_equal(out, "5\n");
-    assert_int_equal(run(out, sizeof out, "%s -c %s del n", shmkvctl_path,
-                         E.conf),
-                     0);
-    assert_int_equal(run(out, sizeof out, "%s -c %s status", shmkvctl_path,
-                         E.conf),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s del n", shmkvctl_path, E.conf), 0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s status", shmkvctl_path, E.conf), 0);
     assert_non_null(strstr(out, "entries    2"));
-    assert_int_equal(run(out, sizeof out, "%s -c %s stats --json",
-                         shmkvctl_path, E.conf),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s stats --json", shmkvctl_path, E.conf),
+        0);
     assert_non_null(strstr(out, "\"entries\": 2"));
-    assert_int_equal(run(out, sizeof out, "%s -c %s check", shmkvctl_path,
-                         E.conf),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s check", shmkvctl_path, E.conf), 0);
     assert_non_null(strstr(out, "ok"));
-    assert_int_equal(run(out, sizeof out, "%s -c %s flush", shmkvctl_path,
-                         E.conf),
-                     0);
-    assert_int_equal(run(out, sizeof out, "redis-cli -s %s dbsize", E.sock),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s flush", shmkvctl_path, E.conf), 0);
+    assert_int_equal(run(out, sizeof out, "redis-cli -s %s dbsize", E.sock), 0);
     assert_string_equal(out, "0\n");
     assert_int_equal(daemon_stop(), 0);
 }
@@ -419,8 +420,8 @@ static void test_bad_requests(void **state)
     /* A value over the store's limit (64K) but under max_request. */
     bad = sock_connect();
     static char req[80000];
-    int n = snprintf(req, sizeof req,
-                     "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$70000\r\n");
+    int n =
+        snprintf(req, sizeof req, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$70000\r\n");
     memset(req + n, 'x', 70000);
     memcpy(req + n + 70000, "\r\n", 2);
     sock_exchange(bad, req, (size_t)n + 70002, out, sizeof out, 1, &closed);
@@ -460,6 +461,14 @@ static void test_non_admin_refused(void **state)
                       &closed);
         if (strncmp(out, "-NOPERM", 7) != 0)
             _exit(12);
+        const char keys[] = "KEYS *\r\n";
+        sock_exchange(fd, keys, sizeof keys - 1, out, sizeof out, 1, &closed);
+        if (strncmp(out, "-NOPERM", 7) != 0)
+            _exit(14);
+        const char check[] = "SHMKV.CHECK\r\n";
+        sock_exchange(fd, check, sizeof check - 1, out, sizeof out, 1, &closed);
+        if (strncmp(out, "-NOPERM", 7) != 0)
+            _exit(15);
         const char get[] = "GET x\r\n";
         sock_exchange(fd, get, sizeof get - 1, out, sizeof out, 5, &closed);
         if (strcmp(out, "$-1\r\n") != 0)
@@ -470,6 +479,372 @@ static void test_non_admin_refused(void **state)
     waitpid(child, &status, 0);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* ---- bounded connections ---- */
+
+static void send_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        assert_true(w > 0);
+        p += w;
+        len -= (size_t)w;
+    }
+}
+
+/* Reads until want bytes came, the peer closed, or timeout_ms passed with
+ * nothing new; keeps the last cap bytes read in tail (if tail). Returns the
+ * count read. */
+static size_t recv_upto(int fd, size_t want, char *tail, size_t cap,
+                        int timeout_ms, bool *closed)
+{
+    static char buf[1 << 16];
+    size_t got = 0;
+    *closed = false;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (got < want && poll(&p, 1, timeout_ms) == 1) {
+        size_t room = want - got < sizeof buf ? want - got : sizeof buf;
+        ssize_t r = read(fd, buf, room);
+        if (r <= 0) {
+            *closed = true;
+            break;
+        }
+        got += (size_t)r;
+        if (tail != NULL) {
+            size_t keep = (size_t)r < cap ? (size_t)r : cap;
+            memmove(tail, tail + keep, cap - keep);
+            memcpy(tail + cap - keep, buf + (size_t)r - keep, keep);
+        }
+    }
+    return got;
+}
+
+/* Sends a request and returns its reply: what arrives until nothing more
+ * comes for 50 ms (replies here are small and sent in one write). */
+static const char *ask(int fd, const char *req, size_t len)
+{
+    static char out[1 << 16];
+    send_all(fd, req, len);
+    size_t got = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int wait_ms = 3000;
+    while (got < sizeof out - 1 && poll(&p, 1, wait_ms) == 1) {
+        ssize_t r = read(fd, out + got, sizeof out - 1 - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        wait_ms = 50;
+    }
+    out[got] = '\0';
+    return out;
+}
+
+#define ASK(fd, lit) ask((fd), (lit), sizeof(lit) - 1)
+
+#define BIG_LEN 60000
+#define BIG_REPLY (BIG_LEN + 10) /* "$60000\r\n" ... "\r\n" */
+
+/* Stores BIG_LEN bytes under "big" through fd. */
+static void set_big(int fd)
+{
+    static char req[BIG_LEN + 64];
+    int n = snprintf(req, sizeof req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n",
+                     BIG_LEN);
+    memset(req + n, 'b', BIG_LEN);
+    memcpy(req + n + BIG_LEN, "\r\n", 2);
+    assert_string_equal(ask(fd, req, (size_t)n + BIG_LEN + 2), "+OK\r\n");
+}
+
+/* The value of field (e.g. "omem=") on the CLIENT LIST line of the
+ * connection named name, asked through fd; -1 if there is none. */
+static long long client_field(int fd, const char *name, const char *field)
+{
+    const char *list = ASK(fd, "CLIENT LIST\r\n");
+    char tag[80];
+    snprintf(tag, sizeof tag, " name=%s ", name);
+    const char *line = strstr(list, tag);
+    if (line == NULL)
+        return -1;
+    const char *f = strstr(line, field);
+    const char *eol = strchr(line, '\n');
+    if (f == NULL || (eol != NULL && f > eol))
+        return -1;
+    return atoll(f + strlen(field));
+}
+
+static bool log_contains(const char *text)
+{
+    char out[65536];
+    run(out, sizeof out, "cat %s", E.log);
+    return strstr(out, text) != NULL;
+}
+
+/* A peer that pipelines more replies than it reads holds the daemon to
+ * about the soft output limit: parsing and reading pause, the rest of its
+ * requests wait in the socket, and all of them are answered, in order,
+ * once it reads. */
+static void test_output_backpressure(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int a = sock_connect(), b = sock_connect();
+    set_big(b);
+    assert_string_equal(ASK(a, "CLIENT SETNAME slow\r\n"), "+OK\r\n");
+    enum { GETS = 300 };
+    static char req[GETS * 9 + 8];
+    size_t n = 0;
+    for (int i = 0; i < GETS; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "GET big\r\n");
+    n += (size_t)snprintf(req + n, sizeof req - n, "PING\r\n");
+    send_all(a, req, n);
+    usleep(300 * 1000);
+    long long omem = client_field(b, "slow", "omem=");
+    long long qbuf = client_field(b, "slow", "qbuf=");
+    /* At most the soft limit (1 MiB) plus the reply that crossed it. */
+    assert_true(omem > 0);
+    assert_true(omem < 1024 * 1024 + BIG_REPLY);
+    assert_true(qbuf > 0); /* requests left unparsed */
+    char tail[8];
+    bool closed;
+    size_t want = (size_t)GETS * BIG_REPLY + 7;
+    assert_int_equal(recv_upto(a, want, tail, 7, 3000, &closed), want);
+    assert_false(closed);
+    assert_memory_equal(tail, "+PONG\r\n", 7);
+    close(a);
+    close(b);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* A reply that would take one connection's output past the hard limit
+ * (64 MiB) closes that connection before it is built whole; others go
+ * on. */
+static void test_reply_over_limit_closes(void **state)
+{
+    (void)state;
+    E.size = "256M";
+    write_config(NULL);
+    daemon_start(false);
+    int a = sock_connect(), b = sock_connect();
+    set_big(b);
+    enum { N = 1200 }; /* 1200 x 60 KB = 72 MB */
+    static char req[N * 9 + 32];
+    size_t n =
+        (size_t)snprintf(req, sizeof req, "*%d\r\n$4\r\nMGET\r\n", N + 1);
+    for (int i = 0; i < N; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "$3\r\nbig\r\n");
+    send_all(a, req, n);
+    bool closed;
+    assert_int_equal(recv_upto(a, 1, NULL, 0, 5000, &closed), 0);
+    assert_true(closed);
+    close(a);
+    assert_string_equal(ASK(b, "PING\r\n"), "+PONG\r\n");
+    assert_true(log_contains("the reply to 'mget' takes its output over"));
+    /* KEYS stops walking there too: 1.2M keys of 56 bytes make a 75 MB
+     * reply. The keys are written through libshmkv, as fast. */
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.conf, 0, &kv), 0);
+    char key[64];
+    for (int i = 0; i < 1200000; i++) {
+        int klen = snprintf(key, sizeof key, "k%055d", i);
+        assert_int_equal(shmkv_set(kv, key, (size_t)klen, "", 0, 0, 0), 0);
+    }
+    shmkv_close(kv);
+    a = sock_connect();
+    send_all(a, "KEYS *\r\n", 8);
+    assert_int_equal(recv_upto(a, 1, NULL, 0, 10000, &closed), 0);
+    assert_true(closed);
+    close(a);
+    assert_true(log_contains("the reply to 'keys' takes its output over"));
+    assert_string_equal(ASK(b, "DBSIZE\r\n"), ":1200001\r\n");
+    close(b);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* The peer's EOF (shutdown of its writing side) does not lose the replies
+ * still queued: they are flushed, then the connection closes. */
+static void test_eof_flushes_replies(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int a = sock_connect();
+    set_big(a);
+    enum { GETS = 40 }; /* 2.4 MB: more than the soft limit */
+    static char req[GETS * 9 + 32];
+    size_t n = (size_t)snprintf(req, sizeof req, "SET e 1\r\nGET e\r\n");
+    for (int i = 0; i < GETS; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "GET big\r\n");
+    n += (size_t)snprintf(req + n, sizeof req - n, "PING\r\n");
+    send_all(a, req, n);
+    assert_int_equal(shutdown(a, SHUT_WR), 0);
+    char tail[8];
+    bool closed;
+    size_t want = 5 + 7 + (size_t)GETS * BIG_REPLY + 7;
+    assert_int_equal(recv_upto(a, want + 1, tail, 7, 3000, &closed), want);
+    assert_true(closed);
+    assert_memory_equal(tail, "+PONG\r\n", 7);
+    close(a);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* idle_timeout counts time without progress: a peer still reading its
+ * replies is kept past it, one that stopped reading them is closed. */
+static void test_idle_timeout_while_replying(void **state)
+{
+    (void)state;
+    E.idle = 1;
+    write_config(NULL);
+    daemon_start(false);
+    int a = sock_connect(), stuck = sock_connect();
+    set_big(a);
+    enum { GETS = 150 }; /* 9 MB */
+    static char req[GETS * 9 + 1];
+    size_t n = 0;
+    for (int i = 0; i < GETS; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "GET big\r\n");
+    send_all(a, req, n);
+    send_all(stuck, req, 50 * 9);
+    /* a: 64 KB every 20 ms, about 3 s in all. */
+    size_t want = (size_t)GETS * BIG_REPLY, got = 0;
+    bool closed = false;
+    while (got < want && !closed) {
+        size_t step = want - got < 65536 ? want - got : 65536;
+        got += recv_upto(a, step, NULL, 0, 3000, &closed);
+        usleep(20 * 1000);
+    }
+    assert_int_equal(got, want);
+    assert_false(closed);
+    /* stuck read nothing for those 3 s: it was closed, its replies not
+     * all sent. */
+    got = recv_upto(stuck, 50 * BIG_REPLY, NULL, 0, 1000, &closed);
+    assert_true(closed);
+    assert_true(got < 50 * BIG_REPLY);
+    close(a);
+    close(stuck);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* max_connections is lowered to fit the open-file limit, and connections
+ * over it are refused with an error while the others are served. */
+static void test_connections_fit_fd_limit(void **state)
+{
+    (void)state;
+    E.nofile = 64; /* 128 connections asked; 64 - 32 kept = 32 fit */
+    daemon_start(false);
+    assert_true(log_contains("max_connections lowered from 128 to 32"));
+    int fds[40];
+    for (int i = 0; i < 40; i++) {
+        fds[i] = sock_connect();
+        send_all(fds[i], "PING\r\n", 6);
+    }
+    int pong = 0, refused = 0;
+    for (int i = 0; i < 40; i++) {
+        char out[128];
+        bool closed;
+        struct pollfd p = {.fd = fds[i], .events = POLLIN};
+        ssize_t r =
+            poll(&p, 1, 3000) == 1 ? read(fds[i], out, sizeof out - 1) : -1;
+        out[r > 0 ? r : 0] = '\0';
+        (void)closed;
+        if (strcmp(out, "+PONG\r\n") == 0)
+            pong++;
+        else if (strstr(out, "max number of clients") != NULL)
+            refused++;
+    }
+    assert_int_equal(pong, 32);
+    assert_int_equal(refused, 8);
+    assert_string_equal(ASK(fds[0], "CONFIG GET maxclients\r\n"),
+                        "*2\r\n$10\r\nmaxclients\r\n$2\r\n32\r\n");
+    for (int i = 0; i < 40; i++)
+        close(fds[i]);
+    usleep(100 * 1000);
+    int c = sock_connect();
+    assert_string_equal(ASK(c, "PING\r\n"), "+PONG\r\n");
+    close(c);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* Arguments at the edges of what commands accept. */
+static void test_command_edges(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int fd = sock_connect();
+    /* TTLs that would overflow are refused, naming the command. */
+    assert_non_null(strstr(ASK(fd, "SET k v PX 9223372036854775807\r\n"),
+                           "invalid expire time in 'set' command"));
+    assert_non_null(strstr(ASK(fd, "SET k v PXAT -9223372036854775808\r\n"),
+                           "invalid expire time in 'set' command"));
+    assert_non_null(strstr(ASK(fd, "SET k v EX 0\r\n"), "invalid expire"));
+    assert_string_equal(ASK(fd, "EXISTS k\r\n"), ":0\r\n");
+    /* An absolute time already past: the key is written and gone. */
+    assert_string_equal(ASK(fd, "SET k v\r\n"), "+OK\r\n");
+    assert_string_equal(ASK(fd, "SET k v2 EXAT 1\r\n"), "+OK\r\n");
+    assert_string_equal(ASK(fd, "EXISTS k\r\n"), ":0\r\n");
+    assert_string_equal(ASK(fd, "SET k v PXAT 3000000000000\r\n"), "+OK\r\n");
+    assert_string_equal(ASK(fd, "TYPE k\r\n"), "+string\r\n");
+    assert_string_equal(ASK(fd, "TYPE nokey\r\n"), "+none\r\n");
+    assert_non_null(strstr(ASK(fd, "PEXPIRE k 9223372036854775807\r\n"),
+                           "invalid expire time in 'pexpire' command"));
+    assert_string_equal(ASK(fd, "PEXPIRE k 1500\r\n"), ":1\r\n");
+    const char *ttl = ASK(fd, "TTL k\r\n");
+    assert_true(strcmp(ttl, ":2\r\n") == 0 || strcmp(ttl, ":1\r\n") == 0);
+    /* Counters. */
+    assert_string_equal(ASK(fd, "SET n 9223372036854775806\r\n"), "+OK\r\n");
+    assert_string_equal(ASK(fd, "INCR n\r\n"), ":9223372036854775807\r\n");
+    assert_string_equal(ASK(fd, "INCR n\r\n"),
+                        "-ERR increment or decrement would overflow\r\n");
+    assert_string_equal(ASK(fd, "GET n\r\n"), "$19\r\n9223372036854775807\r\n");
+    /* Arguments a command does not take. */
+    assert_string_equal(ASK(fd, "FLUSHALL SYNC extra\r\n"),
+                        "-ERR syntax error\r\n");
+    assert_string_equal(ASK(fd, "DBSIZE\r\n"), ":2\r\n");
+    const char *info = ASK(fd, "INFO server memory\r\n");
+    assert_non_null(strstr(info, "# Server"));
+    assert_non_null(strstr(info, "# Memory"));
+    assert_null(strstr(info, "# Stats"));
+    assert_non_null(strstr(ASK(fd, "CONFIG RESETSTAT\r\n"),
+                           "CONFIG RESETSTAT is not supported"));
+    assert_non_null(strstr(ASK(fd, "CONFIG REWRITE\r\n"),
+                           "CONFIG REWRITE is not supported"));
+    /* KEYS matches binary keys byte for byte, NUL bytes included. */
+    static const char *keys[] = {"a\0b", "a\0c", "ab", "a*b", "abc"};
+    static const size_t klens[] = {3, 3, 2, 3, 3};
+    assert_string_equal(ASK(fd, "FLUSHALL\r\n"), "+OK\r\n");
+    for (int i = 0; i < 5; i++) {
+        char req[64];
+        int n =
+            snprintf(req, sizeof req, "*3\r\n$3\r\nSET\r\n$%zu\r\n", klens[i]);
+        memcpy(req + n, keys[i], klens[i]);
+        n += (int)klens[i];
+        n += snprintf(req + n, sizeof req - (size_t)n, "\r\n$1\r\nv\r\n");
+        assert_string_equal(ask(fd, req, (size_t)n), "+OK\r\n");
+    }
+    static const struct {
+        const char *pattern;
+        size_t len;
+        const char *count;
+    } globs[] = {
+        {"*", 1, "*5\r\n"},         {"a?b", 3, "*2\r\n"},
+        {"a\0*", 3, "*2\r\n"},      {"a\\*b", 4, "*1\r\n"},
+        {"a[^\0]*", 6, "*3\r\n"},   {"[a-a]b?", 7, "*1\r\n"},
+        {"a[!b-z*]?", 9, "*2\r\n"}, {"**a**b", 6, "*3\r\n"},
+        {"x*", 2, "*0\r\n"},
+    };
+    for (size_t i = 0; i < sizeof globs / sizeof globs[0]; i++) {
+        char req[64];
+        int n = snprintf(req, sizeof req, "*2\r\n$4\r\nKEYS\r\n$%zu\r\n",
+                         globs[i].len);
+        memcpy(req + n, globs[i].pattern, globs[i].len);
+        memcpy(req + n + globs[i].len, "\r\n", 2);
+        const char *reply = ask(fd, req, (size_t)n + globs[i].len + 2);
+        if (strncmp(reply, globs[i].count, strlen(globs[i].count)) != 0)
+            fail_msg("KEYS pattern %zu: got %.8s, want %s", i, reply,
+                     globs[i].count);
+    }
+    close(fd);
     assert_int_equal(daemon_stop(), 0);
 }
 
@@ -548,9 +923,8 @@ static void test_save_and_load(void **state)
                  i, i % 2 ? "EX 1000" : "");
         assert_int_equal(system(out), 0);
     }
-    assert_int_equal(run(out, sizeof out, "%s -c %s save", shmkvctl_path,
-                         E.conf),
-                     0);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s save", shmkvctl_path, E.conf), 0);
     assert_int_equal(daemon_stop(), 0);
     assert_false(segment_exists());
     daemon_start(false); /* load_on_start */
@@ -636,8 +1010,8 @@ static void test_expiry_reclaims_unread_keys(void **state)
     char out[256];
     daemon_start(false);
     for (int i = 0; i < 50; i++) {
-        snprintf(out, sizeof out,
-                 "redis-cli -s %s set tmp%d x EX 1 >/dev/null", E.sock, i);
+        snprintf(out, sizeof out, "redis-cli -s %s set tmp%d x EX 1 >/dev/null",
+                 E.sock, i);
         assert_int_equal(system(out), 0);
     }
     /* No one reads them; housekeeping must reclaim them. */
@@ -655,8 +1029,7 @@ int main(void)
     snprintf(shmkvd_path, sizeof shmkvd_path, "%s/shmkvd", build);
     snprintf(shmkvctl_path, sizeof shmkvctl_path, "%s/shmkvctl", build);
     if (access(shmkvd_path, X_OK) != 0 || access(shmkvctl_path, X_OK) != 0) {
-        fprintf(stderr, "build %s and %s first\n", shmkvd_path,
-                shmkvctl_path);
+        fprintf(stderr, "build %s and %s first\n", shmkvd_path, shmkvctl_path);
         return 1;
     }
     test_cleanup_install();
@@ -671,10 +1044,20 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_admin_refused, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_sigterm_removes_everything,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_notify_protocol, setup,
+        cmocka_unit_test_setup_teardown(test_output_backpressure, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_reply_over_limit_closes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_eof_flushes_replies, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout_while_replying, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_connections_fit_fd_limit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_command_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_removes_everything, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_notify_protocol, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigkill_then_adopt, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_save_and_load, setup, teardown),
@@ -683,8 +1066,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_config_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_expiry_reclaims_unread_keys,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expiry_reclaims_unread_keys, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
