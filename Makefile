@@ -123,7 +123,7 @@ bench: $(BUILD)/shmkv-bench
 
 # `make run`: the daemon in the foreground on the sample config, with its
 # socket under run/ in this tree; Ctrl-C stops it and removes the store.
-run: deps $(BUILD)/shmkvd $(BUILD)/shmkvctl
+run: deps all
 	@echo "shmkvd on conf/shmkvd.conf; in another terminal try:"
 	@echo "  $(BUILD)/shmkvctl -c conf/shmkvd.conf set a 1"
 	@echo "  $(BUILD)/shmkvctl -c conf/shmkvd.conf get a"

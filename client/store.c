@@ -23,7 +23,6 @@
 #define MIN_SIZE_BYTES (1ull << 20)
 #define MAX_SIZE_BYTES (64ull << 30)
 #define DEFAULT_SIZE_BYTES (64ull << 20)
-#define DEFAULT_ENTRY_BYTES 128u
 #define TARGET_LOAD_PERCENT 85u
 #define MAX_LOAD_PERCENT 95u
 #define MAX_RECENCY_CELLS (1ull << 24)
@@ -145,7 +144,7 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
     g->data_bytes = round_to_pages(o->size_bytes);
     uint64_t entries = o->max_entries;
     if (entries == 0)
-        entries = g->data_bytes / DEFAULT_ENTRY_BYTES;
+        entries = g->data_bytes / SHMKV_DEFAULT_ENTRY_BYTES;
     g->nbuckets = buckets_for_entries(entries);
     g->index_off = align_up(sizeof(struct data_header), CACHE_LINE);
     g->arena_off =
@@ -345,7 +344,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->page_bytes = page_bytes();
     c->data_bytes = g.data_bytes;
     c->max_entries = opts->max_entries ? opts->max_entries
-                                       : g.data_bytes / DEFAULT_ENTRY_BYTES;
+                                       : g.data_bytes / SHMKV_DEFAULT_ENTRY_BYTES;
     c->max_key_bytes = opts->max_key_bytes;
     c->max_value_bytes = opts->max_value_bytes;
     c->eviction = (uint32_t)opts->eviction;

@@ -668,7 +668,14 @@ void config_print(const struct config *c, FILE *out)
     fprintf(out, "mode = 0%o\ngroup = %s\n", c->store_mode, c->store_group);
     fprintf(out, "max_key_size = %" PRIu32 "\n", c->max_key_bytes);
     print_size(out, "max_value_size", c->max_value_bytes);
-    fprintf(out, "max_entries = %" PRIu64 "\n", c->max_entries);
+    if (c->max_entries == 0)
+        fprintf(out,
+                "max_entries = 0 ; the index is sized for about %" PRIu64
+                " (one per %u bytes of size)\n",
+                c->store_size / SHMKV_DEFAULT_ENTRY_BYTES,
+                SHMKV_DEFAULT_ENTRY_BYTES);
+    else
+        fprintf(out, "max_entries = %" PRIu64 "\n", c->max_entries);
     fprintf(out, "eviction = %s\n",
             c->eviction == SHMKV_EVICT_LRU ? "lru" : "noeviction");
     fprintf(out, "default_ttl = %" PRIu32 "\nmax_handles = %" PRIu32 "\n",

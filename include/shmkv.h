@@ -85,6 +85,9 @@ enum shmkv_eviction {
                              entries (expired ones first) to make room */
 };
 
+/* Bytes of store per expected entry when max_entries is 0. */
+#define SHMKV_DEFAULT_ENTRY_BYTES 128u
+
 struct shmkv_options {
     /* Where the store lives: "key:0x5eed0001", "0x5eed0001" or
      * "ftok:/path:1". Required. */
@@ -100,7 +103,7 @@ struct shmkv_options {
      * mode such as 0660; -1 (the default) keeps the creator's group. */
     int64_t gid;
     /* Expected number of entries, for sizing the hash index. 0 chooses one
-     * entry per 128 bytes of size_bytes. */
+     * entry per SHMKV_DEFAULT_ENTRY_BYTES of size_bytes. */
     uint64_t max_entries;
     /* Largest key and value accepted; 0 picks the default. Keys may be 1
      * to 65535 bytes (default 250); values up to size_bytes / 4 (default
