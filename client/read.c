@@ -76,27 +76,38 @@ int shmkv_read_end(struct shmkv *kv)
     return 0;
 }
 
-/* The lookup inside a read section, arguments already checked. */
-static int lookup(struct shmkv *kv, const void *key, size_t klen,
-                  const struct block **out)
+/* The lookup inside a read section, arguments already checked: the live
+ * entry of key, or NULL. Inlined into each caller: how many instructions a
+ * get takes decides how many gets the CPU keeps in flight while their
+ * cache misses are outstanding, which is most of what a get costs. */
+static inline __attribute__((always_inline)) const struct block *
+lookup(struct shmkv *kv, const void *key, size_t klen)
 {
     uint64_t hash = key_hash(key, klen, kv->seed);
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
     if (pos.off == 0) {
         slot_count(&kv->slot->misses);
-        return SHMKV_ENOTFOUND;
+        return NULL;
     }
     const struct block *e = block_at(kv->data, pos.off);
-    if (entry_expired(kv, e)) {
+    if (__builtin_expect(e->u.entry.expire_unix != 0, 0) &&
+        entry_expired(kv, e)) {
         slot_count(&kv->slot->misses);
-        return SHMKV_ENOTFOUND;
+        return NULL;
     }
     if (kv->lru)
         recency_touch(kv, hash);
     slot_count(&kv->slot->hits);
-    *out = e;
-    return 0;
+    return e;
+}
+
+/* The same, out of line, for the calls where a copy or a TTL costs more
+ * than the call does. */
+static __attribute__((noinline, flatten)) const struct block *
+lookup_call(struct shmkv *kv, const void *key, size_t klen)
+{
+    return lookup(kv, key, klen);
 }
 
 static int check_key(const struct shmkv *kv, const void *key, size_t klen)
@@ -109,20 +120,36 @@ static int check_key(const struct shmkv *kv, const void *key, size_t klen)
     return 0;
 }
 
-int shmkv_get(struct shmkv *kv, const void *key, size_t klen, shmkv_val_t *val)
+/* Why shmkv_get refused its arguments; out of line, off the hot path. */
+static __attribute__((noinline, cold)) int get_refused(const struct shmkv *kv,
+                                                       const void *key,
+                                                       size_t klen,
+                                                       const shmkv_val_t *val)
 {
     if (kv == NULL || val == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or value");
     if (!kv->in_read)
         return set_error(SHMKV_ESTATE, "shmkv_get outside a read section");
-    int rc = check_key(kv, key, klen);
-    if (rc != 0)
-        return rc;
-    const struct block *e;
-    rc = lookup(kv, key, klen, &e);
-    if (rc != 0)
-        return rc;
-    val->data = entry_value(e);
+    return check_key(kv, key, klen);
+}
+
+/* flatten: the hash too is inlined, whatever the compiler's size limits. */
+__attribute__((flatten)) int shmkv_get(struct shmkv *kv, const void *key,
+                                       size_t klen, shmkv_val_t *val)
+{
+    /* One test for every refusal: klen - 1 wraps for an empty key. */
+    if (__builtin_expect(kv == NULL || val == NULL || key == NULL ||
+                             !kv->in_read || klen - 1 >= kv->max_key_bytes,
+                         0))
+        return get_refused(kv, key, klen, val);
+    const struct block *e = lookup(kv, key, klen);
+    if (e == NULL)
+        return SHMKV_ENOTFOUND;
+    /* The value's address from the caller's klen, equal to the entry's:
+     * computed from the entry's own, it would wait for the entry's first
+     * line to arrive before the value's line (often the next one) could
+     * be asked for. */
+    val->data = entry_key(e) + klen;
     val->len = e->u.entry.vlen;
     return 0;
 }
@@ -141,14 +168,14 @@ int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
         if (rc != 0)
             return rc;
     }
-    const struct block *e;
-    rc = lookup(kv, key, klen, &e);
+    const struct block *e = lookup_call(kv, key, klen);
+    rc = e == NULL ? SHMKV_ENOTFOUND : 0;
     if (rc == 0) {
         *vlen = e->u.entry.vlen;
         if (e->u.entry.vlen > cap)
             rc = SHMKV_ENOBUFS;
         else if (e->u.entry.vlen > 0) /* buf may be NULL when cap is 0 */
-            memcpy(buf, entry_value(e), e->u.entry.vlen);
+            memcpy(buf, entry_key(e) + klen, e->u.entry.vlen);
     }
     if (own_section)
         shmkv_read_end(kv);
@@ -168,8 +195,8 @@ int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s)
         if (rc != 0)
             return rc;
     }
-    const struct block *e;
-    rc = lookup(kv, key, klen, &e);
+    const struct block *e = lookup_call(kv, key, klen);
+    rc = e == NULL ? SHMKV_ENOTFOUND : 0;
     if (rc == 0) {
         uint32_t at = e->u.entry.expire_unix;
         *ttl_s = at == 0 ? -1 : (int64_t)at - (int64_t)clock_unix();

@@ -23,7 +23,7 @@
 #define MIN_SIZE_BYTES (1ull << 20)
 #define MAX_SIZE_BYTES (64ull << 30)
 #define DEFAULT_SIZE_BYTES (64ull << 20)
-#define TARGET_LOAD_PERCENT 85u
+#define TARGET_LOAD_PERCENT 75u
 #define MAX_LOAD_PERCENT 95u
 #define MAX_RECENCY_CELLS (1ull << 24)
 #define DEFAULT_MAX_KEY_BYTES 250u
@@ -343,8 +343,9 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->ctl_bytes = g.ctl_bytes;
     c->page_bytes = page_bytes();
     c->data_bytes = g.data_bytes;
-    c->max_entries = opts->max_entries ? opts->max_entries
-                                       : g.data_bytes / SHMKV_DEFAULT_ENTRY_BYTES;
+    c->max_entries = opts->max_entries
+                         ? opts->max_entries
+                         : g.data_bytes / SHMKV_DEFAULT_ENTRY_BYTES;
     c->max_key_bytes = opts->max_key_bytes;
     c->max_value_bytes = opts->max_value_bytes;
     c->eviction = (uint32_t)opts->eviction;

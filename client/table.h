@@ -68,24 +68,28 @@ static inline unsigned bucket_match(const struct bucket *bk, uint32_t tag)
 #endif
 }
 
-/* Key equality, with short keys compared in a few loads. */
+/* Keys of other sizes, compared out of line (table.c): a call in the
+ * lookup would make the compiler keep its state on the stack around it. */
+bool key_equal_slow(const char *a, const char *b, size_t n);
+
+/* Key equality, with keys of 8 to 16 bytes compared in a few loads. */
 static inline bool key_equal(const char *a, const char *b, size_t n)
 {
     uint64_t x, y, x2, y2;
-    if (n >= 8 && n <= 16) {
+    if (__builtin_expect(n >= 8 && n <= 16, 1)) {
         memcpy(&x, a, 8);
         memcpy(&y, b, 8);
         memcpy(&x2, a + n - 8, 8);
         memcpy(&y2, b + n - 8, 8);
         return ((x ^ y) | (x2 ^ y2)) == 0;
     }
-    return memcmp(a, b, n) == 0;
+    return key_equal_slow(a, b, n);
 }
 
 /* Finds key (hash given) in the index; pos->off is 0 if absent. */
-static inline void table_find(const struct shmkv *kv, uint64_t hash,
-                              const void *key, size_t klen,
-                              struct table_pos *pos)
+static inline __attribute__((always_inline)) void
+table_find(const struct shmkv *kv, uint64_t hash, const void *key, size_t klen,
+           struct table_pos *pos)
 {
     const struct data_header *d = kv->data;
     uint32_t tag = hash_tag(hash);
