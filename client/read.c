@@ -84,13 +84,11 @@ static inline __attribute__((always_inline)) const struct block *
 lookup(struct shmkv *kv, const void *key, size_t klen)
 {
     uint64_t hash = key_hash(key, klen, kv->seed);
-    struct table_pos pos;
-    table_find(kv, hash, key, klen, &pos);
-    if (pos.off == 0) {
+    const struct block *e = table_lookup(kv, hash, key, klen);
+    if (e == NULL) {
         slot_count(&kv->slot->misses);
         return NULL;
     }
-    const struct block *e = block_at(kv->data, pos.off);
     if (__builtin_expect(e->u.entry.expire_unix != 0, 0) &&
         entry_expired(kv, e)) {
         slot_count(&kv->slot->misses);

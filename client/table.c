@@ -35,11 +35,27 @@
 #include "hash.h"
 #include "table.h"
 
+/* Out of line on purpose: see hash.h and table.h. */
+__attribute__((noinline)) uint64_t key_hash_long(const void *key, size_t klen,
+                                                 uint64_t seed)
+{
+    return XXH3_64bits_withSeed(key, klen, seed);
+}
+
 /* Out of line on purpose: see table.h. */
 __attribute__((noinline)) bool key_equal_slow(const char *a, const char *b,
                                               size_t n)
 {
     return memcmp(a, b, n) == 0;
+}
+
+const struct block *table_lookup_beyond_home(const struct shmkv *kv,
+                                             uint64_t hash, const void *key,
+                                             size_t klen)
+{
+    struct table_pos pos;
+    table_find(kv, hash, key, klen, &pos);
+    return pos.off == 0 ? NULL : block_at(kv->data, pos.off);
 }
 
 uint64_t index_bytes_for(uint64_t nbuckets)
