@@ -182,7 +182,11 @@ void shmkv_close(struct shmkv *kv);
 int shmkv_parse_key(const char *spec, int32_t *key_out);
 
 /* A thread-local description of the last error on this thread, with detail
- * (the sysctl that was hit, the config file and line). Never NULL. */
+ * (the sysctl that was hit, the config file and line). Never NULL. Only
+ * failures set it: SHMKV_ENOTFOUND, SHMKV_EEXIST from SHMKV_NX and
+ * SHMKV_ENOBUFS are answers, returned without touching it (a get that
+ * misses stays as cheap as one that hits), so after them it still
+ * describes an earlier error; use shmkv_strerror() on the code. */
 const char *shmkv_last_error(void);
 
 /* ---------------------------------------------------------------------- */
