@@ -1012,7 +1012,8 @@ static uint64_t store_size_bytes(uint64_t nkeys, size_t klen, size_t vlen)
 {
     uint64_t entry = (sizeof(struct block) + klen + vlen + UNIT_BYTES - 1) /
                      UNIT_BYTES * UNIT_BYTES;
-    uint64_t buckets = nkeys * 100 / (BUCKET_SLOTS * 85) + 64;
+    uint64_t buckets =
+        nkeys * 100 / (BUCKET_SLOTS * INDEX_TARGET_LOAD_PERCENT) + 64;
     uint64_t bytes =
         buckets * sizeof(struct bucket) + nkeys * entry / 4 * 5 + (1u << 20);
     if (bytes < 4 * (uint64_t)vlen + (1u << 20))

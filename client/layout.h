@@ -164,7 +164,12 @@ struct bucket {
     _Atomic uint64_t overflow;
     _Atomic uint64_t slot[BUCKET_SLOTS];
 };
+
 _Static_assert(sizeof(struct bucket) == CACHE_LINE, "bucket is a line");
+
+/* The load the index is sized for, from max_entries (not part of the
+ * layout: the bucket count is in the header). */
+#define INDEX_TARGET_LOAD_PERCENT 75u
 
 #define SLOT_OFF(s) ((uint32_t)((s)&0xffffffffull))
 #define SLOT_TAG(s) ((uint32_t)((s) >> 32))

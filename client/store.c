@@ -23,7 +23,6 @@
 #define MIN_SIZE_BYTES (1ull << 20)
 #define MAX_SIZE_BYTES (64ull << 30)
 #define DEFAULT_SIZE_BYTES (64ull << 20)
-#define TARGET_LOAD_PERCENT 75u
 #define MAX_LOAD_PERCENT 95u
 #define MAX_RECENCY_CELLS (1ull << 24)
 #define DEFAULT_MAX_KEY_BYTES 250u
@@ -65,8 +64,9 @@ static bool is_prime(uint64_t n)
  * double-hashing probe sequences visit every bucket. */
 static uint64_t buckets_for_entries(uint64_t entries)
 {
-    uint64_t n = (entries * 100 + BUCKET_SLOTS * TARGET_LOAD_PERCENT - 1) /
-                 (BUCKET_SLOTS * TARGET_LOAD_PERCENT);
+    uint64_t n =
+        (entries * 100 + BUCKET_SLOTS * INDEX_TARGET_LOAD_PERCENT - 1) /
+        (BUCKET_SLOTS * INDEX_TARGET_LOAD_PERCENT);
     if (n < 11)
         n = 11;
     while (!is_prime(n))
