@@ -89,7 +89,7 @@ struct ctl_header {
     uint32_t mode;
     int64_t gid; /* group for every segment of the store, -1: creator's */
     _Atomic int32_t owner_pid; /* CAS by shmkv_adopt */
-    uint32_t reserved;
+    _Atomic uint32_t marks;    /* SHMKV_MARK_*, set by the owner */
     uint64_t owner_start_ticks;
     int64_t created_unix;
     uint64_t locks_off;

@@ -540,6 +540,26 @@ void shmkv_close(struct shmkv *kv)
     handle_free(kv);
 }
 
+int shmkv_set_marks(struct shmkv *kv, unsigned marks)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (marks & ~SHMKV_MARK_LOADING)
+        return set_error(SHMKV_EINVAL, "unknown marks 0x%x", marks);
+    if (kv->rdonly)
+        return set_error(SHMKV_ERDONLY, "the handle is read-only");
+    atomic_store(&kv->ctl->marks, marks);
+    return 0;
+}
+
+int shmkv_get_marks(struct shmkv *kv, unsigned *marks)
+{
+    if (kv == NULL || marks == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or result");
+    *marks = atomic_load(&kv->ctl->marks);
+    return 0;
+}
+
 int shmkv_mark_closed(struct shmkv *kv)
 {
     if (kv == NULL)

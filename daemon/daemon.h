@@ -61,8 +61,9 @@ enum stop_save { STOP_SAVE_CONFIG, STOP_SAVE, STOP_NOSAVE };
 
 struct daemon {
     struct config cfg;
-    struct shmkv *kv; /* the owner's handle */
-    bool adopted;     /* the store was left by a dead daemon */
+    struct shmkv *kv;     /* the owner's handle */
+    bool adopted;         /* the store was left by a dead daemon */
+    bool adopted_partial; /* adopted mid-load: load again */
     struct event_base *base;
     time_t started;
     char executable[4096];

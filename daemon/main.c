@@ -107,6 +107,23 @@ static int store_open(struct daemon *d)
         return -1;
     }
     d->adopted = true;
+    unsigned marks = 0;
+    shmkv_get_marks(d->kv, &marks);
+    if (marks & SHMKV_MARK_LOADING) {
+        /* It died loading the snapshot: what the store holds is part of
+         * it. Start again from the snapshot, as a new store would. */
+        log_warning("the store at %s was being loaded from a snapshot when "
+                    "its shmkvd died: discarding its partial contents",
+                    d->cfg.store_key);
+        rc = shmkv_flush(d->kv);
+        if (rc != 0) {
+            log_error("refusing to start: cannot empty the partly loaded "
+                      "store: %s: %s",
+                      shmkv_strerror(rc), shmkv_last_error());
+            return -1;
+        }
+        d->adopted_partial = true;
+    }
     struct shmkv_stats st;
     shmkv_stats(d->kv, &st);
     log_warning("adopted the store at %s left by a shmkvd that died: %llu "
@@ -368,11 +385,18 @@ static void free_events(void)
  * snapshot stops the start: the operator decides, nothing is half-loaded. */
 static int load_snapshot(struct daemon *d)
 {
-    if (d->adopted || !d->cfg.load_on_start || d->cfg.snapshot_path[0] == '\0')
+    bool load = d->cfg.load_on_start && d->cfg.snapshot_path[0] != '\0';
+    if (d->adopted && !d->adopted_partial)
         return 0;
+    if (!load) {
+        /* A partly loaded store was emptied; it is complete as it is. */
+        shmkv_set_marks(d->kv, 0);
+        return 0;
+    }
     struct stat st;
     if (stat(d->cfg.snapshot_path, &st) != 0 && errno == ENOENT) {
         log_info("no snapshot at %s: starting empty", d->cfg.snapshot_path);
+        shmkv_set_marks(d->kv, 0);
         return 0;
     }
     char err[512];
@@ -380,10 +404,19 @@ static int load_snapshot(struct daemon *d)
     /* A large snapshot can outlast systemd's start timeout. */
     notify_sendf("STATUS=loading %s\nEXTEND_TIMEOUT_USEC=%llu",
                  d->cfg.snapshot_path, LONG_TASK_USEC);
+    /* Marked while entries go in, so that a successor adopting the store
+     * after a crash here knows it holds part of the snapshot. */
+    int rc = shmkv_set_marks(d->kv, SHMKV_MARK_LOADING);
+    if (rc != 0) {
+        log_error("refusing to start: cannot mark the store as loading: %s",
+                  shmkv_last_error());
+        return -1;
+    }
     if (snapshot_load(d->kv, d->cfg.snapshot_path, &n, err, sizeof err) != 0) {
         log_error("refusing to start: %s", err);
         return -1;
     }
+    shmkv_set_marks(d->kv, 0);
     log_info("loaded %llu entries from %s", (unsigned long long)n,
              d->cfg.snapshot_path);
     return 0;

@@ -148,6 +148,20 @@ int shmkv_remove(const char *where);
  * detail names its pid); otherwise the errors of shmkv_open(). */
 int shmkv_adopt(const char *where, struct shmkv **out);
 
+/* Marks an owner leaves on its store, which outlive the owner's process.
+ * SHMKV_MARK_LOADING: being filled from a snapshot, set before the first
+ * entry goes in and cleared once the last one has; a successor that adopts
+ * the store and finds it set knows the data is partial. */
+#define SHMKV_MARK_LOADING 0x1u
+
+/* Sets the store's marks to marks (SHMKV_MARK_*), replacing them. Needs a
+ * read-write handle (SHMKV_ERDONLY); SHMKV_EINVAL for unknown bits. */
+int shmkv_set_marks(struct shmkv *kv, unsigned marks);
+
+/* The store's marks (SHMKV_MARK_*) in *marks; 0 on a store no owner has
+ * marked. */
+int shmkv_get_marks(struct shmkv *kv, unsigned *marks);
+
 /* Marks the store closed: every other handle's next operation returns
  * SHMKV_ECLOSED, and so does any write, also through kv. kv itself may
  * still read (shmkv_read_begin, shmkv_foreach, ...), so that an owner can

@@ -2009,6 +2009,35 @@ static void on_segv(int sig)
     _exit(42);
 }
 
+/* The owner's marks: set, read through another handle, bad bits refused,
+ * read-only handles refused. */
+static void test_marks(void **state)
+{
+    (void)state;
+    struct store s;
+    store_small(&s, 1u << 20, SHMKV_EVICT_NONE);
+    unsigned marks = 7;
+    assert_ok(shmkv_get_marks(s.kv, &marks));
+    assert_int_equal(marks, 0);
+    assert_ok(shmkv_set_marks(s.kv, SHMKV_MARK_LOADING));
+    shmkv_t *ro;
+    assert_ok(shmkv_open(s.key, SHMKV_RDONLY, &ro));
+    assert_ok(shmkv_get_marks(ro, &marks));
+    assert_int_equal(marks, SHMKV_MARK_LOADING);
+    assert_rc(shmkv_set_marks(ro, 0), SHMKV_ERDONLY);
+    assert_rc(shmkv_set_marks(s.kv, 0x80), SHMKV_EINVAL);
+    assert_non_null(strstr(shmkv_last_error(), "unknown marks"));
+    assert_rc(shmkv_set_marks(NULL, 0), SHMKV_EINVAL);
+    assert_rc(shmkv_get_marks(s.kv, NULL), SHMKV_EINVAL);
+    assert_ok(shmkv_get_marks(ro, &marks));
+    assert_int_equal(marks, SHMKV_MARK_LOADING);
+    assert_ok(shmkv_set_marks(s.kv, 0));
+    assert_ok(shmkv_get_marks(ro, &marks));
+    assert_int_equal(marks, 0);
+    shmkv_close(ro);
+    store_drop(&s);
+}
+
 static void test_rdonly_handle(void **state)
 {
     (void)state;
@@ -2334,6 +2363,7 @@ int main(void)
         cmocka_unit_test(test_null_and_empty_arguments),
         cmocka_unit_test(test_size_limits),
         cmocka_unit_test(test_rdonly_handle),
+        cmocka_unit_test(test_marks),
         cmocka_unit_test(test_stats_counters),
         cmocka_unit_test(test_check_after_mixed_workload),
     };

@@ -912,6 +912,54 @@ static void test_sigkill_then_adopt(void **state)
     assert_false(segment_exists());
 }
 
+/* A daemon killed while it loads the snapshot leaves part of it in the
+ * store, marked as loading: the next start adopts the store, empties it
+ * and loads the snapshot again, instead of serving the part. */
+static void test_adopt_partly_loaded_store(void **state)
+{
+    (void)state;
+    char out[256];
+    daemon_start(false);
+    run(out, sizeof out, "redis-cli -s %s set a 1", E.sock);
+    run(out, sizeof out, "redis-cli -s %s set b 2", E.sock);
+    run(out, sizeof out, "redis-cli -s %s save", E.sock);
+    assert_string_equal(out, "OK\n");
+    kill(E.pid, SIGKILL);
+    waitpid(E.pid, NULL, 0);
+    E.pid = 0;
+    /* What a kill mid-load leaves: the mark, and entries that are not
+     * the snapshot's. */
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.conf, 0, &kv), 0);
+    assert_int_equal(shmkv_del(kv, "b", 1), 0);
+    assert_int_equal(shmkv_set(kv, "partial", 7, "x", 1, 0, 0), 0);
+    assert_int_equal(shmkv_set_marks(kv, SHMKV_MARK_LOADING), 0);
+    shmkv_close(kv);
+    daemon_start(false);
+    assert_true(log_contains("was being loaded from a snapshot when its "
+                             "shmkvd died"));
+    run(out, sizeof out, "redis-cli -s %s mget a b partial", E.sock);
+    assert_string_equal(out, "1\n2\n\n");
+    run(out, sizeof out, "redis-cli -s %s dbsize", E.sock);
+    assert_string_equal(out, "2\n");
+    assert_int_equal(shmkv_open(E.conf, SHMKV_RDONLY, &kv), 0);
+    unsigned marks = 99;
+    assert_int_equal(shmkv_get_marks(kv, &marks), 0);
+    assert_int_equal(marks, 0);
+    shmkv_close(kv);
+    /* A store adopted whole is kept as it is. */
+    kill(E.pid, SIGKILL);
+    waitpid(E.pid, NULL, 0);
+    E.pid = 0;
+    assert_int_equal(shmkv_open(E.conf, 0, &kv), 0);
+    assert_int_equal(shmkv_set(kv, "after", 5, "y", 1, 0, 0), 0);
+    shmkv_close(kv);
+    daemon_start(false);
+    run(out, sizeof out, "redis-cli -s %s dbsize", E.sock);
+    assert_string_equal(out, "3\n");
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_save_and_load(void **state)
 {
     (void)state;
@@ -1059,6 +1107,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_notify_protocol, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigkill_then_adopt, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_adopt_partly_loaded_store, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_save_and_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_snapshot_refused, setup,
