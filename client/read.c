@@ -81,9 +81,8 @@ int shmkv_read_end(struct shmkv *kv)
  * get takes decides how many gets the CPU keeps in flight while their
  * cache misses are outstanding, which is most of what a get costs. */
 static inline __attribute__((always_inline)) const struct block *
-lookup(struct shmkv *kv, const void *key, size_t klen)
+lookup_hashed(struct shmkv *kv, uint64_t hash, const void *key, size_t klen)
 {
-    uint64_t hash = key_hash(key, klen, kv->seed);
     const struct block *e = table_lookup(kv, hash, key, klen);
     if (e == NULL) {
         slot_count(&kv->slot->misses);
@@ -100,12 +99,36 @@ lookup(struct shmkv *kv, const void *key, size_t klen)
     return e;
 }
 
+static inline __attribute__((always_inline)) const struct block *
+lookup(struct shmkv *kv, const void *key, size_t klen)
+{
+    return lookup_hashed(kv, key_hash(key, klen, kv->seed), key, klen);
+}
+
 /* The same, out of line, for the calls where a copy or a TTL costs more
  * than the call does. */
 static __attribute__((noinline, flatten)) const struct block *
-lookup_call(struct shmkv *kv, const void *key, size_t klen)
+lookup_call(struct shmkv *kv, uint64_t hash, const void *key, size_t klen)
 {
-    return lookup(kv, key, klen);
+    return lookup_hashed(kv, hash, key, klen);
+}
+
+/* Begins the read section of a call that makes its own, for a key whose
+ * hash it already has: the key's home bucket is asked for first, so that
+ * its cache miss overlaps the lock's atomic operations instead of
+ * following them (a prefetch never faults, even on a mapping a generation
+ * change has just removed). *hash is redone if the section is on another
+ * generation, with another seed, than the one it was computed for. */
+static int section_begin_for(struct shmkv *kv, const void *key, size_t klen,
+                             uint64_t *hash)
+{
+    uint64_t seed = kv->seed;
+    if (kv->buckets != NULL)
+        __builtin_prefetch(&kv->buckets[table_home(kv->nbuckets, *hash)]);
+    int rc = shmkv_read_begin(kv);
+    if (rc == 0 && kv->seed != seed)
+        *hash = key_hash(key, klen, kv->seed);
+    return rc;
 }
 
 static int check_key(const struct shmkv *kv, const void *key, size_t klen)
@@ -160,13 +183,14 @@ int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
     int rc = check_key(kv, key, klen);
     if (rc != 0)
         return rc;
+    uint64_t hash = key_hash(key, klen, kv->seed);
     bool own_section = !kv->in_read;
     if (own_section) {
-        rc = shmkv_read_begin(kv);
+        rc = section_begin_for(kv, key, klen, &hash);
         if (rc != 0)
             return rc;
     }
-    const struct block *e = lookup_call(kv, key, klen);
+    const struct block *e = lookup_call(kv, hash, key, klen);
     rc = e == NULL ? SHMKV_ENOTFOUND : 0;
     if (rc == 0) {
         *vlen = e->u.entry.vlen;
@@ -187,13 +211,14 @@ int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s)
     int rc = check_key(kv, key, klen);
     if (rc != 0)
         return rc;
+    uint64_t hash = key_hash(key, klen, kv->seed);
     bool own_section = !kv->in_read;
     if (own_section) {
-        rc = shmkv_read_begin(kv);
+        rc = section_begin_for(kv, key, klen, &hash);
         if (rc != 0)
             return rc;
     }
-    const struct block *e = lookup_call(kv, key, klen);
+    const struct block *e = lookup_call(kv, hash, key, klen);
     rc = e == NULL ? SHMKV_ENOTFOUND : 0;
     if (rc == 0) {
         uint32_t at = e->u.entry.expire_unix;
