@@ -64,42 +64,51 @@
 #define ACCEPT_RETRY_MS 100
 #define ACCEPT_ERROR_LOG_INTERVAL_S 10
 
-/* True if uid or one of the groups of pid is an admin. The daemon's own
- * user is always one: whoever can run the daemon can stop it. */
-static bool peer_is_admin(const struct config *cfg, uid_t uid, gid_t gid,
-                          pid_t pid)
+/* True if the peer's uid, primary group or one of its supplementary groups
+ * is an admin. The daemon's own user is always one: whoever can run the
+ * daemon can stop it. */
+static bool peer_is_admin(const struct config *cfg, const struct conn *c)
 {
-    if (uid == geteuid())
+    if (c->uid == geteuid())
         return true;
     for (size_t i = 0; i < cfg->n_admin_uids; i++)
-        if (cfg->admin_uids[i] == uid)
+        if (cfg->admin_uids[i] == c->uid)
             return true;
-    if (cfg->n_admin_gids == 0)
-        return false;
-    for (size_t i = 0; i < cfg->n_admin_gids; i++)
-        if (cfg->admin_gids[i] == gid)
+    for (size_t i = 0; i < cfg->n_admin_gids; i++) {
+        if (cfg->admin_gids[i] == c->gid)
             return true;
-    /* Supplementary groups: from /proc, as the peer holds them now. */
-    char path[64], line[4096];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return false;
-    bool admin = false;
-    while (!admin && fgets(line, sizeof line, f) != NULL) {
-        if (strncmp(line, "Groups:", 7) != 0)
-            continue;
-        char *save = NULL;
-        for (char *tok = strtok_r(line + 7, " \t\n", &save); tok != NULL;
-             tok = strtok_r(NULL, " \t\n", &save)) {
-            gid_t g = (gid_t)strtoul(tok, NULL, 10);
-            for (size_t i = 0; i < cfg->n_admin_gids; i++)
-                if (cfg->admin_gids[i] == g)
-                    admin = true;
-        }
+        for (size_t j = 0; j < c->n_groups; j++)
+            if (cfg->admin_gids[i] == c->groups[j])
+                return true;
     }
-    fclose(f);
-    return admin;
+    return false;
+}
+
+/* The peer's supplementary groups as they were when it connected
+ * (SO_PEERGROUPS, like SO_PEERCRED a snapshot the kernel took then: not
+ * /proc/PID, which a process reusing a dead peer's pid would answer).
+ * Without them (a kernel before 4.13) only the primary group counts. */
+static void peer_groups(struct conn *c, int fd)
+{
+    socklen_t len = 64 * sizeof(gid_t);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        gid_t *g = malloc(len);
+        if (g == NULL)
+            return;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &len) == 0) {
+            c->groups = g;
+            c->n_groups = len / sizeof(gid_t);
+            return;
+        }
+        free(g);
+        if (errno != ERANGE) {
+            log_debug("SO_PEERGROUPS: %s: only the primary group of pid %d "
+                      "counts",
+                      strerror(errno), (int)c->pid);
+            return;
+        }
+        /* len now says how much it needs. */
+    }
 }
 
 void conn_close(struct conn *c)
@@ -114,6 +123,7 @@ void conn_close(struct conn *c)
     d->n_conns--;
     log_debug("connection %llu closed", (unsigned long long)c->id);
     event_free(c->resume);
+    free(c->groups);
     bufferevent_free(c->bev);
     resp_parser_free(&c->parser);
     free(c);
@@ -377,7 +387,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     c->pid = cred.pid;
     c->uid = cred.uid;
     c->gid = cred.gid;
-    c->admin = peer_is_admin(&d->cfg, cred.uid, cred.gid, cred.pid);
+    peer_groups(c, fd);
+    c->admin = peer_is_admin(&d->cfg, c);
     c->created = c->last_active = time(NULL);
     resp_parser_init(&c->parser, d->cfg.max_request_bytes, MAX_ARGS);
     c->next = d->conns;
@@ -609,7 +620,7 @@ void control_apply_config(struct daemon *d)
 {
     fit_connections_to_fd_limit(d);
     for (struct conn *c = d->conns; c != NULL; c = c->next) {
-        c->admin = peer_is_admin(&d->cfg, c->uid, c->gid, c->pid);
+        c->admin = peer_is_admin(&d->cfg, c);
         c->parser.max_request_bytes = d->cfg.max_request_bytes;
         conn_set_timeouts(c, true);
     }

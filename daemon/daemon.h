@@ -41,6 +41,8 @@ struct conn {
     pid_t pid; /* peer credentials (SO_PEERCRED) */
     uid_t uid;
     gid_t gid;
+    gid_t *groups; /* supplementary groups when it connected (malloc) */
+    size_t n_groups;
     bool admin;
     bool closing;        /* parse nothing more; close once output is flushed */
     bool input_ended;    /* the peer shut down its side (EOF) */

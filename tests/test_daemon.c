@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -41,9 +42,10 @@ struct env {
     char log[96];
     char notify[96];
     char key[32];
-    const char *size; /* [store] size; NULL: 8M */
-    unsigned idle;    /* [control] idle_timeout; 0: 5 */
-    rlim_t nofile;    /* the daemon's RLIMIT_NOFILE; 0: inherited */
+    const char *size;    /* [store] size; NULL: 8M */
+    unsigned idle;       /* [control] idle_timeout; 0: 5 */
+    rlim_t nofile;       /* the daemon's RLIMIT_NOFILE; 0: inherited */
+    const char *control; /* more [control] settings; NULL: none */
     int notify_fd;
     pid_t pid;
 };
@@ -76,13 +78,13 @@ static void write_config(const char *extra)
             "[store]\nkey = %s\nsize = %s\nmode = 0666\nmax_key_size = 64\n"
             "max_value_size = 64K\n\n"
             "[control]\nsocket = %s\nsocket_mode = 0666\n"
-            "max_request = 128K\nidle_timeout = %u\n\n"
+            "max_request = 128K\nidle_timeout = %u\n%s\n"
             "[persistence]\nsnapshot = %s\nsave_on_shutdown = no\n"
             "load_on_start = yes\n\n"
             "[daemon]\nlog_level = debug\nlock_timeout_ms = 500\n"
             "housekeeping_interval_ms = 20\n%s",
-            E.key, E.size ? E.size : "8M", E.sock, E.idle ? E.idle : 5, E.snap,
-            extra ? extra : "");
+            E.key, E.size ? E.size : "8M", E.sock, E.idle ? E.idle : 5,
+            E.control ? E.control : "", E.snap, extra ? extra : "");
     fclose(f);
 }
 
@@ -848,6 +850,48 @@ static void test_command_edges(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* In a child: takes the given groups and uid/gid 65534, sends SET and
+ * exits 0 if the reply starts with want. */
+static int set_as(gid_t primary, const gid_t *groups, size_t n,
+                  const char *want)
+{
+    pid_t child = fork();
+    if (child == 0) {
+        if (setgroups(n, groups) != 0 || setgid(primary) != 0 ||
+            setuid(65534) != 0)
+            _exit(10);
+        int fd = sock_connect();
+        char out[512];
+        bool closed;
+        const char set[] = "SET g 1\r\n";
+        sock_exchange(fd, set, sizeof set - 1, out, sizeof out, 1, &closed);
+        _exit(strncmp(out, want, strlen(want)) == 0 ? 0 : 11);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* admin_groups counts the primary group and the supplementary groups the
+ * peer held when it connected (SO_PEERGROUPS). */
+static void test_admin_by_group(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("not root: cannot switch groups, skipped\n");
+        return;
+    }
+    E.control = "admin_groups = 4242\n";
+    write_config(NULL);
+    daemon_start(false);
+    gid_t admin = 4242, other[] = {4243, 4244};
+    assert_int_equal(set_as(65534, &admin, 1, "+OK"), 0);
+    assert_int_equal(set_as(4242, NULL, 0, "+OK"), 0);
+    assert_int_equal(set_as(65534, other, 2, "-NOPERM"), 0);
+    assert_int_equal(set_as(65534, NULL, 0, "-NOPERM"), 0);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_sigterm_removes_everything(void **state)
 {
     (void)state;
@@ -1092,6 +1136,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_admin_refused, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_admin_by_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_backpressure, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reply_over_limit_closes, setup,
