@@ -258,28 +258,8 @@ static int lock_take(struct shmkv *kv, bool write)
     }
 }
 
-/* A read section on an uncontended lock of the attached, current
- * generation: lock_take's first round for a reader, without the calls and
- * the checks that only writers, waiters and generation changes need. It
- * is most of the cost of a single get. Anything else goes the long way. */
-int lock_read(struct shmkv *kv)
+int lock_read_slow(struct shmkv *kv)
 {
-    uint64_t cur =
-        atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
-    if (__builtin_expect(cur == kv->current && kv->data != NULL, 1)) {
-        atomic_store_explicit(&kv->slot->lock_state,
-                              LOCK_STATE(kv->gen, LOCKING_READ),
-                              memory_order_relaxed);
-        if (__builtin_expect(pthread_rwlock_tryrdlock(kv->lock) == 0, 1)) {
-            /* As in lock_take: a recovery may have published a new
-             * generation meanwhile. */
-            cur = atomic_load_explicit(&kv->ctl->current, memory_order_seq_cst);
-            if (__builtin_expect(cur == kv->current, 1))
-                return 0;
-            pthread_rwlock_unlock(kv->lock);
-        }
-        atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_seq_cst);
-    }
     return lock_take(kv, false);
 }
 
