@@ -131,9 +131,17 @@ void conn_close(struct conn *c)
 
 size_t conn_output_limit(const struct conn *c)
 {
+    /* Never less than what one reply of the largest value needs on top of
+     * the soft limit: a GET of any value the store accepts is answered. */
+    uint64_t limit = OUTPUT_HARD_LIMIT;
     uint64_t two_requests = 2 * c->d->cfg.max_request_bytes;
-    return two_requests > OUTPUT_HARD_LIMIT ? (size_t)two_requests
-                                            : OUTPUT_HARD_LIMIT;
+    uint64_t one_value =
+        (uint64_t)c->d->max_value_bytes + OUTPUT_SOFT_LIMIT + 64 * 1024;
+    if (two_requests > limit)
+        limit = two_requests;
+    if (one_value > limit)
+        limit = one_value;
+    return (size_t)limit;
 }
 
 static void conn_set_reading(struct conn *c, bool on)
@@ -141,9 +149,10 @@ static void conn_set_reading(struct conn *c, bool on)
     if (on == c->reading)
         return;
     c->reading = on;
-    if (on)
+    if (on) {
+        event_base_update_cache_time(c->d->base); /* see conn_set_timeouts */
         bufferevent_enable(c->bev, EV_READ);
-    else
+    } else
         bufferevent_disable(c->bev, EV_READ);
 }
 
@@ -174,6 +183,11 @@ static void conn_set_timeouts(struct conn *c, bool force)
     if (want == c->timeout && !force)
         return;
     c->timeout = want;
+    /* libevent counts a timeout from the time it cached when this loop
+     * pass began: after a long command (a wait for the store's lock, a
+     * big KEYS) that time is old, and the new timeout would have expired
+     * before the reply could be written. */
+    event_base_update_cache_time(c->d->base);
     struct timeval tv = {.tv_sec = idle_s};
     bufferevent_set_timeouts(c->bev, want == CONN_TIMEOUT_READ ? &tv : NULL,
                              want >= CONN_TIMEOUT_WRITE ? &tv : NULL);
@@ -271,6 +285,10 @@ static bool conn_process(struct conn *c)
             return false;
         }
     }
+    /* The last request run may have taken the output over the soft limit:
+     * read nothing more until it drains, as if another were waiting. */
+    if (evbuffer_get_length(out) >= OUTPUT_SOFT_LIMIT)
+        c->output_full = true;
     /* After the peer's EOF, close once nothing complete is left to run. */
     if (c->input_ended && !c->yielded && !c->output_full &&
         (incomplete || evbuffer_get_length(in) == 0))

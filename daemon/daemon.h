@@ -63,9 +63,10 @@ enum stop_save { STOP_SAVE_CONFIG, STOP_SAVE, STOP_NOSAVE };
 
 struct daemon {
     struct config cfg;
-    struct shmkv *kv;     /* the owner's handle */
-    bool adopted;         /* the store was left by a dead daemon */
-    bool adopted_partial; /* adopted mid-load: load again */
+    struct shmkv *kv;         /* the owner's handle */
+    bool adopted;             /* the store was left by a dead daemon */
+    bool adopted_partial;     /* adopted mid-load: load again */
+    uint32_t max_value_bytes; /* the store's (an adopted one keeps its own) */
     struct event_base *base;
     time_t started;
     char executable[4096];

@@ -537,6 +537,10 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &stop_signals, &old_mask);
     if (store_open(d) != 0)
         goto out;
+    struct shmkv_stats store_stats;
+    d->max_value_bytes = shmkv_stats(d->kv, &store_stats) == 0
+                             ? store_stats.max_value_bytes
+                             : d->cfg.max_value_bytes;
     if (load_snapshot(d) != 0)
         goto out_store;
     if (control_start(d) != 0)

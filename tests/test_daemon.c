@@ -42,10 +42,12 @@ struct env {
     char log[96];
     char notify[96];
     char key[32];
-    const char *size;    /* [store] size; NULL: 8M */
-    unsigned idle;       /* [control] idle_timeout; 0: 5 */
-    rlim_t nofile;       /* the daemon's RLIMIT_NOFILE; 0: inherited */
-    const char *control; /* more [control] settings; NULL: none */
+    const char *size;      /* [store] size; NULL: 8M */
+    const char *max_value; /* [store] max_value_size; NULL: 64K */
+    unsigned idle;         /* [control] idle_timeout; 0: 5 */
+    rlim_t nofile;         /* the daemon's RLIMIT_NOFILE; 0: inherited */
+    const char *control;   /* more [control] settings; NULL: none */
+    unsigned lock_ms;      /* [daemon] lock_timeout_ms; 0: 500 */
     int notify_fd;
     pid_t pid;
 };
@@ -76,15 +78,16 @@ static void write_config(const char *extra)
     assert_non_null(f);
     fprintf(f,
             "[store]\nkey = %s\nsize = %s\nmode = 0666\nmax_key_size = 64\n"
-            "max_value_size = 64K\n\n"
+            "max_value_size = %s\n\n"
             "[control]\nsocket = %s\nsocket_mode = 0666\n"
             "max_request = 128K\nidle_timeout = %u\n%s\n"
             "[persistence]\nsnapshot = %s\nsave_on_shutdown = no\n"
             "load_on_start = yes\n\n"
-            "[daemon]\nlog_level = debug\nlock_timeout_ms = 500\n"
+            "[daemon]\nlog_level = debug\nlock_timeout_ms = %u\n"
             "housekeeping_interval_ms = 20\n%s",
-            E.key, E.size ? E.size : "8M", E.sock, E.idle ? E.idle : 5,
-            E.control ? E.control : "", E.snap, extra ? extra : "");
+            E.key, E.size ? E.size : "8M", E.max_value ? E.max_value : "64K",
+            E.sock, E.idle ? E.idle : 5, E.control ? E.control : "", E.snap,
+            E.lock_ms ? E.lock_ms : 500, extra ? extra : "");
     fclose(f);
 }
 
@@ -665,6 +668,36 @@ static void test_reply_over_limit_closes(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* A GET of the largest value the store takes is answered whole, however
+ * far over the usual output limit (64 MiB) its reply is. */
+static void test_largest_value_answered(void **state)
+{
+    (void)state;
+    E.size = "384M";
+    E.max_value = "90M";
+    write_config(NULL);
+    daemon_start(false);
+    enum { LEN = 80 << 20 };
+    char *val = malloc(LEN);
+    assert_non_null(val);
+    memset(val, 'v', LEN);
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.conf, 0, &kv), 0);
+    assert_int_equal(shmkv_set(kv, "huge", 4, val, LEN, 0, 0), 0);
+    shmkv_close(kv);
+    free(val);
+    int a = sock_connect();
+    send_all(a, "GET huge\r\nPING\r\n", 17);
+    char tail[7];
+    bool closed;
+    size_t want = 11 + (size_t)LEN + 2 + 7; /* "$83886080\r\n" */
+    assert_int_equal(recv_upto(a, want, tail, 7, 5000, &closed), want);
+    assert_false(closed);
+    assert_memory_equal(tail, "+PONG\r\n", 7);
+    close(a);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 /* The peer's EOF (shutdown of its writing side) does not lose the replies
  * still queued: they are flushed, then the connection closes. */
 static void test_eof_flushes_replies(void **state)
@@ -725,6 +758,34 @@ static void test_idle_timeout_while_replying(void **state)
     assert_true(got < 50 * BIG_REPLY);
     close(a);
     close(stuck);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* A command that waits longer than idle_timeout for the store's lock (a
+ * reader holds it) is still answered: the time it waited is not counted
+ * against the reply. */
+static void test_slow_command_answered(void **state)
+{
+    (void)state;
+    E.idle = 1;
+    E.lock_ms = 4000;
+    write_config(NULL);
+    daemon_start(false);
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.conf, SHMKV_RDONLY, &kv), 0);
+    int a = sock_connect();
+    assert_int_equal(shmkv_read_begin(kv), 0);
+    send_all(a, "SET slow 1\r\n", 12);
+    usleep(1600 * 1000);
+    shmkv_read_end(kv);
+    char reply[5];
+    bool closed;
+    assert_int_equal(recv_upto(a, 5, reply, 5, 3000, &closed), 5);
+    assert_false(closed);
+    assert_memory_equal(reply, "+OK\r\n", 5);
+    assert_string_equal(ASK(a, "GET slow\r\n"), "$1\r\n1\r\n");
+    close(a);
+    shmkv_close(kv);
     assert_int_equal(daemon_stop(), 0);
 }
 
@@ -1141,9 +1202,13 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reply_over_limit_closes, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_largest_value_answered, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_eof_flushes_replies, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout_while_replying, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_slow_command_answered, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_connections_fit_fd_limit, setup,
                                         teardown),
