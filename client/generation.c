@@ -239,6 +239,9 @@ int generation_recover(struct shmkv *kv, uint32_t from_gen)
     int old_id = kv->data_shmid;
     atomic_store_explicit(&c->current, CURRENT_MAKE(new_gen, new_id),
                           memory_order_seq_cst);
+    /* Processes caught in the old lock by the dead one return to find the
+     * new generation (lock.c). */
+    lock_settle(kv->lock);
     atomic_store(&c->recover_shmid, -1);
     atomic_fetch_add(&c->recoveries, 1);
     shmctl(old_id, IPC_RMID, NULL);

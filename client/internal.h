@@ -114,6 +114,9 @@ uint64_t index_bytes_for(uint64_t nbuckets);
 
 /* lock.c: the rwlock, client slots and dead-holder detection */
 int lock_init(pthread_rwlock_t *lock);
+/* Completes a lock hand-over a dead process left half done, on a lock no
+ * longer in use, so that processes blocked in it return. */
+void lock_settle(pthread_rwlock_t *lock);
 int lock_read_slow(struct shmkv *kv);
 
 /* Takes the read lock. Inline, the fast path for an uncontended lock of

@@ -24,6 +24,19 @@
  * compiler and its atomic read-modify-write orders the store before the
  * acquisition on the hardware, and a killed process's stores are not lost,
  * so a dead holder's slot always shows its state.
+ *
+ * A death inside glibc's own lock code needs more. glibc hands the lock
+ * from readers to a writer and back in two steps: it flips the phase bit
+ * in __readers, then sets __wrphase_futex to match (1 in a write phase, 0
+ * in a read phase), and a waiter for the other phase spins, without
+ * looking at its deadline, until the second step is done. A process killed
+ * between the two steps leaves them disagreeing for good, and every
+ * process that then blocks on that lock spins forever. So a waiter asks
+ * for the lock only while the two agree (lock_phase_torn), which keeps it
+ * in the slices below where it finds the dead process; and a recoverer,
+ * once the new generation is published, completes the dead process's
+ * second step on the old lock (lock_settle), so that a process that was
+ * already spinning in it gets out and moves on.
  */
 #include <errno.h>
 #include <time.h>
@@ -74,6 +87,47 @@ static inline void counter_bump(_Atomic uint64_t *c)
                           memory_order_relaxed);
 }
 
+/* glibc's rwlock words (nptl/pthread_rwlock_common.c, since 2.25). */
+#if defined(__GLIBC__) &&                                                      \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
+#define GLIBC_RWLOCK_WRPHASE 1u
+#define GLIBC_RWLOCK_FUTEX_USED 2u
+
+/* True if the lock's phase and the futex word its waiters watch disagree:
+ * for a moment while a live process hands the lock over, for good if the
+ * process died in between. */
+static bool lock_phase_torn(pthread_rwlock_t *l)
+{
+    unsigned r = __atomic_load_n(&l->__data.__readers, __ATOMIC_ACQUIRE);
+    unsigned f = __atomic_load_n(&l->__data.__wrphase_futex, __ATOMIC_RELAXED);
+    bool write_phase = (r & GLIBC_RWLOCK_WRPHASE) != 0;
+    return write_phase != ((f & ~GLIBC_RWLOCK_FUTEX_USED) == 1);
+}
+
+void lock_settle(pthread_rwlock_t *l)
+{
+    unsigned r = __atomic_load_n(&l->__data.__readers, __ATOMIC_ACQUIRE);
+    unsigned want = (r & GLIBC_RWLOCK_WRPHASE) != 0 ? 1u : 0u;
+    unsigned f = __atomic_load_n(&l->__data.__wrphase_futex, __ATOMIC_RELAXED);
+    while ((f & ~GLIBC_RWLOCK_FUTEX_USED) != want &&
+           !__atomic_compare_exchange_n(&l->__data.__wrphase_futex, &f, want,
+                                        false, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED)) {
+    }
+}
+#else
+static bool lock_phase_torn(pthread_rwlock_t *l)
+{
+    (void)l;
+    return false;
+}
+
+void lock_settle(pthread_rwlock_t *l)
+{
+    (void)l;
+}
+#endif
+
 /* True if a dead process may hold (or be queued on) generation gen's lock. */
 static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
 {
@@ -107,9 +161,19 @@ static int lock_wait(struct shmkv *kv, bool write)
         if (slice_end > deadline)
             slice_end = deadline;
         struct timespec ts = ms_to_timespec(slice_end);
-        int rc =
-            write ? pthread_rwlock_clockwrlock(kv->lock, CLOCK_MONOTONIC, &ts)
-                  : pthread_rwlock_clockrdlock(kv->lock, CLOCK_MONOTONIC, &ts);
+        int rc;
+        if (lock_phase_torn(kv->lock)) {
+            /* A hand-over under way, or one a dead process left half done:
+             * look again shortly, and for a dead holder meanwhile. */
+            struct timespec pause = {0, 200000};
+            nanosleep(&pause, NULL);
+            rc = ETIMEDOUT;
+        } else {
+            rc = write ? pthread_rwlock_clockwrlock(kv->lock, CLOCK_MONOTONIC,
+                                                    &ts)
+                       : pthread_rwlock_clockrdlock(kv->lock, CLOCK_MONOTONIC,
+                                                    &ts);
+        }
         if (rc == 0)
             return 0;
         if (rc != ETIMEDOUT && rc != EINTR && rc != EAGAIN)

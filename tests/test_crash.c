@@ -27,10 +27,16 @@
  * load with eviction: any key may be absent, but a present key must hold
  * exactly its last acknowledged value (or the in-flight one).
  *
- * A last case kills processes while they recover the store: a reader dies
+ * Another case kills processes while they recover the store: a reader dies
  * inside its read section, so the next writer finds the lock held by a dead
  * process and rebuilds the generation, and is itself killed at moments
  * spread over that rebuild. Writes must still go through afterwards.
+ *
+ * The last cases leave the rwlock as a process killed inside glibc's lock
+ * code would, halfway through handing the lock from readers to a writer or
+ * back (the phase flipped, the futex word its waiters watch not yet set):
+ * readers and writers that come later, and one already waiting, must get
+ * through in bounded time, not spin in glibc forever.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -52,6 +58,7 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
+#include "internal.h"
 #include "testutil.h"
 
 #define VHDR_BYTES 16u
@@ -987,12 +994,153 @@ static void test_kill_during_recovery(void **state)
     test_destroy(kv, where);
 }
 
+/* Waits at most limit_ms for a child; returns its exit status, 128 plus
+ * the signal that ended it, or -1 if it was still running (it is killed). */
+static int wait_bounded(pid_t pid, unsigned limit_ms)
+{
+    uint64_t deadline = now_us() + (uint64_t)limit_ms * 1000u;
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status)
+                                     : 128 + WTERMSIG(status);
+        if (now_us() >= deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        usleep(5000);
+    }
+}
+
+/* In a child: a read section (shmkv_check) or a write on the store. */
+static pid_t spawn_probe(const char *where, bool write)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid != 0)
+        return pid;
+    shmkv_t *kv;
+    if (shmkv_open(where, 0, &kv) != 0)
+        _exit(10);
+    int rc;
+    if (write) {
+        rc = shmkv_set(kv, "probe", 5, "x", 1, 0, 0);
+    } else {
+        struct shmkv_check_report rep;
+        rc = shmkv_check(kv, &rep);
+    }
+    shmkv_close(kv);
+    _exit(rc == 0 ? 0 : 11);
+}
+
+#if defined(__GLIBC__)
+/* glibc's rwlock: the phase bit in __readers and the reader count's shift
+ * (nptl/pthread_rwlock_common.c). */
+#define RW_WRPHASE 1u
+#define RW_WRLOCKED 2u
+#define RW_READER_SHIFT 3
+
+/* In a child: takes the lock and dies as if killed inside glibc right after
+ * it flipped the phase: the futex word still says the old one. */
+static void die_mid_handover(const char *where, bool write)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        shmkv_t *kv;
+        if (shmkv_open(where, 0, &kv) != 0)
+            _exit(1);
+        if ((write ? lock_write(kv) : lock_read(kv)) != 0)
+            _exit(2);
+        __atomic_store_n(&kv->lock->__data.__wrphase_futex, write ? 0u : 1u,
+                         __ATOMIC_RELAXED);
+        raise(SIGKILL);
+        _exit(3);
+    }
+    assert_true(reap_killed(pid));
+}
+
+static void test_kill_mid_handover(void **state)
+{
+    (void)state;
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.lock_timeout_ms = 2000;
+    shmkv_t *kv;
+    assert_int_equal(test_create(&o, &kv), 0);
+    char where[32];
+    snprintf(where, sizeof where, "%s", o.key);
+    assert_int_equal(shmkv_set(kv, "kept", 4, "v", 1, 0, 0), 0);
+
+    /* A writer died flipping to its write phase; a reader comes. */
+    die_mid_handover(where, true);
+    assert_int_equal(wait_bounded(spawn_probe(where, false), 10000), 0);
+    /* A reader died flipping to its read phase; a writer comes. */
+    die_mid_handover(where, false);
+    assert_int_equal(wait_bounded(spawn_probe(where, true), 10000), 0);
+
+    /* A writer dies releasing the lock to a reader already waiting for
+     * it: the reader is inside glibc when the hand-over tears. */
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    pid_t holder = fork();
+    assert_true(holder >= 0);
+    if (holder == 0) {
+        shmkv_t *h;
+        if (shmkv_open(where, 0, &h) != 0 || lock_write(h) != 0)
+            _exit(1);
+        if (write(ready[1], "x", 1) != 1)
+            _exit(2);
+        pthread_rwlock_t *l = h->lock;
+        /* Once a reader is queued, clear WRLOCKED and the write phase as
+         * the unlock does, and die before its second step. */
+        for (;;) {
+            unsigned r =
+                __atomic_load_n(&l->__data.__readers, __ATOMIC_RELAXED);
+            if ((r >> RW_READER_SHIFT) > 0 &&
+                __atomic_compare_exchange_n(
+                    &l->__data.__readers, &r, r & ~(RW_WRLOCKED | RW_WRPHASE),
+                    false, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+                break;
+            usleep(1000);
+        }
+        usleep(100 * 1000); /* let the reader's wait time out */
+        raise(SIGKILL);
+        _exit(3);
+    }
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    close(ready[1]);
+    pid_t reader = spawn_probe(where, false);
+    assert_true(reap_killed(holder));
+    usleep(100 * 1000);
+    pid_t writer = spawn_probe(where, true);
+    assert_int_equal(wait_bounded(reader, 10000), 0);
+    assert_int_equal(wait_bounded(writer, 10000), 0);
+
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    assert_int_equal(st.recoveries, 3);
+    char buf[4];
+    size_t n;
+    assert_int_equal(shmkv_get_copy(kv, "kept", 4, buf, sizeof buf, &n), 0);
+    assert_int_equal(shmkv_get_copy(kv, "probe", 5, buf, sizeof buf, &n), 0);
+    test_destroy(kv, where);
+}
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kill_writer_noeviction),
         cmocka_unit_test(test_kill_writer_lru),
         cmocka_unit_test(test_kill_during_recovery),
+#if defined(__GLIBC__)
+        cmocka_unit_test(test_kill_mid_handover),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
