@@ -239,6 +239,29 @@ static void cmd_mget(struct conn *c, size_t argc, struct resp_arg *argv,
     shmkv_read_end(kv);
 }
 
+/* SET with an expiry time already past: the value would expire as it is
+ * written, so it is not written (it could evict others, or be seen for a
+ * moment); the key is deleted if the write would have happened. Returns
+ * what shmkv_set would have. */
+static int set_expired(struct conn *c, const struct resp_arg *argv, int flags)
+{
+    struct shmkv *kv = c->d->kv;
+    if (argv[1].len > c->d->max_key_bytes ||
+        argv[2].len > c->d->max_value_bytes)
+        return SHMKV_E2BIG;
+    size_t len;
+    int rc = shmkv_get_copy(kv, argv[1].data, argv[1].len, NULL, 0, &len);
+    if (rc != 0 && rc != SHMKV_ENOBUFS && rc != SHMKV_ENOTFOUND)
+        return rc;
+    bool exists = rc != SHMKV_ENOTFOUND;
+    if ((flags & SHMKV_NX) && exists)
+        return SHMKV_EEXIST;
+    if ((flags & SHMKV_XX) && !exists)
+        return SHMKV_ENOTFOUND;
+    rc = shmkv_del(kv, argv[1].data, argv[1].len);
+    return rc == SHMKV_ENOTFOUND ? 0 : rc;
+}
+
 /* SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL] */
 static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
                     struct evbuffer *out)
@@ -272,8 +295,8 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
                 return;
             }
             if (ttl_s <= 0) {
-                /* An EXAT or PXAT already past: as Redis, the write
-                 * happens and the key is gone at once. */
+                /* An EXAT or PXAT already past: as Redis, the key is gone
+                 * once the write is done (see set_expired). */
                 ttl_s = 0;
                 expired = true;
             }
@@ -299,13 +322,10 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
                 had_old = true;
         }
     }
-    int rc = shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data, argv[2].len,
-                       ttl_s > 0 ? (uint32_t)ttl_s : 0, flags);
-    if (rc == 0 && expired) {
-        int del = shmkv_del(kv, argv[1].data, argv[1].len);
-        if (del != 0 && del != SHMKV_ENOTFOUND)
-            rc = del;
-    }
+    int rc = expired ? set_expired(c, argv, flags)
+                     : shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data,
+                                 argv[2].len, ttl_s > 0 ? (uint32_t)ttl_s : 0,
+                                 flags);
     if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND)
         reply_store_error(out, rc);
     else if (want_old && had_old)
@@ -531,38 +551,37 @@ static void cmd_flushall(struct conn *c, size_t argc, struct resp_arg *argv,
     log_info("FLUSHALL by pid %d uid %d", (int)c->pid, (int)c->uid);
 }
 
-/* Redis's glob over binary strings: * (any run), ? (any byte), [abc],
- * [^a-z] or [!a-z] (a set or range, negated), \x (x itself). Both sides
- * are counted, so keys holding NUL bytes match like any other. Iterative,
- * returning to the last * on a mismatch: O(plen * slen) at worst, however
- * many stars the pattern holds. */
+/* Redis's glob (its stringmatchlen) over binary strings: * (any run),
+ * ? (any byte), \x (x itself), and [...] a set of bytes, negated by a
+ * leading ^, holding single bytes, \x (x itself) and ranges a-z (either
+ * way round; the byte after the dash is taken as it is, so [a-]] is a
+ * range ending at ']'). A [ without its ] takes the rest of the pattern as
+ * the set. Bytes compare unsigned. Both sides are counted, so keys holding
+ * NUL bytes match like any other. Iterative, returning to the last * on a
+ * mismatch: O(plen * slen) at worst, however many stars the pattern
+ * holds. */
 static bool glob_class(const char *p, size_t plen, size_t *pi, unsigned char ch)
 {
+    const unsigned char *u = (const unsigned char *)p;
     size_t i = *pi + 1; /* past '[' */
-    bool negate = i < plen && (p[i] == '^' || p[i] == '!');
+    bool negate = i < plen && u[i] == '^';
     if (negate)
         i++;
-    bool match = false, first = true;
-    while (i < plen && (p[i] != ']' || first)) {
-        first = false;
-        unsigned char lo = (unsigned char)p[i];
-        if (lo == '\\' && i + 1 < plen)
-            lo = (unsigned char)p[++i];
-        unsigned char hi = lo;
-        if (i + 2 < plen && p[i + 1] == '-' && p[i + 2] != ']') {
-            i += 2;
-            hi = (unsigned char)p[i];
-            if (hi == '\\' && i + 1 < plen)
-                hi = (unsigned char)p[++i];
+    bool match = false;
+    for (; i < plen && u[i] != ']'; i++) {
+        if (u[i] == '\\' && i + 1 < plen) {
+            match |= u[++i] == ch;
+        } else if (i + 2 < plen && u[i + 1] == '-') {
+            unsigned char lo = u[i], hi = u[i + 2];
             if (lo > hi) {
-                unsigned char t = lo;
-                lo = hi;
-                hi = t;
+                lo = u[i + 2];
+                hi = u[i];
             }
+            match |= ch >= lo && ch <= hi;
+            i += 2;
+        } else {
+            match |= u[i] == ch;
         }
-        if (ch >= lo && ch <= hi)
-            match = true;
-        i++;
     }
     *pi = i < plen ? i + 1 : i; /* past ']', or the end if it is missing */
     return match != negate;
@@ -611,6 +630,10 @@ static bool glob_match(const char *p, size_t plen, const char *s, size_t slen)
     return pi == plen;
 }
 
+/* KEYS takes patterns up to twice the store's maximum key size, and at
+ * least this long. */
+#define KEYS_PATTERN_MIN_LIMIT 1024
+
 struct keys_ctx {
     struct conn *c;
     struct evbuffer *body;
@@ -641,6 +664,16 @@ static void cmd_keys(struct conn *c, size_t argc, struct resp_arg *argv,
                      struct evbuffer *out)
 {
     (void)argc;
+    /* Matching costs up to the pattern's length times the key's, for every
+     * key, under the read lock: a pattern need not be longer than an
+     * escaped key. */
+    size_t most = 2 * (size_t)c->d->max_key_bytes + 2;
+    if (most < KEYS_PATTERN_MIN_LIMIT)
+        most = KEYS_PATTERN_MIN_LIMIT;
+    if (argv[1].len > most) {
+        resp_errorf(out, "ERR pattern too long (at most %zu bytes)", most);
+        return;
+    }
     struct keys_ctx k = {.c = c,
                          .body = evbuffer_new(),
                          .pattern = &argv[1],

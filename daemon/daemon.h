@@ -66,7 +66,8 @@ struct daemon {
     struct shmkv *kv;         /* the owner's handle */
     bool adopted;             /* the store was left by a dead daemon */
     bool adopted_partial;     /* adopted mid-load: load again */
-    uint32_t max_value_bytes; /* the store's (an adopted one keeps its own) */
+    uint32_t max_key_bytes;   /* the store's (an adopted one keeps its own) */
+    uint32_t max_value_bytes; /* likewise */
     struct event_base *base;
     time_t started;
     char executable[4096];

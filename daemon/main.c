@@ -538,9 +538,13 @@ int main(int argc, char **argv)
     if (store_open(d) != 0)
         goto out;
     struct shmkv_stats store_stats;
-    d->max_value_bytes = shmkv_stats(d->kv, &store_stats) == 0
-                             ? store_stats.max_value_bytes
-                             : d->cfg.max_value_bytes;
+    if (shmkv_stats(d->kv, &store_stats) == 0) {
+        d->max_key_bytes = store_stats.max_key_bytes;
+        d->max_value_bytes = store_stats.max_value_bytes;
+    } else {
+        d->max_key_bytes = d->cfg.max_key_bytes;
+        d->max_value_bytes = d->cfg.max_value_bytes;
+    }
     if (load_snapshot(d) != 0)
         goto out_store;
     if (control_start(d) != 0)

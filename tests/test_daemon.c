@@ -844,6 +844,11 @@ static void test_command_edges(void **state)
     assert_string_equal(ASK(fd, "EXISTS k\r\n"), ":0\r\n");
     /* An absolute time already past: the key is written and gone. */
     assert_string_equal(ASK(fd, "SET k v\r\n"), "+OK\r\n");
+    assert_string_equal(ASK(fd, "SET k v2 NX EXAT 1\r\n"), "$-1\r\n");
+    assert_string_equal(ASK(fd, "GET k\r\n"), "$1\r\nv\r\n");
+    assert_string_equal(ASK(fd, "SET k v2 EXAT 1 GET\r\n"), "$1\r\nv\r\n");
+    assert_string_equal(ASK(fd, "EXISTS k\r\n"), ":0\r\n");
+    assert_string_equal(ASK(fd, "SET k v2 XX PXAT 1\r\n"), "$-1\r\n");
     assert_string_equal(ASK(fd, "SET k v2 EXAT 1\r\n"), "+OK\r\n");
     assert_string_equal(ASK(fd, "EXISTS k\r\n"), ":0\r\n");
     assert_string_equal(ASK(fd, "SET k v PXAT 3000000000000\r\n"), "+OK\r\n");
@@ -890,11 +895,23 @@ static void test_command_edges(void **state)
         size_t len;
         const char *count;
     } globs[] = {
-        {"*", 1, "*5\r\n"},         {"a?b", 3, "*2\r\n"},
-        {"a\0*", 3, "*2\r\n"},      {"a\\*b", 4, "*1\r\n"},
-        {"a[^\0]*", 6, "*3\r\n"},   {"[a-a]b?", 7, "*1\r\n"},
-        {"a[!b-z*]?", 9, "*2\r\n"}, {"**a**b", 6, "*3\r\n"},
+        {"*", 1, "*5\r\n"},
+        {"a?b", 3, "*2\r\n"},
+        {"a\0*", 3, "*2\r\n"},
+        {"a\\*b", 4, "*1\r\n"},
+        {"a[^\0]*", 6, "*3\r\n"},
+        {"[a-a]b?", 7, "*1\r\n"},
+        {"a[^b-z*]?", 9, "*2\r\n"},
+        {"**a**b", 6, "*3\r\n"},
         {"x*", 2, "*0\r\n"},
+        /* As Redis: only ^ negates, */
+        {"[!a]*", 5, "*5\r\n"},
+        /* the byte after a dash ends a range even if it is ']', */
+        {"[a-]]b*", 7, "*2\r\n"},
+        /* a set without its ']' takes the rest of the pattern, */
+        {"[a-]b*", 6, "*0\r\n"},
+        /* and an escaped byte is never a range's end. */
+        {"a[\\*-z]*", 8, "*1\r\n"},
     };
     for (size_t i = 0; i < sizeof globs / sizeof globs[0]; i++) {
         char req[64];
@@ -906,6 +923,20 @@ static void test_command_edges(void **state)
         if (strncmp(reply, globs[i].count, strlen(globs[i].count)) != 0)
             fail_msg("KEYS pattern %zu: got %.8s, want %s", i, reply,
                      globs[i].count);
+    }
+    /* A pattern longer than twice the longest key (64 bytes here) and
+     * than 1024 bytes is refused. */
+    static char req[1200];
+    for (size_t len = 1024; len <= 1025; len++) {
+        int n = snprintf(req, sizeof req, "*2\r\n$4\r\nKEYS\r\n$%zu\r\n", len);
+        memset(req + n, '*', len);
+        memcpy(req + n + len, "\r\n", 2);
+        const char *reply = ask(fd, req, (size_t)n + len + 2);
+        if (len == 1024)
+            assert_memory_equal(reply, "*5\r\n", 4);
+        else
+            assert_string_equal(
+                reply, "-ERR pattern too long (at most 1024 bytes)\r\n");
     }
     close(fd);
     assert_int_equal(daemon_stop(), 0);
