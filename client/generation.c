@@ -59,6 +59,7 @@ static void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
     kv->nbuckets = d->nbuckets;
     kv->seed = d->seed;
     kv->lock = &locks[kv->gen % LOCK_SLOTS].rwlock;
+    kv->writer = &locks[kv->gen % LOCK_SLOTS].writer;
 }
 
 int generation_refresh(struct shmkv *kv)

@@ -25,6 +25,7 @@ struct shmkv {
     struct data_header *data; /* NULL until attached */
     struct bucket *buckets;
     pthread_rwlock_t *lock;
+    _Atomic uint32_t *writer; /* the generation's writer flag */
 
     /* Copies of fixed settings, so the hot path reads private memory. */
     uint64_t seed;
@@ -38,8 +39,9 @@ struct shmkv {
 
     bool rdonly;
     bool in_read;
-    bool closer; /* this handle closed the store: it may still read */
-    bool owner;  /* created it: shmkv_destroy removes it */
+    bool read_fast; /* the read section holds no rwlock (LOCKING_FAST) */
+    bool closer;    /* this handle closed the store: it may still read */
+    bool owner;     /* created it: shmkv_destroy removes it */
     /* Same uid as the control segment's owner: may build generations (a
      * segment made by another uid could not be removed by the owner). */
     bool can_recover;
@@ -119,35 +121,42 @@ int lock_init(pthread_rwlock_t *lock);
 void lock_settle(pthread_rwlock_t *lock);
 int lock_read_slow(struct shmkv *kv);
 
-/* Takes the read lock. Inline, the fast path for an uncontended lock of
- * the attached, current generation: lock_take's first round for a reader
- * (lock.c), without the calls and the checks that only writers, waiters
- * and generation changes need. It is most of the cost of a single get.
- * Anything else goes the long way. */
+/* Begins a read section. Inline, the fast path while no writer writes:
+ * the reader claims the section in its own client slot (LOCKING_FAST),
+ * then checks the generation's writer flag; a writer sets the flag, then
+ * waits until no slot claims a section (lock.c). Both sides store, then
+ * load the other's word, seq_cst, so at least one sees the other. No
+ * shared cache line is written, so readers in many processes do not slow
+ * each other down. With a writer at work, the section takes the rwlock
+ * instead (lock_read_slow), which also follows generation changes. */
 static inline int lock_read(struct shmkv *kv)
 {
     uint64_t cur =
         atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
     if (__builtin_expect(cur == kv->current && kv->data != NULL, 1)) {
         atomic_store_explicit(&kv->slot->lock_state,
-                              LOCK_STATE(kv->gen, LOCKING_READ),
-                              memory_order_relaxed);
-        if (__builtin_expect(pthread_rwlock_tryrdlock(kv->lock) == 0, 1)) {
+                              LOCK_STATE(kv->gen, LOCKING_FAST),
+                              memory_order_seq_cst);
+        if (__builtin_expect(
+                atomic_load_explicit(kv->writer, memory_order_seq_cst) == 0,
+                1)) {
             /* As in lock_take: a recovery may have published a new
              * generation meanwhile. */
-            cur = atomic_load_explicit(&kv->ctl->current, memory_order_seq_cst);
-            if (__builtin_expect(cur == kv->current, 1))
+            cur = atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
+            if (__builtin_expect(cur == kv->current, 1)) {
+                kv->read_fast = true;
                 return 0;
-            pthread_rwlock_unlock(kv->lock);
+            }
         }
-        atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_seq_cst);
+        atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
     }
     return lock_read_slow(kv);
 }
 /* Ends a read section (inline: it is half of a single get's locking). */
 static inline void lock_read_end(struct shmkv *kv)
 {
-    pthread_rwlock_unlock(kv->lock);
+    if (!kv->read_fast)
+        pthread_rwlock_unlock(kv->lock);
     atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
 }
 int lock_write(struct shmkv *kv);

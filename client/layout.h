@@ -6,7 +6,7 @@
  *   control segment (at the store's key, one per store, never replaced)
  *     ctl_header    identity, limits, the current generation word, counters
  *     lock slots    LOCK_SLOTS process-shared rwlocks, one per generation
- *                   modulo LOCK_SLOTS
+ *                   modulo LOCK_SLOTS, each with its writer flag
  *     client slots  one cache line per open handle: pid, start time, what
  *                   lock it is taking or holds, its own hit/miss counters
  *     recency cells uint32 LRU stamps indexed by the hash tag (lru stores)
@@ -34,7 +34,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define LAYOUT_VERSION 1u
+#define LAYOUT_VERSION 2u
 #define CTL_MAGIC "SHMKVCTL"
 #define DATA_MAGIC "SHMKVDAT"
 #define CACHE_LINE 64
@@ -49,16 +49,23 @@
     ((((uint64_t)(gen)&0x7fffffffull) << 32) | (uint32_t)(shmid))
 
 /* client_slot.lock_state: generation << 2 | LOCKING_READ or LOCKING_WRITE,
- * set before the lock is requested and cleared after it is released, so a
- * dead process with a nonzero state may hold that generation's lock. */
+ * set before the rwlock is requested and cleared after it is released, so
+ * a dead process with such a state may hold that generation's rwlock; or
+ * LOCKING_FAST, a read section that holds no rwlock: the slot itself is the
+ * reader's claim, which writers wait out (lock.c). */
 #define LOCKING_READ 1u
 #define LOCKING_WRITE 2u
+#define LOCKING_FAST 3u
 #define LOCK_STATE(gen, mode) (((uint64_t)(gen) << 2) | (mode))
 #define LOCK_STATE_GEN(s) ((s) >> 2)
 #define LOCK_STATE_MODE(s) ((unsigned)((s)&3u))
 
 struct lock_slot {
     alignas(CACHE_LINE) pthread_rwlock_t rwlock;
+    /* Raised by a writer that holds or waits for the write lock: read
+     * sections then take the rwlock (lock.c). On a line of its own: every
+     * read section loads it, and waiters write the rwlock's. */
+    alignas(CACHE_LINE) _Atomic uint32_t writer;
 };
 
 struct client_slot {
@@ -99,6 +106,9 @@ struct ctl_header {
 
     /* The generation word readers load on every operation. */
     alignas(CACHE_LINE) _Atomic uint64_t current;
+    /* One past the highest client slot ever claimed: how far a writer
+     * looks for readers. */
+    _Atomic uint32_t clients_hwm;
 
     /* Recovery: who is building the next generation, from which one, and
      * the segment it is building (so a successor can remove it). */

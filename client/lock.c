@@ -4,8 +4,23 @@
  *
  * The rwlock prefers writers (a steady stream of readers cannot starve a
  * writer) and is always taken with a deadline on CLOCK_MONOTONIC. The first
- * attempt is a trylock, so an uncontended read section costs one atomic
- * operation to enter and one to leave.
+ * attempt is a trylock.
+ *
+ * Readers in many processes would all write the rwlock's cache line, twice
+ * per read section, and pass it from core to core: that, not the lookup,
+ * would be the cost of a get. So while no writer is at work a read section
+ * does not take the rwlock: the reader claims the section in its own
+ * client slot (lock_state LOCKING_FAST) and then checks the generation's
+ * writer flag (lock_read, internal.h). A writer takes the rwlock for
+ * writing, raises the flag, and waits until no slot claims a section
+ * (readers_drain); read sections that find the flag raised take the
+ * rwlock, and wait behind the writer. Each side stores its word and then
+ * loads the other's, seq_cst, so at least one of them sees the other.
+ * A writer that has to wait raises the flag before it waits too, so that
+ * readers queue behind it (writers are preferred) and, blocking on the
+ * rwlock, notice a dead holder as below. A reader holding the rwlock
+ * lowers a flag it finds raised: no writer can be at work then. A dead
+ * reader's fast claim holds nothing: a writer clears it.
  *
  * glibc's rwlock is not robust: a process that dies holding it (or even
  * queued on it) leaves it unusable. So every handle owns a client slot in
@@ -48,6 +63,8 @@
 /* Tries before sleeping on a taken lock: about 10 microseconds in all. */
 #define LOCK_SPIN_ATTEMPTS 40
 #define LOCK_SPIN_MAX_PAUSES 64
+/* Pauses a writer spins on one reader's section before it sleeps. */
+#define DRAIN_SPINS 1024
 
 int lock_init(pthread_rwlock_t *lock)
 {
@@ -137,7 +154,9 @@ static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
         struct client_slot *s = &slots[i];
         uint64_t st =
             atomic_load_explicit(&s->lock_state, memory_order_acquire);
-        if (st == 0 || LOCK_STATE_GEN(st) != gen || s == kv->slot)
+        /* A fast read section holds no rwlock: a writer clears it. */
+        if (st == 0 || LOCK_STATE_GEN(st) != gen ||
+            LOCK_STATE_MODE(st) == LOCKING_FAST || s == kv->slot)
             continue;
         int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
         if (pid > 0 &&
@@ -249,6 +268,56 @@ static int lock_spin(struct shmkv *kv, bool write)
     return EBUSY;
 }
 
+/* With the write lock held: raises the generation's writer flag, so that
+ * read sections take the rwlock from now on, and waits until none of those
+ * begun without it (LOCKING_FAST) is left. A dead process's claim is
+ * cleared. Sections are short, so it spins a few microseconds first. */
+static int readers_drain(struct shmkv *kv)
+{
+    atomic_store_explicit(kv->writer, 1, memory_order_seq_cst);
+    struct client_slot *slots =
+        (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
+    uint32_t n =
+        atomic_load_explicit(&kv->ctl->clients_hwm, memory_order_seq_cst);
+    if (n > kv->ctl->max_clients)
+        n = kv->ctl->max_clients;
+    const uint64_t fast = LOCK_STATE(kv->gen, LOCKING_FAST);
+    uint64_t deadline = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct client_slot *s = &slots[i];
+        unsigned spins = 0;
+        uint64_t st;
+        while ((st = atomic_load_explicit(&s->lock_state,
+                                          memory_order_seq_cst)) == fast &&
+               s != kv->slot) {
+            if (++spins < DRAIN_SPINS) {
+                cpu_relax();
+                continue;
+            }
+            /* A long section, or a dead reader's: look, then sleep. */
+            if (deadline == 0) {
+                deadline = monotonic_ms() + kv->lock_timeout_ms;
+                counter_bump(&kv->slot->lock_waits);
+            }
+            int32_t pid = atomic_load(&s->pid);
+            if (pid <= 0 || !process_alive(pid, atomic_load(&s->start_ticks))) {
+                atomic_compare_exchange_strong(&s->lock_state, &st, 0);
+                continue;
+            }
+            if (monotonic_ms() >= deadline) {
+                atomic_store_explicit(kv->writer, 0, memory_order_release);
+                counter_bump(&kv->slot->lock_timeouts);
+                return set_error(SHMKV_ETIMEDOUT,
+                                 "waited %u ms for readers to finish",
+                                 kv->lock_timeout_ms);
+            }
+            struct timespec pause = {0, 100000};
+            nanosleep(&pause, NULL);
+        }
+    }
+    return 0;
+}
+
 /* Takes the lock on the attached generation, following generation changes.
  * On success the handle's generation is current and the lock is held. A
  * writer does not even ask for the lock of a generation being copied into a
@@ -281,6 +350,12 @@ static int lock_take(struct shmkv *kv, bool write)
             LOCK_STATE(kv->gen, write ? LOCKING_WRITE : LOCKING_READ),
             write ? memory_order_seq_cst : memory_order_relaxed);
         rc = lock_try(kv, write);
+        if (rc != 0 && write) {
+            /* Raised early too, so that read sections meanwhile queue on
+             * the rwlock: behind this writer, and where a reader finds a
+             * dead holder and recovers the store. */
+            atomic_store_explicit(kv->writer, 1, memory_order_relaxed);
+        }
         if (rc != 0)
             rc = lock_spin(kv, write);
         if (rc != 0)
@@ -296,8 +371,27 @@ static int lock_take(struct shmkv *kv, bool write)
             if (write && !stale)
                 stale = atomic_load_explicit(&kv->ctl->recover_gen,
                                              memory_order_seq_cst) == kv->gen;
-            if (!stale)
-                return 0;
+            if (!stale) {
+                if (!write) {
+                    /* Holding the read lock, no writer can be at work: a
+                     * flag still raised is a waiting writer's, or a dead
+                     * one's. Left up, it would send every read section
+                     * to the rwlock. */
+                    uint32_t w =
+                        atomic_load_explicit(kv->writer, memory_order_relaxed);
+                    if (w != 0)
+                        atomic_compare_exchange_strong(kv->writer, &w, 0);
+                    kv->read_fast = false;
+                    return 0;
+                }
+                rc = readers_drain(kv);
+                if (rc == 0)
+                    return 0;
+                pthread_rwlock_unlock(kv->lock);
+                atomic_store_explicit(&kv->slot->lock_state, 0,
+                                      memory_order_seq_cst);
+                return rc;
+            }
             pthread_rwlock_unlock(kv->lock);
             rc = SHMKV_ERETRY;
         }
@@ -334,6 +428,7 @@ int lock_write(struct shmkv *kv)
 
 void lock_write_end(struct shmkv *kv)
 {
+    atomic_store_explicit(kv->writer, 0, memory_order_release);
     pthread_rwlock_unlock(kv->lock);
     atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
 }
@@ -359,7 +454,7 @@ static void client_slot_retire(struct shmkv *kv, struct client_slot *s)
 }
 
 /* Frees the slots of dead processes that cannot hold the current
- * generation's lock. */
+ * generation's rwlock (a fast read section holds none). */
 void client_slots_reap(struct shmkv *kv)
 {
     struct client_slot *slots = client_slots(kv);
@@ -371,7 +466,8 @@ void client_slots_reap(struct shmkv *kv)
         if (pid == 0 || s == kv->slot)
             continue;
         uint64_t st = atomic_load(&s->lock_state);
-        if (st != 0 && LOCK_STATE_GEN(st) == gen)
+        if (st != 0 && LOCK_STATE_GEN(st) == gen &&
+            LOCK_STATE_MODE(st) != LOCKING_FAST)
             continue;
         if (process_alive(pid, atomic_load(&s->start_ticks)))
             continue;
@@ -391,6 +487,10 @@ int client_slot_claim(struct shmkv *kv)
                                                (int32_t)kv->pid)) {
                 atomic_store(&slots[i].start_ticks, kv->start_ticks);
                 atomic_store(&slots[i].lock_state, 0);
+                uint32_t hwm = atomic_load(&kv->ctl->clients_hwm);
+                while (hwm < i + 1 && !atomic_compare_exchange_weak(
+                                          &kv->ctl->clients_hwm, &hwm, i + 1)) {
+                }
                 kv->slot = &slots[i];
                 return 0;
             }

@@ -224,6 +224,7 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
         return rc;
     }
     struct lock_slot *locks = (struct lock_slot *)((char *)c + c->locks_off);
+    atomic_store(&locks[gen % LOCK_SLOTS].writer, 0);
     rc = lock_init(&locks[gen % LOCK_SLOTS].rwlock);
     if (rc != 0) {
         shmdt(addr);

@@ -28,9 +28,9 @@
  * exactly its last acknowledged value (or the in-flight one).
  *
  * Another case kills processes while they recover the store: a reader dies
- * inside its read section, so the next writer finds the lock held by a dead
- * process and rebuilds the generation, and is itself killed at moments
- * spread over that rebuild. Writes must still go through afterwards.
+ * inside a read section that holds the rwlock, so the next writer finds the
+ * lock held by a dead process and rebuilds the generation, and is itself killed
+ * at moments spread over that rebuild. Writes must still go through afterwards.
  *
  * The last cases leave the rwlock as a process killed inside glibc's lock
  * code would, halfway through handing the lock from readers to a writer or
@@ -843,7 +843,9 @@ static void test_kill_writer_lru(void **state)
 static int dead_reader_main(struct journal *j, const char *where)
 {
     shmkv_t *kv;
-    if (shmkv_open(where, 0, &kv) != 0 || shmkv_read_begin(kv) != 0)
+    /* A read section taken on the rwlock, as one that found a writer at
+     * work (a fast one would just be cleared by the next writer). */
+    if (shmkv_open(where, 0, &kv) != 0 || lock_read_slow(kv) != 0)
         return 1;
     atomic_store(&j->ready, 1);
     for (int i = 0; i < 600; i++)
@@ -1035,6 +1037,54 @@ static pid_t spawn_probe(const char *where, bool write)
     _exit(rc == 0 ? 0 : 11);
 }
 
+/* A reader killed inside a read section that holds no rwlock (as read
+ * sections do while no writer is at work) costs the next writer a moment,
+ * not a new generation, and its client slot is reused. */
+static void test_kill_fast_reader(void **state)
+{
+    (void)state;
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.max_clients = 3;
+    shmkv_t *kv;
+    assert_int_equal(test_create(&o, &kv), 0);
+    char where[32];
+    snprintf(where, sizeof where, "%s", o.key);
+    for (int round = 0; round < 6; round++) {
+        int ready[2];
+        assert_int_equal(pipe(ready), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            shmkv_t *h;
+            shmkv_val_t v;
+            if (shmkv_open(where, SHMKV_RDONLY, &h) != 0 ||
+                shmkv_read_begin(h) != 0 ||
+                (round > 0 && shmkv_get(h, "k", 1, &v) != 0) ||
+                write(ready[1], "x", 1) != 1)
+                _exit(1);
+            pause();
+            _exit(2);
+        }
+        char c;
+        assert_int_equal(read(ready[0], &c, 1), 1);
+        close(ready[0]);
+        close(ready[1]);
+        kill(pid, SIGKILL);
+        assert_true(reap_killed(pid));
+        uint64_t start = now_us();
+        assert_int_equal(shmkv_set(kv, "k", 1, "v", 1, 0, 0), 0);
+        assert_true(now_us() - start < 1000000);
+    }
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    assert_int_equal(st.recoveries, 0);
+    assert_int_equal(st.generation, 1);
+    struct shmkv_check_report rep;
+    assert_int_equal(shmkv_check(kv, &rep), 0);
+    test_destroy(kv, where);
+}
+
 #if defined(__GLIBC__)
 /* glibc's rwlock: the phase bit in __readers and the reader count's shift
  * (nptl/pthread_rwlock_common.c). */
@@ -1052,7 +1102,7 @@ static void die_mid_handover(const char *where, bool write)
         shmkv_t *kv;
         if (shmkv_open(where, 0, &kv) != 0)
             _exit(1);
-        if ((write ? lock_write(kv) : lock_read(kv)) != 0)
+        if ((write ? lock_write(kv) : lock_read_slow(kv)) != 0)
             _exit(2);
         __atomic_store_n(&kv->lock->__data.__wrphase_futex, write ? 0u : 1u,
                          __ATOMIC_RELAXED);
@@ -1138,6 +1188,7 @@ int main(void)
         cmocka_unit_test(test_kill_writer_noeviction),
         cmocka_unit_test(test_kill_writer_lru),
         cmocka_unit_test(test_kill_during_recovery),
+        cmocka_unit_test(test_kill_fast_reader),
 #if defined(__GLIBC__)
         cmocka_unit_test(test_kill_mid_handover),
 #endif
