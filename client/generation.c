@@ -225,10 +225,10 @@ int generation_recover(struct shmkv *kv, uint32_t from_gen)
     uint32_t new_gen = from_gen % 0x7fffffffu + 1;
     int new_id;
     struct data_header *nd;
-    rc = data_segment_make(c, new_gen, kv->seed, &new_id, &nd);
+    rc = data_segment_make(c, new_gen, kv->seed, &c->recover_shmid, &new_id,
+                           &nd);
     if (rc != 0)
         goto unflag;
-    atomic_store(&c->recover_shmid, new_id);
 
     struct shmkv nv = *kv;
     nv.data = nd;

@@ -169,7 +169,8 @@ void client_slots_reap(struct shmkv *kv);
 int generation_refresh(struct shmkv *kv);
 int generation_recover(struct shmkv *kv, uint32_t from_gen);
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
-                      int *shmid_out, struct data_header **out);
+                      _Atomic int32_t *record, int *shmid_out,
+                      struct data_header **out);
 
 /* Reports one inconsistency found by a check pass. */
 void check_problem(struct shmkv_check_report *r, const char *fmt, ...)

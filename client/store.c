@@ -206,14 +206,20 @@ static int segment_set_group(int shmid, int64_t gid)
 }
 
 /* Creates, attaches and initialises a new data segment for generation gen.
- * The caller owns the returned segment's removal. */
+ * The caller owns the returned segment's removal. If record is not NULL,
+ * the segment's id is stored there as soon as it exists (and -1 if it is
+ * removed again), so that if this process dies before it is done, whoever
+ * takes over can remove the segment. */
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
-                      int *shmid_out, struct data_header **out)
+                      _Atomic int32_t *record, int *shmid_out,
+                      struct data_header **out)
 {
     int shmid;
     int rc = segment_create(IPC_PRIVATE, c->data_bytes, c->mode, &shmid);
     if (rc != 0)
         return rc;
+    if (record != NULL)
+        atomic_store(record, shmid);
     void *addr;
     uint64_t bytes;
     rc = segment_set_group(shmid, c->gid);
@@ -221,6 +227,8 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
         rc = segment_attach(shmid, false, &addr, &bytes);
     if (rc != 0) {
         shmctl(shmid, IPC_RMID, NULL);
+        if (record != NULL)
+            atomic_store(record, -1);
         return rc;
     }
     struct lock_slot *locks = (struct lock_slot *)((char *)c + c->locks_off);
@@ -229,6 +237,8 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
     if (rc != 0) {
         shmdt(addr);
         shmctl(shmid, IPC_RMID, NULL);
+        if (record != NULL)
+            atomic_store(record, -1);
         return rc;
     }
     data_init(addr, c, gen, seed);
@@ -366,7 +376,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     uint64_t seed;
     if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
         seed = kv->rng * 0xff51afd7ed558ccdull;
-    rc = data_segment_make(c, 1, seed, &data_id, &d);
+    rc = data_segment_make(c, 1, seed, NULL, &data_id, &d);
     if (rc != 0)
         goto fail;
     shmdt(d);
