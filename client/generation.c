@@ -17,10 +17,10 @@
  *
  * No live writer may change the old generation while it is copied. The
  * recoverer stores recover_gen, then waits until no live client slot says
- * it is writing that generation; a writer stores its lock_state, takes the
- * lock, then loads recover_gen. Both sides use seq_cst, so at least one of
- * them sees the other (the store-buffer litmus test): the writer backs off,
- * or the recoverer waits for it to finish.
+ * it holds that generation's write lock; a writer takes the lock, stores
+ * LOCKING_WRITE_HELD in its lock_state, then loads recover_gen. Both sides use
+ * seq_cst, so at least one of them sees the other (the store-buffer litmus
+ * test): the writer backs off, or the recoverer waits for it to finish.
  */
 #include <string.h>
 #include <sys/ipc.h>
@@ -147,8 +147,12 @@ static void copy_entries(const struct shmkv *kv, const struct data_header *old,
     }
 }
 
-/* True if a live process other than this handle is writing generation gen
- * (holding its write lock or waiting for it). */
+/* True if a live process other than this handle holds generation gen's
+ * write lock. A writer still waiting for it need not be waited for: once it
+ * has the lock it stores LOCKING_WRITE_HELD, then loads recover_gen (both
+ * seq_cst), and backs off. (Waiting for it could be forever: a waiter can
+ * be stuck in glibc on a lock a dead process left half handed over, which
+ * only the end of this recovery settles.) */
 static bool live_writer_in(struct shmkv *kv, uint32_t gen)
 {
     struct client_slot *slots =
@@ -157,7 +161,7 @@ static bool live_writer_in(struct shmkv *kv, uint32_t gen)
         struct client_slot *s = &slots[i];
         if (s == kv->slot ||
             atomic_load_explicit(&s->lock_state, memory_order_seq_cst) !=
-                LOCK_STATE(gen, LOCKING_WRITE))
+                LOCK_STATE(gen, LOCKING_WRITE_HELD))
             continue;
         int32_t pid = atomic_load(&s->pid);
         if (pid > 0 && process_alive(pid, atomic_load(&s->start_ticks)))
@@ -186,9 +190,13 @@ static int recovery_claim(struct shmkv *kv)
     if (!atomic_compare_exchange_strong(&c->recover_pid, &holder,
                                         (int32_t)kv->pid))
         return SHMKV_ETIMEDOUT;
+    uint64_t cur = atomic_load(&c->current);
     int half = atomic_exchange(&c->recover_shmid, -1);
-    if (half >= 0 && half != CURRENT_SHMID(atomic_load(&c->current)))
+    if (half >= 0 && half != CURRENT_SHMID(cur))
         shmctl(half, IPC_RMID, NULL);
+    int retired = atomic_exchange(&c->retired_shmid, -1);
+    if (retired >= 0 && retired != CURRENT_SHMID(cur))
+        shmctl(retired, IPC_RMID, NULL);
 claimed:
     atomic_store(&c->recover_start_ticks, kv->start_ticks);
     return 0;
@@ -237,15 +245,20 @@ int generation_recover(struct shmkv *kv, uint32_t from_gen)
     copy_entries(kv, kv->data, &nv);
     shmdt(nd);
 
+    /* The old segment is recorded before the new one is published, so that
+     * if this process dies in between a successor removes whichever of the
+     * two is not current. */
     int old_id = kv->data_shmid;
+    atomic_store(&c->retired_shmid, old_id);
     atomic_store_explicit(&c->current, CURRENT_MAKE(new_gen, new_id),
                           memory_order_seq_cst);
+    atomic_store(&c->recover_shmid, -1);
     /* Processes caught in the old lock by the dead one return to find the
      * new generation (lock.c). */
     lock_settle(kv->lock);
-    atomic_store(&c->recover_shmid, -1);
     atomic_fetch_add(&c->recoveries, 1);
     shmctl(old_id, IPC_RMID, NULL);
+    atomic_store(&c->retired_shmid, -1);
     rc = 0;
 unflag:
     atomic_store_explicit(&c->recover_gen, 0, memory_order_seq_cst);

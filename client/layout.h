@@ -48,17 +48,20 @@
 #define CURRENT_MAKE(gen, shmid)                                               \
     ((((uint64_t)(gen)&0x7fffffffull) << 32) | (uint32_t)(shmid))
 
-/* client_slot.lock_state: generation << 2 | LOCKING_READ or LOCKING_WRITE,
- * set before the rwlock is requested and cleared after it is released, so
- * a dead process with such a state may hold that generation's rwlock; or
- * LOCKING_FAST, a read section that holds no rwlock: the slot itself is the
- * reader's claim, which writers wait out (lock.c). */
+/* client_slot.lock_state: generation << 3 | mode. LOCKING_READ or
+ * LOCKING_WRITE is set before the rwlock is requested, LOCKING_WRITE_HELD
+ * once the write lock is held, and the state is cleared after the rwlock
+ * is released, so a dead process with such a state may hold that
+ * generation's rwlock. LOCKING_FAST is a read section that holds no
+ * rwlock: the slot itself is the reader's claim, which writers wait out
+ * (lock.c). */
 #define LOCKING_READ 1u
 #define LOCKING_WRITE 2u
 #define LOCKING_FAST 3u
-#define LOCK_STATE(gen, mode) (((uint64_t)(gen) << 2) | (mode))
-#define LOCK_STATE_GEN(s) ((s) >> 2)
-#define LOCK_STATE_MODE(s) ((unsigned)((s)&3u))
+#define LOCKING_WRITE_HELD 4u
+#define LOCK_STATE(gen, mode) (((uint64_t)(gen) << 3) | (mode))
+#define LOCK_STATE_GEN(s) ((s) >> 3)
+#define LOCK_STATE_MODE(s) ((unsigned)((s)&7u))
 
 struct lock_slot {
     alignas(CACHE_LINE) pthread_rwlock_t rwlock;
@@ -111,9 +114,11 @@ struct ctl_header {
     _Atomic uint32_t clients_hwm;
 
     /* Recovery: who is building the next generation, from which one, and
-     * the segment it is building (so a successor can remove it). */
+     * the segment it is building and the one it replaces (so that a
+     * successor can remove either). */
     alignas(CACHE_LINE) _Atomic int32_t recover_pid;
     _Atomic int32_t recover_shmid; /* -1: none */
+    _Atomic int32_t retired_shmid; /* -1: none */
     _Atomic uint64_t recover_start_ticks;
     _Atomic uint64_t recover_gen; /* generation being replaced, 0: none */
 

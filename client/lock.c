@@ -19,8 +19,9 @@
  * A writer that has to wait raises the flag before it waits too, so that
  * readers queue behind it (writers are preferred) and, blocking on the
  * rwlock, notice a dead holder as below. A reader holding the rwlock
- * lowers a flag it finds raised: no writer can be at work then. A dead
- * reader's fast claim holds nothing: a writer clears it.
+ * lowers a flag it finds raised: no writer can be at work then. A claim
+ * left by a process that looks dead makes the writer recover the store
+ * into a new generation, as a dead holder of the rwlock does.
  *
  * glibc's rwlock is not robust: a process that dies holding it (or even
  * queued on it) leaves it unusable. So every handle owns a client slot in
@@ -54,6 +55,9 @@
  * already spinning in it gets out and moves on.
  */
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -123,13 +127,25 @@ static bool lock_phase_torn(pthread_rwlock_t *l)
 
 void lock_settle(pthread_rwlock_t *l)
 {
-    unsigned r = __atomic_load_n(&l->__data.__readers, __ATOMIC_ACQUIRE);
-    unsigned want = (r & GLIBC_RWLOCK_WRPHASE) != 0 ? 1u : 0u;
-    unsigned f = __atomic_load_n(&l->__data.__wrphase_futex, __ATOMIC_RELAXED);
-    while ((f & ~GLIBC_RWLOCK_FUTEX_USED) != want &&
-           !__atomic_compare_exchange_n(&l->__data.__wrphase_futex, &f, want,
+    /* Whoever flips the phase writes the futex word after it, whatever was
+     * there: so the phase is read again on every try, and a value stored
+     * here for a phase that has just changed is overwritten. */
+    for (;;) {
+        unsigned r = __atomic_load_n(&l->__data.__readers, __ATOMIC_ACQUIRE);
+        unsigned want = (r & GLIBC_RWLOCK_WRPHASE) != 0 ? 1u : 0u;
+        unsigned f =
+            __atomic_load_n(&l->__data.__wrphase_futex, __ATOMIC_RELAXED);
+        if ((f & ~GLIBC_RWLOCK_FUTEX_USED) == want)
+            return;
+        if (__atomic_compare_exchange_n(&l->__data.__wrphase_futex, &f, want,
                                         false, __ATOMIC_RELEASE,
                                         __ATOMIC_RELAXED)) {
+            /* As glibc does: wake the waiters that said they sleep. */
+            if (f & GLIBC_RWLOCK_FUTEX_USED)
+                syscall(SYS_futex, &l->__data.__wrphase_futex, FUTEX_WAKE,
+                        INT_MAX, NULL, NULL, 0);
+            return;
+        }
     }
 }
 #else
@@ -270,8 +286,9 @@ static int lock_spin(struct shmkv *kv, bool write)
 
 /* With the write lock held: raises the generation's writer flag, so that
  * read sections take the rwlock from now on, and waits until none of those
- * begun without it (LOCKING_FAST) is left. A dead process's claim is
- * cleared. Sections are short, so it spins a few microseconds first. */
+ * begun without it (LOCKING_FAST) is left. Sections are short, so it spins
+ * a few microseconds first. A dead process's claim means a new generation
+ * (SHMKV_ERETRY). */
 static int readers_drain(struct shmkv *kv)
 {
     atomic_store_explicit(kv->writer, 1, memory_order_seq_cst);
@@ -299,10 +316,23 @@ static int readers_drain(struct shmkv *kv)
                 deadline = monotonic_ms() + kv->lock_timeout_ms;
                 counter_bump(&kv->slot->lock_waits);
             }
+            /* A claim whose process looks dead is not simply cleared: if
+             * the process lives after all (its main thread has exited, or
+             * it is in another pid namespace), it is still reading. The
+             * store moves to a new generation instead, which leaves the
+             * reader its copy untouched. */
+            if (atomic_load_explicit(&kv->ctl->current, memory_order_acquire) !=
+                kv->current)
+                return SHMKV_ERETRY;
             int32_t pid = atomic_load(&s->pid);
-            if (pid <= 0 || !process_alive(pid, atomic_load(&s->start_ticks))) {
-                atomic_compare_exchange_strong(&s->lock_state, &st, 0);
-                continue;
+            if (kv->can_recover &&
+                (pid <= 0 ||
+                 !process_alive(pid, atomic_load(&s->start_ticks)))) {
+                int rc = generation_recover(kv, kv->gen);
+                if (rc == 0 || rc == SHMKV_ERETRY)
+                    return SHMKV_ERETRY;
+                if (rc != SHMKV_ETIMEDOUT)
+                    return rc;
             }
             if (monotonic_ms() >= deadline) {
                 atomic_store_explicit(kv->writer, 0, memory_order_release);
@@ -361,6 +391,12 @@ static int lock_take(struct shmkv *kv, bool write)
         if (rc != 0)
             rc = lock_wait(kv, write);
         if (rc == 0) {
+            /* Pairs with lock_settle's release, for a waiter it let out. */
+            atomic_thread_fence(memory_order_acquire);
+            if (write)
+                atomic_store_explicit(&kv->slot->lock_state,
+                                      LOCK_STATE(kv->gen, LOCKING_WRITE_HELD),
+                                      memory_order_seq_cst);
             /* A recovery may have published a new generation while this
              * handle waited on the old lock; a writer must also not write
              * into a generation that is being copied (seq_cst pairs with
@@ -388,12 +424,15 @@ static int lock_take(struct shmkv *kv, bool write)
                 if (rc == 0)
                     return 0;
                 pthread_rwlock_unlock(kv->lock);
-                atomic_store_explicit(&kv->slot->lock_state, 0,
-                                      memory_order_seq_cst);
-                return rc;
+                if (rc != SHMKV_ERETRY) {
+                    atomic_store_explicit(&kv->slot->lock_state, 0,
+                                          memory_order_seq_cst);
+                    return rc;
+                }
+            } else {
+                pthread_rwlock_unlock(kv->lock);
+                rc = SHMKV_ERETRY;
             }
-            pthread_rwlock_unlock(kv->lock);
-            rc = SHMKV_ERETRY;
         }
         atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_seq_cst);
     next:
@@ -454,7 +493,7 @@ static void client_slot_retire(struct shmkv *kv, struct client_slot *s)
 }
 
 /* Frees the slots of dead processes that cannot hold the current
- * generation's rwlock (a fast read section holds none). */
+ * generation's rwlock nor claim a read section in it. */
 void client_slots_reap(struct shmkv *kv)
 {
     struct client_slot *slots = client_slots(kv);
@@ -466,8 +505,7 @@ void client_slots_reap(struct shmkv *kv)
         if (pid == 0 || s == kv->slot)
             continue;
         uint64_t st = atomic_load(&s->lock_state);
-        if (st != 0 && LOCK_STATE_GEN(st) == gen &&
-            LOCK_STATE_MODE(st) != LOCKING_FAST)
+        if (st != 0 && LOCK_STATE_GEN(st) == gen)
             continue;
         if (process_alive(pid, atomic_load(&s->start_ticks)))
             continue;

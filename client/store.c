@@ -6,8 +6,9 @@
  * that races the creator sees either no store or a whole one. Every
  * segment made here has one owner of its IPC_RMID: the control segment and
  * the current data segment belong to shmkv_destroy() / shmkv_remove(); a
- * segment being built by a recovery is recorded in recover_shmid so that
- * whoever takes over removes it.
+ * segment being built by a recovery is recorded in recover_shmid, and the
+ * one it replaces in retired_shmid, so that whoever takes over removes
+ * them.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -372,6 +373,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->recency_off = g.recency_off;
     c->recency_cells = g.recency_cells;
     atomic_store(&c->recover_shmid, -1);
+    atomic_store(&c->retired_shmid, -1);
 
     uint64_t seed;
     if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
@@ -590,6 +592,9 @@ static void ctl_remove_all(struct ctl_header *c, int ctl_id)
     int half = atomic_exchange(&c->recover_shmid, -1);
     if (half >= 0 && half != CURRENT_SHMID(cur))
         shmctl(half, IPC_RMID, NULL);
+    int retired = atomic_exchange(&c->retired_shmid, -1);
+    if (retired >= 0 && retired != CURRENT_SHMID(cur))
+        shmctl(retired, IPC_RMID, NULL);
     if (cur != 0)
         shmctl(CURRENT_SHMID(cur), IPC_RMID, NULL);
     shmctl(ctl_id, IPC_RMID, NULL);
