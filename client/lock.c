@@ -161,7 +161,8 @@ void lock_settle(pthread_rwlock_t *l)
 }
 #endif
 
-/* True if a dead process may hold (or be queued on) generation gen's lock. */
+/* True if a dead process may hold (or be queued on) generation gen's lock,
+ * or left a read claim in it. */
 static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
 {
     struct client_slot *slots =
@@ -170,9 +171,9 @@ static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
         struct client_slot *s = &slots[i];
         uint64_t st =
             atomic_load_explicit(&s->lock_state, memory_order_acquire);
-        /* A fast read section holds no rwlock: a writer clears it. */
-        if (st == 0 || LOCK_STATE_GEN(st) != gen ||
-            LOCK_STATE_MODE(st) == LOCKING_FAST || s == kv->slot)
+        /* A dead fast reader holds no rwlock, but the writer that holds it
+         * waits for that reader's claim: a waiter that can recover does. */
+        if (st == 0 || LOCK_STATE_GEN(st) != gen || s == kv->slot)
             continue;
         int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
         if (pid > 0 &&
@@ -321,8 +322,12 @@ static int readers_drain(struct shmkv *kv)
              * it is in another pid namespace), it is still reading. The
              * store moves to a new generation instead, which leaves the
              * reader its copy untouched. */
+            /* Recovered meanwhile, or being recovered by a process that
+             * waits for this writer to let go. */
             if (atomic_load_explicit(&kv->ctl->current, memory_order_acquire) !=
-                kv->current)
+                    kv->current ||
+                atomic_load_explicit(&kv->ctl->recover_gen,
+                                     memory_order_seq_cst) == kv->gen)
                 return SHMKV_ERETRY;
             int32_t pid = atomic_load(&s->pid);
             if (kv->can_recover &&
@@ -401,12 +406,14 @@ static int lock_take(struct shmkv *kv, bool write)
              * handle waited on the old lock; a writer must also not write
              * into a generation that is being copied (seq_cst pairs with
              * generation_recover's store of recover_gen). */
+            bool stale =
+                write && atomic_load_explicit(&kv->ctl->recover_gen,
+                                              memory_order_seq_cst) == kv->gen;
+            /* After recover_gen: a recovery that ended in between has
+             * published its generation by then. */
             uint64_t cur =
                 atomic_load_explicit(&kv->ctl->current, memory_order_seq_cst);
-            bool stale = cur != kv->current;
-            if (write && !stale)
-                stale = atomic_load_explicit(&kv->ctl->recover_gen,
-                                             memory_order_seq_cst) == kv->gen;
+            stale = stale || cur != kv->current;
             if (!stale) {
                 if (!write) {
                     /* Holding the read lock, no writer can be at work: a
@@ -534,6 +541,14 @@ int client_slot_claim(struct shmkv *kv)
             }
         }
         client_slots_reap(kv);
+        /* Slots of dead processes that may hold the current generation's
+         * lock, or claim a read section in it, come back only with a new
+         * generation: make one, as a waiter for the lock would. */
+        if (pass == 0 && kv->can_recover && generation_refresh(kv) == 0 &&
+            lock_has_dead_holder(kv, kv->gen)) {
+            generation_recover(kv, kv->gen);
+            client_slots_reap(kv);
+        }
     }
     return set_error(SHMKV_ECLIENTS,
                      "all %u client slots of the store are in use",

@@ -8,6 +8,7 @@
  * its start time, so that a reused pid is not mistaken for a live holder.
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
@@ -206,8 +207,27 @@ int segment_attach(int shmid, bool rdonly, void **addr_out, uint64_t *bytes_out)
     return 0;
 }
 
+/* True if a process whose main thread is a zombie still has other
+ * threads: it is alive, and may be reading the store. */
+static bool threads_left(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *dir = opendir(path);
+    if (dir == NULL)
+        return false;
+    int tasks = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL && tasks == 0)
+        if (e->d_name[0] != '.' && atoi(e->d_name) != (int)pid)
+            tasks++;
+    closedir(dir);
+    return tasks > 0;
+}
+
 /* Field 22 of /proc/PID/stat: start time in clock ticks since boot. 0 if the
- * process is gone, or a zombie (it will never release anything). */
+ * process is gone, or a zombie whose threads have all exited (it will
+ * never release anything). */
 uint64_t process_start_ticks(pid_t pid)
 {
     char path[64], buf[1024];
@@ -226,7 +246,7 @@ uint64_t process_start_ticks(pid_t pid)
     if (p == NULL || p[1] != ' ')
         return 0;
     char state = p[2];
-    if (state == 'Z' || state == 'X' || state == 'x')
+    if (state == 'X' || state == 'x' || (state == 'Z' && !threads_left(pid)))
         return 0;
     p += 2;
     for (int field = 3; field < 22; field++) {

@@ -1081,6 +1081,36 @@ static void test_kill_fast_reader(void **state)
     assert_int_equal(shmkv_stats(kv, &st), 0);
     assert_int_equal(st.recoveries, 6);
     assert_int_equal(st.generation, 7);
+    /* With no writer to come, dead readers' slots still come back: an
+     * opener that finds the table full of them makes a new generation. */
+    for (int round = 0; round < 4; round++) {
+        int ready[2];
+        assert_int_equal(pipe(ready), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            shmkv_t *h;
+            int rc = shmkv_open(where, SHMKV_RDONLY, &h);
+            if (rc != 0 || shmkv_read_begin(h) != 0)
+                _exit(rc == SHMKV_ECLIENTS ? 4 : 1);
+            if (write(ready[1], "x", 1) != 1)
+                _exit(2);
+            pause();
+            _exit(3);
+        }
+        close(ready[1]);
+        char c;
+        ssize_t got = read(ready[0], &c, 1);
+        close(ready[0]);
+        if (got != 1) {
+            int status;
+            waitpid(pid, &status, 0);
+            fail_msg("round %d: the reader could not open: status %d", round,
+                     WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        kill(pid, SIGKILL);
+        assert_true(reap_killed(pid));
+    }
     struct shmkv_check_report rep;
     assert_int_equal(shmkv_check(kv, &rep), 0);
     test_destroy(kv, where);
