@@ -317,11 +317,6 @@ static int readers_drain(struct shmkv *kv)
                 deadline = monotonic_ms() + kv->lock_timeout_ms;
                 counter_bump(&kv->slot->lock_waits);
             }
-            /* A claim whose process looks dead is not simply cleared: if
-             * the process lives after all (its main thread has exited, or
-             * it is in another pid namespace), it is still reading. The
-             * store moves to a new generation instead, which leaves the
-             * reader its copy untouched. */
             /* Recovered meanwhile, or being recovered by a process that
              * waits for this writer to let go. */
             if (atomic_load_explicit(&kv->ctl->current, memory_order_acquire) !=
@@ -329,6 +324,10 @@ static int readers_drain(struct shmkv *kv)
                 atomic_load_explicit(&kv->ctl->recover_gen,
                                      memory_order_seq_cst) == kv->gen)
                 return SHMKV_ERETRY;
+            /* A claim whose process looks dead is not simply cleared: if
+             * the process lives after all (in another pid namespace, say),
+             * it is still reading. The store moves to a new generation
+             * instead, which leaves the reader its copy untouched. */
             int32_t pid = atomic_load(&s->pid);
             if (kv->can_recover &&
                 (pid <= 0 ||
