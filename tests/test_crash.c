@@ -1037,6 +1037,41 @@ static pid_t spawn_probe(const char *where, bool write)
     _exit(rc == 0 ? 0 : 11);
 }
 
+/* In a child: opens the store read-only, begins a read section (and looks
+ * "k" up in it, if get), then waits to be killed. Returns its pid once it
+ * is in the section; fails the test with the child's status if it never
+ * got there (4: the client table was full). */
+static pid_t spawn_section_holder(const char *where, bool get)
+{
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        shmkv_t *h;
+        shmkv_val_t v;
+        int rc = shmkv_open(where, SHMKV_RDONLY, &h);
+        if (rc != 0 || shmkv_read_begin(h) != 0 ||
+            (get && shmkv_get(h, "k", 1, &v) != 0))
+            _exit(rc == SHMKV_ECLIENTS ? 4 : 1);
+        if (write(ready[1], "x", 1) != 1)
+            _exit(2);
+        pause();
+        _exit(3);
+    }
+    close(ready[1]);
+    char c;
+    ssize_t got = read(ready[0], &c, 1);
+    close(ready[0]);
+    if (got != 1) {
+        int status;
+        waitpid(pid, &status, 0);
+        fail_msg("the reader did not begin its section: status %d",
+                 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+    return pid;
+}
+
 /* A reader killed inside a read section that holds no rwlock (as read
  * sections do while no writer is at work) costs the next writer a new
  * generation (were the reader alive after all, it would go on reading its
@@ -1052,25 +1087,7 @@ static void test_kill_fast_reader(void **state)
     char where[32];
     snprintf(where, sizeof where, "%s", o.key);
     for (int round = 0; round < 6; round++) {
-        int ready[2];
-        assert_int_equal(pipe(ready), 0);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            shmkv_t *h;
-            shmkv_val_t v;
-            if (shmkv_open(where, SHMKV_RDONLY, &h) != 0 ||
-                shmkv_read_begin(h) != 0 ||
-                (round > 0 && shmkv_get(h, "k", 1, &v) != 0) ||
-                write(ready[1], "x", 1) != 1)
-                _exit(1);
-            pause();
-            _exit(2);
-        }
-        char c;
-        assert_int_equal(read(ready[0], &c, 1), 1);
-        close(ready[0]);
-        close(ready[1]);
+        pid_t pid = spawn_section_holder(where, round > 0);
         kill(pid, SIGKILL);
         assert_true(reap_killed(pid));
         uint64_t start = now_us();
@@ -1084,30 +1101,7 @@ static void test_kill_fast_reader(void **state)
     /* With no writer to come, dead readers' slots still come back: an
      * opener that finds the table full of them makes a new generation. */
     for (int round = 0; round < 4; round++) {
-        int ready[2];
-        assert_int_equal(pipe(ready), 0);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            shmkv_t *h;
-            int rc = shmkv_open(where, SHMKV_RDONLY, &h);
-            if (rc != 0 || shmkv_read_begin(h) != 0)
-                _exit(rc == SHMKV_ECLIENTS ? 4 : 1);
-            if (write(ready[1], "x", 1) != 1)
-                _exit(2);
-            pause();
-            _exit(3);
-        }
-        close(ready[1]);
-        char c;
-        ssize_t got = read(ready[0], &c, 1);
-        close(ready[0]);
-        if (got != 1) {
-            int status;
-            waitpid(pid, &status, 0);
-            fail_msg("round %d: the reader could not open: status %d", round,
-                     WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        }
+        pid_t pid = spawn_section_holder(where, false);
         kill(pid, SIGKILL);
         assert_true(reap_killed(pid));
     }
@@ -1143,6 +1137,52 @@ static void die_mid_handover(const char *where, bool write)
     assert_true(reap_killed(pid));
 }
 
+/* In a child: takes the write lock (write) or a read lock on the rwlock,
+ * and once a process queues behind it, leaves as glibc's unlock does up to
+ * its first step, then dies before the second (handing the lock over).
+ * A writer's unlock clears WRLOCKED and the write phase for the queued
+ * reader; the last reader's starts the write phase for the queued writer.
+ * Returns the child's pid once it holds the lock. */
+static pid_t spawn_torn_unlock(const char *where, bool write_lock)
+{
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        shmkv_t *h;
+        if (shmkv_open(where, 0, &h) != 0 ||
+            (write_lock ? lock_write(h) : lock_read_slow(h)) != 0)
+            _exit(1);
+        if (write(ready[1], "x", 1) != 1)
+            _exit(2);
+        pthread_rwlock_t *l = h->lock;
+        for (;;) {
+            unsigned r =
+                __atomic_load_n(&l->__data.__readers, __ATOMIC_RELAXED);
+            unsigned readers = r >> RW_READER_SHIFT;
+            bool queued = write_lock ? readers > 0
+                                     : (r & RW_WRLOCKED) != 0 && readers == 1;
+            unsigned next = write_lock
+                                ? r & ~(RW_WRLOCKED | RW_WRPHASE)
+                                : (r - (1u << RW_READER_SHIFT)) | RW_WRPHASE;
+            if (queued && __atomic_compare_exchange_n(
+                              &l->__data.__readers, &r, next, false,
+                              __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+                break;
+            usleep(1000);
+        }
+        usleep(100 * 1000); /* let the queued process's wait time out */
+        raise(SIGKILL);
+        _exit(3);
+    }
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    close(ready[1]);
+    return pid;
+}
+
 static void test_kill_mid_handover(void **state)
 {
     (void)state;
@@ -1164,38 +1204,8 @@ static void test_kill_mid_handover(void **state)
 
     /* A writer dies releasing the lock to a reader already waiting for
      * it: the reader is inside glibc when the hand-over tears. */
-    int ready[2];
-    assert_int_equal(pipe(ready), 0);
-    pid_t holder = fork();
-    assert_true(holder >= 0);
-    if (holder == 0) {
-        shmkv_t *h;
-        if (shmkv_open(where, 0, &h) != 0 || lock_write(h) != 0)
-            _exit(1);
-        if (write(ready[1], "x", 1) != 1)
-            _exit(2);
-        pthread_rwlock_t *l = h->lock;
-        /* Once a reader is queued, clear WRLOCKED and the write phase as
-         * the unlock does, and die before its second step. */
-        for (;;) {
-            unsigned r =
-                __atomic_load_n(&l->__data.__readers, __ATOMIC_RELAXED);
-            if ((r >> RW_READER_SHIFT) > 0 &&
-                __atomic_compare_exchange_n(
-                    &l->__data.__readers, &r, r & ~(RW_WRLOCKED | RW_WRPHASE),
-                    false, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
-                break;
-            usleep(1000);
-        }
-        usleep(100 * 1000); /* let the reader's wait time out */
-        raise(SIGKILL);
-        _exit(3);
-    }
-    char c;
-    assert_int_equal(read(ready[0], &c, 1), 1);
-    close(ready[0]);
-    close(ready[1]);
     int reader_rc, writer_rc;
+    pid_t holder = spawn_torn_unlock(where, true);
     pid_t reader = spawn_probe(where, false);
     assert_true(reap_killed(holder));
     usleep(100 * 1000);
@@ -1210,42 +1220,11 @@ static void test_kill_mid_handover(void **state)
      * for it: the writer is inside glibc when the hand-over tears, and a
      * reader that comes later must recover the store without waiting for
      * that writer to finish. */
-    assert_int_equal(pipe(ready), 0);
-    holder = fork();
-    assert_true(holder >= 0);
-    if (holder == 0) {
-        shmkv_t *h;
-        if (shmkv_open(where, 0, &h) != 0 || lock_read_slow(h) != 0)
-            _exit(1);
-        if (write(ready[1], "x", 1) != 1)
-            _exit(2);
-        pthread_rwlock_t *l = h->lock;
-        /* Once a writer is queued (WRLOCKED in the read phase), leave as
-         * the last reader's unlock does: start the write phase, and die
-         * before telling the writer. */
-        for (;;) {
-            unsigned r =
-                __atomic_load_n(&l->__data.__readers, __ATOMIC_RELAXED);
-            if ((r & RW_WRLOCKED) != 0 && (r >> RW_READER_SHIFT) == 1 &&
-                __atomic_compare_exchange_n(
-                    &l->__data.__readers, &r,
-                    (r - (1u << RW_READER_SHIFT)) | RW_WRPHASE, false,
-                    __ATOMIC_RELEASE, __ATOMIC_RELAXED))
-                break;
-            usleep(1000);
-        }
-        usleep(100 * 1000); /* let the writer's wait time out */
-        raise(SIGKILL);
-        _exit(3);
-    }
-    assert_int_equal(read(ready[0], &c, 1), 1);
-    close(ready[0]);
-    close(ready[1]);
+    holder = spawn_torn_unlock(where, false);
     writer = spawn_probe(where, true);
     assert_true(reap_killed(holder));
     usleep(100 * 1000);
     reader = spawn_probe(where, false);
-    /* Both waited for (or killed) before either is judged. */
     reader_rc = wait_bounded(reader, 10000);
     writer_rc = wait_bounded(writer, 10000);
     assert_int_equal(reader_rc, 0);
