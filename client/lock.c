@@ -184,6 +184,17 @@ static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
     return false;
 }
 
+/* Moves the store from the handle's generation to a new one: SHMKV_ERETRY
+ * once there is a new generation to follow, 0 if a live process is doing
+ * it already (wait on), or another error. */
+static int recover_current(struct shmkv *kv)
+{
+    int rc = generation_recover(kv, kv->gen);
+    if (rc == 0 || rc == SHMKV_ERETRY)
+        return SHMKV_ERETRY;
+    return rc == SHMKV_ETIMEDOUT ? 0 : rc;
+}
+
 /* Waits for the lock in slices; between slices, notices a new generation
  * (SHMKV_ERETRY) or a dead holder (recovers, then SHMKV_ERETRY). */
 static int lock_wait(struct shmkv *kv, bool write)
@@ -222,10 +233,8 @@ static int lock_wait(struct shmkv *kv, bool write)
                                           memory_order_acquire) == kv->gen)
             return SHMKV_ERETRY;
         if (kv->can_recover && lock_has_dead_holder(kv, kv->gen)) {
-            rc = generation_recover(kv, kv->gen);
-            if (rc == 0 || rc == SHMKV_ERETRY)
-                return SHMKV_ERETRY;
-            if (rc != SHMKV_ETIMEDOUT)
+            rc = recover_current(kv);
+            if (rc != 0)
                 return rc;
         }
         if (monotonic_ms() >= deadline) {
@@ -332,10 +341,8 @@ static int readers_drain(struct shmkv *kv)
             if (kv->can_recover &&
                 (pid <= 0 ||
                  !process_alive(pid, atomic_load(&s->start_ticks)))) {
-                int rc = generation_recover(kv, kv->gen);
-                if (rc == 0 || rc == SHMKV_ERETRY)
-                    return SHMKV_ERETRY;
-                if (rc != SHMKV_ETIMEDOUT)
+                int rc = recover_current(kv);
+                if (rc != 0)
                     return rc;
             }
             if (monotonic_ms() >= deadline) {
