@@ -829,6 +829,17 @@ static void test_connections_fit_fd_limit(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* Sends KEYS with a binary-safe pattern of len bytes; returns the reply. */
+static const char *ask_keys(int fd, const char *pattern, size_t len)
+{
+    static char req[2048];
+    int n = snprintf(req, sizeof req, "*2\r\n$4\r\nKEYS\r\n$%zu\r\n", len);
+    assert_true(len + (size_t)n + 2 <= sizeof req);
+    memcpy(req + n, pattern, len);
+    memcpy(req + n + len, "\r\n", 2);
+    return ask(fd, req, (size_t)n + len + 2);
+}
+
 /* Arguments at the edges of what commands accept. */
 static void test_command_edges(void **state)
 {
@@ -914,24 +925,17 @@ static void test_command_edges(void **state)
         {"a[\\*-z]*", 8, "*1\r\n"},
     };
     for (size_t i = 0; i < sizeof globs / sizeof globs[0]; i++) {
-        char req[64];
-        int n = snprintf(req, sizeof req, "*2\r\n$4\r\nKEYS\r\n$%zu\r\n",
-                         globs[i].len);
-        memcpy(req + n, globs[i].pattern, globs[i].len);
-        memcpy(req + n + globs[i].len, "\r\n", 2);
-        const char *reply = ask(fd, req, (size_t)n + globs[i].len + 2);
+        const char *reply = ask_keys(fd, globs[i].pattern, globs[i].len);
         if (strncmp(reply, globs[i].count, strlen(globs[i].count)) != 0)
             fail_msg("KEYS pattern %zu: got %.8s, want %s", i, reply,
                      globs[i].count);
     }
     /* A pattern longer than twice the longest key (64 bytes here) and
      * than 1024 bytes is refused. */
-    static char req[1200];
+    static char stars[1025];
+    memset(stars, '*', sizeof stars);
     for (size_t len = 1024; len <= 1025; len++) {
-        int n = snprintf(req, sizeof req, "*2\r\n$4\r\nKEYS\r\n$%zu\r\n", len);
-        memset(req + n, '*', len);
-        memcpy(req + n + len, "\r\n", 2);
-        const char *reply = ask(fd, req, (size_t)n + len + 2);
+        const char *reply = ask_keys(fd, stars, len);
         if (len == 1024)
             assert_memory_equal(reply, "*5\r\n", 4);
         else
