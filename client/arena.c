@@ -14,10 +14,12 @@
  * previous block without a search. A sentinel used block of size 0 ends the
  * arena so that the last block always has a used successor.
  *
- * Crash safety: the allocator is only written under the write lock. A
- * writer killed halfway can leave its lists inconsistent; the store then
- * moves to a new generation that is rebuilt from the index, so nothing here
- * needs to survive a kill. Readers never look at allocator state.
+ * Crash safety: the allocator is only written under the write lock, and
+ * every word it changes is first saved in the write's undo log (LOGGED_SET,
+ * intent.c), so a writer killed halfway through an allocation or a free is
+ * undone exactly by whoever recovers the lock. Readers never look at
+ * allocator state, nor at a block the allocator may touch: a block leaves
+ * the index for limbo before it is freed (reclaim.c).
  */
 #include <string.h>
 
@@ -65,13 +67,13 @@ static void list_push(struct data_header *d, uint32_t off)
     unsigned fl, sl;
     mapping_insert(b->size_units, &fl, &sl);
     uint32_t head = d->free_heads[fl][sl];
-    b->u.free.next = head;
-    b->u.free.prev = 0;
+    LOGGED_SET(d, b->u.free.next, head);
+    LOGGED_SET(d, b->u.free.prev, 0);
     if (head != 0)
-        block_at(d, head)->u.free.prev = off;
-    d->free_heads[fl][sl] = off;
-    d->fl_bitmap |= 1u << fl;
-    d->sl_bitmap[fl] |= 1u << sl;
+        LOGGED_SET(d, block_at(d, head)->u.free.prev, off);
+    LOGGED_SET(d, d->free_heads[fl][sl], off);
+    LOGGED_SET(d, d->fl_bitmap, d->fl_bitmap | 1u << fl);
+    LOGGED_SET(d, d->sl_bitmap[fl], d->sl_bitmap[fl] | 1u << sl);
 }
 
 static void list_unlink(struct data_header *d, uint32_t off)
@@ -80,15 +82,15 @@ static void list_unlink(struct data_header *d, uint32_t off)
     unsigned fl, sl;
     mapping_insert(b->size_units, &fl, &sl);
     if (b->u.free.prev != 0)
-        block_at(d, b->u.free.prev)->u.free.next = b->u.free.next;
+        LOGGED_SET(d, block_at(d, b->u.free.prev)->u.free.next, b->u.free.next);
     else
-        d->free_heads[fl][sl] = b->u.free.next;
+        LOGGED_SET(d, d->free_heads[fl][sl], b->u.free.next);
     if (b->u.free.next != 0)
-        block_at(d, b->u.free.next)->u.free.prev = b->u.free.prev;
+        LOGGED_SET(d, block_at(d, b->u.free.next)->u.free.prev, b->u.free.prev);
     if (d->free_heads[fl][sl] == 0) {
-        d->sl_bitmap[fl] &= ~(1u << sl);
+        LOGGED_SET(d, d->sl_bitmap[fl], d->sl_bitmap[fl] & ~(1u << sl));
         if (d->sl_bitmap[fl] == 0)
-            d->fl_bitmap &= ~(1u << fl);
+            LOGGED_SET(d, d->fl_bitmap, d->fl_bitmap & ~(1u << fl));
     }
 }
 
@@ -98,23 +100,34 @@ static void make_free(struct data_header *d, uint32_t off, uint32_t units,
                       uint8_t prev_free_flag)
 {
     struct block *b = block_at(d, off);
-    b->size_units = units;
-    b->flags = prev_free_flag;
-    b->klen = 0;
-    *footer_of(d, off, units) = units;
+    LOGGED_SET(d, b->size_units, units);
+    LOGGED_SET(d, b->flags, prev_free_flag);
+    LOGGED_SET(d, b->klen, 0);
+    LOGGED_SET(d, *footer_of(d, off, units), units);
     list_push(d, off);
 }
 
+/* Rebuilds the arena as one free block. Not logged: a rebuild is redone,
+ * not undone, if its writer dies (intent.c). */
 void arena_init(struct data_header *d)
 {
     uint32_t first = (uint32_t)(d->arena_off / UNIT_BYTES);
+    uint32_t units = (uint32_t)d->arena_units;
     memset(d->free_heads, 0, sizeof d->free_heads);
     memset(d->sl_bitmap, 0, sizeof d->sl_bitmap);
     d->fl_bitmap = 0;
-    struct block *end = block_at(d, first + (uint32_t)d->arena_units);
+    struct block *end = block_at(d, first + units);
     memset(end, 0, sizeof *end);
     end->flags = BLOCK_USED | BLOCK_SENTINEL | BLOCK_PREV_FREE;
-    make_free(d, first, (uint32_t)d->arena_units, 0);
+    struct block *b = block_at(d, first);
+    memset(b, 0, sizeof *b);
+    b->size_units = units;
+    *footer_of(d, first, units) = units;
+    unsigned fl, sl;
+    mapping_insert(units, &fl, &sl);
+    d->free_heads[fl][sl] = first;
+    d->fl_bitmap = 1u << fl;
+    d->sl_bitmap[fl] = 1u << sl;
     d->free_units = d->arena_units;
     d->used_units = 0;
 }
@@ -156,15 +169,26 @@ static uint32_t find_first_fit(const struct data_header *d, uint32_t units)
     return 0;
 }
 
+static uint32_t find_fit(const struct data_header *d, uint32_t units)
+{
+    uint32_t off = find_good_fit(d, units);
+    return off != 0 ? off : find_first_fit(d, units);
+}
+
+bool arena_can_alloc(const struct data_header *d, uint32_t units)
+{
+    return find_fit(d, units < MIN_BLOCK_UNITS ? MIN_BLOCK_UNITS : units) != 0;
+}
+
 /* Returns the unit offset of a block of at least `units` (now marked used,
- * its entry fields zero), or 0 if no free block is large enough. */
+ * its entry fields zero), or 0 if no free block is large enough. The
+ * caller fills it: the bytes it overwrites were meaningless in the free
+ * block, but for the footer, which is saved here. */
 uint32_t arena_alloc(struct data_header *d, uint32_t units)
 {
     if (units < MIN_BLOCK_UNITS)
         units = MIN_BLOCK_UNITS;
-    uint32_t off = find_good_fit(d, units);
-    if (off == 0)
-        off = find_first_fit(d, units);
+    uint32_t off = find_fit(d, units);
     if (off == 0)
         return 0;
     struct block *b = block_at(d, off);
@@ -177,13 +201,17 @@ uint32_t arena_alloc(struct data_header *d, uint32_t units)
         make_free(d, off + units, have - units, 0);
     } else {
         units = have;
-        block_at(d, off + units)->flags &= (uint8_t)~BLOCK_PREV_FREE;
+        ulog_save(d, footer_of(d, off, have));
+        struct block *next = block_at(d, off + units);
+        LOGGED_SET(d, next->flags, next->flags & (uint8_t)~BLOCK_PREV_FREE);
     }
+    ulog_save(d, &b->size_units);
+    ulog_save(d, &b->u);
     memset(b, 0, sizeof *b);
     b->size_units = units;
     b->flags = BLOCK_USED | prev_flag;
-    d->free_units -= units;
-    d->used_units += units;
+    LOGGED_SET(d, d->free_units, d->free_units - units);
+    LOGGED_SET(d, d->used_units, d->used_units + units);
     return off;
 }
 
@@ -191,8 +219,8 @@ void arena_free(struct data_header *d, uint32_t off)
 {
     struct block *b = block_at(d, off);
     uint32_t units = b->size_units;
-    d->used_units -= units;
-    d->free_units += units;
+    LOGGED_SET(d, d->used_units, d->used_units - units);
+    LOGGED_SET(d, d->free_units, d->free_units + units);
 
     struct block *next = block_at(d, off + units);
     if (!(next->flags & BLOCK_USED)) {
@@ -209,7 +237,8 @@ void arena_free(struct data_header *d, uint32_t off)
     /* The merged block's predecessor is used (free neighbours always
      * merge), so it carries no PREV_FREE flag. */
     make_free(d, off, units, 0);
-    block_at(d, off + units)->flags |= BLOCK_PREV_FREE;
+    struct block *next_after = block_at(d, off + units);
+    LOGGED_SET(d, next_after->flags, next_after->flags | BLOCK_PREV_FREE);
 }
 
 uint64_t arena_largest_free(const struct data_header *d)

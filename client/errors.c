@@ -31,7 +31,7 @@ const char *shmkv_strerror(int err)
     case SHMKV_ENOSPC:
         return "store is full";
     case SHMKV_ETIMEDOUT:
-        return "timed out waiting for the store's lock";
+        return "timed out waiting for the store's lock or its readers";
     case SHMKV_ENOSTORE:
         return "no store at that key";
     case SHMKV_EACCES:
@@ -64,6 +64,10 @@ const char *shmkv_strerror(int err)
         return "system error";
     case SHMKV_EOWNED:
         return "store is owned by a live process";
+    case SHMKV_ESTALE:
+        return "read section was revoked: discard what it read";
+    case SHMKV_EFORKED:
+        return "handle belongs to another process (fork)";
     default:
         return "unknown error";
     }

@@ -17,38 +17,58 @@ struct shmkv {
     struct ctl_header *ctl;
     int ctl_shmid;
     struct client_slot *slot; /* this handle's client slot */
+    uint32_t slot_index;
+    bool slot_owned; /* holds the slot's liveness semaphore */
 
-    /* The attached generation; refreshed when ctl->current changes. */
-    uint64_t current; /* the ctl->current word it was attached from */
+    /* The read claim stored when the open section began. */
+    uint64_t claim;
+
+    /* The attached generation; refreshed when ctl->current changes. 0
+     * while nothing is attached, and after a fork in the child, so that
+     * the inline read path falls to its slow path. */
+    uint64_t current;
     uint32_t gen;
     int data_shmid;
     struct data_header *data; /* NULL until attached */
     struct bucket *buckets;
+    /* Where the arena's blocks may start: [arena_first, arena_first +
+     * arena_units) in units, and the first byte past what a read may
+     * touch. */
+    uint32_t arena_first;
+    uint32_t arena_units;
+    uint64_t read_end_bytes;
+
+    /* The write lock this handle holds (lock.c). */
     pthread_rwlock_t *lock;
-    _Atomic uint32_t *writer; /* the generation's writer flag */
+    uint64_t lock_epoch;
+    bool lock_write;
 
     /* Copies of fixed settings, so the hot path reads private memory. */
     uint64_t seed;
     uint64_t nbuckets;
     uint32_t max_key_bytes;
     uint32_t max_value_bytes;
-    uint32_t lock_timeout_ms;
+    uint32_t timeout_ms; /* this handle's longest wait: lock_timeout_ms
+                            unless shmkv_set_timeout changed it */
+    uint32_t reader_timeout_ms;
     bool lru;
     uint32_t *recency; /* lru only */
     uint64_t recency_mask;
 
+    /* The deadline of the call in progress (CLOCK_MONOTONIC ms), 0 until
+     * it first has to wait. */
+    uint64_t deadline_ms;
+
     bool rdonly;
     bool in_read;
-    bool read_fast; /* the read section holds no rwlock (LOCKING_FAST) */
-    bool closer;    /* this handle closed the store: it may still read */
-    bool owner;     /* created it: shmkv_destroy removes it */
-    /* Same uid as the control segment's owner: may build generations (a
-     * segment made by another uid could not be removed by the owner). */
-    bool can_recover;
+    bool closer; /* this handle closed the store: it may still read */
+    bool owner;  /* created or adopted it: shmkv_destroy removes it */
+    bool forked; /* this is a child's copy of its parent's handle */
     pid_t pid;
-    uint64_t start_ticks;
     uint32_t now_unix; /* 0: not read yet in this section */
     uint64_t rng;
+
+    struct shmkv *reg_prev, *reg_next; /* the process's open handles */
 };
 
 /* errors.c */
@@ -58,20 +78,43 @@ int set_errno_error(int code, const char *what);
 
 /* read.c: seconds on the realtime clock (coarse: a vDSO read) */
 uint32_t clock_unix(void);
+/* lock.c: milliseconds on CLOCK_MONOTONIC */
+uint64_t monotonic_ms(void);
+/* The deadline of the call in progress, computed on first use. */
+uint64_t call_deadline(struct shmkv *kv);
+void cpu_relax(void);
 
-/* segment.c: System V keys, segments and process identity */
+/* segment.c: System V keys and segments */
 int key_from_where(const char *where, key_t *out);
 int segment_create(key_t key, uint64_t bytes, unsigned mode, int *shmid_out);
 int segment_attach(int shmid, bool rdonly, void **addr_out,
                    uint64_t *bytes_out);
+int segment_set_group(int shmid, int64_t gid);
 uint64_t page_bytes(void);
 uint64_t round_to_pages(uint64_t bytes);
-uint64_t process_start_ticks(pid_t pid);
-bool process_alive(pid_t pid, uint64_t start_ticks);
 
-/* arena.c: the value allocator */
+/* liveness.c: a semaphore per client slot and one for the owner, raised
+ * with SEM_UNDO, so that the kernel reports a process's death exactly. */
+int liveness_create(struct ctl_header *c, unsigned mode, int64_t gid);
+void liveness_remove(struct ctl_header *c);
+/* 0 when this process now holds index's semaphore, 1 when another live
+ * process does, or an error. */
+int liveness_claim(const struct ctl_header *c, uint32_t index);
+void liveness_release(const struct ctl_header *c, uint32_t index);
+/* true unless the process holding index's semaphore is known dead (or
+ * none holds it). */
+bool liveness_alive(const struct ctl_header *c, uint32_t index);
+/* Fills alive[i] for the first n client slots; false if it could not. */
+bool liveness_all(const struct ctl_header *c, uint32_t n, uint8_t *alive);
+static inline uint32_t liveness_owner_index(const struct ctl_header *c)
+{
+    return c->max_clients;
+}
+
+/* arena.c: the value allocator (every change through the undo log) */
 void arena_init(struct data_header *d);
 uint32_t arena_alloc(struct data_header *d, uint32_t units);
+bool arena_can_alloc(const struct data_header *d, uint32_t units);
 void arena_free(struct data_header *d, uint32_t off);
 uint64_t arena_largest_free(const struct data_header *d);
 int arena_check(const struct data_header *d, uint8_t *used_map,
@@ -99,6 +142,32 @@ static inline const char *entry_value(const struct block *b)
     return (const char *)(b + 1) + b->klen;
 }
 
+/* intent.c: the write in progress and its undo log */
+void ulog_save(struct data_header *d, const void *word);
+/* Stores value into lvalue, a field of the data segment, after saving the
+ * 8-byte word that holds it in the undo log. */
+#define LOGGED_SET(d, lvalue, value)                                           \
+    do {                                                                       \
+        ulog_save((d), &(lvalue));                                             \
+        (lvalue) = (value);                                                    \
+    } while (0)
+void op_begin(struct shmkv *kv, uint32_t kind);
+/* Names the slot a WRITE_OP_SET or WRITE_OP_REMOVE is about to publish. */
+void op_target(struct shmkv *kv, uint32_t kind, uint64_t hash, uint64_t bucket,
+               unsigned slot, uint32_t old_off, uint64_t new_slot,
+               int entries_delta, int ttl_delta);
+void op_published(struct shmkv *kv);
+void op_end(struct shmkv *kv);
+/* Completes or undoes what a dead writer left; returns the kind of
+ * operation repaired, 0 if none. Called with no live writer at work. */
+uint32_t intent_repair(struct shmkv *kv);
+uint64_t undo_bytes_for(void);
+
+/* write.c: what intent_repair runs to finish an operation */
+void op_finish(struct shmkv *kv);
+void flush_index(struct shmkv *kv);
+void arena_reset(struct shmkv *kv);
+
 /* table.c: the hash index */
 struct table_pos {
     uint64_t bucket;
@@ -107,76 +176,115 @@ struct table_pos {
     unsigned probes; /* buckets looked at */
 };
 /* table_find, table_home: inline, in table.h */
-int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off);
-void table_replace(struct shmkv *kv, const struct table_pos *pos, uint32_t off);
-void table_remove(struct shmkv *kv, uint64_t hash, const struct table_pos *pos);
+int table_insert_prepare(struct shmkv *kv, uint64_t hash, uint64_t *bucket,
+                         unsigned *slot);
+void table_remove_counts(struct shmkv *kv, uint64_t hash, uint64_t bucket);
 int table_check(const struct shmkv *kv, uint8_t *used_map,
                 struct shmkv_check_report *r);
 uint64_t index_bytes_for(uint64_t nbuckets);
 
-/* lock.c: the rwlock, client slots and dead-holder detection */
+/* lock.c: the write lock, its waits, and its recovery */
 int lock_init(pthread_rwlock_t *lock);
-/* Completes a lock hand-over a dead process left half done, on a lock no
- * longer in use, so that processes blocked in it return. */
 void lock_settle(pthread_rwlock_t *lock);
-int lock_read_slow(struct shmkv *kv);
+int lock_take(struct shmkv *kv, bool write);
+void lock_release(struct shmkv *kv);
+/* Replaces the lock in use when a dead process may hold it or have
+ * damaged it, repairing a dead writer's operation. 0 if nothing was
+ * wrong, SHMKV_ERETRY after a recovery, or an error. */
+int lock_recover_if_dead(struct shmkv *kv);
 
-/* Begins a read section. Inline, the fast path while no writer writes:
- * the reader claims the section in its own client slot (LOCKING_FAST),
- * then checks the generation's writer flag; a writer sets the flag, then
- * waits until no slot claims a section (lock.c). Both sides store, then
- * load the other's word, seq_cst, so at least one sees the other. No
- * shared cache line is written, so readers in many processes do not slow
- * each other down. With a writer at work, the section takes the rwlock
- * instead (lock_read_slow), which also follows generation changes. */
-static inline int lock_read(struct shmkv *kv)
-{
-    uint64_t cur =
-        atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
-    if (__builtin_expect(cur == kv->current && kv->data != NULL, 1)) {
-        atomic_store_explicit(&kv->slot->lock_state,
-                              LOCK_STATE(kv->gen, LOCKING_FAST),
-                              memory_order_seq_cst);
-        if (__builtin_expect(
-                atomic_load_explicit(kv->writer, memory_order_seq_cst) == 0,
-                1)) {
-            /* As in lock_take: a recovery may have published a new
-             * generation meanwhile. */
-            cur = atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
-            if (__builtin_expect(cur == kv->current, 1)) {
-                kv->read_fast = true;
-                return 0;
-            }
-        }
-        atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
-    }
-    return lock_read_slow(kv);
-}
-/* Ends a read section (inline: it is half of a single get's locking). */
-static inline void lock_read_end(struct shmkv *kv)
-{
-    if (!kv->read_fast)
-        pthread_rwlock_unlock(kv->lock);
-    atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
-}
-int lock_write(struct shmkv *kv);
-void lock_write_end(struct shmkv *kv);
+/* clients.c: client slots */
 int client_slot_claim(struct shmkv *kv);
 void client_slot_release(struct shmkv *kv);
-void client_slots_reap(struct shmkv *kv);
+/* Frees the slots of dead processes that nothing needs any more. */
+uint32_t client_slots_reap(struct shmkv *kv);
+static inline struct client_slot *client_slots(const struct ctl_header *c)
+{
+    return (struct client_slot *)((char *)c + c->clients_off);
+}
+static inline uint32_t clients_scan_limit(const struct ctl_header *c)
+{
+    uint32_t n = atomic_load_explicit(&((struct ctl_header *)c)->clients_hwm,
+                                      memory_order_seq_cst);
+    return n < c->max_clients ? n : c->max_clients;
+}
 
-/* store.c: generations */
+/* reclaim.c: memory readers may still see, and revoking their sections */
+int read_claim_slow(struct shmkv *kv);
+/* Puts the unlinked block at off in limbo (within an operation). */
+void limbo_retire(struct shmkv *kv, uint32_t off);
+/* Frees what no read section can still see, without waiting. Returns
+ * the units freed. */
+uint64_t limbo_reclaim(struct shmkv *kv);
+bool limbo_has_room(const struct data_header *d);
+/* Waits until no read section that began at or before read epoch
+ * `epoch` (low 32 bits) is open, revoking what is held past
+ * reader_timeout_ms and dropping what dead processes left, until the
+ * call's deadline; without wait, only says whether one is open
+ * (SHMKV_ETIMEDOUT). */
+int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait);
+/* Waits until the oldest block in limbo can be freed, and frees. */
+int limbo_wait(struct shmkv *kv);
+
+/* events.c */
+void event_log(struct ctl_header *c, uint32_t type, int32_t pid,
+               uint64_t duration_ms, uint64_t detail);
+
+/* generation.c */
 int generation_refresh(struct shmkv *kv);
-int generation_recover(struct shmkv *kv, uint32_t from_gen);
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
-                      _Atomic int32_t *record, int *shmid_out,
-                      struct data_header **out);
+                      int *shmid_out, struct data_header **out);
 
 /* Reports one inconsistency found by a check pass. */
 void check_problem(struct shmkv_check_report *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Internal retry signal: the generation changed under the caller. */
+/* Internal retry signal. */
 #define SHMKV_ERETRY (-1000)
+
+/* Begins a read section: inline, the whole cost of a section while the
+ * generation is unchanged. The reader stores the read epoch in its own
+ * client slot (seq_cst), then reads; a writer that unlinked a block and
+ * then advanced the epoch frees it only once no slot claims an epoch at
+ * or before the one it was unlinked in (reclaim.c). Each side stores,
+ * then loads the other's word, seq_cst, so at least one sees the other:
+ * the writer sees the claim, or the reader sees the block unlinked. No
+ * shared cache line is written, so readers in many processes do not slow
+ * each other down, and no reader waits for a writer. */
+static inline int read_claim(struct shmkv *kv)
+{
+    uint64_t cur =
+        atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
+    if (__builtin_expect(cur == kv->current, 1)) {
+        /* acquire: pairs with the epoch's advance (seq_cst), after which
+         * the blocks unlinked before it are unreachable to this reader. */
+        uint64_t e =
+            atomic_load_explicit(&kv->ctl->epoch, memory_order_acquire);
+        uint64_t c = CLAIM_MAKE(e, CLAIM_ACTIVE);
+        atomic_store_explicit(&kv->slot->claim, c, memory_order_seq_cst);
+        kv->claim = c;
+        return 0;
+    }
+    return read_claim_slow(kv);
+}
+
+/* Ends a read section: 0, or SHMKV_ESTALE if a writer revoked it. The
+ * acquire fence keeps every read of the section before the load of the
+ * claim: a claim still unrevoked there means the writer's revocation,
+ * and any reuse of memory after it, came after those reads. */
+static inline int read_release(struct shmkv *kv)
+{
+    atomic_thread_fence(memory_order_acquire);
+    uint64_t c = atomic_load_explicit(&kv->slot->claim, memory_order_relaxed);
+    atomic_store_explicit(&kv->slot->claim, 0, memory_order_release);
+    return __builtin_expect(c == kv->claim, 1) ? 0 : SHMKV_ESTALE;
+}
+
+/* True while the open section has not been revoked. */
+static inline bool read_claim_valid(const struct shmkv *kv)
+{
+    return atomic_load_explicit(&kv->slot->claim, memory_order_relaxed) ==
+           kv->claim;
+}
 
 #endif

@@ -1,26 +1,33 @@
 /*
  * layout.h - what a shmkv store looks like in shared memory.
  *
- * A store is two kinds of System V segment:
+ * A store is two kinds of System V segment and one semaphore set:
  *
  *   control segment (at the store's key, one per store, never replaced)
- *     ctl_header    identity, limits, the current generation word, counters
- *     lock slots    LOCK_SLOTS process-shared rwlocks, one per generation
- *                   modulo LOCK_SLOTS, each with its writer flag
- *     client slots  one cache line per open handle: pid, start time, what
- *                   lock it is taking or holds, its own hit/miss counters
+ *     ctl_header    identity, limits, the current generation word, the
+ *                   write lock's epoch, the recovery mutex, the read epoch,
+ *                   counters, the event ring
+ *     lock slots    LOCK_SLOTS process-shared rwlocks; the lock epoch names
+ *                   the one in use (lock.c)
+ *     client slots  one cache line per open handle: its read claim (the
+ *                   epoch its read section began in), what lock it is
+ *                   taking or holds, its own hit/miss counters
+ *     pins          per client slot, written by writers only: since when a
+ *                   writer has seen that slot's read claim hold memory back
  *     recency cells uint32 LRU stamps indexed by the hash tag (lru stores)
  *
  *   data segment (IPC_PRIVATE, one per generation)
- *     data_header   identity, geometry, allocator state, entry count
+ *     data_header   identity, geometry, allocator state, entry count, the
+ *                   intent of the write in progress
  *     index         nbuckets cache-line buckets of 7 slots
+ *     limbo         a ring of blocks unlinked but maybe still being read
+ *     undo log      the old words of what the write in progress changed
  *     arena         blocks of 16-byte units: entries and free blocks
  *
- * Readers attach the data segment read-only when they ask to; everything a
- * reader must write (the lock, its client slot, recency) is in the control
- * segment. A new generation (after a process died holding the lock, or a
- * resize) is a new data segment with a fresh lock slot, published by one
- * atomic store of ctl_header.current.
+ *   semaphore set (IPC_PRIVATE; liveness.c)
+ *     one semaphore per client slot, raised with SEM_UNDO by the handle
+ *     that owns the slot, and one for the store's owner: the kernel lowers
+ *     them when the process dies, whatever its pid namespace.
  *
  * Nothing here is a pointer: every reference is an offset from the start of
  * its segment. Integers are native-endian: a store is shared by processes on
@@ -34,12 +41,14 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define LAYOUT_VERSION 2u
+#define LAYOUT_VERSION 3u
 #define CTL_MAGIC "SHMKVCTL"
 #define DATA_MAGIC "SHMKVDAT"
 #define CACHE_LINE 64
 
 #define LOCK_SLOTS 16u
+#define SEM_SETS_MAX 4u
+#define EVENT_SLOTS 64u
 
 /* ctl_header.current: bit 63 closed, bits 32..62 generation, 0..31 shmid. */
 #define CURRENT_CLOSED (1ull << 63)
@@ -48,39 +57,80 @@
 #define CURRENT_MAKE(gen, shmid)                                               \
     ((((uint64_t)(gen)&0x7fffffffull) << 32) | (uint32_t)(shmid))
 
-/* client_slot.lock_state: generation << 3 | mode. LOCKING_READ or
- * LOCKING_WRITE is set before the rwlock is requested, LOCKING_WRITE_HELD
- * once the write lock is held, and the state is cleared after the rwlock
- * is released, so a dead process with such a state may hold that
- * generation's rwlock. LOCKING_FAST is a read section that holds no
- * rwlock: the slot itself is the reader's claim, which writers wait out
- * (lock.c). */
-#define LOCKING_READ 1u
-#define LOCKING_WRITE 2u
-#define LOCKING_FAST 3u
-#define LOCKING_WRITE_HELD 4u
-#define LOCK_STATE(gen, mode) (((uint64_t)(gen) << 3) | (mode))
-#define LOCK_STATE_GEN(s) ((s) >> 3)
+/* ctl_header.lock_word: epoch << 1 | installing. The epoch names the lock
+ * in use (slot epoch % LOCK_SLOTS); installing is set while a recovery
+ * replaces it (lock.c). */
+#define LOCK_WORD(epoch, installing)                                           \
+    (((uint64_t)(epoch) << 1) | ((installing) ? 1u : 0u))
+#define LOCK_WORD_EPOCH(w) ((w) >> 1)
+#define LOCK_WORD_INSTALLING(w) (((w)&1u) != 0)
+
+/* client_slot.lock_state: lock epoch << 3 | mode. A waiting mode is stored
+ * before the rwlock is asked for, a held mode once it is held, and 0 after
+ * it is released: a dead process whose state names the lock in use may
+ * hold or have damaged it. */
+#define LOCK_WAIT_WRITE 1u
+#define LOCK_WAIT_READ 2u
+#define LOCK_HELD_WRITE 3u
+#define LOCK_HELD_READ 4u
+#define LOCK_STATE(epoch, mode) (((uint64_t)(epoch) << 3) | (mode))
+#define LOCK_STATE_EPOCH(s) ((s) >> 3)
 #define LOCK_STATE_MODE(s) ((unsigned)((s)&7u))
+#define LOCK_MODE_HELD(m) ((m) == LOCK_HELD_WRITE || (m) == LOCK_HELD_READ)
+
+/* client_slot.claim: 0 while no read section is open, else the read epoch
+ * the section began in << 2 | CLAIM_ACTIVE. A writer that revokes the
+ * section (held past reader_timeout_ms, or its process died) swaps
+ * CLAIM_ACTIVE for CLAIM_REVOKED (reclaim.c). */
+#define CLAIM_ACTIVE 1u
+#define CLAIM_REVOKED 2u
+#define CLAIM_MAKE(epoch, mode) (((uint64_t)(epoch) << 2) | (mode))
+#define CLAIM_EPOCH(c) ((c) >> 2)
+#define CLAIM_MODE(c) ((unsigned)((c)&3u))
 
 struct lock_slot {
     alignas(CACHE_LINE) pthread_rwlock_t rwlock;
-    /* Raised by a writer that holds or waits for the write lock: read
-     * sections then take the rwlock (lock.c). On a line of its own: every
-     * read section loads it, and waiters write the rwlock's. */
-    alignas(CACHE_LINE) _Atomic uint32_t writer;
+    /* Bumped by each writer once it holds the lock (the line is its own
+     * then): a waiter tells one long hold from a series of short ones. */
+    _Atomic uint32_t acquisitions;
+    _Atomic uint32_t slow_reported; /* acquisitions value last logged */
 };
 
 struct client_slot {
-    alignas(CACHE_LINE) _Atomic int32_t pid; /* 0: free */
-    uint32_t reserved;
-    _Atomic uint64_t start_ticks; /* the process's start time */
+    /* The read claim, on the line its owner writes at every section. */
+    alignas(CACHE_LINE) _Atomic uint64_t claim;
     _Atomic uint64_t lock_state;
+    _Atomic int32_t pid; /* 0: free; for display and logs only */
+    uint32_t reserved;
     /* Written by the slot's owner only (relaxed), summed by stats. */
     _Atomic uint64_t hits;
     _Atomic uint64_t misses;
     _Atomic uint64_t lock_waits;
     _Atomic uint64_t lock_timeouts;
+    _Atomic uint64_t stale; /* sections that ended revoked */
+    /* Counted by the writer in its own slot, so that two processes
+     * writing do not pass a counter's line back and forth. */
+    _Atomic uint64_t sets;
+    _Atomic uint64_t deletes;
+};
+
+/* Per client slot, written by writers only: the claim a writer found
+ * holding memory back, and since when (CLOCK_MONOTONIC ms). */
+struct client_pin {
+    _Atomic uint64_t claim;
+    _Atomic uint64_t since_ms;
+};
+
+/* One logged event (events.c): a revoked section, a recovery, a writer
+ * that held the lock too long. seq is the event's number + 1 once it is
+ * whole. */
+struct event_rec {
+    _Atomic uint64_t seq;
+    uint32_t type;
+    int32_t pid;
+    uint64_t duration_ms;
+    int64_t at_unix_ms;
+    uint64_t detail;
 };
 
 struct ctl_header {
@@ -95,47 +145,59 @@ struct ctl_header {
     uint32_t max_value_bytes;
     uint32_t eviction;
     uint32_t lock_timeout_ms;
+    uint32_t reader_timeout_ms;
     uint32_t max_clients;
     uint32_t mode;
+    uint32_t sems_per_set;
     int64_t gid; /* group for every segment of the store, -1: creator's */
-    _Atomic int32_t owner_pid; /* CAS by shmkv_adopt */
-    _Atomic uint32_t marks;    /* SHMKV_MARK_*, set by the owner */
-    uint64_t owner_start_ticks;
+    int32_t sem_ids[SEM_SETS_MAX]; /* liveness semaphores, -1: none */
+    _Atomic int32_t owner_pid;     /* for display: liveness is the owner's
+                                      semaphore */
+    _Atomic uint32_t marks;        /* SHMKV_MARK_*, set by the owner */
     int64_t created_unix;
     uint64_t locks_off;
     uint64_t clients_off;
+    uint64_t pins_off;
     uint64_t recency_off;
     uint64_t recency_cells; /* a power of two */
 
     /* The generation word readers load on every operation. */
     alignas(CACHE_LINE) _Atomic uint64_t current;
     /* One past the highest client slot ever claimed: how far a writer
-     * looks for readers. */
+     * looks for read claims. */
     _Atomic uint32_t clients_hwm;
 
-    /* Recovery: who is building the next generation, from which one, and
-     * the segment it is building and the one it replaces (so that a
-     * successor can remove either). */
-    alignas(CACHE_LINE) _Atomic int32_t recover_pid;
-    _Atomic int32_t recover_shmid; /* -1: none */
-    _Atomic int32_t retired_shmid; /* -1: none */
-    _Atomic uint64_t recover_start_ticks;
-    _Atomic uint64_t recover_gen; /* generation being replaced, 0: none */
+    /* The read epoch: loaded at every read section's start, advanced by
+     * writers when they reclaim memory (reclaim.c). */
+    alignas(CACHE_LINE) _Atomic uint64_t epoch;
 
-    /* Counters written under the write lock (or atomically when a client
-     * slot is retired); they survive generations. */
-    alignas(CACHE_LINE) _Atomic uint64_t sets;
-    _Atomic uint64_t deletes;
-    _Atomic uint64_t evictions;
+    /* The write lock in use (LOCK_WORD). */
+    alignas(CACHE_LINE) _Atomic uint64_t lock_word;
+    /* Held by the one process replacing a lock or repairing a dead
+     * writer's operation: robust, so a successor takes over from a
+     * recoverer that died (lock.c). */
+    alignas(CACHE_LINE) pthread_mutex_t recover_mutex;
+
+    /* Counters written by writers, and what freed client slots counted;
+     * they survive generations. */
+    alignas(CACHE_LINE) _Atomic uint64_t evictions;
     _Atomic uint64_t expirations;
     _Atomic uint64_t recoveries;
+    _Atomic uint64_t revocations;
+    _Atomic uint64_t dead_readers;
     _Atomic uint64_t retired_hits;
     _Atomic uint64_t retired_misses;
     _Atomic uint64_t retired_lock_waits;
     _Atomic uint64_t retired_lock_timeouts;
+    _Atomic uint64_t retired_stale;
+    _Atomic uint64_t retired_sets;
+    _Atomic uint64_t retired_deletes;
 
     /* LRU clock: advanced by writers, copied into recency cells. */
     alignas(CACHE_LINE) _Atomic uint32_t lru_clock;
+
+    alignas(CACHE_LINE) _Atomic uint64_t event_next;
+    struct event_rec events[EVENT_SLOTS];
 };
 
 /* Arena allocator geometry (two-level segregated fit over 16-byte units). */
@@ -145,6 +207,37 @@ struct ctl_header {
 #define SL_COUNT (1u << SL_BITS)
 #define FL_COUNT 28u
 #define MIN_BLOCK_UNITS 2u
+
+/* The write in progress (intent.c). */
+#define INTENT_IDLE 0u
+#define INTENT_ACTIVE 1u    /* changes so far are in the undo log */
+#define INTENT_PUBLISHED 2u /* its index slot is stored: finish it */
+
+#define WRITE_OP_GENERIC 1u /* undone whole if its writer dies */
+#define WRITE_OP_SET 2u     /* publishes new_slot at (bucket, slot) */
+#define WRITE_OP_REMOVE 3u  /* publishes an empty slot at (bucket, slot) */
+#define WRITE_OP_FLUSH 4u   /* empties the index; redone if its writer dies */
+#define WRITE_OP_ARENA_RESET 5u /* rebuilds the arena; redone likewise */
+
+struct write_intent {
+    _Atomic uint32_t state;
+    uint32_t kind;
+    uint32_t undo_count;
+    int32_t pid; /* the writer, for the log */
+    uint64_t hash;
+    uint64_t bucket;
+    uint32_t slot;
+    uint32_t old_off;  /* the entry a WRITE_OP_SET replaces or a WRITE_OP_REMOVE
+                          unlinks, 0: none */
+    uint64_t new_slot; /* the slot's word once published */
+    int32_t entries_delta;
+    int32_t ttl_delta;
+};
+
+struct undo_rec {
+    uint64_t off; /* of an aligned 8-byte word in the data segment */
+    uint64_t old;
+};
 
 struct data_header {
     char magic[8]; /* DATA_MAGIC */
@@ -156,19 +249,37 @@ struct data_header {
     uint64_t index_off;
     uint64_t nbuckets;
     uint64_t max_load; /* entries the index accepts */
+    uint64_t limbo_off;
+    uint64_t limbo_slots; /* a power of two */
+    uint64_t undo_off;
+    uint64_t undo_slots;
     uint64_t arena_off;
     uint64_t arena_units; /* blocks, not counting the end sentinel */
 
-    /* Written under the write lock. */
+    /* Written under the write lock, through the undo log. */
     uint64_t entries;
     uint64_t ttl_entries; /* entries with an expiry */
     uint64_t used_units;
     uint64_t free_units;
+    uint64_t limbo_units; /* units held by blocks in limbo */
+    uint64_t limbo_head;  /* ring positions: head <= tail */
+    uint64_t limbo_tail;
     uint64_t expire_cursor; /* where shmkv_expire_scan resumes */
+    /* Nonzero after a flush emptied the index and before the arena is
+     * rebuilt: the read epoch the flush ended in (write.c). */
+    uint64_t flush_epoch;
     uint32_t fl_bitmap;
     uint32_t sl_bitmap[FL_COUNT];
     uint32_t free_heads[FL_COUNT][SL_COUNT]; /* block unit offsets, 0 none */
+
+    alignas(CACHE_LINE) struct write_intent intent;
 };
+
+/* A limbo ring entry: the block's unit offset, and the low 32 bits of the
+ * read epoch it was unlinked in. */
+#define LIMBO_MAKE(epoch, off) (((uint64_t)(uint32_t)(epoch) << 32) | (off))
+#define LIMBO_EPOCH(e) ((uint32_t)((e) >> 32))
+#define LIMBO_OFF(e) ((uint32_t)((e)&0xffffffffull))
 
 /* One hash index bucket: a cache line. A slot is the entry's offset in
  * units (low 32 bits, 0 = empty) and the hash's high 32 bits (the tag).

@@ -1,58 +1,49 @@
 /*
- * lock.c - the store's process-shared rwlock, client slots, and detecting a
- * lock left held by a dead process.
+ * lock.c - the write lock, its bounded waits, and replacing it when a
+ * process died holding it.
  *
- * The rwlock prefers writers (a steady stream of readers cannot starve a
- * writer) and is always taken with a deadline on CLOCK_MONOTONIC. The first
- * attempt is a trylock.
+ * Writers take a process-shared pthread rwlock for writing; a whole-store
+ * pass that needs the store still (shmkv_check) takes it for reading.
+ * Readers of values take no lock at all (reclaim.c). The lock in use is one
+ * of LOCK_SLOTS, named by the lock epoch in ctl_header.lock_word; a waiter
+ * takes it with a deadline on CLOCK_MONOTONIC, in slices of LOCK_SLICE_MS,
+ * after a short spin.
  *
- * Readers in many processes would all write the rwlock's cache line, twice
- * per read section, and pass it from core to core: that, not the lookup,
- * would be the cost of a get. So while no writer is at work a read section
- * does not take the rwlock: the reader claims the section in its own
- * client slot (lock_state LOCKING_FAST) and then checks the generation's
- * writer flag (lock_read, internal.h). A writer takes the rwlock for
- * writing, raises the flag, and waits until no slot claims a section
- * (readers_drain); read sections that find the flag raised take the
- * rwlock, and wait behind the writer. Each side stores its word and then
- * loads the other's, seq_cst, so at least one of them sees the other.
- * A writer that has to wait raises the flag before it waits too, so that
- * readers queue behind it (writers are preferred) and, blocking on the
- * rwlock, notice a dead holder as below. A reader holding the rwlock
- * lowers a flag it finds raised: no writer can be at work then. A claim
- * left by a process that looks dead makes the writer recover the store
- * into a new generation, as a dead holder of the rwlock does.
+ * glibc's rwlock is not robust: a process that dies holding it, or dies
+ * inside glibc's lock code while queued on it, leaves it unusable. So
+ * before asking for the lock a process stores in its client slot which lock
+ * epoch it is waiting for (lock_state), once it holds it that it holds it,
+ * and after releasing it clears the state. A waiter that waited a slice
+ * looks for a process whose state names the lock in use and whose liveness
+ * semaphore the kernel has released (liveness.c): one that died holding or
+ * waiting. It then recovers, in place and without copying anything:
  *
- * glibc's rwlock is not robust: a process that dies holding it (or even
- * queued on it) leaves it unusable. So every handle owns a client slot in
- * the control segment with its pid and start time, and before it asks for
- * the lock it writes which generation's lock it is taking and how
- * (lock_state); it clears that after releasing. A waiter that has waited a
- * slice (LOCK_SLICE_MS) scans the slots: a dead process whose lock_state
- * names the current generation may hold the lock, and the store moves to a
- * new generation with a fresh lock (generation.c). Bounded time: a waiter
- * learns of a dead holder within one slice after that holder died. Only a
- * process of the store owner's uid builds the new generation (the owner
- * must be able to remove every segment); other waiters wait for it, and
- * the daemon's housekeeping takes the write lock every tick.
+ *   1. takes the recovery mutex (robust and process-shared: if the
+ *      recoverer before it died, it gets EOWNERDEAD and carries on where
+ *      that one stopped; only one process recovers at a time);
+ *   2. marks the lock word installing, then waits until no live process
+ *      holds the old lock. A writer stores its held state, then loads the
+ *      lock word, both seq_cst, so it sees the mark and lets go before
+ *      writing anything, or the recoverer sees it and waits for it;
+ *   3. repairs the dead writer's operation from its intent (intent.c);
+ *   4. initialises a fresh rwlock in a slot that no live process can still
+ *      touch (none's state names an epoch of that slot), and publishes its
+ *      epoch with one store of the lock word.
+ *
+ * A death inside glibc's own lock code needs one more thing. glibc hands the
+ * lock from readers to a writer and back in two steps: it flips the phase
+ * bit in __readers, then sets __wrphase_futex to match, and a waiter for the
+ * other phase spins, without looking at its deadline, until the second step
+ * is done. A process killed between the two steps leaves them disagreeing
+ * for good. So a waiter asks for the lock only while the two agree
+ * (lock_phase_torn), and a recoverer, once the new lock is published,
+ * completes the dead process's second step on the old lock (lock_settle),
+ * so that a process already spinning in it gets out and follows.
  *
  * lock_state is stored before the lock call: the call is opaque to the
  * compiler and its atomic read-modify-write orders the store before the
- * acquisition on the hardware, and a killed process's stores are not lost,
- * so a dead holder's slot always shows its state.
- *
- * A death inside glibc's own lock code needs more. glibc hands the lock
- * from readers to a writer and back in two steps: it flips the phase bit
- * in __readers, then sets __wrphase_futex to match (1 in a write phase, 0
- * in a read phase), and a waiter for the other phase spins, without
- * looking at its deadline, until the second step is done. A process killed
- * between the two steps leaves them disagreeing for good, and every
- * process that then blocks on that lock spins forever. So a waiter asks
- * for the lock only while the two agree (lock_phase_torn), which keeps it
- * in the slices below where it finds the dead process; and a recoverer,
- * once the new generation is published, completes the dead process's
- * second step on the old lock (lock_settle), so that a process that was
- * already spinning in it gets out and moves on.
+ * acquisition, and a killed process's stores are not lost, so a dead
+ * holder's slot always shows its state.
  */
 #include <errno.h>
 #include <limits.h>
@@ -63,12 +54,53 @@
 
 #include "internal.h"
 
-#define LOCK_SLICE_MS 50
+#define LOCK_SLICE_MS 5
 /* Tries before sleeping on a taken lock: about 10 microseconds in all. */
 #define LOCK_SPIN_ATTEMPTS 40
 #define LOCK_SPIN_MAX_PAUSES 64
-/* Pauses a writer spins on one reader's section before it sleeps. */
-#define DRAIN_SPINS 1024
+
+uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t call_deadline(struct shmkv *kv)
+{
+    if (kv->deadline_ms == 0)
+        kv->deadline_ms = monotonic_ms() + kv->timeout_ms;
+    return kv->deadline_ms;
+}
+
+void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static struct timespec ms_to_timespec(uint64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
+                          .tv_nsec = (long)(ms % 1000) * 1000000L};
+    return ts;
+}
+
+static void pause_us(long us)
+{
+    struct timespec ts = {0, us * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+static inline void counter_bump(_Atomic uint64_t *c)
+{
+    /* Only this slot's owner writes it: a plain load and store suffice. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
 
 int lock_init(pthread_rwlock_t *lock)
 {
@@ -85,27 +117,6 @@ int lock_init(pthread_rwlock_t *lock)
     if (rc != 0)
         return set_error(SHMKV_ESYS, "pthread_rwlock_init: error %d", rc);
     return 0;
-}
-
-static uint64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static struct timespec ms_to_timespec(uint64_t ms)
-{
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
-                          .tv_nsec = (long)(ms % 1000) * 1000000L};
-    return ts;
-}
-
-static inline void counter_bump(_Atomic uint64_t *c)
-{
-    /* Only this slot's owner writes it: a plain load and store suffice. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
 }
 
 /* glibc's rwlock words (nptl/pthread_rwlock_common.c, since 2.25). */
@@ -161,126 +172,191 @@ void lock_settle(pthread_rwlock_t *l)
 }
 #endif
 
-/* True if a dead process may hold (or be queued on) generation gen's lock,
- * or left a read claim in it. */
-static bool lock_has_dead_holder(struct shmkv *kv, uint32_t gen)
+static struct lock_slot *lock_slot_of(const struct ctl_header *c,
+                                      uint64_t epoch)
 {
-    struct client_slot *slots =
-        (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
-    for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
-        struct client_slot *s = &slots[i];
+    struct lock_slot *locks = (struct lock_slot *)((char *)c + c->locks_off);
+    return &locks[epoch % LOCK_SLOTS];
+}
+
+/* The index of a dead process whose lock state names lock epoch `epoch`
+ * (it may hold that lock, or have died inside glibc queued on it), or -1.
+ * Its pid in *pid. */
+static int lock_dead_user(const struct shmkv *kv, uint64_t epoch, int32_t *pid)
+{
+    const struct ctl_header *c = kv->ctl;
+    const struct client_slot *slots = client_slots(c);
+    uint32_t n = clients_scan_limit(c);
+    for (uint32_t i = 0; i < n; i++) {
         uint64_t st =
-            atomic_load_explicit(&s->lock_state, memory_order_acquire);
-        /* A dead fast reader holds no rwlock, but the writer that holds it
-         * waits for that reader's claim: a waiter that can recover does. */
-        if (st == 0 || LOCK_STATE_GEN(st) != gen || s == kv->slot)
+            atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
+        if (st == 0 || LOCK_STATE_EPOCH(st) != epoch || i == kv->slot_index)
             continue;
-        int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
-        if (pid > 0 &&
-            !process_alive(pid, atomic_load_explicit(&s->start_ticks,
-                                                     memory_order_relaxed)))
+        if (liveness_alive(c, i))
+            continue;
+        if (pid != NULL)
+            *pid = atomic_load_explicit(&slots[i].pid, memory_order_relaxed);
+        return (int)i;
+    }
+    return -1;
+}
+
+/* True if a live process other than kv holds lock epoch `epoch`. */
+static bool lock_live_holder(const struct shmkv *kv, uint64_t epoch)
+{
+    const struct ctl_header *c = kv->ctl;
+    const struct client_slot *slots = client_slots(c);
+    uint32_t n = clients_scan_limit(c);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t st =
+            atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
+        if (st == 0 || LOCK_STATE_EPOCH(st) != epoch ||
+            !LOCK_MODE_HELD(LOCK_STATE_MODE(st)) || i == kv->slot_index)
+            continue;
+        if (liveness_alive(c, i))
             return true;
     }
     return false;
 }
 
-/* Moves the store from the handle's generation to a new one: SHMKV_ERETRY
- * once there is a new generation to follow, 0 if a live process is doing
- * it already (wait on), or another error. */
-static int recover_current(struct shmkv *kv)
+/* True if a live process may still touch the lock slot of epoch `epoch`:
+ * its state names an epoch of that slot (it waits in an old lock, or was
+ * stopped on its way into one). */
+static bool lock_slot_busy(const struct shmkv *kv, uint64_t epoch)
 {
-    int rc = generation_recover(kv, kv->gen);
-    if (rc == 0 || rc == SHMKV_ERETRY)
-        return SHMKV_ERETRY;
-    return rc == SHMKV_ETIMEDOUT ? 0 : rc;
+    const struct ctl_header *c = kv->ctl;
+    const struct client_slot *slots = client_slots(c);
+    uint32_t n = clients_scan_limit(c);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t st =
+            atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
+        if (st == 0 || LOCK_STATE_EPOCH(st) % LOCK_SLOTS != epoch % LOCK_SLOTS)
+            continue;
+        if (liveness_alive(c, i))
+            return true;
+    }
+    return false;
 }
 
-/* Waits for the lock in slices; between slices, notices a new generation
- * (SHMKV_ERETRY) or a dead holder (recovers, then SHMKV_ERETRY). */
-static int lock_wait(struct shmkv *kv, bool write)
+/* Replaces the lock of word `seen` (see the top of the file). Returns
+ * SHMKV_ERETRY when there is a new lock to take, 0 when there was nothing
+ * to do or another process is at it (wait on), or an error. */
+static int lock_recover(struct shmkv *kv, uint64_t seen)
 {
-    uint64_t start = monotonic_ms();
-    uint64_t deadline = start + kv->lock_timeout_ms;
-    counter_bump(&kv->slot->lock_waits);
-    for (;;) {
-        uint64_t now = monotonic_ms();
-        uint64_t slice_end = now + LOCK_SLICE_MS;
-        if (slice_end > deadline)
-            slice_end = deadline;
-        struct timespec ts = ms_to_timespec(slice_end);
-        int rc;
-        if (lock_phase_torn(kv->lock)) {
-            /* A hand-over under way, or one a dead process left half done:
-             * look again shortly, and for a dead holder meanwhile. */
-            struct timespec pause = {0, 200000};
-            nanosleep(&pause, NULL);
-            rc = ETIMEDOUT;
-        } else {
-            rc = write ? pthread_rwlock_clockwrlock(kv->lock, CLOCK_MONOTONIC,
-                                                    &ts)
-                       : pthread_rwlock_clockrdlock(kv->lock, CLOCK_MONOTONIC,
-                                                    &ts);
+    struct ctl_header *c = kv->ctl;
+    if (kv->rdonly)
+        return 0; /* a reader waits for a writer to recover */
+    int rc = pthread_mutex_trylock(&c->recover_mutex);
+    if (rc == EBUSY)
+        return 0;
+    if (rc == EOWNERDEAD)
+        pthread_mutex_consistent(&c->recover_mutex);
+    else if (rc != 0)
+        return set_error(SHMKV_ECORRUPT,
+                         "the store's recovery mutex is unusable (error %d)",
+                         rc);
+    uint64_t t0 = monotonic_ms();
+    uint64_t w = atomic_load_explicit(&c->lock_word, memory_order_seq_cst);
+    uint64_t epoch = LOCK_WORD_EPOCH(w);
+    int32_t dead_pid = 0;
+    int out;
+    bool dead = lock_dead_user(kv, epoch, &dead_pid) >= 0;
+    if (!LOCK_WORD_INSTALLING(w)) {
+        if (w != seen) {
+            out = SHMKV_ERETRY; /* recovered meanwhile */
+            goto unlock;
         }
-        if (rc == 0)
-            return 0;
-        if (rc != ETIMEDOUT && rc != EINTR && rc != EAGAIN)
-            return set_error(SHMKV_ESYS, "rwlock: error %d", rc);
-        uint64_t cur =
-            atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
-        if (cur != kv->current)
-            return SHMKV_ERETRY;
-        if (write && atomic_load_explicit(&kv->ctl->recover_gen,
-                                          memory_order_acquire) == kv->gen)
-            return SHMKV_ERETRY;
-        if (kv->can_recover && lock_has_dead_holder(kv, kv->gen)) {
-            rc = recover_current(kv);
-            if (rc != 0)
-                return rc;
+        if (!dead) {
+            out = 0; /* it lived after all (a claimer's brief hold) */
+            goto unlock;
         }
-        if (monotonic_ms() >= deadline) {
-            counter_bump(&kv->slot->lock_timeouts);
-            return set_error(SHMKV_ETIMEDOUT, "waited %u ms for the %s lock",
-                             kv->lock_timeout_ms, write ? "write" : "read");
+        atomic_store_explicit(&c->lock_word, LOCK_WORD(epoch, true),
+                              memory_order_seq_cst);
+    }
+    while (lock_live_holder(kv, epoch)) {
+        if (monotonic_ms() >= call_deadline(kv)) {
+            out = set_error(SHMKV_ETIMEDOUT,
+                            "a live process holds the store's lock while a "
+                            "dead one's is being recovered");
+            goto unlock;
+        }
+        pause_us(200);
+    }
+    rc = generation_refresh(kv);
+    if (rc != 0) {
+        out = rc;
+        goto unlock;
+    }
+    uint32_t repaired = intent_repair(kv);
+    uint64_t next = epoch + 1;
+    while (lock_slot_busy(kv, next)) {
+        if (++next - epoch > LOCK_SLOTS) {
+            out = set_error(SHMKV_ETIMEDOUT,
+                            "every lock slot is still used by a stopped "
+                            "process");
+            goto unlock;
+        }
+    }
+    struct lock_slot *ls = lock_slot_of(c, next);
+    rc = lock_init(&ls->rwlock);
+    if (rc != 0) {
+        out = rc;
+        goto unlock;
+    }
+    atomic_store(&ls->acquisitions, 0);
+    atomic_store(&ls->slow_reported, UINT32_MAX);
+    atomic_store_explicit(&c->lock_word, LOCK_WORD(next, false),
+                          memory_order_seq_cst);
+    lock_settle(&lock_slot_of(c, epoch)->rwlock);
+    atomic_fetch_add(&c->recoveries, 1);
+    event_log(c, SHMKV_EVENT_RECOVERED, dead_pid, monotonic_ms() - t0,
+              repaired);
+    out = SHMKV_ERETRY;
+unlock:
+    pthread_mutex_unlock(&c->recover_mutex);
+    return out;
+}
+
+int lock_recover_if_dead(struct shmkv *kv)
+{
+    uint64_t w =
+        atomic_load_explicit(&kv->ctl->lock_word, memory_order_seq_cst);
+    if (!LOCK_WORD_INSTALLING(w) &&
+        lock_dead_user(kv, LOCK_WORD_EPOCH(w), NULL) < 0)
+        return 0;
+    return lock_recover(kv, w);
+}
+
+/* Records, once per hold, that the lock's holder has kept it longer than
+ * the reader timeout. */
+static void report_slow_holder(struct shmkv *kv, uint64_t epoch,
+                               struct lock_slot *ls, uint32_t acquisitions,
+                               uint64_t waited_ms)
+{
+    uint32_t reported =
+        atomic_load_explicit(&ls->slow_reported, memory_order_relaxed);
+    if (reported == acquisitions ||
+        !atomic_compare_exchange_strong(&ls->slow_reported, &reported,
+                                        acquisitions))
+        return;
+    const struct client_slot *slots = client_slots(kv->ctl);
+    uint32_t n = clients_scan_limit(kv->ctl);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t st = atomic_load(&slots[i].lock_state);
+        if (st != 0 && LOCK_STATE_EPOCH(st) == epoch &&
+            LOCK_MODE_HELD(LOCK_STATE_MODE(st))) {
+            event_log(kv->ctl, SHMKV_EVENT_SLOW_WRITER,
+                      atomic_load(&slots[i].pid), waited_ms,
+                      LOCK_STATE_MODE(st));
+            return;
         }
     }
 }
 
-/* True if the copy of this handle's generation into a new one (recover_gen)
- * was begun by a process that died before publishing it: nothing would
- * ever clear recover_gen, and writers would wait for it until they time
- * out. The recoverer stored recover_pid and recover_start_ticks before
- * recover_gen (seq_cst), so having loaded recover_gen we see them. */
-static bool recovery_abandoned(struct shmkv *kv)
-{
-    struct ctl_header *c = kv->ctl;
-    int32_t pid = atomic_load_explicit(&c->recover_pid, memory_order_seq_cst);
-    return pid > 0 && pid != (int32_t)kv->pid &&
-           atomic_load_explicit(&c->recover_gen, memory_order_seq_cst) ==
-               kv->gen &&
-           !process_alive(pid, atomic_load(&c->recover_start_ticks));
-}
-
-static inline int lock_try(struct shmkv *kv, bool write)
-{
-    return write ? pthread_rwlock_trywrlock(kv->lock)
-                 : pthread_rwlock_tryrdlock(kv->lock);
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Sections are short (a write holds the lock for well under a
  * microsecond), so a process that finds the lock taken first retries for a
- * few microseconds, backing off, before it sleeps in the kernel: a futex
- * sleep and wake-up costs tens of microseconds and, with a steady mix of
- * writes, would make every reader pay it. */
-static int lock_spin(struct shmkv *kv, bool write)
+ * few microseconds, backing off, before it sleeps in the kernel. */
+static int lock_spin(pthread_rwlock_t *l, bool write)
 {
     unsigned pauses = 1;
     for (int attempt = 0; attempt < LOCK_SPIN_ATTEMPTS; attempt++) {
@@ -288,283 +364,166 @@ static int lock_spin(struct shmkv *kv, bool write)
             cpu_relax();
         if (pauses < LOCK_SPIN_MAX_PAUSES)
             pauses *= 2;
-        if (lock_try(kv, write) == 0)
+        if ((write ? pthread_rwlock_trywrlock(l)
+                   : pthread_rwlock_tryrdlock(l)) == 0)
             return 0;
     }
     return EBUSY;
 }
 
-/* With the write lock held: raises the generation's writer flag, so that
- * read sections take the rwlock from now on, and waits until none of those
- * begun without it (LOCKING_FAST) is left. Sections are short, so it spins
- * a few microseconds first. A dead process's claim means a new generation
- * (SHMKV_ERETRY). */
-static int readers_drain(struct shmkv *kv)
+/* Waits for the lock of word w in slices; between slices, notices a new
+ * lock (SHMKV_ERETRY) or a dead user of this one (recovers, then
+ * SHMKV_ERETRY), and the call's deadline. */
+static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
+                     bool write)
 {
-    atomic_store_explicit(kv->writer, 1, memory_order_seq_cst);
-    struct client_slot *slots =
-        (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
-    uint32_t n =
-        atomic_load_explicit(&kv->ctl->clients_hwm, memory_order_seq_cst);
-    if (n > kv->ctl->max_clients)
-        n = kv->ctl->max_clients;
-    const uint64_t fast = LOCK_STATE(kv->gen, LOCKING_FAST);
-    uint64_t deadline = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        struct client_slot *s = &slots[i];
-        unsigned spins = 0;
-        uint64_t st;
-        while ((st = atomic_load_explicit(&s->lock_state,
-                                          memory_order_seq_cst)) == fast &&
-               s != kv->slot) {
-            if (++spins < DRAIN_SPINS) {
-                cpu_relax();
-                continue;
-            }
-            /* A long section, or a dead reader's: look, then sleep. */
-            if (deadline == 0) {
-                deadline = monotonic_ms() + kv->lock_timeout_ms;
-                counter_bump(&kv->slot->lock_waits);
-            }
-            /* Recovered meanwhile, or being recovered by a process that
-             * waits for this writer to let go. */
-            if (atomic_load_explicit(&kv->ctl->current, memory_order_acquire) !=
-                    kv->current ||
-                atomic_load_explicit(&kv->ctl->recover_gen,
-                                     memory_order_seq_cst) == kv->gen)
-                return SHMKV_ERETRY;
-            /* A claim whose process looks dead is not simply cleared: if
-             * the process lives after all (in another pid namespace, say),
-             * it is still reading. The store moves to a new generation
-             * instead, which leaves the reader its copy untouched. */
-            int32_t pid = atomic_load(&s->pid);
-            if (kv->can_recover &&
-                (pid <= 0 ||
-                 !process_alive(pid, atomic_load(&s->start_ticks)))) {
-                int rc = recover_current(kv);
-                if (rc != 0)
-                    return rc;
-            }
-            if (monotonic_ms() >= deadline) {
-                atomic_store_explicit(kv->writer, 0, memory_order_release);
-                counter_bump(&kv->slot->lock_timeouts);
-                return set_error(SHMKV_ETIMEDOUT,
-                                 "waited %u ms for readers to finish",
-                                 kv->lock_timeout_ms);
-            }
-            struct timespec pause = {0, 100000};
-            nanosleep(&pause, NULL);
+    struct ctl_header *c = kv->ctl;
+    uint64_t epoch = LOCK_WORD_EPOCH(w);
+    uint64_t deadline = call_deadline(kv);
+    struct lock_slot *ls = lock_slot_of(c, epoch);
+    uint32_t acq_seen =
+        atomic_load_explicit(&ls->acquisitions, memory_order_relaxed);
+    uint64_t acq_since = monotonic_ms();
+    counter_bump(&kv->slot->lock_waits);
+    for (;;) {
+        uint64_t now = monotonic_ms();
+        uint64_t slice_end = now + LOCK_SLICE_MS;
+        if (slice_end > deadline)
+            slice_end = deadline;
+        int rc;
+        if (lock_phase_torn(l)) {
+            /* A hand-over under way, or one a dead process left half done:
+             * look again shortly, and for a dead user meanwhile. */
+            pause_us(200);
+            rc = ETIMEDOUT;
+        } else {
+            struct timespec ts = ms_to_timespec(slice_end);
+            rc = write ? pthread_rwlock_clockwrlock(l, CLOCK_MONOTONIC, &ts)
+                       : pthread_rwlock_clockrdlock(l, CLOCK_MONOTONIC, &ts);
+        }
+        if (rc == 0)
+            return 0;
+        if (rc != ETIMEDOUT && rc != EINTR && rc != EAGAIN)
+            return set_error(SHMKV_ESYS, "rwlock: error %d", rc);
+        if (atomic_load_explicit(&c->lock_word, memory_order_seq_cst) != w)
+            return SHMKV_ERETRY;
+        if (lock_dead_user(kv, epoch, NULL) >= 0) {
+            rc = lock_recover(kv, w);
+            if (rc != 0)
+                return rc;
+        }
+        now = monotonic_ms();
+        uint32_t acq =
+            atomic_load_explicit(&ls->acquisitions, memory_order_relaxed);
+        if (acq != acq_seen) {
+            acq_seen = acq;
+            acq_since = now;
+        } else if (now - acq_since >= kv->reader_timeout_ms) {
+            report_slow_holder(kv, epoch, ls, acq, now - acq_since);
+        }
+        if (now >= deadline) {
+            counter_bump(&kv->slot->lock_timeouts);
+            return set_error(SHMKV_ETIMEDOUT, "waited %u ms for the %s lock",
+                             kv->timeout_ms, write ? "write" : "read");
         }
     }
-    return 0;
 }
 
-/* Takes the lock on the attached generation, following generation changes.
- * On success the handle's generation is current and the lock is held. A
- * writer does not even ask for the lock of a generation being copied into a
- * new one (recover_gen): it waits for the new generation instead, and takes
- * the copy over if the process making it died. */
-static int lock_take(struct shmkv *kv, bool write)
+static void lock_state_clear(struct shmkv *kv)
 {
-    uint64_t deadline = 0; /* set on the first retry: reading the clock
-                              costs as much as an uncontended lock */
+    atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_seq_cst);
+}
+
+int lock_take(struct shmkv *kv, bool write)
+{
+    struct ctl_header *c = kv->ctl;
+    const unsigned waiting = write ? LOCK_WAIT_WRITE : LOCK_WAIT_READ;
+    const unsigned held = write ? LOCK_HELD_WRITE : LOCK_HELD_READ;
     if (write && kv->closer)
         return set_error(SHMKV_ECLOSED, "the store was closed");
     for (;;) {
         int rc = generation_refresh(kv);
         if (rc != 0)
             return rc;
-        if (write && atomic_load_explicit(&kv->ctl->recover_gen,
-                                          memory_order_seq_cst) == kv->gen) {
-            rc = SHMKV_ERETRY;
-            if (kv->can_recover && recovery_abandoned(kv)) {
-                /* Claims the recovery from the dead process (removing the
-                 * segment it was building) and copies the generation. */
-                rc = generation_recover(kv, kv->gen);
-                if (rc == 0 || rc == SHMKV_ETIMEDOUT)
-                    rc = SHMKV_ERETRY;
+        uint64_t w = atomic_load_explicit(&c->lock_word, memory_order_seq_cst);
+        if (LOCK_WORD_INSTALLING(w)) {
+            /* A recovery is under way, or its recoverer died or gave up:
+             * carry it on, or wait for the one at it. */
+            rc = lock_recover(kv, w);
+            if (rc == SHMKV_ERETRY)
+                continue;
+            if (rc != 0)
+                return rc;
+            if (monotonic_ms() >= call_deadline(kv)) {
+                counter_bump(&kv->slot->lock_timeouts);
+                return set_error(SHMKV_ETIMEDOUT,
+                                 "the store's lock is being recovered; gave "
+                                 "up after %u ms",
+                                 kv->timeout_ms);
             }
-            goto next;
+            pause_us(200);
+            continue;
         }
-        atomic_store_explicit(
-            &kv->slot->lock_state,
-            LOCK_STATE(kv->gen, write ? LOCKING_WRITE : LOCKING_READ),
-            write ? memory_order_seq_cst : memory_order_relaxed);
-        rc = lock_try(kv, write);
-        if (rc != 0 && write) {
-            /* Raised early too, so that read sections meanwhile queue on
-             * the rwlock: behind this writer, and where a reader finds a
-             * dead holder and recovers the store. */
-            atomic_store_explicit(kv->writer, 1, memory_order_relaxed);
+        uint64_t epoch = LOCK_WORD_EPOCH(w);
+        atomic_store_explicit(&kv->slot->lock_state, LOCK_STATE(epoch, waiting),
+                              memory_order_seq_cst);
+        if (atomic_load_explicit(&c->lock_word, memory_order_seq_cst) != w) {
+            lock_state_clear(kv);
+            continue;
         }
+        pthread_rwlock_t *l = &lock_slot_of(c, epoch)->rwlock;
+        rc = write ? pthread_rwlock_trywrlock(l) : pthread_rwlock_tryrdlock(l);
         if (rc != 0)
-            rc = lock_spin(kv, write);
+            rc = lock_spin(l, write);
         if (rc != 0)
-            rc = lock_wait(kv, write);
-        if (rc == 0) {
-            /* Pairs with lock_settle's release, for a waiter it let out. */
-            atomic_thread_fence(memory_order_acquire);
-            if (write)
-                atomic_store_explicit(&kv->slot->lock_state,
-                                      LOCK_STATE(kv->gen, LOCKING_WRITE_HELD),
-                                      memory_order_seq_cst);
-            /* A recovery may have published a new generation while this
-             * handle waited on the old lock; a writer must also not write
-             * into a generation that is being copied (seq_cst pairs with
-             * generation_recover's store of recover_gen). */
-            bool stale =
-                write && atomic_load_explicit(&kv->ctl->recover_gen,
-                                              memory_order_seq_cst) == kv->gen;
-            /* After recover_gen: a recovery that ended in between has
-             * published its generation by then. */
-            uint64_t cur =
-                atomic_load_explicit(&kv->ctl->current, memory_order_seq_cst);
-            stale = stale || cur != kv->current;
-            if (!stale) {
-                if (!write) {
-                    /* Holding the read lock, no writer can be at work: a
-                     * flag still raised is a waiting writer's, or a dead
-                     * one's. Left up, it would send every read section
-                     * to the rwlock. */
-                    uint32_t w =
-                        atomic_load_explicit(kv->writer, memory_order_relaxed);
-                    if (w != 0)
-                        atomic_compare_exchange_strong(kv->writer, &w, 0);
-                    kv->read_fast = false;
-                    return 0;
-                }
-                rc = readers_drain(kv);
-                if (rc == 0)
-                    return 0;
-                pthread_rwlock_unlock(kv->lock);
-                if (rc != SHMKV_ERETRY) {
-                    atomic_store_explicit(&kv->slot->lock_state, 0,
-                                          memory_order_seq_cst);
-                    return rc;
-                }
-            } else {
-                pthread_rwlock_unlock(kv->lock);
-                rc = SHMKV_ERETRY;
-            }
-        }
-        atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_seq_cst);
-    next:
-        if (rc != SHMKV_ERETRY)
+            rc = lock_wait(kv, l, w, write);
+        if (rc != 0) {
+            lock_state_clear(kv);
+            if (rc == SHMKV_ERETRY)
+                continue;
             return rc;
-        if (deadline == 0)
-            deadline = monotonic_ms() + 2u * kv->lock_timeout_ms;
-        else if (monotonic_ms() >= deadline) {
-            counter_bump(&kv->slot->lock_timeouts);
-            return set_error(SHMKV_ETIMEDOUT,
-                             "the store is being recovered; gave up after "
-                             "%u ms",
-                             2u * kv->lock_timeout_ms);
         }
-        if (write && atomic_load_explicit(&kv->ctl->recover_gen,
-                                          memory_order_acquire) == kv->gen) {
-            struct timespec pause = {0, 1000000};
-            nanosleep(&pause, NULL);
+        /* Pairs with lock_settle's release, for a waiter it let out. */
+        atomic_thread_fence(memory_order_acquire);
+        atomic_store_explicit(&kv->slot->lock_state, LOCK_STATE(epoch, held),
+                              memory_order_seq_cst);
+        /* A recovery that began before the held state was visible has
+         * marked the word: let go before touching anything (seq_cst pairs
+         * with lock_recover's mark). A generation change or a close that
+         * came while this process waited is followed likewise. */
+        if (atomic_load_explicit(&c->lock_word, memory_order_seq_cst) != w ||
+            atomic_load_explicit(&c->current, memory_order_acquire) !=
+                kv->current) {
+            pthread_rwlock_unlock(l);
+            lock_state_clear(kv);
+            continue;
         }
+        kv->lock = l;
+        kv->lock_epoch = epoch;
+        kv->lock_write = write;
+        if (write) {
+            struct lock_slot *ls = lock_slot_of(c, epoch);
+            atomic_store_explicit(
+                &ls->acquisitions,
+                atomic_load_explicit(&ls->acquisitions, memory_order_relaxed) +
+                    1,
+                memory_order_relaxed);
+            /* Only a recoverer leaves a lock to others with an operation
+             * unfinished, having repaired it: this is for a store damaged
+             * otherwise. */
+            if (atomic_load_explicit(&kv->data->intent.state,
+                                     memory_order_acquire) != INTENT_IDLE)
+                intent_repair(kv);
+        }
+        return 0;
     }
 }
 
-int lock_read_slow(struct shmkv *kv)
+void lock_release(struct shmkv *kv)
 {
-    return lock_take(kv, false);
-}
-
-int lock_write(struct shmkv *kv)
-{
-    return lock_take(kv, true);
-}
-
-void lock_write_end(struct shmkv *kv)
-{
-    atomic_store_explicit(kv->writer, 0, memory_order_release);
+    if (kv->lock == NULL)
+        return;
     pthread_rwlock_unlock(kv->lock);
     atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
-}
-
-static struct client_slot *client_slots(struct shmkv *kv)
-{
-    return (struct client_slot *)((char *)kv->ctl + kv->ctl->clients_off);
-}
-
-/* Folds a slot's counters into the store's and frees it. */
-static void client_slot_retire(struct shmkv *kv, struct client_slot *s)
-{
-    struct ctl_header *c = kv->ctl;
-    atomic_fetch_add(&c->retired_hits, atomic_exchange(&s->hits, 0));
-    atomic_fetch_add(&c->retired_misses, atomic_exchange(&s->misses, 0));
-    atomic_fetch_add(&c->retired_lock_waits,
-                     atomic_exchange(&s->lock_waits, 0));
-    atomic_fetch_add(&c->retired_lock_timeouts,
-                     atomic_exchange(&s->lock_timeouts, 0));
-    atomic_store(&s->lock_state, 0);
-    atomic_store(&s->start_ticks, 0);
-    atomic_store(&s->pid, 0);
-}
-
-/* Frees the slots of dead processes that cannot hold the current
- * generation's rwlock nor claim a read section in it. */
-void client_slots_reap(struct shmkv *kv)
-{
-    struct client_slot *slots = client_slots(kv);
-    uint32_t gen = (uint32_t)CURRENT_GEN(
-        atomic_load_explicit(&kv->ctl->current, memory_order_acquire));
-    for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
-        struct client_slot *s = &slots[i];
-        int32_t pid = atomic_load(&s->pid);
-        if (pid == 0 || s == kv->slot)
-            continue;
-        uint64_t st = atomic_load(&s->lock_state);
-        if (st != 0 && LOCK_STATE_GEN(st) == gen)
-            continue;
-        if (process_alive(pid, atomic_load(&s->start_ticks)))
-            continue;
-        /* Claim it before retiring, so two reapers do not both fold it. */
-        if (atomic_compare_exchange_strong(&s->pid, &pid, -1))
-            client_slot_retire(kv, s);
-    }
-}
-
-int client_slot_claim(struct shmkv *kv)
-{
-    struct client_slot *slots = client_slots(kv);
-    for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t i = 0; i < kv->ctl->max_clients; i++) {
-            int32_t expected = 0;
-            if (atomic_compare_exchange_strong(&slots[i].pid, &expected,
-                                               (int32_t)kv->pid)) {
-                atomic_store(&slots[i].start_ticks, kv->start_ticks);
-                atomic_store(&slots[i].lock_state, 0);
-                uint32_t hwm = atomic_load(&kv->ctl->clients_hwm);
-                while (hwm < i + 1 && !atomic_compare_exchange_weak(
-                                          &kv->ctl->clients_hwm, &hwm, i + 1)) {
-                }
-                kv->slot = &slots[i];
-                return 0;
-            }
-        }
-        client_slots_reap(kv);
-        /* Slots of dead processes that may hold the current generation's
-         * lock, or claim a read section in it, come back only with a new
-         * generation: make one, as a waiter for the lock would. */
-        if (pass == 0 && kv->can_recover && generation_refresh(kv) == 0 &&
-            lock_has_dead_holder(kv, kv->gen)) {
-            generation_recover(kv, kv->gen);
-            client_slots_reap(kv);
-        }
-    }
-    return set_error(SHMKV_ECLIENTS,
-                     "all %u client slots of the store are in use",
-                     kv->ctl->max_clients);
-}
-
-void client_slot_release(struct shmkv *kv)
-{
-    if (kv->slot == NULL)
-        return;
-    client_slot_retire(kv, kv->slot);
-    kv->slot = NULL;
+    kv->lock = NULL;
 }

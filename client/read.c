@@ -1,13 +1,20 @@
 /*
  * read.c - read sections and lookups.
  *
- * A read section holds the read lock; every value handed out in it points
- * into the data segment and stays valid until the section ends, because no
- * writer can free or reuse its block until then. A lookup costs the key's
- * hash, one index line, the entry's lines, and two stores to this handle's
- * own client slot (hit counter, and in an lru store a recency stamp, which
- * readers write without the write lock: a relaxed store of the LRU clock
- * into a cell chosen by the key's hash tag).
+ * A read section takes no lock: it claims the read epoch in the handle's
+ * client slot (read_claim, internal.h), and every value handed out in it
+ * points into the data segment and stays valid until the section ends,
+ * because no writer frees or reuses a block a section that began before its
+ * unlink may see (reclaim.c). A lookup costs the key's hash, one index
+ * line, the entry's lines, and two stores to this handle's own client slot
+ * (hit counter, and in an lru store a recency stamp, which readers write
+ * without the write lock: a relaxed store of the LRU clock into a cell
+ * chosen by the key's hash tag).
+ *
+ * Writers change the index beside readers, and a section a writer revoked
+ * may be reading memory that is being reused: so every offset and length a
+ * lookup hands on is checked against the arena first, and what it reads
+ * never lies outside the segment.
  */
 #include <string.h>
 #include <time.h>
@@ -57,7 +64,7 @@ int shmkv_read_begin(struct shmkv *kv)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (kv->in_read)
         return set_error(SHMKV_ESTATE, "a read section is already open");
-    int rc = lock_read(kv);
+    int rc = read_claim(kv);
     if (rc != 0)
         return rc;
     kv->in_read = true;
@@ -65,15 +72,50 @@ int shmkv_read_begin(struct shmkv *kv)
     return 0;
 }
 
+/* Why a section ended stale; out of line, off the hot path. */
+static __attribute__((noinline, cold)) int section_stale(struct shmkv *kv)
+{
+    slot_count(&kv->slot->stale);
+    return set_error(SHMKV_ESTALE,
+                     "the read section was revoked: it was held past the "
+                     "store's reader timeout (%u ms) while a writer needed "
+                     "memory it could see",
+                     kv->reader_timeout_ms);
+}
+
 int shmkv_read_end(struct shmkv *kv)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (!kv->in_read)
-        return set_error(SHMKV_ESTATE, "no read section is open");
+        return set_error(SHMKV_ESTATE, kv->forked
+                                           ? "the handle belongs to another "
+                                             "process"
+                                           : "no read section is open");
     kv->in_read = false;
-    lock_read_end(kv);
+    if (__builtin_expect(read_release(kv) != 0, 0))
+        return section_stale(kv);
     return 0;
+}
+
+/* Why an entry cannot be handed out: its value would run past the arena.
+ * In a revoked section that is memory being reused; otherwise damage. */
+static __attribute__((noinline, cold)) int entry_out_of_bounds(struct shmkv *kv)
+{
+    if (!read_claim_valid(kv))
+        return SHMKV_ESTALE;
+    return set_error(SHMKV_ECORRUPT,
+                     "an entry's value runs past the end of the arena");
+}
+
+/* True if the entry e, found for a key of klen bytes, has a value that
+ * ends inside the arena. */
+static inline bool entry_in_bounds(const struct shmkv *kv,
+                                   const struct block *e, size_t klen)
+{
+    uint64_t start =
+        (uint64_t)((const char *)(e + 1) - (const char *)kv->data) + klen;
+    return e->u.entry.vlen <= kv->read_end_bytes - start;
 }
 
 /* The lookup inside a read section, arguments already checked: the live
@@ -142,15 +184,21 @@ static int check_key(const struct shmkv *kv, const void *key, size_t klen)
 }
 
 /* Why shmkv_get refused its arguments; out of line, off the hot path. */
-static __attribute__((noinline, cold)) int get_refused(const struct shmkv *kv,
+static __attribute__((noinline, cold)) int get_refused(struct shmkv *kv,
                                                        const void *key,
                                                        size_t klen,
                                                        const shmkv_val_t *val)
 {
     if (kv == NULL || val == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or value");
+    if (kv->forked)
+        return set_error(SHMKV_EFORKED,
+                         "the handle was opened by process %d, not this one",
+                         (int)kv->pid);
     if (!kv->in_read)
         return set_error(SHMKV_ESTATE, "shmkv_get outside a read section");
+    if (!read_claim_valid(kv))
+        return section_stale(kv);
     return check_key(kv, key, klen);
 }
 
@@ -160,12 +208,15 @@ __attribute__((flatten)) int shmkv_get(struct shmkv *kv, const void *key,
 {
     /* One test for every refusal: klen - 1 wraps for an empty key. */
     if (__builtin_expect(kv == NULL || val == NULL || key == NULL ||
-                             !kv->in_read || klen - 1 >= kv->max_key_bytes,
+                             !kv->in_read || klen - 1 >= kv->max_key_bytes ||
+                             !read_claim_valid(kv),
                          0))
         return get_refused(kv, key, klen, val);
     const struct block *e = lookup(kv, key, klen);
     if (e == NULL)
         return SHMKV_ENOTFOUND;
+    if (__builtin_expect(!entry_in_bounds(kv, e, klen), 0))
+        return entry_out_of_bounds(kv);
     /* The value's address from the caller's klen, equal to the entry's:
      * computed from the entry's own, it would wait for the entry's first
      * line to arrive before the value's line (often the next one) could
@@ -175,32 +226,68 @@ __attribute__((flatten)) int shmkv_get(struct shmkv *kv, const void *key,
     return 0;
 }
 
-int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
-                   size_t cap, size_t *vlen)
+/* What a one-key call reads of an entry, copied out inside the section. */
+struct entry_copy {
+    void *buf;
+    size_t cap;
+    size_t vlen;
+    uint32_t expire_unix;
+};
+
+/* Looks key up in the open section, or in one of its own; copies what c
+ * asks for. A section of its own that a writer revoked meanwhile is
+ * simply taken again: nothing it read has been handed out. */
+static int lookup_copy(struct shmkv *kv, const void *key, size_t klen,
+                       struct entry_copy *c)
 {
-    if (kv == NULL || vlen == NULL || (buf == NULL && cap > 0))
-        return set_error(SHMKV_EINVAL, "NULL handle, buffer or length");
+    if (kv->forked)
+        return set_error(SHMKV_EFORKED,
+                         "the handle was opened by process %d, not this one",
+                         (int)kv->pid);
     int rc = check_key(kv, key, klen);
     if (rc != 0)
         return rc;
     uint64_t hash = key_hash(key, klen, kv->seed);
     bool own_section = !kv->in_read;
-    if (own_section) {
-        rc = section_begin_for(kv, key, klen, &hash);
-        if (rc != 0)
+    for (int attempt = 0;; attempt++) {
+        if (own_section) {
+            rc = section_begin_for(kv, key, klen, &hash);
+            if (rc != 0)
+                return rc;
+        } else if (!read_claim_valid(kv)) {
+            return section_stale(kv);
+        }
+        const struct block *e = lookup_call(kv, hash, key, klen);
+        rc = e == NULL ? SHMKV_ENOTFOUND : 0;
+        if (rc == 0 && !entry_in_bounds(kv, e, klen))
+            rc = entry_out_of_bounds(kv);
+        if (rc == 0) {
+            c->vlen = e->u.entry.vlen;
+            c->expire_unix = e->u.entry.expire_unix;
+            if (c->vlen > c->cap)
+                rc = SHMKV_ENOBUFS;
+            else if (c->vlen > 0 && c->buf != NULL)
+                memcpy(c->buf, entry_key(e) + klen, c->vlen);
+        }
+        if (!own_section)
             return rc;
+        kv->in_read = false;
+        if (read_release(kv) == 0)
+            return rc;
+        if (attempt == 3)
+            return section_stale(kv);
     }
-    const struct block *e = lookup_call(kv, hash, key, klen);
-    rc = e == NULL ? SHMKV_ENOTFOUND : 0;
-    if (rc == 0) {
-        *vlen = e->u.entry.vlen;
-        if (e->u.entry.vlen > cap)
-            rc = SHMKV_ENOBUFS;
-        else if (e->u.entry.vlen > 0) /* buf may be NULL when cap is 0 */
-            memcpy(buf, entry_key(e) + klen, e->u.entry.vlen);
-    }
-    if (own_section)
-        shmkv_read_end(kv);
+}
+
+int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
+                   size_t cap, size_t *vlen)
+{
+    if (kv == NULL || vlen == NULL || (buf == NULL && cap > 0))
+        return set_error(SHMKV_EINVAL, "NULL handle, buffer or length");
+    struct entry_copy c = {.buf = buf, .cap = cap};
+    int rc = lookup_copy(kv, key, klen, &c);
+    if (rc == 0 || rc == SHMKV_ENOBUFS)
+        *vlen = c.vlen;
     return rc;
 }
 
@@ -208,28 +295,19 @@ int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s)
 {
     if (kv == NULL || ttl_s == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or result");
-    int rc = check_key(kv, key, klen);
-    if (rc != 0)
-        return rc;
-    uint64_t hash = key_hash(key, klen, kv->seed);
-    bool own_section = !kv->in_read;
-    if (own_section) {
-        rc = section_begin_for(kv, key, klen, &hash);
-        if (rc != 0)
-            return rc;
-    }
-    const struct block *e = lookup_call(kv, hash, key, klen);
-    rc = e == NULL ? SHMKV_ENOTFOUND : 0;
+    struct entry_copy c = {.cap = SIZE_MAX};
+    int rc = lookup_copy(kv, key, klen, &c);
     if (rc == 0) {
-        uint32_t at = e->u.entry.expire_unix;
+        uint32_t at = c.expire_unix;
         *ttl_s = at == 0 ? -1 : (int64_t)at - (int64_t)clock_unix();
         if (*ttl_s == 0)
             *ttl_s = 1; /* not yet expired: at least part of a second */
     }
-    if (own_section)
-        shmkv_read_end(kv);
     return rc;
 }
+
+/* Index slots a foreach visits per read section. */
+#define FOREACH_SLOTS_PER_SECTION 512u
 
 int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
 {
@@ -240,14 +318,23 @@ int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
     int rc = shmkv_read_begin(kv);
     if (rc != 0)
         return rc;
+    uint32_t gen = kv->gen;
+    uint64_t nbuckets = kv->nbuckets;
     int64_t now = clock_unix();
-    for (uint64_t b = 0; b < kv->nbuckets && rc == 0; b++) {
+    uint64_t b = 0;
+    unsigned visited = 0;
+    while (rc == 0 && b < nbuckets) {
         for (unsigned i = 0; i < BUCKET_SLOTS && rc == 0; i++) {
             uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
                                               memory_order_acquire);
-            if (SLOT_OFF(s) == 0)
+            if (SLOT_OFF(s) == 0 || !slot_in_arena(kv, s))
                 continue;
             const struct block *e = block_at(kv->data, SLOT_OFF(s));
+            if (e->klen == 0 || e->klen > kv->max_key_bytes ||
+                !entry_in_bounds(kv, e, e->klen)) {
+                rc = entry_out_of_bounds(kv);
+                break;
+            }
             int64_t ttl = 0;
             if (e->u.entry.expire_unix != 0) {
                 ttl = (int64_t)e->u.entry.expire_unix - now;
@@ -257,7 +344,21 @@ int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
             rc = fn(ctx, entry_key(e), e->klen, entry_value(e), e->u.entry.vlen,
                     ttl);
         }
+        b++;
+        visited += BUCKET_SLOTS;
+        if (rc == 0 && b < nbuckets && visited >= FOREACH_SLOTS_PER_SECTION) {
+            /* Let writers reclaim what this section held back. */
+            visited = 0;
+            rc = shmkv_read_end(kv);
+            if (rc == 0)
+                rc = shmkv_read_begin(kv);
+            if (rc != 0)
+                return rc;
+            if (kv->gen != gen)
+                rc = set_error(SHMKV_ESTALE, "the store's data segment was "
+                                             "replaced during the walk");
+        }
     }
-    shmkv_read_end(kv);
-    return rc;
+    int end = shmkv_read_end(kv);
+    return rc != 0 ? rc : end;
 }

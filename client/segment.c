@@ -4,21 +4,16 @@
  * Keys come as a number ("key:0x5eed0001", "0x5eed0001", "1234"), as
  * ftok(path, proj_id) ("ftok:/path:1"), or from a shmkvd config file's
  * [store] key setting. Kernel errors map to distinct shmkv codes, naming
- * the sysctl when a limit was hit. A process is identified by its pid and
- * its start time, so that a reused pid is not mistaken for a live holder.
+ * the sysctl when a limit was hit.
  */
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <ini.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -205,70 +200,4 @@ int segment_attach(int shmid, bool rdonly, void **addr_out, uint64_t *bytes_out)
     *addr_out = addr;
     *bytes_out = ds.shm_segsz;
     return 0;
-}
-
-/* True if a process whose main thread is a zombie still has other
- * threads: it is alive, and may be reading the store. */
-static bool threads_left(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
-    DIR *dir = opendir(path);
-    if (dir == NULL)
-        return false;
-    int tasks = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL && tasks == 0)
-        if (e->d_name[0] != '.' && atoi(e->d_name) != (int)pid)
-            tasks++;
-    closedir(dir);
-    return tasks > 0;
-}
-
-/* Field 22 of /proc/PID/stat: start time in clock ticks since boot. 0 if the
- * process is gone, or a zombie whose threads have all exited (it will
- * never release anything). */
-uint64_t process_start_ticks(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    /* The command name may hold spaces and parentheses: skip to the last
-     * ')'. Then: state, and 19 more fields to starttime. */
-    char *p = strrchr(buf, ')');
-    if (p == NULL || p[1] != ' ')
-        return 0;
-    char state = p[2];
-    if (state == 'X' || state == 'x' || (state == 'Z' && !threads_left(pid)))
-        return 0;
-    p += 2;
-    for (int field = 3; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (p == NULL)
-            return 0;
-        p++;
-    }
-    return strtoull(p, NULL, 10);
-}
-
-bool process_alive(pid_t pid, uint64_t start_ticks)
-{
-    if (pid <= 0)
-        return false;
-    uint64_t now = process_start_ticks(pid);
-    if (now == 0) {
-        /* No /proc entry (or a zombie). Without /proc at all, fall back to
-         * the kill test. */
-        if (access("/proc/self/stat", R_OK) == 0)
-            return false;
-        return kill(pid, 0) == 0 || errno == EPERM;
-    }
-    return start_ticks == 0 || now == start_ticks;
 }

@@ -1,10 +1,10 @@
 /*
  * stats.c - statistics and the consistency check.
  *
- * Counters that every reader bumps (hits, misses, lock waits) live in each
- * handle's own client slot, so readers in different processes never write
- * the same cache line; stats sums the slots, plus what retired slots left.
- * Counters bumped by writers live in the control header and survive
+ * Counters that every reader or writer bumps (hits, misses, sets, deletes,
+ * lock waits) live in each handle's own client slot, so processes never
+ * write the same cache line for them; stats sums the slots, plus what freed
+ * slots left. Rarer counters live in the control header and survive
  * generations.
  */
 #include <stdarg.h>
@@ -38,8 +38,14 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     memset(st, 0, sizeof *st);
     st->entries = d->entries;
     st->entries_with_ttl = d->ttl_entries;
-    st->bytes_used = d->used_units * UNIT_BYTES;
+    /* After a flush, until the arena is rebuilt, every used block is an
+     * unlinked one. */
+    uint64_t limbo = d->flush_epoch != 0 ? d->used_units : d->limbo_units;
+    if (limbo > d->used_units)
+        limbo = d->used_units;
+    st->bytes_used = (d->used_units - limbo) * UNIT_BYTES;
     st->bytes_free = d->free_units * UNIT_BYTES;
+    st->bytes_limbo = limbo * UNIT_BYTES;
     st->bytes_capacity = d->arena_units * UNIT_BYTES;
     st->largest_free = arena_largest_free(d);
     st->fragmentation =
@@ -47,35 +53,79 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
                        : 0.0;
     st->index_slots = d->nbuckets * BUCKET_SLOTS;
     st->segment_bytes = c->ctl_bytes + c->data_bytes;
-    st->sets = atomic_load(&c->sets);
-    st->deletes = atomic_load(&c->deletes);
     st->evictions = atomic_load(&c->evictions);
     st->expirations = atomic_load(&c->expirations);
     st->recoveries = atomic_load(&c->recoveries);
+    st->revocations = atomic_load(&c->revocations);
+    st->dead_readers = atomic_load(&c->dead_readers);
+    st->sets = atomic_load(&c->retired_sets);
+    st->deletes = atomic_load(&c->retired_deletes);
     st->hits = atomic_load(&c->retired_hits);
     st->misses = atomic_load(&c->retired_misses);
     st->lock_waits = atomic_load(&c->retired_lock_waits);
     st->lock_timeouts = atomic_load(&c->retired_lock_timeouts);
-    const struct client_slot *slots =
-        (const struct client_slot *)((const char *)c + c->clients_off);
-    for (uint32_t i = 0; i < c->max_clients; i++) {
-        if (atomic_load(&slots[i].pid) > 0)
+    st->stale_sections = atomic_load(&c->retired_stale);
+    const struct client_slot *slots = client_slots(c);
+    uint32_t n = clients_scan_limit(c);
+    uint8_t *alive = n > 0 ? malloc(n) : NULL;
+    bool known = alive != NULL && liveness_all(c, n, alive);
+    for (uint32_t i = 0; i < n; i++) {
+        if (atomic_load(&slots[i].pid) != 0 && (!known || alive[i]))
             st->clients++;
         st->hits += atomic_load(&slots[i].hits);
         st->misses += atomic_load(&slots[i].misses);
+        st->sets += atomic_load(&slots[i].sets);
+        st->deletes += atomic_load(&slots[i].deletes);
         st->lock_waits += atomic_load(&slots[i].lock_waits);
         st->lock_timeouts += atomic_load(&slots[i].lock_timeouts);
+        st->stale_sections += atomic_load(&slots[i].stale);
     }
+    free(alive);
     st->max_key_bytes = c->max_key_bytes;
     st->max_value_bytes = c->max_value_bytes;
     st->eviction = (enum shmkv_eviction)c->eviction;
     st->lock_timeout_ms = c->lock_timeout_ms;
+    st->reader_timeout_ms = c->reader_timeout_ms;
     st->max_clients = c->max_clients;
     st->generation = kv->gen;
     st->owner_pid = atomic_load(&c->owner_pid);
     st->created_unix = c->created_unix;
-    shmkv_read_end(kv);
-    return 0;
+    return shmkv_read_end(kv);
+}
+
+/* Takes limbo's blocks out of used_map (they are unlinked, not leaked) and
+ * checks the ring's bookkeeping. */
+static void limbo_check(const struct shmkv *kv, uint8_t *used_map,
+                        struct shmkv_check_report *r)
+{
+    const struct data_header *d = kv->data;
+    if (d->limbo_tail < d->limbo_head ||
+        d->limbo_tail - d->limbo_head > d->limbo_slots) {
+        check_problem(r, "limbo ring positions %llu..%llu are impossible",
+                      (unsigned long long)d->limbo_head,
+                      (unsigned long long)d->limbo_tail);
+        return;
+    }
+    const uint64_t *ring = (const uint64_t *)((const char *)d + d->limbo_off);
+    uint32_t first = (uint32_t)(d->arena_off / UNIT_BYTES);
+    uint64_t units = 0;
+    for (uint64_t p = d->limbo_head; p != d->limbo_tail; p++) {
+        uint32_t off = LIMBO_OFF(ring[p & (d->limbo_slots - 1)]);
+        uint64_t bit = (uint64_t)off - first;
+        if (off < first || bit >= d->arena_units ||
+            !(used_map[bit / 8] & (1u << (bit % 8)))) {
+            check_problem(r, "limbo entry %llu: unit %u is not a used block",
+                          (unsigned long long)p, off);
+            continue;
+        }
+        used_map[bit / 8] &= (uint8_t) ~(1u << (bit % 8));
+        units += block_at(d, off)->size_units;
+        r->blocks_limbo++;
+    }
+    if (units != d->limbo_units)
+        check_problem(r, "limbo holds %llu units, header says %llu",
+                      (unsigned long long)units,
+                      (unsigned long long)d->limbo_units);
 }
 
 int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report)
@@ -85,13 +135,14 @@ int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report)
     if (kv->in_read)
         return set_error(SHMKV_ESTATE, "shmkv_check inside a read section");
     memset(report, 0, sizeof *report);
-    int rc = shmkv_read_begin(kv);
+    kv->deadline_ms = 0;
+    int rc = lock_take(kv, false);
     if (rc != 0)
         return rc;
     const struct data_header *d = kv->data;
     uint8_t *used_map = calloc(d->arena_units / 8 + 1, 1);
     if (used_map == NULL) {
-        shmkv_read_end(kv);
+        lock_release(kv);
         return set_error(SHMKV_ENOMEM, "no memory for the check's bitmap");
     }
     if (d->generation != kv->gen)
@@ -101,10 +152,22 @@ int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report)
         check_problem(report, "%llu entries over the index's %llu",
                       (unsigned long long)d->entries,
                       (unsigned long long)d->max_load);
-    if (arena_check(d, used_map, report) == 0)
+    if (atomic_load(&d->intent.state) != INTENT_IDLE)
+        check_problem(report, "a write is unfinished (kind %u) with no writer",
+                      d->intent.kind);
+    if (arena_check(d, used_map, report) == 0) {
+        if (d->flush_epoch != 0) {
+            /* Flushed, arena not yet rebuilt: every used block is old. */
+            memset(used_map, 0, d->arena_units / 8 + 1);
+            report->blocks_limbo = report->blocks_used;
+        } else {
+            limbo_check(kv, used_map, report);
+        }
+        report->blocks_used -= report->blocks_limbo;
         rc = table_check(kv, used_map, report);
+    }
     free(used_map);
-    shmkv_read_end(kv);
+    lock_release(kv);
     if (rc != 0)
         return rc;
     if (report->problems > 0)

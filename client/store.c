@@ -1,16 +1,23 @@
 /*
- * store.c - creating, attaching and removing a store.
+ * store.c - creating, attaching and removing a store, and the process's
+ * list of its open handles.
  *
  * The control segment sits at the store's key and lives as long as the
  * store. Its header is written completely before its magic, so an opener
- * that races the creator sees either no store or a whole one. Every
- * segment made here has one owner of its IPC_RMID: the control segment and
- * the current data segment belong to shmkv_destroy() / shmkv_remove(); a
- * segment being built by a recovery is recorded in recover_shmid, and the
- * one it replaces in retired_shmid, so that whoever takes over removes
- * them.
+ * that races the creator sees either no store or a whole one. Every System
+ * V object made here has one owner of its IPC_RMID: the control segment,
+ * the current data segment and the liveness semaphores all belong to
+ * shmkv_destroy() / shmkv_remove(), which find them through the control
+ * header.
+ *
+ * A handle belongs to the process that opened it. The process keeps a list
+ * of its open handles, and a fork() handler marks each one in the child as
+ * the parent's: every call through it there fails with SHMKV_EFORKED, and
+ * closing it only frees the child's copy (the parent's client slot, claim
+ * and liveness semaphore are the parent's).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
@@ -28,6 +35,8 @@
 #define MAX_RECENCY_CELLS (1ull << 24)
 #define DEFAULT_MAX_KEY_BYTES 250u
 #define DEFAULT_MAX_VALUE_BYTES (1u << 20)
+#define DEFAULT_READER_TIMEOUT_MS 1000u
+#define LIMBO_SLOTS 4096u
 
 void shmkv_options_init(struct shmkv_options *opts)
 {
@@ -41,6 +50,7 @@ void shmkv_options_init(struct shmkv_options *opts)
     opts->max_value_bytes = 0; /* DEFAULT_MAX_VALUE_BYTES, or size / 4 */
     opts->eviction = SHMKV_EVICT_NONE;
     opts->lock_timeout_ms = 5000;
+    opts->reader_timeout_ms = DEFAULT_READER_TIMEOUT_MS;
     opts->max_clients = 1024;
 }
 
@@ -86,14 +96,34 @@ static uint64_t next_pow2(uint64_t v)
 struct geometry {
     uint64_t data_bytes;
     uint64_t nbuckets;
-    uint64_t index_off;
-    uint64_t arena_off;
     uint64_t ctl_bytes;
     uint64_t locks_off;
     uint64_t clients_off;
+    uint64_t pins_off;
     uint64_t recency_off;
     uint64_t recency_cells;
 };
+
+/* Lays out a data segment's regions in *d: header, index, limbo ring, undo
+ * log, arena, and past the arena's end sentinel room for a key, so that a
+ * reader comparing a key at any block stays inside the segment. */
+static void data_layout(struct data_header *d, uint64_t data_bytes,
+                        uint64_t nbuckets, uint32_t max_key_bytes)
+{
+    d->data_bytes = data_bytes;
+    d->nbuckets = nbuckets;
+    d->index_off = align_up(sizeof *d, CACHE_LINE);
+    d->limbo_off =
+        align_up(d->index_off + index_bytes_for(nbuckets), CACHE_LINE);
+    d->limbo_slots = LIMBO_SLOTS;
+    d->undo_off = align_up(d->limbo_off + LIMBO_SLOTS * 8u, CACHE_LINE);
+    d->undo_slots = undo_bytes_for() / sizeof(struct undo_rec);
+    d->arena_off = align_up(d->undo_off + undo_bytes_for(), CACHE_LINE);
+    uint64_t pad = align_up((uint64_t)max_key_bytes + UNIT_BYTES, UNIT_BYTES);
+    d->arena_units = d->arena_off + pad + 2 * UNIT_BYTES < data_bytes
+                         ? (data_bytes - d->arena_off - pad) / UNIT_BYTES - 1
+                         : 0;
+}
 
 /* The options with defaults filled in for zero limits. */
 static struct shmkv_options options_resolved(const struct shmkv_options *in)
@@ -138,6 +168,10 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
         return set_error(SHMKV_EINVAL,
                          "lock timeout %u ms: must be 1 ms to 1 hour",
                          o->lock_timeout_ms);
+    if (o->reader_timeout_ms < 1 || o->reader_timeout_ms > 3600000)
+        return set_error(SHMKV_EINVAL,
+                         "reader timeout %u ms: must be 1 ms to 1 hour",
+                         o->reader_timeout_ms);
     if (o->max_clients < 1 || o->max_clients > 65536)
         return set_error(SHMKV_EINVAL, "max clients %u: must be 1 to 65536",
                          o->max_clients);
@@ -147,10 +181,9 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
     if (entries == 0)
         entries = g->data_bytes / SHMKV_DEFAULT_ENTRY_BYTES;
     g->nbuckets = buckets_for_entries(entries);
-    g->index_off = align_up(sizeof(struct data_header), CACHE_LINE);
-    g->arena_off =
-        align_up(g->index_off + index_bytes_for(g->nbuckets), CACHE_LINE);
-    if (g->arena_off > g->data_bytes / 2)
+    struct data_header d;
+    data_layout(&d, g->data_bytes, g->nbuckets, o->max_key_bytes);
+    if (d.arena_off > g->data_bytes / 2)
         return set_error(SHMKV_EINVAL,
                          "max entries %llu: the index would take over half "
                          "of %llu bytes",
@@ -159,8 +192,10 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
 
     g->locks_off = align_up(sizeof(struct ctl_header), CACHE_LINE);
     g->clients_off = g->locks_off + LOCK_SLOTS * sizeof(struct lock_slot);
-    g->recency_off =
+    g->pins_off =
         g->clients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
+    g->recency_off =
+        g->pins_off + (uint64_t)o->max_clients * sizeof(struct client_pin);
     g->recency_cells = 0;
     if (o->eviction == SHMKV_EVICT_LRU) {
         g->recency_cells = next_pow2(entries);
@@ -179,20 +214,16 @@ static void data_init(struct data_header *d, const struct ctl_header *c,
     d->layout_version = LAYOUT_VERSION;
     d->header_bytes = sizeof *d;
     d->generation = gen;
-    d->data_bytes = c->data_bytes;
     d->seed = seed;
-    d->nbuckets = buckets_for_entries(c->max_entries);
+    data_layout(d, c->data_bytes, buckets_for_entries(c->max_entries),
+                c->max_key_bytes);
     d->max_load = d->nbuckets * BUCKET_SLOTS * MAX_LOAD_PERCENT / 100;
-    d->index_off = align_up(sizeof *d, CACHE_LINE);
-    d->arena_off =
-        align_up(d->index_off + index_bytes_for(d->nbuckets), CACHE_LINE);
-    d->arena_units = (c->data_bytes - d->arena_off) / UNIT_BYTES - 1;
     arena_init(d);
     memcpy(d->magic, DATA_MAGIC, sizeof d->magic);
 }
 
 /* Gives a segment the store's group (IPC_SET by its creator). */
-static int segment_set_group(int shmid, int64_t gid)
+int segment_set_group(int shmid, int64_t gid)
 {
     if (gid < 0)
         return 0;
@@ -207,20 +238,14 @@ static int segment_set_group(int shmid, int64_t gid)
 }
 
 /* Creates, attaches and initialises a new data segment for generation gen.
- * The caller owns the returned segment's removal. If record is not NULL,
- * the segment's id is stored there as soon as it exists (and -1 if it is
- * removed again), so that if this process dies before it is done, whoever
- * takes over can remove the segment. */
+ * The caller owns the returned segment's removal. */
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
-                      _Atomic int32_t *record, int *shmid_out,
-                      struct data_header **out)
+                      int *shmid_out, struct data_header **out)
 {
     int shmid;
     int rc = segment_create(IPC_PRIVATE, c->data_bytes, c->mode, &shmid);
     if (rc != 0)
         return rc;
-    if (record != NULL)
-        atomic_store(record, shmid);
     void *addr;
     uint64_t bytes;
     rc = segment_set_group(shmid, c->gid);
@@ -228,18 +253,6 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
         rc = segment_attach(shmid, false, &addr, &bytes);
     if (rc != 0) {
         shmctl(shmid, IPC_RMID, NULL);
-        if (record != NULL)
-            atomic_store(record, -1);
-        return rc;
-    }
-    struct lock_slot *locks = (struct lock_slot *)((char *)c + c->locks_off);
-    atomic_store(&locks[gen % LOCK_SLOTS].writer, 0);
-    rc = lock_init(&locks[gen % LOCK_SLOTS].rwlock);
-    if (rc != 0) {
-        shmdt(addr);
-        shmctl(shmid, IPC_RMID, NULL);
-        if (record != NULL)
-            atomic_store(record, -1);
         return rc;
     }
     data_init(addr, c, gen, seed);
@@ -266,11 +279,84 @@ static int ctl_validate(const struct ctl_header *c, uint64_t seg_bytes)
                          LAYOUT_VERSION);
     if (c->header_bytes != sizeof *c || c->ctl_bytes > seg_bytes ||
         c->recency_off + c->recency_cells * sizeof(uint32_t) > seg_bytes ||
+        c->locks_off + LOCK_SLOTS * sizeof(struct lock_slot) > c->clients_off ||
         c->clients_off + (uint64_t)c->max_clients * sizeof(struct client_slot) >
-            seg_bytes)
+            c->pins_off ||
+        c->pins_off + (uint64_t)c->max_clients * sizeof(struct client_pin) >
+            seg_bytes ||
+        c->max_clients == 0 || c->sems_per_set == 0 ||
+        (c->max_clients + (uint64_t)c->sems_per_set) / c->sems_per_set >
+            SEM_SETS_MAX)
         return set_error(SHMKV_ENOTSHMKV,
                          "store header is inconsistent with its segment");
     return 0;
+}
+
+/* The process's open handles, for the fork() handler. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct shmkv *registry;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+}
+
+static void atfork_parent(void)
+{
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* In the child: every handle is the parent's. Its next call falls to a
+ * slow path (current 0) that refuses it; its slot is left alone. */
+static void atfork_child(void)
+{
+    for (struct shmkv *kv = registry; kv != NULL; kv = kv->reg_next) {
+        kv->forked = true;
+        kv->current = 0;
+        kv->in_read = false;
+        kv->slot_owned = false;
+        kv->lock = NULL;
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void atfork_install(void)
+{
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+static void registry_add(struct shmkv *kv)
+{
+    pthread_once(&atfork_once, atfork_install);
+    pthread_mutex_lock(&registry_lock);
+    kv->reg_prev = NULL;
+    kv->reg_next = registry;
+    if (registry != NULL)
+        registry->reg_prev = kv;
+    registry = kv;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_remove(struct shmkv *kv)
+{
+    pthread_mutex_lock(&registry_lock);
+    if (kv->reg_prev != NULL)
+        kv->reg_prev->reg_next = kv->reg_next;
+    else if (registry == kv)
+        registry = kv->reg_next;
+    if (kv->reg_next != NULL)
+        kv->reg_next->reg_prev = kv->reg_prev;
+    kv->reg_prev = kv->reg_next = NULL;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static int refuse_forked(const struct shmkv *kv)
+{
+    return set_error(SHMKV_EFORKED,
+                     "the handle was opened by process %d, not this one: a "
+                     "child opens its own",
+                     (int)kv->pid);
 }
 
 static struct shmkv *handle_new(bool rdonly)
@@ -280,9 +366,9 @@ static struct shmkv *handle_new(bool rdonly)
         return NULL;
     kv->ctl_shmid = -1;
     kv->data_shmid = -1;
+    kv->slot_index = UINT32_MAX;
     kv->rdonly = rdonly;
     kv->pid = getpid();
-    kv->start_ticks = process_start_ticks(kv->pid);
     uint64_t seed = 0;
     if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
         seed = (uint64_t)kv->pid * 0x9e3779b97f4a7c15ull ^ (uint64_t)time(NULL);
@@ -293,14 +379,12 @@ static struct shmkv *handle_new(bool rdonly)
 /* Copies the fixed settings from the control header into the handle. */
 static void handle_bind_ctl(struct shmkv *kv, struct ctl_header *c, int shmid)
 {
-    struct shmid_ds ds;
-    kv->can_recover =
-        shmctl(shmid, IPC_STAT, &ds) == 0 && ds.shm_perm.uid == geteuid();
     kv->ctl = c;
     kv->ctl_shmid = shmid;
     kv->max_key_bytes = c->max_key_bytes;
     kv->max_value_bytes = c->max_value_bytes;
-    kv->lock_timeout_ms = c->lock_timeout_ms;
+    kv->timeout_ms = c->lock_timeout_ms;
+    kv->reader_timeout_ms = c->reader_timeout_ms;
     kv->lru = c->eviction == SHMKV_EVICT_LRU && c->recency_cells > 0;
     kv->recency = kv->lru ? (uint32_t *)((char *)c + c->recency_off) : NULL;
     kv->recency_mask = kv->lru ? c->recency_cells - 1 : 0;
@@ -310,12 +394,43 @@ static void handle_free(struct shmkv *kv)
 {
     if (kv == NULL)
         return;
-    client_slot_release(kv);
+    registry_remove(kv);
+    if (kv->ctl != NULL && !kv->forked) {
+        lock_release(kv);
+        client_slot_release(kv);
+    }
     if (kv->data != NULL)
         shmdt(kv->data);
     if (kv->ctl != NULL)
         shmdt(kv->ctl);
     free(kv);
+}
+
+static int recover_mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    if (pthread_mutexattr_init(&attr) != 0)
+        return set_error(SHMKV_ESYS, "pthread_mutexattr_init failed");
+    int rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (rc == 0)
+        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0)
+        rc = pthread_mutex_init(m, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0)
+        return set_error(SHMKV_ESYS, "pthread_mutex_init: error %d", rc);
+    return 0;
+}
+
+/* Marks closed and removes every System V object the control header
+ * names. */
+static void ctl_remove_all(struct ctl_header *c, int ctl_id)
+{
+    uint64_t cur = atomic_fetch_or(&c->current, CURRENT_CLOSED);
+    if ((cur & ~CURRENT_CLOSED) != 0)
+        shmctl(CURRENT_SHMID(cur), IPC_RMID, NULL);
+    liveness_remove(c);
+    shmctl(ctl_id, IPC_RMID, NULL);
 }
 
 int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
@@ -341,6 +456,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     struct ctl_header *c = NULL;
     struct data_header *d = NULL;
     uint64_t seg_bytes;
+    bool sems = false;
     rc = segment_create(key, g.ctl_bytes, opts->mode, &ctl_id);
     if (rc != 0)
         goto fail;
@@ -362,23 +478,40 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->max_value_bytes = opts->max_value_bytes;
     c->eviction = (uint32_t)opts->eviction;
     c->lock_timeout_ms = opts->lock_timeout_ms;
+    c->reader_timeout_ms = opts->reader_timeout_ms;
     c->max_clients = opts->max_clients;
     c->mode = opts->mode;
     c->gid = opts->gid;
     c->owner_pid = (int32_t)kv->pid;
-    c->owner_start_ticks = kv->start_ticks;
     c->created_unix = (int64_t)time(NULL);
     c->locks_off = g.locks_off;
     c->clients_off = g.clients_off;
+    c->pins_off = g.pins_off;
     c->recency_off = g.recency_off;
     c->recency_cells = g.recency_cells;
-    atomic_store(&c->recover_shmid, -1);
-    atomic_store(&c->retired_shmid, -1);
+    atomic_store(&c->epoch, 1);
+
+    rc = liveness_create(c, opts->mode, opts->gid);
+    if (rc != 0)
+        goto fail;
+    sems = true;
+    rc = liveness_claim(c, liveness_owner_index(c));
+    if (rc == 1)
+        rc = set_error(SHMKV_ESYS, "a new store's owner semaphore is taken");
+    if (rc == 0)
+        rc = recover_mutex_init(&c->recover_mutex);
+    struct lock_slot *locks = (struct lock_slot *)((char *)c + c->locks_off);
+    if (rc == 0)
+        rc = lock_init(&locks[1 % LOCK_SLOTS].rwlock);
+    if (rc != 0)
+        goto fail;
+    atomic_store(&locks[1 % LOCK_SLOTS].slow_reported, UINT32_MAX);
+    atomic_store(&c->lock_word, LOCK_WORD(1, false));
 
     uint64_t seed;
     if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
         seed = kv->rng * 0xff51afd7ed558ccdull;
-    rc = data_segment_make(c, 1, seed, NULL, &data_id, &d);
+    rc = data_segment_make(c, 1, seed, &data_id, &d);
     if (rc != 0)
         goto fail;
     shmdt(d);
@@ -394,22 +527,23 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
         rc = generation_refresh(kv);
     if (rc != 0)
         goto fail;
+    registry_add(kv);
     *out = kv;
     return 0;
 
 fail:
+    if (kv->slot_owned)
+        client_slot_release(kv);
+    if (sems)
+        liveness_remove(c);
     if (data_id >= 0)
         shmctl(data_id, IPC_RMID, NULL);
     if (ctl_id >= 0)
         shmctl(ctl_id, IPC_RMID, NULL);
-    kv->ctl = NULL;
+    if (kv->data != NULL)
+        shmdt(kv->data);
     if (c != NULL)
         shmdt(c);
-    if (kv->data != NULL) {
-        shmdt(kv->data);
-        kv->data = NULL;
-    }
-    kv->slot = NULL;
     free(kv);
     return rc;
 }
@@ -452,19 +586,14 @@ static int ctl_attach(key_t key, struct ctl_header **out, int *shmid_out)
     return 0;
 }
 
-int shmkv_open(const char *where, int flags, struct shmkv **out)
+/* A handle on the store at where, its client slot claimed. */
+static int handle_attach(const char *where, bool rdonly, struct shmkv **out)
 {
-    if (out == NULL)
-        return set_error(SHMKV_EINVAL, "NULL handle pointer");
-    *out = NULL;
-    if (flags & ~SHMKV_RDONLY)
-        return set_error(SHMKV_EINVAL, "unknown open flags 0x%x",
-                         (unsigned)flags);
     key_t key;
     int rc = key_from_where(where, &key);
     if (rc != 0)
         return rc;
-    struct shmkv *kv = handle_new(flags & SHMKV_RDONLY);
+    struct shmkv *kv = handle_new(rdonly);
     if (kv == NULL)
         return set_error(SHMKV_ENOMEM, "no memory for a handle");
     struct ctl_header *c;
@@ -475,11 +604,30 @@ int shmkv_open(const char *where, int flags, struct shmkv **out)
         return rc;
     }
     handle_bind_ctl(kv, c, id);
-    if (atomic_load(&c->current) & CURRENT_CLOSED)
-        rc = set_error(SHMKV_ECLOSED, "the store at key 0x%08x is closed",
-                       (unsigned)key);
-    if (rc == 0)
-        rc = client_slot_claim(kv);
+    rc = client_slot_claim(kv);
+    if (rc != 0) {
+        handle_free(kv);
+        return rc;
+    }
+    registry_add(kv);
+    *out = kv;
+    return 0;
+}
+
+int shmkv_open(const char *where, int flags, struct shmkv **out)
+{
+    if (out == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle pointer");
+    *out = NULL;
+    if (flags & ~SHMKV_RDONLY)
+        return set_error(SHMKV_EINVAL, "unknown open flags 0x%x",
+                         (unsigned)flags);
+    struct shmkv *kv;
+    int rc = handle_attach(where, flags & SHMKV_RDONLY, &kv);
+    if (rc != 0)
+        return rc;
+    if (atomic_load(&kv->ctl->current) & CURRENT_CLOSED)
+        rc = set_error(SHMKV_ECLOSED, "the store at %s is closed", where);
     if (rc == 0)
         rc = generation_refresh(kv);
     if (rc != 0) {
@@ -495,46 +643,32 @@ int shmkv_adopt(const char *where, struct shmkv **out)
     if (out == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle pointer");
     *out = NULL;
-    key_t key;
-    int rc = key_from_where(where, &key);
+    struct shmkv *kv;
+    int rc = handle_attach(where, false, &kv);
     if (rc != 0)
         return rc;
-    struct shmkv *kv = handle_new(false);
-    if (kv == NULL)
-        return set_error(SHMKV_ENOMEM, "no memory for a handle");
-    struct ctl_header *c;
-    int id;
-    rc = ctl_attach(key, &c, &id);
-    if (rc != 0) {
-        free(kv);
-        return rc;
-    }
-    handle_bind_ctl(kv, c, id);
-    /* owner_pid is the claim: only one adopter wins it. */
-    int32_t owner = atomic_load(&c->owner_pid);
-    if (owner == (int32_t)kv->pid || process_alive(owner, c->owner_start_ticks))
+    struct ctl_header *c = kv->ctl;
+    /* The owner's semaphore is the claim: it is free only once the owner
+     * died, and only one adopter takes it. */
+    rc = liveness_claim(c, liveness_owner_index(c));
+    if (rc == 1)
         rc = set_error(SHMKV_EOWNED,
-                       "the store at key 0x%08x is owned by live process %d",
-                       (unsigned)key, (int)owner);
-    else if (!atomic_compare_exchange_strong(&c->owner_pid, &owner,
-                                             (int32_t)kv->pid))
-        rc = set_error(SHMKV_EOWNED,
-                       "another process adopted the store at key 0x%08x",
-                       (unsigned)key);
+                       "the store at %s is owned by live process %d", where,
+                       (int)atomic_load(&c->owner_pid));
     if (rc != 0) {
         handle_free(kv);
         return rc;
     }
-    c->owner_start_ticks = kv->start_ticks;
+    atomic_store(&c->owner_pid, (int32_t)kv->pid);
     atomic_fetch_and(&c->current, ~CURRENT_CLOSED);
     kv->owner = true;
-    rc = client_slot_claim(kv);
-    /* Taking the write lock once recovers a lock the dead owner held. */
+    /* Taking the write lock once recovers a lock the dead owner held, and
+     * repairs the write it was making. */
+    rc = lock_take(kv, true);
     if (rc == 0)
-        rc = lock_write(kv);
-    if (rc == 0)
-        lock_write_end(kv);
+        lock_release(kv);
     if (rc != 0) {
+        liveness_release(c, liveness_owner_index(c));
         handle_free(kv);
         return rc;
     }
@@ -547,16 +681,29 @@ void shmkv_close(struct shmkv *kv)
     if (kv == NULL)
         return;
     if (kv->in_read) {
-        lock_read_end(kv);
+        read_release(kv);
         kv->in_read = false;
     }
     handle_free(kv);
+}
+
+int shmkv_set_timeout(struct shmkv *kv, uint32_t timeout_ms)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (timeout_ms > 3600000)
+        return set_error(SHMKV_EINVAL, "timeout %u ms: at most 1 hour",
+                         timeout_ms);
+    kv->timeout_ms = timeout_ms != 0 ? timeout_ms : kv->ctl->lock_timeout_ms;
+    return 0;
 }
 
 int shmkv_set_marks(struct shmkv *kv, unsigned marks)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->forked)
+        return refuse_forked(kv);
     if (marks & ~SHMKV_MARK_LOADING)
         return set_error(SHMKV_EINVAL, "unknown marks 0x%x", marks);
     if (kv->rdonly)
@@ -569,6 +716,8 @@ int shmkv_get_marks(struct shmkv *kv, unsigned *marks)
 {
     if (kv == NULL || marks == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or result");
+    if (kv->forked)
+        return refuse_forked(kv);
     *marks = atomic_load(&kv->ctl->marks);
     return 0;
 }
@@ -577,6 +726,8 @@ int shmkv_mark_closed(struct shmkv *kv)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->forked)
+        return refuse_forked(kv);
     uint64_t cur = atomic_fetch_or(&kv->ctl->current, CURRENT_CLOSED);
     kv->closer = true;
     /* The handle follows the closed generation, to read what it holds. */
@@ -585,29 +736,39 @@ int shmkv_mark_closed(struct shmkv *kv)
     return 0;
 }
 
-/* Marks closed and removes every segment the control header names. */
-static void ctl_remove_all(struct ctl_header *c, int ctl_id)
+int shmkv_maintain(struct shmkv *kv)
 {
-    uint64_t cur = atomic_fetch_or(&c->current, CURRENT_CLOSED);
-    int half = atomic_exchange(&c->recover_shmid, -1);
-    if (half >= 0 && half != CURRENT_SHMID(cur))
-        shmctl(half, IPC_RMID, NULL);
-    int retired = atomic_exchange(&c->retired_shmid, -1);
-    if (retired >= 0 && retired != CURRENT_SHMID(cur))
-        shmctl(retired, IPC_RMID, NULL);
-    if (cur != 0)
-        shmctl(CURRENT_SHMID(cur), IPC_RMID, NULL);
-    shmctl(ctl_id, IPC_RMID, NULL);
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->forked)
+        return refuse_forked(kv);
+    if (kv->in_read)
+        return set_error(SHMKV_ESTATE, "shmkv_maintain inside a read section");
+    int rc = generation_refresh(kv);
+    if (rc != 0)
+        return rc;
+    if (!kv->rdonly) {
+        kv->deadline_ms = 0;
+        rc = lock_recover_if_dead(kv);
+        if (rc == SHMKV_ERETRY)
+            rc = 0;
+    }
+    client_slots_reap(kv);
+    return rc;
 }
 
 int shmkv_destroy(struct shmkv *kv)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->forked)
+        return refuse_forked(kv);
     if (kv->in_read) {
-        lock_read_end(kv);
+        read_release(kv);
         kv->in_read = false;
     }
+    lock_release(kv);
+    client_slot_release(kv);
     ctl_remove_all(kv->ctl, kv->ctl_shmid);
     handle_free(kv);
     return 0;

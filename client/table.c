@@ -21,14 +21,16 @@
  * it passed. Remove clears the slot, then lowers those counts. There are no
  * tombstones: a freed slot is empty at once.
  *
- * Crash consistency (DESIGN invariant 5): a slot becomes visible or
- * invisible by one aligned 64-bit store, with release ordering so that the
- * entry's bytes are written before the slot that points at them. Overflow
- * counts are raised before and lowered after that store, so a writer
- * killed between them leaves counts too high, which only makes some
- * lookups look one bucket further. Readers hold the read lock, so they
- * never run beside a writer; these orderings matter to the recovery pass
- * that walks an index a dead writer left.
+ * Readers walk the index while a writer changes it (they take no lock), so
+ * every state between two stores must be one a lookup walks correctly. A
+ * slot becomes visible or invisible by one aligned 64-bit store, with
+ * release ordering so that the entry's bytes are written before the slot
+ * that points at them. Overflow counts are raised before and lowered after
+ * that store, so a lookup meanwhile at worst looks one bucket further. A
+ * reader may load a slot's tag and then its offset from a newer word; it
+ * compares the key in the entry it finds, so it returns the right entry
+ * or none. Counts and the stores of the writer's own operation go through
+ * its undo log (intent.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -63,24 +65,36 @@ uint64_t index_bytes_for(uint64_t nbuckets)
     return nbuckets * sizeof(struct bucket);
 }
 
-int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
+/* The longest probe path an insert takes: each bucket passed costs an
+ * undo record, and an operation must fit the log. At the index's highest
+ * load a path this long is not met in practice. */
+#define INSERT_MAX_PATH 1024u
+
+int table_insert_prepare(struct shmkv *kv, uint64_t hash, uint64_t *bucket,
+                         unsigned *slot)
 {
     uint64_t home = table_home(kv->nbuckets, hash);
     uint64_t step = probe_step(kv->nbuckets, hash);
     uint64_t b = home;
-    for (uint64_t probes = 0; probes < kv->nbuckets; probes++) {
+    uint64_t limit =
+        kv->nbuckets < INSERT_MAX_PATH ? kv->nbuckets : INSERT_MAX_PATH;
+    for (uint64_t probes = 0; probes < limit; probes++) {
         struct bucket *bk = &kv->buckets[b];
         for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
             if (atomic_load_explicit(&bk->slot[i], memory_order_relaxed) != 0)
                 continue;
-            /* Counts on the way were raised first (below), then this one
+            /* The counts on the way are raised before the caller's one
              * release store publishes the entry. */
             for (uint64_t p = home; p != b;
-                 p = next_bucket(p, step, kv->nbuckets))
-                atomic_fetch_add_explicit(&kv->buckets[p].overflow, 1,
-                                          memory_order_relaxed);
-            atomic_store_explicit(&bk->slot[i], SLOT_MAKE(hash_tag(hash), off),
-                                  memory_order_release);
+                 p = next_bucket(p, step, kv->nbuckets)) {
+                _Atomic uint64_t *o = &kv->buckets[p].overflow;
+                ulog_save(kv->data, o);
+                atomic_store_explicit(
+                    o, atomic_load_explicit(o, memory_order_relaxed) + 1,
+                    memory_order_relaxed);
+            }
+            *bucket = b;
+            *slot = i;
             return 0;
         }
         b = next_bucket(b, step, kv->nbuckets);
@@ -88,24 +102,17 @@ int table_insert(struct shmkv *kv, uint64_t hash, uint32_t off)
     return SHMKV_ENOSPC;
 }
 
-void table_replace(struct shmkv *kv, const struct table_pos *pos, uint32_t off)
+void table_remove_counts(struct shmkv *kv, uint64_t hash, uint64_t bucket)
 {
-    struct bucket *bk = &kv->buckets[pos->bucket];
-    uint64_t s =
-        atomic_load_explicit(&bk->slot[pos->slot], memory_order_relaxed);
-    atomic_store_explicit(&bk->slot[pos->slot], SLOT_MAKE(SLOT_TAG(s), off),
-                          memory_order_release);
-}
-
-void table_remove(struct shmkv *kv, uint64_t hash, const struct table_pos *pos)
-{
-    atomic_store_explicit(&kv->buckets[pos->bucket].slot[pos->slot], 0,
-                          memory_order_release);
     uint64_t step = probe_step(kv->nbuckets, hash);
-    for (uint64_t p = table_home(kv->nbuckets, hash); p != pos->bucket;
-         p = next_bucket(p, step, kv->nbuckets))
-        atomic_fetch_sub_explicit(&kv->buckets[p].overflow, 1,
-                                  memory_order_relaxed);
+    for (uint64_t p = table_home(kv->nbuckets, hash); p != bucket;
+         p = next_bucket(p, step, kv->nbuckets)) {
+        _Atomic uint64_t *o = &kv->buckets[p].overflow;
+        ulog_save(kv->data, o);
+        atomic_store_explicit(o,
+                              atomic_load_explicit(o, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
+    }
 }
 
 /* Checks that every slot points at the start of a used arena block holding

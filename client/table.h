@@ -68,6 +68,15 @@ static inline unsigned bucket_match(const struct bucket *bk, uint32_t tag)
 #endif
 }
 
+/* True if the slot's offset (reloaded after its tag matched: a writer may
+ * have emptied or changed it meanwhile) names a block in the arena. The
+ * data segment extends max_key_bytes past the arena's end, so that a key
+ * compared there stays inside it. */
+static inline bool slot_in_arena(const struct shmkv *kv, uint64_t s)
+{
+    return SLOT_OFF(s) - kv->arena_first < kv->arena_units;
+}
+
 /* Keys of other sizes, compared out of line (table.c): a call in the
  * lookup would make the compiler keep its state on the stack around it. */
 bool key_equal_slow(const char *a, const char *b, size_t n);
@@ -103,6 +112,8 @@ table_find(const struct shmkv *kv, uint64_t hash, const void *key, size_t klen,
             match &= match - 1;
             uint64_t s =
                 atomic_load_explicit(&bk->slot[i], memory_order_relaxed);
+            if (!slot_in_arena(kv, s))
+                continue;
             const struct block *e = block_at(d, SLOT_OFF(s));
             if (e->klen == klen && key_equal(entry_key(e), key, klen)) {
                 pos->bucket = b;
@@ -141,6 +152,8 @@ table_lookup(const struct shmkv *kv, uint64_t hash, const void *key,
         unsigned i = (unsigned)__builtin_ctz(match);
         match &= match - 1;
         uint64_t s = atomic_load_explicit(&bk->slot[i], memory_order_relaxed);
+        if (!slot_in_arena(kv, s))
+            continue;
         const struct block *e = block_at(kv->data, SLOT_OFF(s));
         if (e->klen == klen && key_equal(entry_key(e), key, klen))
             return e;

@@ -1,12 +1,20 @@
 /*
  * write.c - writes under the store's write lock: set, delete, incr, expire,
- * flush, and making room (expired entries first, then LRU eviction).
+ * flush, and making room (memory readers have let go of first, then
+ * expired entries, then LRU eviction).
  *
- * Order of every write (DESIGN invariant 5): build the new entry in a free
- * block, publish it with one release store of its index slot, and only then
- * free what it replaced. A writer killed anywhere leaves either the old or
- * the new entry reachable, never a half-written one; at worst a block is
- * neither reachable nor free, and the recovery copy leaves it behind.
+ * Readers run beside writers, so every write is a sequence of operations
+ * (intent.c) that each publish by one aligned store of an index slot: a
+ * set builds the new entry in a free block, then stores the slot; a
+ * removal stores an empty slot. A block a slot no longer names goes to
+ * limbo, not to the free lists, and is freed once no read section that
+ * might still see it is open (reclaim.c). A writer killed anywhere leaves
+ * an index readers walk safely, and an operation the recoverer finishes or
+ * undoes.
+ *
+ * A flush empties the index at once; the arena is rebuilt by the next
+ * write that needs memory, once every section that began before the flush
+ * has ended (flush_epoch).
  *
  * Eviction ("lru") is sampled, as in Redis: look at EVICT_SAMPLES occupied
  * slots starting from a random bucket, evict an expired one if any, else the
@@ -22,15 +30,32 @@
 
 #define EVICT_SAMPLES 16u
 
+static inline void slot_count(_Atomic uint64_t *c)
+{
+    /* Only the slot's owner writes it. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
 static int write_begin(struct shmkv *kv)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->forked)
+        return set_error(SHMKV_EFORKED,
+                         "the handle was opened by process %d, not this one",
+                         (int)kv->pid);
     if (kv->in_read)
         return set_error(SHMKV_ESTATE, "a write inside a read section");
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY, "the handle is read-only");
-    return lock_write(kv);
+    kv->deadline_ms = 0;
+    return lock_take(kv, true);
+}
+
+static void write_end(struct shmkv *kv)
+{
+    lock_release(kv);
 }
 
 static int check_key(const struct shmkv *kv, const void *key, size_t klen)
@@ -69,66 +94,110 @@ static bool expired_at(const struct block *e, uint32_t now)
     return e->u.entry.expire_unix != 0 && e->u.entry.expire_unix <= now;
 }
 
-/* Unpublishes the entry at pos, then frees its block. */
-static void entry_remove(struct shmkv *kv, uint64_t hash,
-                         const struct table_pos *pos)
+/* What every operation does once its slot is published; run again by a
+ * recoverer for a writer that died after publishing (intent.c). */
+void op_finish(struct shmkv *kv)
 {
     struct data_header *d = kv->data;
-    const struct block *e = block_at(d, pos->off);
-    bool had_ttl = e->u.entry.expire_unix != 0;
-    table_remove(kv, hash, pos);
-    arena_free(d, pos->off);
-    d->entries--;
-    if (had_ttl)
-        d->ttl_entries--;
+    const struct write_intent *in = &d->intent;
+    if (in->kind == WRITE_OP_REMOVE)
+        table_remove_counts(kv, in->hash, in->bucket);
+    if (in->old_off != 0)
+        limbo_retire(kv, in->old_off);
+    if (in->entries_delta != 0)
+        LOGGED_SET(d, d->entries,
+                   d->entries + (uint64_t)(int64_t)in->entries_delta);
+    if (in->ttl_delta != 0)
+        LOGGED_SET(d, d->ttl_entries,
+                   d->ttl_entries + (uint64_t)(int64_t)in->ttl_delta);
+}
+
+/* Makes room in limbo for one more block, waiting for readers if it must. */
+static int limbo_reserve(struct shmkv *kv)
+{
+    if (limbo_has_room(kv->data))
+        return 0;
+    limbo_reclaim(kv);
+    while (!limbo_has_room(kv->data)) {
+        int rc = limbo_wait(kv);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Unpublishes the entry at pos: one operation. */
+static int entry_remove(struct shmkv *kv, uint64_t hash,
+                        const struct table_pos *pos)
+{
+    int rc = limbo_reserve(kv);
+    if (rc != 0)
+        return rc;
+    const struct block *e = block_at(kv->data, pos->off);
+    int ttl_delta = e->u.entry.expire_unix != 0 ? -1 : 0;
+    op_begin(kv, WRITE_OP_GENERIC);
+    op_target(kv, WRITE_OP_REMOVE, hash, pos->bucket, pos->slot, pos->off, 0,
+              -1, ttl_delta);
+    atomic_store_explicit(&kv->buckets[pos->bucket].slot[pos->slot], 0,
+                          memory_order_release);
+    op_published(kv);
+    op_finish(kv);
+    op_end(kv);
+    return 0;
 }
 
 /* Removes the entry in bucket b, slot i (its hash recomputed). */
-static void slot_remove(struct shmkv *kv, uint64_t b, unsigned i)
+static int slot_remove(struct shmkv *kv, uint64_t b, unsigned i)
 {
     uint64_t s =
         atomic_load_explicit(&kv->buckets[b].slot[i], memory_order_relaxed);
     const struct block *e = block_at(kv->data, SLOT_OFF(s));
     uint64_t hash = key_hash(entry_key(e), e->klen, kv->seed);
     struct table_pos pos = {.bucket = b, .slot = i, .off = SLOT_OFF(s)};
-    entry_remove(kv, hash, &pos);
+    return entry_remove(kv, hash, &pos);
 }
 
 /* Removes expired entries from max_slots slots from the scan cursor on
- * (0: all). Returns how many it removed. */
-static uint64_t expire_slots(struct shmkv *kv, uint64_t max_slots)
+ * (0: all), never the block at keep. Returns how many it removed, or an
+ * error. */
+static int64_t expire_slots(struct shmkv *kv, uint64_t max_slots, uint32_t keep)
 {
     struct data_header *d = kv->data;
     uint64_t total = kv->nbuckets * BUCKET_SLOTS;
     if (max_slots == 0 || max_slots > total)
         max_slots = total;
     uint32_t now = clock_unix();
-    uint64_t removed = 0;
+    int64_t removed = 0;
     uint64_t at = d->expire_cursor % total;
+    int rc = 0;
     for (uint64_t n = 0; n < max_slots && d->ttl_entries > 0; n++) {
         uint64_t b = at / BUCKET_SLOTS;
         unsigned i = (unsigned)(at % BUCKET_SLOTS);
         uint64_t s =
             atomic_load_explicit(&kv->buckets[b].slot[i], memory_order_relaxed);
-        if (SLOT_OFF(s) != 0 && expired_at(block_at(d, SLOT_OFF(s)), now)) {
-            slot_remove(kv, b, i);
+        if (SLOT_OFF(s) != 0 && SLOT_OFF(s) != keep &&
+            expired_at(block_at(d, SLOT_OFF(s)), now)) {
+            rc = slot_remove(kv, b, i);
+            if (rc != 0)
+                break;
             removed++;
         }
         at = at + 1 == total ? 0 : at + 1;
     }
+    /* A cursor is a hint, not state to undo. */
     d->expire_cursor = at;
-    atomic_fetch_add_explicit(&kv->ctl->expirations, removed,
+    atomic_fetch_add_explicit(&kv->ctl->expirations, (uint64_t)removed,
                               memory_order_relaxed);
-    return removed;
+    return removed > 0 || rc == 0 ? removed : rc;
 }
 
-/* Evicts one entry by sampling; never the block at `keep`. Returns false
- * when there is nothing to evict. */
-static bool evict_one(struct shmkv *kv, uint32_t keep)
+/* Evicts one entry by sampling; never the block at `keep`. Returns 1, 0
+ * when there is nothing to evict, or an error. */
+static int evict_one(struct shmkv *kv, uint32_t keep)
 {
     struct data_header *d = kv->data;
     if (d->entries == 0 || (keep != 0 && d->entries == 1))
-        return false;
+        return 0;
     uint32_t now = clock_unix();
     uint32_t clock =
         atomic_load_explicit(&kv->ctl->lru_clock, memory_order_relaxed);
@@ -145,10 +214,12 @@ static bool evict_one(struct shmkv *kv, uint32_t keep)
                 continue;
             seen++;
             if (expired_at(block_at(d, SLOT_OFF(s)), now)) {
-                slot_remove(kv, b, i);
+                int rc = slot_remove(kv, b, i);
+                if (rc != 0)
+                    return rc;
                 atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
                                           memory_order_relaxed);
-                return true;
+                return 1;
             }
             uint32_t age = clock - kv->recency[SLOT_TAG(s) & kv->recency_mask];
             if (!found || age > best_age) {
@@ -161,35 +232,118 @@ static bool evict_one(struct shmkv *kv, uint32_t keep)
         b = b + 1 == kv->nbuckets ? 0 : b + 1;
     }
     if (!found)
-        return false;
-    slot_remove(kv, best_b, best_i);
+        return 0;
+    int rc = slot_remove(kv, best_b, best_i);
+    if (rc != 0)
+        return rc;
     atomic_fetch_add_explicit(&kv->ctl->evictions, 1, memory_order_relaxed);
-    return true;
+    return 1;
 }
 
-/* Allocates `units` for a new entry (and an index slot if new_key),
- * reclaiming expired entries and, in an lru store, evicting others. Never
- * touches the entry at `keep`. Returns the block, or 0 with the store as
- * it was apart from expired and evicted entries. */
-static uint32_t make_room(struct shmkv *kv, uint32_t units, bool new_key,
-                          uint32_t keep)
+void flush_index(struct shmkv *kv)
+{
+    struct data_header *d = kv->data;
+    for (uint64_t b = 0; b < kv->nbuckets; b++) {
+        for (unsigned i = 0; i < BUCKET_SLOTS; i++)
+            atomic_store_explicit(&kv->buckets[b].slot[i], 0,
+                                  memory_order_release);
+        atomic_store_explicit(&kv->buckets[b].overflow, 0,
+                              memory_order_relaxed);
+    }
+    d->entries = 0;
+    d->ttl_entries = 0;
+    d->expire_cursor = 0;
+    /* Sections open now may still read the old entries: the arena is
+     * rebuilt once none that began at or before this epoch is left. */
+    d->flush_epoch =
+        atomic_load_explicit(&kv->ctl->epoch, memory_order_seq_cst);
+}
+
+void arena_reset(struct shmkv *kv)
+{
+    struct data_header *d = kv->data;
+    arena_init(d);
+    d->limbo_head = 0;
+    d->limbo_tail = 0;
+    d->limbo_units = 0;
+    d->expire_cursor = 0;
+    d->flush_epoch = 0;
+}
+
+/* Rebuilds the arena a flush emptied, once no section can see its old
+ * entries: waiting for them if wait, else only if none is open. */
+static int flush_settle(struct shmkv *kv, bool wait)
+{
+    struct data_header *d = kv->data;
+    if (d->flush_epoch == 0)
+        return 0;
+    int rc = readers_wait_past(kv, (uint32_t)d->flush_epoch, wait);
+    if (rc != 0)
+        return rc;
+    op_begin(kv, WRITE_OP_ARENA_RESET);
+    arena_reset(kv);
+    op_end(kv);
+    return 0;
+}
+
+/* Makes sure a block of `units` can be allocated, an index slot taken if
+ * new_key, and a block put in limbo if not (it replaces one), freeing
+ * what readers have let go of, reclaiming expired entries and, in an lru
+ * store, evicting others; waits for readers as the last resort. Never
+ * touches the entry at `keep`. */
+static int make_room(struct shmkv *kv, uint32_t units, bool new_key,
+                     uint32_t keep)
 {
     struct data_header *d = kv->data;
     bool swept = false;
     for (;;) {
-        bool index_ok = !new_key || d->entries < d->max_load;
-        if (index_ok) {
-            uint32_t off = arena_alloc(d, units);
-            if (off != 0)
-                return off;
+        int rc = flush_settle(kv, true);
+        if (rc != 0)
+            return rc;
+        if (!new_key && !limbo_has_room(d)) {
+            rc = limbo_reserve(kv);
+            if (rc != 0)
+                return rc;
+            continue;
         }
+        bool index_ok = !new_key || d->entries < d->max_load;
+        if (index_ok && arena_can_alloc(d, units))
+            return 0;
+        bool limbo = d->limbo_head != d->limbo_tail;
+        if (index_ok && limbo && limbo_reclaim(kv) > 0)
+            continue;
         if (!swept && d->ttl_entries > 0) {
             swept = true;
-            if (expire_slots(kv, 0) > 0)
+            int64_t n = expire_slots(kv, 0, keep);
+            if (n < 0)
+                return (int)n;
+            if (n > 0)
                 continue;
         }
-        if (!kv->lru || !evict_one(kv, keep))
-            return 0;
+        /* Held by readers, and enough to be worth their few
+         * microseconds. */
+        if (index_ok && limbo && d->limbo_units >= units) {
+            rc = limbo_wait(kv);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (kv->lru) {
+            rc = evict_one(kv, keep);
+            if (rc < 0)
+                return rc;
+            if (rc > 0) {
+                limbo_reclaim(kv);
+                continue;
+            }
+        }
+        if (index_ok && limbo) {
+            rc = limbo_wait(kv);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        return SHMKV_ENOSPC;
     }
 }
 
@@ -203,7 +357,9 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     table_find(kv, hash, key, klen, &pos);
     uint32_t now = clock_unix();
     if (pos.off != 0 && expired_at(block_at(d, pos.off), now)) {
-        entry_remove(kv, hash, &pos);
+        int rc = entry_remove(kv, hash, &pos);
+        if (rc != 0)
+            return rc;
         atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
                                   memory_order_relaxed);
         pos.off = 0;
@@ -217,12 +373,17 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     if ((flags & SHMKV_KEEPTTL) && pos.off != 0)
         expire = block_at(d, pos.off)->u.entry.expire_unix;
 
-    uint32_t off =
-        make_room(kv, entry_units(klen, vlen), pos.off == 0, pos.off);
-    if (off == 0)
+    uint32_t units = entry_units(klen, vlen);
+    int rc = make_room(kv, units, pos.off == 0, pos.off);
+    if (rc == SHMKV_ENOSPC)
         return set_error(SHMKV_ENOSPC,
                          "no room for a %zu-byte key and %zu-byte value", klen,
                          vlen);
+    if (rc != 0)
+        return rc;
+
+    op_begin(kv, WRITE_OP_GENERIC);
+    uint32_t off = arena_alloc(d, units);
     struct block *e = block_at(d, off);
     e->klen = (uint16_t)klen;
     e->u.entry.vlen = (uint32_t)vlen;
@@ -231,19 +392,35 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     if (vlen > 0)
         memcpy((char *)(e + 1) + klen, val, vlen);
 
+    uint64_t bucket = pos.bucket;
+    unsigned slot = pos.slot;
+    int entries_delta = 0;
+    int ttl_delta = expire != 0 ? 1 : 0;
     if (pos.off != 0) {
-        uint32_t old = pos.off;
-        if (block_at(d, old)->u.entry.expire_unix != 0)
-            d->ttl_entries--;
-        table_replace(kv, &pos, off);
-        arena_free(d, old);
+        if (block_at(d, pos.off)->u.entry.expire_unix != 0)
+            ttl_delta--;
     } else {
-        table_insert(kv, hash, off);
-        d->entries++;
+        rc = table_insert_prepare(kv, hash, &bucket, &slot);
+        if (rc != 0) {
+            /* Nothing published: undo the allocation. */
+            intent_repair(kv);
+            return set_error(SHMKV_ENOSPC, "the index has no slot near the "
+                                           "key's home bucket");
+        }
+        entries_delta = 1;
     }
-    if (expire != 0)
-        d->ttl_entries++;
-    atomic_fetch_add_explicit(&kv->ctl->sets, 1, memory_order_relaxed);
+    uint64_t word = SLOT_MAKE(hash_tag(hash), off);
+    op_target(kv, WRITE_OP_SET, hash, bucket, slot, pos.off, word,
+              entries_delta, ttl_delta);
+    atomic_store_explicit(&kv->buckets[bucket].slot[slot], word,
+                          memory_order_release);
+    op_published(kv);
+    op_finish(kv);
+    op_end(kv);
+    if (d->limbo_tail - d->limbo_head >= d->limbo_slots / 2)
+        limbo_reclaim(kv);
+
+    slot_count(&kv->slot->sets);
     if (kv->lru) {
         uint32_t clock = atomic_fetch_add_explicit(&kv->ctl->lru_clock, 1,
                                                    memory_order_relaxed) +
@@ -273,7 +450,7 @@ int shmkv_set(struct shmkv *kv, const void *key, size_t klen, const void *val,
     if (rc != 0)
         return rc;
     rc = set_locked(kv, key, klen, val, vlen, ttl_s, flags);
-    lock_write_end(kv);
+    write_end(kv);
     return rc;
 }
 
@@ -294,13 +471,17 @@ int shmkv_del(struct shmkv *kv, const void *key, size_t klen)
         rc = SHMKV_ENOTFOUND;
     } else {
         bool expired = expired_at(block_at(kv->data, pos.off), clock_unix());
-        entry_remove(kv, hash, &pos);
-        atomic_fetch_add_explicit(expired ? &kv->ctl->expirations
-                                          : &kv->ctl->deletes,
-                                  1, memory_order_relaxed);
-        rc = expired ? SHMKV_ENOTFOUND : 0;
+        rc = entry_remove(kv, hash, &pos);
+        if (rc == 0) {
+            if (expired)
+                atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
+                                          memory_order_relaxed);
+            else
+                slot_count(&kv->slot->deletes);
+            rc = expired ? SHMKV_ENOTFOUND : 0;
+        }
     }
-    lock_write_end(kv);
+    write_end(kv);
     return rc;
 }
 
@@ -321,19 +502,25 @@ int shmkv_expire(struct shmkv *kv, const void *key, size_t klen, uint32_t ttl_s)
     if (pos.off == 0) {
         rc = SHMKV_ENOTFOUND;
     } else if (expired_at(block_at(kv->data, pos.off), now)) {
-        entry_remove(kv, hash, &pos);
-        atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
-                                  memory_order_relaxed);
-        rc = SHMKV_ENOTFOUND;
+        rc = entry_remove(kv, hash, &pos);
+        if (rc == 0) {
+            atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
+                                      memory_order_relaxed);
+            rc = SHMKV_ENOTFOUND;
+        }
     } else {
-        struct block *e = block_at(kv->data, pos.off);
+        struct data_header *d = kv->data;
+        struct block *e = block_at(d, pos.off);
         uint32_t expire = expiry_after(now, ttl_s);
+        op_begin(kv, WRITE_OP_GENERIC);
         if ((e->u.entry.expire_unix != 0) != (expire != 0))
-            kv->data->ttl_entries += expire != 0 ? 1 : (uint64_t)-1;
+            LOGGED_SET(d, d->ttl_entries,
+                       d->ttl_entries + (expire != 0 ? 1 : (uint64_t)-1));
         /* One aligned 32-bit store: readers see the old or new TTL. */
-        e->u.entry.expire_unix = expire;
+        LOGGED_SET(d, e->u.entry.expire_unix, expire);
+        op_end(kv);
     }
-    lock_write_end(kv);
+    write_end(kv);
     return rc;
 }
 
@@ -406,7 +593,7 @@ int shmkv_incr(struct shmkv *kv, const void *key, size_t klen, int64_t delta,
     if (rc == 0 && result != NULL)
         *result = value;
 out:
-    lock_write_end(kv);
+    write_end(kv);
     return rc;
 }
 
@@ -415,21 +602,13 @@ int shmkv_flush(struct shmkv *kv)
     int rc = write_begin(kv);
     if (rc != 0)
         return rc;
-    struct data_header *d = kv->data;
-    /* Unpublish every entry first, then rebuild the allocator: a writer
-     * killed halfway leaves a smaller but walkable index. */
-    for (uint64_t b = 0; b < kv->nbuckets; b++) {
-        for (unsigned i = 0; i < BUCKET_SLOTS; i++)
-            atomic_store_explicit(&kv->buckets[b].slot[i], 0,
-                                  memory_order_release);
-        atomic_store_explicit(&kv->buckets[b].overflow, 0,
-                              memory_order_relaxed);
-    }
-    d->entries = 0;
-    d->ttl_entries = 0;
-    d->expire_cursor = 0;
-    arena_init(d);
-    lock_write_end(kv);
+    op_begin(kv, WRITE_OP_FLUSH);
+    flush_index(kv);
+    op_end(kv);
+    /* Rebuilt now if no section is open; else by the next write that
+     * needs memory. */
+    flush_settle(kv, false);
+    write_end(kv);
     return 0;
 }
 
@@ -438,7 +617,11 @@ int shmkv_expire_scan(struct shmkv *kv, uint64_t max_slots)
     int rc = write_begin(kv);
     if (rc != 0)
         return rc;
-    uint64_t removed = expire_slots(kv, max_slots);
-    lock_write_end(kv);
+    int64_t removed = expire_slots(kv, max_slots, 0);
+    if (removed > 0)
+        limbo_reclaim(kv);
+    write_end(kv);
+    if (removed < 0)
+        return (int)removed;
     return removed > INT32_MAX ? INT32_MAX : (int)removed;
 }

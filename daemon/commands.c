@@ -35,6 +35,7 @@
 #define CMD_KEYS 0x4    /* every argument is a key */
 #define CMD_KEYVALS 0x8 /* key value pairs */
 #define CMD_WRITE 0x10  /* changes the store or the daemon */
+#define CMD_WAITS 0x20  /* may wait for the store's lock: parked if so */
 #define CMD_WRITES (CMD_ADMIN | CMD_WRITE)
 
 typedef void command_fn(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -73,6 +74,28 @@ static bool arg_int64(const struct resp_arg *a, int64_t *out)
     return true;
 }
 
+/* For a command that found the store busy (SHMKV_ETIMEDOUT after the
+ * daemon's short wait, tried; or another parked command found it so just
+ * before, not tried): true if it may wait longer, and it is parked (no
+ * reply now, run again shortly, see control.c). False once it has waited
+ * lock_timeout_ms in all: it is answered BUSY. */
+static bool parked_on(struct conn *c, int rc, bool tried)
+{
+    if (rc != SHMKV_ETIMEDOUT)
+        return false;
+    uint64_t now = daemon_now_ms();
+    if (tried)
+        c->d->store_busy_until_ms = now + PARK_RETRY_MS;
+    if (c->park_deadline_ms == 0) {
+        c->park_deadline_ms = now + c->d->cfg.lock_timeout_ms;
+        c->d->commands_parked++;
+    }
+    if (now >= c->park_deadline_ms)
+        return false;
+    c->parked = true;
+    return true;
+}
+
 /* Replies with the Redis-style error for a libshmkv failure. */
 static void reply_store_error(struct evbuffer *out, int rc)
 {
@@ -88,7 +111,8 @@ static void reply_store_error(struct evbuffer *out, int rc)
         resp_error(out, "ERR value is not an integer or out of range");
         break;
     case SHMKV_ETIMEDOUT:
-        resp_error(out, "BUSY timed out waiting for the store's lock");
+        resp_errorf(out, "BUSY timed out waiting for the store: %s",
+                    shmkv_last_error());
         break;
     case SHMKV_ECLOSED:
         resp_error(out, "ERR the store is closed (shutting down)");
@@ -326,14 +350,17 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
                      : shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data,
                                  argv[2].len, ttl_s > 0 ? (uint32_t)ttl_s : 0,
                                  flags);
-    if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND)
+    if (parked_on(c, rc, true)) {
+        /* No reply yet: run again, it reads the old value again. */
+    } else if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND) {
         reply_store_error(out, rc);
-    else if (want_old && had_old)
+    } else if (want_old && had_old) {
         resp_bulk(out, old, old_len);
-    else if (want_old || rc != 0)
+    } else if (want_old || rc != 0) {
         resp_null(out);
-    else
+    } else {
         resp_simple(out, "OK");
+    }
     free(old);
 }
 
@@ -344,10 +371,15 @@ static void cmd_mset(struct conn *c, size_t argc, struct resp_arg *argv,
         resp_error(out, "ERR wrong number of arguments for 'mset' command");
         return;
     }
-    for (size_t i = 1; i < argc; i += 2) {
+    /* A parked MSET goes on from the pair it stopped at. */
+    for (size_t i = 1 + 2 * c->progress; i < argc; i += 2) {
         int rc =
             shmkv_set(c->d->kv, argv[i].data, argv[i].len, argv[i + 1].data,
                       argv[i + 1].len, c->d->cfg.default_ttl_s, 0);
+        if (parked_on(c, rc, true)) {
+            c->progress = (i - 1) / 2;
+            return;
+        }
         if (rc != 0) {
             reply_store_error(out, rc);
             return;
@@ -359,9 +391,15 @@ static void cmd_mset(struct conn *c, size_t argc, struct resp_arg *argv,
 static void cmd_del(struct conn *c, size_t argc, struct resp_arg *argv,
                     struct evbuffer *out)
 {
-    int64_t removed = 0;
-    for (size_t i = 1; i < argc; i++) {
+    /* A parked DEL goes on from the key it stopped at, with its count. */
+    int64_t removed = c->progress_count;
+    for (size_t i = 1 + c->progress; i < argc; i++) {
         int rc = shmkv_del(c->d->kv, argv[i].data, argv[i].len);
+        if (parked_on(c, rc, true)) {
+            c->progress = i - 1;
+            c->progress_count = removed;
+            return;
+        }
         if (rc == 0)
             removed++;
         else if (rc != SHMKV_ENOTFOUND && rc != SHMKV_E2BIG) {
@@ -409,6 +447,8 @@ static void incr_by(struct conn *c, const struct resp_arg *key, int64_t by,
 {
     int64_t result;
     int rc = shmkv_incr(c->d->kv, key->data, key->len, by, &result);
+    if (parked_on(c, rc, true))
+        return;
     if (rc == SHMKV_EOVERFLOW)
         resp_error(out, "ERR increment or decrement would overflow");
     else if (rc != 0)
@@ -489,7 +529,8 @@ static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
         }
         rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, (uint32_t)ttl);
     }
-    reply_applied(out, rc);
+    if (!parked_on(c, rc, true))
+        reply_applied(out, rc);
 }
 
 static void cmd_persist(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -502,7 +543,8 @@ static void cmd_persist(struct conn *c, size_t argc, struct resp_arg *argv,
         rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, 0);
     else if (rc == 0)
         rc = SHMKV_ENOTFOUND; /* no TTL to remove */
-    reply_applied(out, rc);
+    if (!parked_on(c, rc, true))
+        reply_applied(out, rc);
 }
 
 static void cmd_ttl(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -544,6 +586,8 @@ static void cmd_flushall(struct conn *c, size_t argc, struct resp_arg *argv,
         return;
     }
     int rc = shmkv_flush(c->d->kv);
+    if (parked_on(c, rc, true))
+        return;
     if (rc != 0)
         reply_store_error(out, rc);
     else
@@ -761,13 +805,15 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "used_memory:%" PRIu64 "\r\nused_memory_human:%s\r\n"
             "maxmemory:%" PRIu64 "\r\nmaxmemory_human:%s\r\n"
             "maxmemory_policy:%s\r\nfree_memory:%" PRIu64 "\r\n"
+            "limbo_memory:%" PRIu64 "\r\n"
             "largest_free_block:%" PRIu64 "\r\nfragmentation:%.4f\r\n"
             "segment_bytes:%" PRIu64 "\r\nindex_slots:%" PRIu64 "\r\n"
             "max_key_size:%u\r\nmax_value_size:%u\r\n",
             st.bytes_used, h1, st.bytes_capacity, h2,
             st.eviction == SHMKV_EVICT_LRU ? "allkeys-lru" : "noeviction",
-            st.bytes_free, st.largest_free, st.fragmentation, st.segment_bytes,
-            st.index_slots, st.max_key_bytes, st.max_value_bytes);
+            st.bytes_free, st.bytes_limbo, st.largest_free, st.fragmentation,
+            st.segment_bytes, st.index_slots, st.max_key_bytes,
+            st.max_value_bytes);
     }
     if (section_wanted(argc, argv, "persistence")) {
         info_section(b, "Persistence", &first);
@@ -790,10 +836,14 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "expired_keys:%" PRIu64 "\r\nevicted_keys:%" PRIu64 "\r\n"
             "total_sets:%" PRIu64 "\r\ntotal_deletes:%" PRIu64 "\r\n"
             "lock_waits:%" PRIu64 "\r\nlock_timeouts:%" PRIu64 "\r\n"
-            "lock_recoveries:%" PRIu64 "\r\n",
+            "lock_recoveries:%" PRIu64 "\r\nsections_revoked:%" PRIu64
+            "\r\ndead_readers:%" PRIu64 "\r\nstale_sections:%" PRIu64
+            "\r\ncommands_parked:%" PRIu64 "\r\n",
             d->connections_total, d->commands_total, d->connections_rejected,
             st.hits, st.misses, st.expirations, st.evictions, st.sets,
-            st.deletes, st.lock_waits, st.lock_timeouts, st.recoveries);
+            st.deletes, st.lock_waits, st.lock_timeouts, st.recoveries,
+            st.revocations, st.dead_readers, st.stale_sections,
+            d->commands_parked);
     }
     if (section_wanted(argc, argv, "keyspace")) {
         info_section(b, "Keyspace", &first);
@@ -826,11 +876,12 @@ static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
         return;
     }
     /* A flat list of name, value pairs, as CONFIG GET replies. */
-    resp_array(out, 2 * 27);
+    resp_array(out, 2 * 34);
     stat_pair(out, "entries", (int64_t)st.entries);
     stat_pair(out, "entries_with_ttl", (int64_t)st.entries_with_ttl);
     stat_pair(out, "bytes_used", (int64_t)st.bytes_used);
     stat_pair(out, "bytes_free", (int64_t)st.bytes_free);
+    stat_pair(out, "bytes_limbo", (int64_t)st.bytes_limbo);
     stat_pair(out, "bytes_capacity", (int64_t)st.bytes_capacity);
     stat_pair(out, "largest_free", (int64_t)st.largest_free);
     stat_pair(out, "fragmentation_ppm",
@@ -846,6 +897,12 @@ static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
     stat_pair(out, "lock_waits", (int64_t)st.lock_waits);
     stat_pair(out, "lock_timeouts", (int64_t)st.lock_timeouts);
     stat_pair(out, "recoveries", (int64_t)st.recoveries);
+    stat_pair(out, "revocations", (int64_t)st.revocations);
+    stat_pair(out, "dead_readers", (int64_t)st.dead_readers);
+    stat_pair(out, "stale_sections", (int64_t)st.stale_sections);
+    stat_pair(out, "commands_parked", (int64_t)d->commands_parked);
+    stat_pair(out, "lock_timeout_ms", st.lock_timeout_ms);
+    stat_pair(out, "reader_timeout_ms", st.reader_timeout_ms);
     stat_pair(out, "handles", st.clients);
     stat_pair(out, "max_handles", st.max_clients);
     stat_pair(out, "generation", (int64_t)st.generation);
@@ -864,6 +921,8 @@ static void cmd_shmkv_check(struct conn *c, size_t argc, struct resp_arg *argv,
     (void)argv;
     struct shmkv_check_report r;
     int rc = shmkv_check(c->d->kv, &r);
+    if (parked_on(c, rc, true))
+        return;
     if (rc == 0) {
         char text[256];
         snprintf(text, sizeof text,
@@ -994,6 +1053,8 @@ static void cmd_config(struct conn *c, size_t argc, struct resp_arg *argv,
         config_pair(body, &n, pattern, "default-ttl", v);
         snprintf(v, sizeof v, "%u", cfg->lock_timeout_ms);
         config_pair(body, &n, pattern, "lock-timeout-ms", v);
+        snprintf(v, sizeof v, "%u", cfg->reader_timeout_ms);
+        config_pair(body, &n, pattern, "reader-timeout-ms", v);
     }
     resp_array(out, 2 * n);
     evbuffer_add_buffer(out, body);
@@ -1144,32 +1205,36 @@ static const struct command commands[] = {
     {"PTTL", 2, CMD_KEY1, cmd_ttl, "key: as TTL, in milliseconds"},
     {"DBSIZE", 1, 0, cmd_dbsize, "number of keys"},
     {"KEYS", 2, CMD_ADMIN, cmd_keys,
-     "pattern: matching keys (walks the store under its read lock)"},
+     "pattern: matching keys (walks the whole store)"},
     {"INFO", -1, 0, cmd_info,
      "[section]: server, clients, memory, persistence, stats, keyspace"},
     {"CONFIG", -2, 0, cmd_config, "GET pattern: settings"},
     {"CLIENT", -2, 0, cmd_client, "LIST | INFO | ID | SETNAME | GETNAME"},
     {"COMMAND", -1, 0, cmd_command, "[COUNT | INFO name ... | DOCS]"},
     {"SHMKV.STATS", 1, 0, cmd_shmkv_stats, "store statistics, name/value"},
-    {"SHMKV.CHECK", 1, CMD_ADMIN, cmd_shmkv_check,
-     "check the store's structure (under its read lock)"},
-    {"SET", -3, CMD_WRITES | CMD_KEY1, cmd_set,
+    {"SHMKV.CHECK", 1, CMD_ADMIN | CMD_WAITS, cmd_shmkv_check,
+     "check the store's structure (writers wait meanwhile)"},
+    {"SET", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_set,
      "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]"},
-    {"MSET", -3, CMD_WRITES | CMD_KEYVALS, cmd_mset,
+    {"MSET", -3, CMD_WRITES | CMD_WAITS | CMD_KEYVALS, cmd_mset,
      "key value [key value ...]"},
-    {"DEL", -2, CMD_WRITES | CMD_KEYS, cmd_del,
+    {"DEL", -2, CMD_WRITES | CMD_WAITS | CMD_KEYS, cmd_del,
      "key [key ...]: how many removed"},
-    {"UNLINK", -2, CMD_WRITES | CMD_KEYS, cmd_del, "key [key ...]: as DEL"},
-    {"INCR", 2, CMD_WRITES | CMD_KEY1, cmd_incr, "key: add 1"},
-    {"DECR", 2, CMD_WRITES | CMD_KEY1, cmd_decr, "key: subtract 1"},
-    {"INCRBY", 3, CMD_WRITES | CMD_KEY1, cmd_incrby, "key n: add n"},
-    {"DECRBY", 3, CMD_WRITES | CMD_KEY1, cmd_decrby, "key n: subtract n"},
-    {"EXPIRE", 3, CMD_WRITES | CMD_KEY1, cmd_expire, "key seconds"},
-    {"PEXPIRE", 3, CMD_WRITES | CMD_KEY1, cmd_expire,
+    {"UNLINK", -2, CMD_WRITES | CMD_WAITS | CMD_KEYS, cmd_del,
+     "key [key ...]: as DEL"},
+    {"INCR", 2, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_incr, "key: add 1"},
+    {"DECR", 2, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_decr, "key: subtract 1"},
+    {"INCRBY", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_incrby,
+     "key n: add n"},
+    {"DECRBY", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_decrby,
+     "key n: subtract n"},
+    {"EXPIRE", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire, "key seconds"},
+    {"PEXPIRE", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire,
      "key ms (rounded up to seconds)"},
-    {"PERSIST", 2, CMD_WRITES | CMD_KEY1, cmd_persist, "key: remove its TTL"},
-    {"FLUSHALL", -1, CMD_WRITES, cmd_flushall, "remove every key"},
-    {"FLUSHDB", -1, CMD_WRITES, cmd_flushall, "as FLUSHALL"},
+    {"PERSIST", 2, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_persist,
+     "key: remove its TTL"},
+    {"FLUSHALL", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "remove every key"},
+    {"FLUSHDB", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "as FLUSHALL"},
     {"SAVE", 1, CMD_WRITES, cmd_save, "write the snapshot now"},
     {"SHUTDOWN", -1, CMD_WRITES, cmd_shutdown,
      "[SAVE|NOSAVE]: stop the daemon, removing the store"},
@@ -1227,5 +1292,11 @@ void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
                     (int)c->uid, c->last_command);
         return;
     }
+    /* Another parked command just found the store busy: wait with it
+     * rather than spend the loop's time finding the same. */
+    if ((cmd->flags & CMD_WAITS) &&
+        daemon_now_ms() < c->d->store_busy_until_ms &&
+        parked_on(c, SHMKV_ETIMEDOUT, false))
+        return;
     cmd->fn(c, argc, argv, out);
 }

@@ -72,6 +72,8 @@ static const struct setting settings[] = {
     {"persistence", "load_on_start", K_BOOL, FIELD(load_on_start), 0, 0},
     {"daemon", "log_level", K_LOGLEVEL, FIELD(log_level), 0, 0},
     {"daemon", "lock_timeout_ms", K_UINT, FIELD(lock_timeout_ms), 1, 3600000},
+    {"daemon", "reader_timeout_ms", K_UINT, FIELD(reader_timeout_ms), 1,
+     3600000},
     {"daemon", "housekeeping_interval_ms", K_UINT, FIELD(housekeeping_ms), 10,
      60000},
     {"daemon", "expire_slots_per_tick", K_UINT, FIELD(expire_slots_per_tick),
@@ -107,6 +109,7 @@ void config_defaults(struct config *cfg)
     cfg->load_on_start = true;
     cfg->log_level = LOG_LEVEL_INFO;
     cfg->lock_timeout_ms = 5000;
+    cfg->reader_timeout_ms = 1000;
     cfg->housekeeping_ms = 100;
     cfg->expire_slots_per_tick = 4096;
 }
@@ -693,6 +696,7 @@ void config_print(const struct config *c, FILE *out)
             c->load_on_start ? "yes" : "no");
     fprintf(out, "\n[daemon]\nlog_level = %s\n", log_level_name(c->log_level));
     fprintf(out, "lock_timeout_ms = %" PRIu32 "\n", c->lock_timeout_ms);
+    fprintf(out, "reader_timeout_ms = %" PRIu32 "\n", c->reader_timeout_ms);
     fprintf(out, "housekeeping_interval_ms = %" PRIu32 "\n",
             c->housekeeping_ms);
     fprintf(out, "expire_slots_per_tick = %" PRIu32 "\n",
@@ -728,6 +732,8 @@ int config_restart_needed(const struct config *old, const struct config *new_,
         {"socket", strcmp(old->socket_path, new_->socket_path) != 0},
         {"socket_mode", old->socket_mode != new_->socket_mode},
         {"lock_timeout_ms", old->lock_timeout_ms != new_->lock_timeout_ms},
+        {"reader_timeout_ms",
+         old->reader_timeout_ms != new_->reader_timeout_ms},
     };
     int n = 0;
     size_t used = 0;

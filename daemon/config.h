@@ -63,6 +63,7 @@ struct config {
     /* [daemon] */
     enum log_level log_level;       /* log_level = info */
     uint32_t lock_timeout_ms;       /* lock_timeout_ms = 5000 */
+    uint32_t reader_timeout_ms;     /* reader_timeout_ms = 1000 */
     uint32_t housekeeping_ms;       /* housekeeping_interval_ms = 100 */
     uint32_t expire_slots_per_tick; /* expire_slots_per_tick = 4096 */
 };

@@ -24,8 +24,16 @@
  * - a closing connection (QUIT, protocol error, SHUTDOWN, the peer's EOF)
  *   reads nothing more and is closed once its output is flushed, or when
  *   writing makes no progress for CLOSE_FLUSH_TIMEOUT_S.
+ * - waiting for the store: a command waits at most STORE_WAIT_MS for the
+ *   store's write lock (or for readers) inside the loop. If that is not
+ *   enough, the command is parked: it stays at the head of the input, the
+ *   connection reads nothing more, and a timer runs it again every
+ *   PARK_RETRY_MS until it completes or has waited lock_timeout_ms in all
+ *   (then it gets a BUSY error). Other connections are served meanwhile;
+ *   a parked connection is not idle.
  * Invariant: reading is enabled exactly when the connection may parse more
- * (not closing, no EOF seen, output under the soft limit, not yielded).
+ * (not closing, no EOF seen, output under the soft limit, not yielded, not
+ * parked).
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -123,6 +131,7 @@ void conn_close(struct conn *c)
     d->n_conns--;
     log_debug("connection %llu closed", (unsigned long long)c->id);
     event_free(c->resume);
+    event_free(c->retry);
     free(c->groups);
     bufferevent_free(c->bev);
     resp_parser_free(&c->parser);
@@ -175,7 +184,7 @@ static void conn_set_timeouts(struct conn *c, bool force)
     if (c->closing) {
         want = CONN_TIMEOUT_FLUSH;
         idle_s = conn_flush_timeout_s(c);
-    } else if (idle_s == 0) {
+    } else if (idle_s == 0 || c->parked) {
         want = CONN_TIMEOUT_NONE;
     } else {
         want = pending ? CONN_TIMEOUT_WRITE : CONN_TIMEOUT_READ;
@@ -204,7 +213,7 @@ static bool conn_settle(struct conn *c)
         return false;
     }
     conn_set_reading(c, !c->closing && !c->input_ended && !c->output_full &&
-                            !c->yielded);
+                            !c->yielded && !c->parked);
     conn_set_timeouts(c, false);
     return true;
 }
@@ -222,6 +231,8 @@ static int64_t elapsed_ns(const struct timespec *since)
  * the connection was closed (c is freed). */
 static bool conn_process(struct conn *c)
 {
+    if (c->parked)
+        return conn_settle(c); /* the retry timer runs it */
     struct daemon *d = c->d;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
@@ -269,10 +280,19 @@ static bool conn_process(struct conn *c)
             break;
         }
         if (st == RESP_DONE && argc > 0) {
+            command_run(c, argc, argv, out);
+            if (c->parked) {
+                /* Left in the input: parsed and run again on retry. */
+                struct timeval tv = {0, PARK_RETRY_MS * 1000};
+                evtimer_add(c->retry, &tv);
+                break;
+            }
+            c->park_deadline_ms = 0;
+            c->progress = 0;
+            c->progress_count = 0;
             c->commands++;
             d->commands_total++;
             done++;
-            command_run(c, argc, argv, out);
         }
         evbuffer_drain(in, consumed);
         if (c->reply_overflow || evbuffer_get_length(out) > limit) {
@@ -290,7 +310,7 @@ static bool conn_process(struct conn *c)
     if (evbuffer_get_length(out) >= OUTPUT_SOFT_LIMIT)
         c->output_full = true;
     /* After the peer's EOF, close once nothing complete is left to run. */
-    if (c->input_ended && !c->yielded && !c->output_full &&
+    if (c->input_ended && !c->yielded && !c->output_full && !c->parked &&
         (incomplete || evbuffer_get_length(in) == 0))
         c->closing = true;
     return conn_settle(c);
@@ -328,6 +348,30 @@ static void conn_resume_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct conn *c = arg;
     c->yielded = false;
+    conn_process(c);
+}
+
+/* The timer armed when a command was parked: runs it again, unless the
+ * store was found busy again meanwhile by another parked command. */
+static void conn_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    uint64_t now = daemon_now_ms();
+    uint64_t busy_until = c->d->store_busy_until_ms;
+    if (now < busy_until && now < c->park_deadline_ms) {
+        uint64_t wait_ms = busy_until - now;
+        struct timeval tv = {(time_t)(wait_ms / 1000),
+                             (suseconds_t)(wait_ms % 1000) * 1000};
+        evtimer_add(c->retry, &tv);
+        return;
+    }
+    c->parked = false;
+    if (c->yielded || c->output_full) {
+        conn_settle(c);
+        return;
+    }
     conn_process(c);
 }
 
@@ -387,7 +431,12 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
         return;
     }
     c->resume = evtimer_new(d->base, conn_resume_cb, c);
-    if (c->resume == NULL) {
+    c->retry = evtimer_new(d->base, conn_retry_cb, c);
+    if (c->resume == NULL || c->retry == NULL) {
+        if (c->resume != NULL)
+            event_free(c->resume);
+        if (c->retry != NULL)
+            event_free(c->retry);
         close(fd);
         free(c);
         return;
@@ -395,6 +444,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
         event_free(c->resume);
+        event_free(c->retry);
         close(fd);
         free(c);
         return;

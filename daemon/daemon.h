@@ -35,6 +35,7 @@ struct conn {
     struct daemon *d;
     struct bufferevent *bev;
     struct event *resume; /* continues parsing after a yield to the loop */
+    struct event *retry;  /* runs a parked command again */
     struct conn *prev, *next;
     uint64_t id;
     int fd;
@@ -50,6 +51,14 @@ struct conn {
     bool yielded;        /* turn budget spent: resume is armed */
     bool reading;        /* EV_READ is enabled */
     bool reply_overflow; /* a command's reply went over the output limit */
+    /* The command at the head of the input found the store busy: it is
+     * left unparsed-out and run again shortly, until park_deadline_ms;
+     * progress is how far a multi-key write got (keys done, and what it
+     * counted). */
+    bool parked;
+    uint64_t park_deadline_ms;
+    size_t progress;
+    int64_t progress_count;
     enum conn_timeout timeout;
     time_t created;
     time_t last_active;
@@ -90,6 +99,12 @@ struct daemon {
     bool last_save_ok;
     uint64_t last_save_entries;
 
+    /* The store's write lock was busy for a parked command until then
+     * (CLOCK_MONOTONIC ms): other writes park without trying. */
+    uint64_t store_busy_until_ms;
+    uint64_t commands_parked;
+    uint64_t event_cursor; /* the store's events logged so far */
+
     /* lifecycle */
     bool stopping;
     enum stop_save stop_save;
@@ -109,9 +124,17 @@ size_t conn_output_limit(const struct conn *c);
 /* Re-applies run-time settings to open connections (after SIGHUP). */
 void control_apply_config(struct daemon *d);
 
-/* commands.c: runs one parsed request, appending the reply to out. */
+/* commands.c: runs one parsed request, appending the reply to out; or
+ * parks it (c->parked, no reply) when it must wait for the store. */
 void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
                  struct evbuffer *out);
+
+/* How long one attempt of the daemon may wait for the store, and how soon
+ * a parked command tries again: the event loop never waits on the store
+ * for longer. */
+#define STORE_WAIT_MS 2u
+#define PARK_RETRY_MS 2u
+uint64_t daemon_now_ms(void);
 size_t command_count(void);
 
 /* main.c */

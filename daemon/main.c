@@ -47,6 +47,62 @@ struct runtime {
 
 static struct runtime rt;
 
+uint64_t daemon_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Logs the store's liveness and recovery events that are new since the
+ * last tick: whichever process revoked a section or recovered the store
+ * recorded it there. */
+static void store_events_log(struct daemon *d)
+{
+    struct shmkv_event ev[16];
+    for (;;) {
+        uint64_t lost = 0;
+        int n = shmkv_events(d->kv, &d->event_cursor, ev, 16, &lost);
+        if (lost > 0)
+            log_warning("%llu store events were overwritten before they "
+                        "could be logged",
+                        (unsigned long long)lost);
+        for (int i = 0; i < n; i++) {
+            const struct shmkv_event *e = &ev[i];
+            switch (e->type) {
+            case SHMKV_EVENT_REVOKED:
+                log_warning("revoked the read section of pid %d: a writer "
+                            "waited %llu ms for it (reader_timeout_ms); its "
+                            "reader gets SHMKV_ESTALE",
+                            (int)e->pid, (unsigned long long)e->duration_ms);
+                break;
+            case SHMKV_EVENT_DEAD_READER:
+                log_warning("pid %d died inside a read section; its section "
+                            "was dropped",
+                            (int)e->pid);
+                break;
+            case SHMKV_EVENT_RECOVERED:
+                log_warning("pid %d died holding or waiting for the store's "
+                            "write lock: lock replaced in %llu ms%s",
+                            (int)e->pid, (unsigned long long)e->duration_ms,
+                            e->detail != 0 ? ", its write repaired" : "");
+                break;
+            case SHMKV_EVENT_SLOW_WRITER:
+                log_warning("pid %d has held the store's %s lock for at least "
+                            "%llu ms; writers wait behind it",
+                            (int)e->pid, e->detail == 4 ? "read" : "write",
+                            (unsigned long long)e->duration_ms);
+                break;
+            default:
+                log_info("store event %u about pid %d", (unsigned)e->type,
+                         (int)e->pid);
+            }
+        }
+        if (n < 16)
+            break;
+    }
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -72,6 +128,7 @@ static void store_options(const struct config *cfg, struct shmkv_options *o)
     o->max_value_bytes = cfg->max_value_bytes;
     o->eviction = cfg->eviction;
     o->lock_timeout_ms = cfg->lock_timeout_ms;
+    o->reader_timeout_ms = cfg->reader_timeout_ms;
     o->max_clients = cfg->max_handles;
 }
 
@@ -225,11 +282,21 @@ static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct daemon *d = arg;
+    /* Frees dead processes' client slots, and replaces a write lock a dead
+     * process holds before a writer needs it. Waits STORE_WAIT_MS at
+     * most, like everything here. */
+    int rc = shmkv_maintain(d->kv);
+    if (rc != 0 && rc != SHMKV_ETIMEDOUT)
+        log_warning("store maintenance: %s: %s", shmkv_strerror(rc),
+                    shmkv_last_error());
     for (int slice = 0; slice < EXPIRE_TICK_BUDGET; slice++) {
         int n = shmkv_expire_scan(d->kv, d->cfg.expire_slots_per_tick);
         if (n < 0) {
+            /* The store busy: this tick is skipped. */
             if (n != SHMKV_ETIMEDOUT)
                 log_warning("expiry: %s", shmkv_strerror(n));
+            else
+                log_debug("expiry skipped: %s", shmkv_last_error());
             break;
         }
         if (n > 0)
@@ -237,6 +304,7 @@ static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
         if ((uint32_t)n * 4 < d->cfg.expire_slots_per_tick / 64 + 1)
             break;
     }
+    store_events_log(d);
     uint64_t every =
         5000 / (d->cfg.housekeeping_ms ? d->cfg.housekeeping_ms : 1000) + 1;
     if (rt.ticks++ % every == 0)
@@ -547,6 +615,9 @@ int main(int argc, char **argv)
     }
     if (load_snapshot(d) != 0)
         goto out_store;
+    /* From here on the event loop waits on the store a few milliseconds at
+     * most: a command that has to wait longer is parked (control.c). */
+    shmkv_set_timeout(d->kv, STORE_WAIT_MS);
     if (control_start(d) != 0)
         goto out_store;
     if (setup_events(d) != 0) {

@@ -1,6 +1,8 @@
 /*
  * notify.c - see notify.h. A few lines instead of libsystemd: the protocol
- * is one sendto() of the state text.
+ * is one sendto() of the state text. The send never blocks: a listener
+ * that stopped reading (its queue full) loses a status line, it does not
+ * stop the daemon's event loop.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -27,10 +29,10 @@ int notify_send(const char *state)
     if (path[0] == '@')
         addr.sun_path[0] = '\0'; /* abstract namespace */
     socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
-    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -1;
-    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL,
+    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL | MSG_DONTWAIT,
                        (struct sockaddr *)&addr, alen);
     int saved = errno;
     close(fd);

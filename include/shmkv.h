@@ -8,16 +8,25 @@
  *
  * Handles. A shmkv_t is one process's attachment to one store. It is not
  * thread-safe: give each thread its own handle (opening a store twice in one
- * process is cheap). A handle must not be used in a child created by fork()
- * after it was opened; the child opens its own.
+ * process is cheap). A handle belongs to the process that opened it: in a
+ * child created by fork() every call on an inherited handle fails with
+ * SHMKV_EFORKED (shmkv_close() only frees the child's copy); the child
+ * opens its own.
+ *
+ * Liveness. Each handle holds a semaphore of the store's set with
+ * SEM_UNDO, and the kernel releases it when the process dies, whatever its
+ * pid namespace: that, not a pid, is how other processes learn that a
+ * handle's process is gone.
  *
  * Errors. Every call that can fail returns 0 on success or a negative
  * SHMKV_E* code; shmkv_strerror() names it. A failed call leaves the store
  * as it was. Where a system call failed, errno still holds its reason.
  *
  * Time. TTLs are whole seconds, measured on the realtime clock so that an
- * expiry survives a snapshot and a restart. Lock waits are bounded by the
- * store's lock timeout on CLOCK_MONOTONIC: no call blocks forever.
+ * expiry survives a snapshot and a restart. Waits are bounded on
+ * CLOCK_MONOTONIC: a write waits at most the handle's timeout (the store's
+ * lock timeout unless shmkv_set_timeout() changed it) in all, and no read
+ * ever waits for a writer: no call blocks forever.
  */
 #ifndef SHMKV_H
 #define SHMKV_H
@@ -70,6 +79,12 @@ enum shmkv_error {
     SHMKV_ENOMEM = -21,    /* out of process memory */
     SHMKV_ESYS = -22,      /* another system error: see errno */
     SHMKV_EOWNED = -23,    /* shmkv_adopt: the store's owner is alive */
+    SHMKV_ESTALE = -24,    /* the read section was revoked: it was held
+                              past the store's reader timeout while a
+                              writer needed the memory it could see.
+                              Discard what the section read; end it */
+    SHMKV_EFORKED = -25,   /* the handle was opened by another process
+                              (this is a fork()ed child's copy) */
 };
 
 /* Returns a static, human-readable description of an error code. */
@@ -111,8 +126,13 @@ struct shmkv_options {
     uint32_t max_key_bytes;
     uint32_t max_value_bytes;
     enum shmkv_eviction eviction; /* default SHMKV_EVICT_NONE */
-    /* Longest wait for the lock, in milliseconds. Default 5000. */
+    /* Longest wait of a write, in milliseconds: for the write lock, for
+     * readers and for a recovery, in all. Default 5000. */
     uint32_t lock_timeout_ms;
+    /* How long a writer that needs memory a read section may still see
+     * waits for that section before revoking it (SHMKV_ESTALE to its
+     * reader), in milliseconds. Default 1000. */
+    uint32_t reader_timeout_ms;
     /* Number of client slots: how many handles may be open at once across
      * all processes. Default 1024. */
     uint32_t max_clients;
@@ -144,8 +164,10 @@ int shmkv_remove(const char *where);
 /* Takes over an existing store whose owner process is dead (a daemon that
  * crashed), data intact: the handle becomes its owner (shmkv_destroy()
  * removes it), a closed mark is cleared, and a lock the dead owner held is
- * recovered before this returns. SHMKV_EOWNED if the owner is alive (the
- * detail names its pid); otherwise the errors of shmkv_open(). */
+ * recovered before this returns. The owner's liveness is a semaphore the
+ * kernel releases when it dies, so a live owner in another pid namespace
+ * is never taken for dead. SHMKV_EOWNED if the owner is alive (the detail
+ * names its pid); otherwise the errors of shmkv_open(). */
 int shmkv_adopt(const char *where, struct shmkv **out);
 
 /* Marks an owner leaves on its store, which outlive the owner's process.
@@ -173,10 +195,11 @@ int shmkv_mark_closed(struct shmkv *kv);
 /* ---------------------------------------------------------------------- */
 /* Attaching */
 
-#define SHMKV_RDONLY 0x1 /* attach the data read-only (SHM_RDONLY): writes
-                            through this handle return SHMKV_ERDONLY, and a
-                            stray write in this process faults here
-                            instead of corrupting the store */
+#define SHMKV_RDONLY                                                           \
+    0x1 /* attach the data read-only (SHM_RDONLY): writes                      \
+           through this handle return SHMKV_ERDONLY, and a                     \
+           stray write in this process faults here                             \
+           instead of corrupting the store */
 
 /* Attaches an existing store. where is one of:
  *   "key:0x5eed0001" or "0x5eed0001"  a System V key as a number,
@@ -190,6 +213,12 @@ int shmkv_open(const char *where, int flags, struct shmkv **out);
 /* Detaches and frees the handle. Ends an open read section first. Does not
  * remove the store. Accepts NULL. */
 void shmkv_close(struct shmkv *kv);
+
+/* Sets how long calls through this handle may wait, in milliseconds: a
+ * write for the lock, for readers and for a recovery, in all. 0 restores
+ * the store's lock timeout. For an event loop that must not stall (shmkvd
+ * uses a few milliseconds and retries later). */
+int shmkv_set_timeout(struct shmkv *kv, uint32_t timeout_ms);
 
 /* Resolves a key spec ("key:0x..", "0x..", decimal, "ftok:/path:N") to a
  * System V key. */
@@ -212,33 +241,46 @@ typedef struct shmkv_val {
     size_t len;
 } shmkv_val_t;
 
-/* Begins a read section: takes the read lock (waiting at most the lock
- * timeout: SHMKV_ETIMEDOUT). Any number of shmkv_get calls may follow; they
- * all see one consistent state of the store. Keep sections short: writers
- * wait for them. Returns SHMKV_ESTATE if a section is already open. */
+/* Begins a read section. It never waits: no lock is taken, writers go on
+ * beside it, and none of them reuses the memory of a value the section may
+ * have been given until it ends. Any number of shmkv_get calls may follow.
+ * What they see:
+ *   - every write that completed before shmkv_read_begin returned;
+ *   - each get, the key's value at the moment of that get; a later get
+ *     never sees an older store than an earlier one did (writes become
+ *     visible in the order they were made, each key's whole or not at
+ *     all), but the section is not a snapshot: a write that completes
+ *     while it is open may be seen by later gets and not by earlier ones;
+ *   - every value returned stays in place, unchanged, until the section
+ *     ends.
+ * Keep sections short: a writer that needs the memory a section may see
+ * waits for it at most the store's reader timeout, then revokes it. A
+ * revoked section's next shmkv_get and its shmkv_read_end return
+ * SHMKV_ESTALE: discard what it read. The memory stays mapped, so reading
+ * it never faults. Returns SHMKV_ESTATE if a section is already open. */
 int shmkv_read_begin(struct shmkv *kv);
 
 /* Looks key up inside a read section. On success val->data points at the
  * value in shared memory: read-only, not NUL-terminated, not aligned, and
  * valid until shmkv_read_end() on this handle. Errors: SHMKV_ENOTFOUND,
  * SHMKV_ESTATE (no read section), SHMKV_EINVAL, SHMKV_E2BIG (key over the
- * limit: it cannot be there). */
-int shmkv_get(struct shmkv *kv, const void *key, size_t klen,
-              shmkv_val_t *val);
+ * limit: it cannot be there), SHMKV_ESTALE (the section was revoked). */
+int shmkv_get(struct shmkv *kv, const void *key, size_t klen, shmkv_val_t *val);
 
-/* Ends the read section; values returned in it are no longer valid. */
+/* Ends the read section; values returned in it are no longer valid.
+ * Returns SHMKV_ESTALE if the section was revoked (the section is ended
+ * all the same). */
 int shmkv_read_end(struct shmkv *kv);
 
 /* Copies the value of key into buf (cap bytes) in its own read section. On
  * success *vlen is the value's length. If cap is too small, returns
  * SHMKV_ENOBUFS with the needed size in *vlen and buf untouched. buf may be
  * NULL when cap is 0, to ask for the size. */
-int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen,
-                   void *buf, size_t cap, size_t *vlen);
+int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
+                   size_t cap, size_t *vlen);
 
 /* Seconds to live of key: 0 with *ttl_s = -1 when it has no TTL. */
-int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen,
-              int64_t *ttl_s);
+int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s);
 
 /* ---------------------------------------------------------------------- */
 /* Writing (each call takes the write lock once; not inside a read section) */
@@ -252,8 +294,8 @@ int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen,
  * Errors: SHMKV_E2BIG, SHMKV_ENOSPC (the old value, if any, is kept),
  * SHMKV_EEXIST / SHMKV_ENOTFOUND for NX / XX, SHMKV_ERDONLY,
  * SHMKV_ETIMEDOUT, SHMKV_EINVAL. */
-int shmkv_set(struct shmkv *kv, const void *key, size_t klen,
-              const void *val, size_t vlen, uint32_t ttl_s, int flags);
+int shmkv_set(struct shmkv *kv, const void *key, size_t klen, const void *val,
+              size_t vlen, uint32_t ttl_s, int flags);
 
 /* Removes key. SHMKV_ENOTFOUND if it was absent. */
 int shmkv_del(struct shmkv *kv, const void *key, size_t klen);
@@ -282,13 +324,19 @@ int shmkv_expire_scan(struct shmkv *kv, uint64_t max_slots);
 /* ---------------------------------------------------------------------- */
 /* Iterating (snapshots, admin tools) */
 
-/* Called once per live entry, inside one read section; ttl_s is the
- * remaining time to live, 0 for none. Return nonzero to stop. */
+/* Called once per live entry; key and val point into shared memory and are
+ * valid until the visitor returns; ttl_s is the remaining time to live, 0
+ * for none. Return nonzero to stop. */
 typedef int (*shmkv_visit_fn)(void *ctx, const void *key, size_t klen,
                               const void *val, size_t vlen, int64_t ttl_s);
 
-/* Visits every live entry under the read lock. Returns 0, an error, or the
- * visitor's nonzero result. */
+/* Visits every live entry, a few hundred index slots per read section, so
+ * that writers go on meanwhile and no section is long. Every key present
+ * for the whole walk is visited exactly once, with a value it held during
+ * the walk; a key written or removed meanwhile may or may not be. Returns
+ * 0, an error, the visitor's nonzero result, or SHMKV_ESTALE if a visitor
+ * took so long that its section was revoked (what it was given may have
+ * changed under it). */
 int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx);
 
 /* ---------------------------------------------------------------------- */
@@ -298,13 +346,17 @@ struct shmkv_stats {
     /* contents */
     uint64_t entries;
     uint64_t entries_with_ttl;
-    uint64_t bytes_used;       /* arena bytes held by entries (with headers) */
-    uint64_t bytes_free;       /* arena bytes free */
-    uint64_t bytes_capacity;   /* arena size */
-    uint64_t largest_free;     /* the largest block that could be stored */
-    double fragmentation;      /* 1 - largest_free / bytes_free (0 = none) */
-    uint64_t index_slots;      /* hash index capacity */
-    uint64_t segment_bytes;    /* both segments, as the kernel sees them */
+    uint64_t bytes_used;     /* arena bytes held by entries (with headers) */
+    uint64_t bytes_free;     /* arena bytes free */
+    uint64_t bytes_limbo;    /* arena bytes of entries deleted or replaced
+                                and not yet free: a read section that
+                                began before may still see them; used +
+                                free + limbo = capacity */
+    uint64_t bytes_capacity; /* arena size */
+    uint64_t largest_free;   /* the largest block that could be stored */
+    double fragmentation;    /* 1 - largest_free / bytes_free (0 = none) */
+    uint64_t index_slots;    /* hash index capacity */
+    uint64_t segment_bytes;  /* both segments, as the kernel sees them */
     /* counters since the store was created */
     uint64_t hits;
     uint64_t misses;
@@ -312,39 +364,92 @@ struct shmkv_stats {
     uint64_t deletes;
     uint64_t evictions;
     uint64_t expirations;
-    uint64_t lock_waits;       /* lock still taken after a short spin:
-                                  the caller slept on it */
+    uint64_t lock_waits; /* lock still taken after a short spin:
+                            the caller slept on it */
     uint64_t lock_timeouts;
-    uint64_t recoveries;       /* lock recoveries after a dead holder */
+    uint64_t recoveries;     /* write locks replaced after a dead holder
+                                (and its operation repaired) */
+    uint64_t revocations;    /* read sections revoked: held past the
+                                reader timeout */
+    uint64_t dead_readers;   /* read sections dropped: their process
+                                died inside them */
+    uint64_t stale_sections; /* sections whose reader learned they were
+                                revoked (SHMKV_ESTALE) */
     /* layout and limits */
     uint32_t max_key_bytes;
     uint32_t max_value_bytes;
     enum shmkv_eviction eviction;
     uint32_t lock_timeout_ms;
-    uint32_t clients;          /* handles attached now */
+    uint32_t reader_timeout_ms;
+    uint32_t clients; /* handles attached now (live processes) */
     uint32_t max_clients;
-    uint64_t generation;       /* data segment generation */
-    int32_t owner_pid;         /* the creating process (pid) */
-    int64_t created_unix;      /* creation time, seconds */
+    uint64_t generation;  /* data segment generation */
+    int32_t owner_pid;    /* the creating process (pid) */
+    int64_t created_unix; /* creation time, seconds */
 };
 
-/* Fills *stats. Takes the read lock briefly. */
+/* Fills *stats in a read section of its own. */
 int shmkv_stats(struct shmkv *kv, struct shmkv_stats *stats);
 
 struct shmkv_check_report {
-    uint64_t entries_seen;     /* entries reachable from the index */
-    uint64_t blocks_used;      /* arena blocks in use */
+    uint64_t entries_seen; /* entries reachable from the index */
+    uint64_t blocks_used;  /* arena blocks holding entries */
     uint64_t blocks_free;
-    uint64_t bytes_leaked;     /* arena space neither free nor reachable
-                                  (left by a killed writer) */
-    uint64_t problems;         /* inconsistencies found */
-    char first_problem[160];   /* a description of the first one */
+    uint64_t blocks_limbo;   /* unlinked blocks not yet free */
+    uint64_t bytes_leaked;   /* arena space neither free nor reachable
+                                (left by a killed writer) */
+    uint64_t problems;       /* inconsistencies found */
+    char first_problem[160]; /* a description of the first one */
 };
 
-/* Walks the index, every entry and the whole arena under the read lock and
- * reports what it finds. Returns 0 if the store is consistent (leaked bytes
+/* Walks the index, every entry and the whole arena and reports what it
+ * finds, holding the store's rwlock for reading: writers wait for it
+ * (readers do not). Returns 0 if the store is consistent (leaked bytes
  * alone are not an inconsistency), SHMKV_ECORRUPT otherwise, or an error. */
 int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report);
+
+/* ---------------------------------------------------------------------- */
+/* Liveness and recovery events, for the store's operator (shmkvd logs
+ * them). Any process that revokes a section or recovers the store records
+ * it in a small ring in the store. */
+
+enum shmkv_event_type {
+    SHMKV_EVENT_REVOKED = 1,     /* a read section held past the reader
+                                    timeout was revoked; duration_ms: how
+                                    long a writer had waited for it */
+    SHMKV_EVENT_DEAD_READER = 2, /* a dead process's read section was
+                                    dropped */
+    SHMKV_EVENT_RECOVERED = 3,   /* a write lock a dead process held (or
+                                    damaged while waiting for it) was
+                                    replaced; detail: the kind of write
+                                    repaired, 0 for none; duration_ms: how
+                                    long the recovery took */
+    SHMKV_EVENT_SLOW_WRITER = 4, /* a writer held the write lock longer
+                                    than the reader timeout; duration_ms:
+                                    how long a waiter had waited */
+};
+
+struct shmkv_event {
+    uint64_t seq; /* the event's number in the store, from 0 */
+    enum shmkv_event_type type;
+    int32_t pid; /* the process it is about (as its own pid namespace
+                    numbers it) */
+    uint64_t duration_ms;
+    int64_t at_unix_ms;
+    uint64_t detail;
+};
+
+/* Reads up to max events from *cursor on into out and advances *cursor;
+ * returns how many it read. Start with *cursor = 0; events older than the
+ * ring (64) are skipped, and *lost (may be NULL) says how many. */
+int shmkv_events(struct shmkv *kv, uint64_t *cursor, struct shmkv_event *out,
+                 int max, uint64_t *lost);
+
+/* Housekeeping for the store's owner, bounded and never waiting longer
+ * than the handle's timeout: frees the client slots of dead processes, and
+ * replaces a write lock a dead process holds before any writer needs it.
+ * Returns 0 or an error. */
+int shmkv_maintain(struct shmkv *kv);
 
 #ifdef __cplusplus
 }

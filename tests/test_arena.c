@@ -195,10 +195,10 @@ int main(void)
                                         arena_setup, arena_teardown),
         cmocka_unit_test_setup_teardown(test_random_alloc_free, arena_setup,
                                         arena_teardown),
-        cmocka_unit_test_setup_teardown(test_coalescing_both_sides,
-                                        arena_setup, arena_teardown),
-        cmocka_unit_test_setup_teardown(test_check_detects_damage,
-                                        arena_setup, arena_teardown),
+        cmocka_unit_test_setup_teardown(test_coalescing_both_sides, arena_setup,
+                                        arena_teardown),
+        cmocka_unit_test_setup_teardown(test_check_detects_damage, arena_setup,
+                                        arena_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,9 +12,10 @@
  * it publishes it as committed. A write that failed withdraws its intent.
  *
  * After each kill the parent (through its own handle or a freshly opened
- * one) runs shmkv_check, which must take the read lock even when the child
- * died holding the write lock (client/lock.c detects the dead holder and
- * moves the store to a new generation), and must report no problem. Then it
+ * one) runs shmkv_check, which must take the rwlock even when the child
+ * died holding the write lock (client/lock.c learns from the kernel that
+ * the holder is dead, replaces the lock and repairs the write it was
+ * making), and must report no problem. Then it
  * replays the committed journal onto its model of the store, checking what
  * each acknowledged result says about the state before it (an NX set
  * succeeded, so the key was absent; an incr returned the model's value plus
@@ -27,10 +28,8 @@
  * load with eviction: any key may be absent, but a present key must hold
  * exactly its last acknowledged value (or the in-flight one).
  *
- * Another case kills processes while they recover the store: a reader dies
- * inside a read section that holds the rwlock, so the next writer finds the
- * lock held by a dead process and rebuilds the generation, and is itself killed
- * at moments spread over that rebuild. Writes must still go through afterwards.
+ * Another case kills readers inside their read sections: the next writer
+ * that needs the memory they held back drops their claims at once.
  *
  * The last cases leave the rwlock as a process killed inside glibc's lock
  * code would, halfway through handing the lock from readers to a writer or
@@ -801,8 +800,8 @@ static void run_kills(const struct layout *ly, uint64_t size_bytes,
                   ly->lru ? "lru" : "noeviction", iterations, commits, reads,
                   kills_mid_write, m.inflight_applied, m.inflight_not_applied,
                   st.recoveries, st.entries, st.evictions);
-    /* Each recovery moved the store one generation on. */
-    assert_int_equal(st.generation, 1 + st.recoveries);
+    /* Recovery repairs in place: the data segment is the one made. */
+    assert_int_equal(st.generation, 1);
     if (!ly->lru)
         assert_int_equal(st.evictions, 0);
 
@@ -832,168 +831,6 @@ static void test_kill_writer_lru(void **state)
     static const struct layout ly = {
         .lru = true, .nstrict = MAX_STRICT, .max_payload = MAX_PAYLOAD};
     run_kills(&ly, 1u << 20, 100);
-}
-
-/* ---- killing a process while it recovers the store ---- */
-
-#define RECOVER_ENTRIES 60000u
-#define RECOVER_ROUNDS 16u
-
-/* Opens the store, begins a read section and waits to be killed in it. */
-static int dead_reader_main(struct journal *j, const char *where)
-{
-    shmkv_t *kv;
-    /* A read section taken on the rwlock, as one that found a writer at
-     * work (a fast one would just be cleared by the next writer). */
-    if (shmkv_open(where, 0, &kv) != 0 || lock_read_slow(kv) != 0)
-        return 1;
-    atomic_store(&j->ready, 1);
-    for (int i = 0; i < 600; i++)
-        usleep(100000);
-    return 1;
-}
-
-/* Opens the store and writes: its first write finds the lock held by a
- * dead reader and recovers the store. Records when that write began and
- * ended, and its writes in the journal. */
-static int recovering_writer_main(struct journal *j, const char *where,
-                                  unsigned round)
-{
-    shmkv_t *kv;
-    if (shmkv_open(where, 0, &kv) != 0)
-        return 1;
-    atomic_store(&j->ready, 1);
-    char key[32];
-    for (uint32_t n = 0; n < 1000; n++) {
-        int klen = snprintf(key, sizeof key, "w%u-%u", round, n);
-        uint64_t start = now_us();
-        if (n == 0)
-            atomic_store(&j->first_write_start_us, start);
-        atomic_store_explicit(&j->intent, n + 1, memory_order_release);
-        int rc = shmkv_set(kv, key, (size_t)klen, key, (size_t)klen, 0, 0);
-        if (rc != 0) {
-            atomic_fetch_add(&j->failures, 1);
-            snprintf(j->first_failure, sizeof j->first_failure, "set %s: %s",
-                     key, shmkv_strerror(rc));
-            break;
-        }
-        atomic_store_explicit(&j->committed, n + 1, memory_order_release);
-        if (n == 0)
-            atomic_store(&j->first_write_end_us, now_us());
-    }
-    shmkv_close(kv);
-    return 0;
-}
-
-static pid_t spawn_ready(struct journal *j,
-                         int (*fn)(struct journal *, const char *, unsigned),
-                         const char *where, unsigned round)
-{
-    journal_reset(j);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0)
-        _exit(fn(j, where, round));
-    int status;
-    if (!wait_ready(j, pid, &status))
-        fail_msg("child exited with status %d before it was ready", status);
-    return pid;
-}
-
-static int dead_reader_entry(struct journal *j, const char *where,
-                             unsigned round)
-{
-    (void)round;
-    return dead_reader_main(j, where);
-}
-
-static void test_kill_during_recovery(void **state)
-{
-    (void)state;
-    struct shmkv_options o;
-    shmkv_options_init(&o);
-    o.size_bytes = 32u << 20;
-    shmkv_t *kv;
-    assert_int_equal(test_create(&o, &kv), 0);
-    char where[32];
-    snprintf(where, sizeof where, "%s", o.key);
-    struct journal *j = journal_map();
-
-    /* Enough entries that copying them into a new generation takes a
-     * while: the kills below land in that copy. */
-    static char buf[MAX_VALUE];
-    char key[32];
-    for (uint32_t k = 0; k < RECOVER_ENTRIES; k++) {
-        int klen = snprintf(key, sizeof key, "e%u", k);
-        size_t vlen = value_make(buf, k, 1, 100 + k % 200);
-        assert_int_equal(shmkv_set(kv, key, (size_t)klen, buf, vlen, 0, 0), 0);
-    }
-
-    uint64_t rng = mix64((uint64_t)getpid() ^ now_us());
-    uint64_t span_us = 0;
-    unsigned completed = 0;
-    for (unsigned round = 0; round <= RECOVER_ROUNDS; round++) {
-        pid_t reader = spawn_ready(j, dead_reader_entry, where, round);
-        kill(reader, SIGKILL);
-        assert_true(reap_killed(reader));
-
-        pid_t writer = spawn_ready(j, recovering_writer_main, where, round);
-        if (round == 0) {
-            /* Measure how long the first write takes (waiting for the lock,
-             * finding the dead reader, rebuilding the store). */
-            assert_true(reap_killed(writer));
-            assert_int_equal(atomic_load(&j->failures), 0);
-            span_us = atomic_load(&j->first_write_end_us) -
-                      atomic_load(&j->first_write_start_us);
-        } else {
-            /* Kill it at moments spread over that first write. */
-            uint64_t at = span_us * (round - 1) / (RECOVER_ROUNDS - 1) +
-                          rng_next(&rng) % (span_us / RECOVER_ROUNDS + 1);
-            usleep((useconds_t)at);
-            kill(writer, SIGKILL);
-            assert_true(reap_killed(writer));
-            if (atomic_load(&j->failures) > 0)
-                fail_msg("round %u: %s", round, j->first_failure);
-        }
-        completed += atomic_load(&j->committed) > 0;
-
-        /* Writes must go through after the kill, and nothing is lost. */
-        int klen = snprintf(key, sizeof key, "after%u", round);
-        int rc = shmkv_set(kv, key, (size_t)klen, "x", 1, 0, 0);
-        if (rc != 0)
-            fail_msg("round %u: a write after the kill: %s (%s)", round,
-                     shmkv_strerror(rc), shmkv_last_error());
-        struct shmkv_check_report rep;
-        rc = shmkv_check(kv, &rep);
-        if (rc != 0)
-            fail_msg("round %u: check: %s", round, rep.first_problem);
-        uint64_t committed = atomic_load(&j->committed);
-        assert_int_equal(shmkv_read_begin(kv), 0);
-        for (uint32_t k = 0; k < RECOVER_ENTRIES; k++) {
-            klen = snprintf(key, sizeof key, "e%u", k);
-            shmkv_val_t v;
-            uint64_t seq;
-            uint32_t payload;
-            assert_int_equal(shmkv_get(kv, key, (size_t)klen, &v), 0);
-            assert_null(value_verify(v.data, v.len, k, &seq, &payload));
-        }
-        for (uint64_t n = 0; n < committed; n++) {
-            klen = snprintf(key, sizeof key, "w%u-%" PRIu64, round, n);
-            shmkv_val_t v;
-            assert_int_equal(shmkv_get(kv, key, (size_t)klen, &v), 0);
-            assert_memory_equal(v.data, key, (size_t)klen);
-        }
-        assert_int_equal(shmkv_read_end(kv), 0);
-    }
-    struct shmkv_stats st;
-    assert_int_equal(shmkv_stats(kv, &st), 0);
-    print_message("recovery kills: first write took %" PRIu64
-                  " us; %u of %u killed writers had finished it; %" PRIu64
-                  " recoveries\n",
-                  span_us, completed - 1, RECOVER_ROUNDS, st.recoveries);
-    assert_int_equal(st.generation, 1 + st.recoveries);
-    munmap(j, sizeof *j);
-    test_destroy(kv, where);
 }
 
 /* Waits at most limit_ms for a child; returns its exit status, 128 plus
@@ -1072,34 +909,46 @@ static pid_t spawn_section_holder(const char *where, bool get)
     return pid;
 }
 
-/* A reader killed inside a read section that holds no rwlock (as read
- * sections do while no writer is at work) costs the next writer a new
- * generation (were the reader alive after all, it would go on reading its
- * copy untouched), not a wait to the lock timeout; its slot is reused. */
-static void test_kill_fast_reader(void **state)
+/* A reader killed inside a read section costs a writer that needs the
+ * memory the section held back one look at the kernel's liveness, not a
+ * wait: its claim is dropped, its slot comes back. */
+static void test_kill_reader_in_section(void **state)
 {
     (void)state;
     struct shmkv_options o;
     shmkv_options_init(&o);
+    o.size_bytes = 1u << 20;
     o.max_clients = 3;
     shmkv_t *kv;
     assert_int_equal(test_create(&o, &kv), 0);
     char where[32];
     snprintf(where, sizeof where, "%s", o.key);
+    static char val[16384];
+    memset(val, 'v', sizeof val);
     for (int round = 0; round < 6; round++) {
-        pid_t pid = spawn_section_holder(where, round > 0);
+        assert_int_equal(shmkv_set(kv, "k", 1, "v", 1, 0, 0), 0);
+        pid_t pid = spawn_section_holder(where, true);
         kill(pid, SIGKILL);
         assert_true(reap_killed(pid));
+        /* Rewrite more than the whole arena: the blocks the dead section
+         * could see must be freed to make room. */
         uint64_t start = now_us();
-        assert_int_equal(shmkv_set(kv, "k", 1, "v", 1, 0, 0), 0);
-        assert_true(now_us() - start < 1000000);
+        char key[16];
+        for (int i = 0; i < 200; i++) {
+            int kl = snprintf(key, sizeof key, "fill%d", i % 40);
+            assert_int_equal(
+                shmkv_set(kv, key, (size_t)kl, val, sizeof val, 0, 0), 0);
+        }
+        assert_true(now_us() - start < 500000);
     }
     struct shmkv_stats st;
     assert_int_equal(shmkv_stats(kv, &st), 0);
-    assert_int_equal(st.recoveries, 6);
-    assert_int_equal(st.generation, 7);
+    assert_int_equal(st.dead_readers, 6);
+    assert_int_equal(st.revocations, 0);
+    assert_int_equal(st.recoveries, 0);
+    assert_int_equal(st.generation, 1);
     /* With no writer to come, dead readers' slots still come back: an
-     * opener that finds the table full of them makes a new generation. */
+     * opener that finds the table full of them frees them. */
     for (int round = 0; round < 4; round++) {
         pid_t pid = spawn_section_holder(where, false);
         kill(pid, SIGKILL);
@@ -1127,7 +976,7 @@ static void die_mid_handover(const char *where, bool write)
         shmkv_t *kv;
         if (shmkv_open(where, 0, &kv) != 0)
             _exit(1);
-        if ((write ? lock_write(kv) : lock_read_slow(kv)) != 0)
+        if (lock_take(kv, write) != 0)
             _exit(2);
         __atomic_store_n(&kv->lock->__data.__wrphase_futex, write ? 0u : 1u,
                          __ATOMIC_RELAXED);
@@ -1151,8 +1000,7 @@ static pid_t spawn_torn_unlock(const char *where, bool write_lock)
     assert_true(pid >= 0);
     if (pid == 0) {
         shmkv_t *h;
-        if (shmkv_open(where, 0, &h) != 0 ||
-            (write_lock ? lock_write(h) : lock_read_slow(h)) != 0)
+        if (shmkv_open(where, 0, &h) != 0 || lock_take(h, write_lock) != 0)
             _exit(1);
         if (write(ready[1], "x", 1) != 1)
             _exit(2);
@@ -1246,8 +1094,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kill_writer_noeviction),
         cmocka_unit_test(test_kill_writer_lru),
-        cmocka_unit_test(test_kill_during_recovery),
-        cmocka_unit_test(test_kill_fast_reader),
+        cmocka_unit_test(test_kill_reader_in_section),
 #if defined(__GLIBC__)
         cmocka_unit_test(test_kill_mid_handover),
 #endif

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <grp.h>
 #include <sys/resource.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -32,6 +33,7 @@
 
 #include <stdbool.h>
 
+#include "internal.h"
 #include "testutil.h"
 
 struct env {
@@ -114,6 +116,9 @@ static int daemon_start(bool expect_fail)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        /* Dies with the test, however the test ends. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1)
+            _exit(125);
         int fd = open(E.log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         dup2(fd, 2);
         setenv("NOTIFY_SOCKET", E.notify, 1);
@@ -225,6 +230,9 @@ static int setup(void **state)
 {
     (void)state;
     test_cleanup_install();
+    /* A daemon that closes a connection mid-write must fail the write, not
+     * kill the test. */
+    signal(SIGPIPE, SIG_IGN);
     memset(&E, 0, sizeof E);
     snprintf(E.dir, sizeof E.dir, "/tmp/shmkvd-test-XXXXXX");
     assert_non_null(mkdtemp(E.dir));
@@ -236,7 +244,9 @@ static int setup(void **state)
     snprintf(E.notify, sizeof E.notify, "%s/notify.sock", E.dir);
     snprintf(E.key, sizeof E.key, "%s", test_unique_key());
     snprintf(test_store_keys[test_store_count++], 32, "%s", E.key);
-    E.notify_fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    /* Close-on-exec: a daemon that inherited the listening socket would
+     * keep it alive, fill it and block on it for ever. */
+    E.notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     snprintf(a.sun_path, sizeof a.sun_path, "%s", E.notify);
     assert_int_equal(bind(E.notify_fd, (struct sockaddr *)&a, sizeof a), 0);
@@ -527,15 +537,14 @@ static size_t recv_upto(int fd, size_t want, char *tail, size_t cap,
     return got;
 }
 
-/* Sends a request and returns its reply: what arrives until nothing more
- * comes for 50 ms (replies here are small and sent in one write). */
-static const char *ask(int fd, const char *req, size_t len)
+/* Returns what arrives until nothing more comes for 50 ms (replies here
+ * are small and sent in one write), waiting first_ms for the first byte. */
+static const char *recv_all(int fd, int first_ms)
 {
     static char out[1 << 16];
-    send_all(fd, req, len);
     size_t got = 0;
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    int wait_ms = 3000;
+    int wait_ms = first_ms;
     while (got < sizeof out - 1 && poll(&p, 1, wait_ms) == 1) {
         ssize_t r = read(fd, out + got, sizeof out - 1 - got);
         if (r <= 0)
@@ -545,6 +554,31 @@ static const char *ask(int fd, const char *req, size_t len)
     }
     out[got] = '\0';
     return out;
+}
+
+/* Sends a request and returns its reply (see recv_all). */
+static const char *ask(int fd, const char *req, size_t len)
+{
+    send_all(fd, req, len);
+    return recv_all(fd, 3000);
+}
+
+/* Sends a request whose reply is exactly reply_len bytes; returns how
+ * many milliseconds the reply took, having checked it is want. */
+static uint64_t ask_timed(int fd, const char *req, const char *want)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    send_all(fd, req, strlen(req));
+    char got[64];
+    bool closed;
+    size_t n = strlen(want);
+    assert_true(n < sizeof got);
+    assert_int_equal(recv_upto(fd, n, got, n, 3000, &closed), n);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_memory_equal(got, want, n);
+    return (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000 +
+                      (t1.tv_nsec - t0.tv_nsec) / 1000000);
 }
 
 #define ASK(fd, lit) ask((fd), (lit), sizeof(lit) - 1)
@@ -764,6 +798,17 @@ static void test_idle_timeout_while_replying(void **state)
 /* A command that waits longer than idle_timeout for the store's lock (a
  * reader holds it) is still answered: the time it waited is not counted
  * against the reply. */
+static uint64_t ms_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (uint64_t)((t1.tv_sec - t0->tv_sec) * 1000 +
+                      (t1.tv_nsec - t0->tv_nsec) / 1000000);
+}
+
+/* A command that must wait for the store's write lock longer than
+ * idle_timeout is parked, not dropped, and answered once the lock is free;
+ * meanwhile the daemon serves other connections at once. */
 static void test_slow_command_answered(void **state)
 {
     (void)state;
@@ -772,18 +817,66 @@ static void test_slow_command_answered(void **state)
     write_config(NULL);
     daemon_start(false);
     struct shmkv *kv;
-    assert_int_equal(shmkv_open(E.conf, SHMKV_RDONLY, &kv), 0);
+    assert_int_equal(shmkv_open(E.conf, 0, &kv), 0);
     int a = sock_connect();
-    assert_int_equal(shmkv_read_begin(kv), 0);
+    int b = sock_connect();
+    /* This process holds the write lock, as a writer stopped in the
+     * middle of a write would. */
+    assert_int_equal(lock_take(kv, true), 0);
     send_all(a, "SET slow 1\r\n", 12);
-    usleep(1600 * 1000);
-    shmkv_read_end(kv);
+    uint64_t slowest = 0;
+    for (int i = 0; i < 16; i++) {
+        usleep(100 * 1000);
+        uint64_t ms = ask_timed(b, "PING\r\n", "+PONG\r\n");
+        slowest = ms > slowest ? ms : slowest;
+        ms = ask_timed(b, "GET slow\r\n", "$-1\r\n");
+        slowest = ms > slowest ? ms : slowest;
+    }
+    print_message("with a SET parked 1.6 s: slowest PING or GET %llu ms\n",
+                  (unsigned long long)slowest);
+    assert_true(slowest < 10);
+    lock_release(kv);
     char reply[5];
     bool closed;
     assert_int_equal(recv_upto(a, 5, reply, 5, 3000, &closed), 5);
     assert_false(closed);
     assert_memory_equal(reply, "+OK\r\n", 5);
     assert_string_equal(ASK(a, "GET slow\r\n"), "$1\r\n1\r\n");
+    close(a);
+    close(b);
+    shmkv_close(kv);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* A parked command that waits lock_timeout_ms in all gets BUSY; the
+ * commands pipelined behind it wait their turn, in order. */
+static void test_parked_command_times_out(void **state)
+{
+    (void)state;
+    E.lock_ms = 300;
+    write_config(NULL);
+    daemon_start(false);
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.conf, 0, &kv), 0);
+    int a = sock_connect();
+    assert_int_equal(lock_take(kv, true), 0);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    send_all(a, "INCR n\r\nPING\r\n", 14);
+    struct pollfd p = {.fd = a, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 3000), 1);
+    uint64_t waited = ms_since(&t0);
+    assert_true(waited >= 290 && waited < 2000);
+    /* BUSY, then PING's reply after it, in order. */
+    const char *r = recv_all(a, 3000);
+    assert_memory_equal(r, "-BUSY", 5);
+    const char *pong = strstr(r, "\r\n+PONG\r\n");
+    assert_non_null(pong);
+    assert_string_equal(pong + 2, "+PONG\r\n");
+    lock_release(kv);
+    assert_string_equal(ASK(a, "INCR n\r\n"), ":1\r\n");
+    assert_true(strstr(ASK(a, "INFO stats\r\n"), "commands_parked:1\r\n") !=
+                NULL);
     close(a);
     shmkv_close(kv);
     assert_int_equal(daemon_stop(), 0);
@@ -1244,6 +1337,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_timeout_while_replying, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_slow_command_answered, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_parked_command_times_out, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_connections_fit_fd_limit, setup,
                                         teardown),

@@ -5,8 +5,10 @@
  * Every value carries its key id, a sequence number, a payload of random
  * length and an XXH64 of all that, so a reader checks each value where it
  * lies in shared memory (zero-copy shmkv_get inside a read section, and
- * shmkv_get_copy): no torn value, no value of another key, and no change to
- * a value while the section that returned it is open.
+ * shmkv_get_copy): no torn value, no value of another key, no change to
+ * a value while the section that returned it is open, and never an older
+ * value for a key than one the same section saw before (writers go on
+ * beside open sections).
  *
  * Most keys have one owning writer, which publishes every write it
  * completed in a small anonymous MAP_SHARED region: per key, the word
@@ -466,16 +468,29 @@ static void reader_section(struct child *c)
         }
         atomic_fetch_add(&c->cnt->values_checked, 1);
     }
-    /* The same key again in the same section: the same value. */
+    /* The same key again in the same section: writers go on beside the
+     * section, so it may have changed, but (for a key with one writer,
+     * whose seqs are in order) never back to an older value; the same
+     * value is the same bytes in place. */
     int klen = key_name(key, l[0].key_id);
     shmkv_val_t again;
     rc = shmkv_get(c->kv, key, (size_t)klen, &again);
     count_lookup(c, rc);
-    if (l[0].rc == 0 || l[0].rc == SHMKV_ENOTFOUND) {
-        if (rc != l[0].rc)
-            child_fail(c, "%s: looked up twice in one section: %s, then %s",
-                       key, shmkv_strerror(l[0].rc), shmkv_strerror(rc));
-        else if (rc == 0 && (again.data != l[0].data || again.len != l[0].len))
+    if (rc != 0 && rc != SHMKV_ENOTFOUND) {
+        child_fail(c, "get %s again: %s", key, shmkv_strerror(rc));
+    } else if (rc == 0 && l[0].rc == 0) {
+        uint64_t seq2 = 0, sum2 = 0;
+        const char *why =
+            value_verify(again.data, again.len, l[0].key_id, &seq2, &sum2);
+        if (why != NULL)
+            child_fail(c, "%s again, in place: %s", key, why);
+        else if (l[0].key_id < NOWNED && seq2 < l[0].seq)
+            child_fail(c,
+                       "%s: looked up twice in one section: seq %" PRIu64
+                       ", then the older %" PRIu64,
+                       key, l[0].seq, seq2);
+        else if (seq2 == l[0].seq &&
+                 (again.data != l[0].data || again.len != l[0].len))
             child_fail(c, "%s: looked up twice in one section: moved", key);
     }
     for (unsigned i = 0; i < BATCH_KEYS; i++) {

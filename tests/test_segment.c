@@ -1,9 +1,10 @@
 /*
- * Unit tests for the segment layer (client/segment.c, client/store.c):
- * sizes rounded to whole pages, process identity and liveness (a dead, a
- * zombie and a live process), and kernel limits reported as SHMKV_ELIMIT
- * naming the sysctl. The limits are lowered only inside a private IPC
- * namespace of a child process, never on the machine.
+ * Unit tests for the segment layer (client/segment.c, client/store.c,
+ * client/liveness.c): sizes rounded to whole pages, liveness as the kernel
+ * reports it (a live, a killed, a zombie process, a fork of a live one),
+ * and kernel limits reported as SHMKV_ELIMIT naming the sysctl. The
+ * limits are lowered only inside a private IPC namespace of a child
+ * process, never on the machine.
  */
 #include <errno.h>
 #include <sched.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ipc.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,25 +66,78 @@ static void test_bad_sizes_refused(void **state)
     assert_null(kv);
 }
 
-static void test_process_identity(void **state)
+/* Waits up to 2 s for slot i's process to be reported dead. */
+static bool becomes_dead(const struct ctl_header *c, uint32_t i)
+{
+    for (int n = 0; n < 400; n++) {
+        if (!liveness_alive(c, i))
+            return true;
+        usleep(5000);
+    }
+    return false;
+}
+
+static void test_liveness_is_the_kernels(void **state)
 {
     (void)state;
-    uint64_t me = process_start_ticks(getpid());
-    assert_true(me > 0);
-    assert_true(process_alive(getpid(), me));
-    assert_false(process_alive(getpid(), me + 1)); /* a reused pid */
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.size_bytes = 1u << 20;
+    struct shmkv *kv;
+    assert_int_equal(test_create(&o, &kv), 0);
+    const char *key = o.key;
+    const struct ctl_header *c = kv->ctl;
+    assert_true(liveness_alive(c, kv->slot_index));
+    assert_true(liveness_alive(c, liveness_owner_index(c)));
 
+    /* A child's handle is alive while it runs, dead once it is killed,
+     * already while it is an unreaped zombie. */
+    int to_parent[2];
+    assert_int_equal(pipe(to_parent), 0);
     pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        struct shmkv *h;
+        if (shmkv_open(key, 0, &h) != 0)
+            _exit(1);
+        uint32_t index = h->slot_index;
+        if (write(to_parent[1], &index, sizeof index) != sizeof index)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    uint32_t index;
+    assert_int_equal(read(to_parent[0], &index, sizeof index), sizeof index);
+    assert_true(index != kv->slot_index);
+    usleep(20000);
+    assert_true(liveness_alive(c, index));
+    assert_int_equal(kill(child, SIGKILL), 0);
+    assert_true(becomes_dead(c, index));
+    /* Its pid is still taken (a zombie): a pid says nothing. */
+    assert_int_equal(kill(child, 0), 0);
+    assert_int_equal(waitpid(child, NULL, 0), child);
+
+    /* A handle's process forks: the child holds nothing of the parent's,
+     * and its exit leaves the parent alive. */
+    struct shmkv *h;
+    assert_int_equal(shmkv_open(key, 0, &h), 0);
+    child = fork();
     assert_true(child >= 0);
     if (child == 0)
         _exit(0);
-    /* Until reaped it is a zombie: it holds nothing, so it is dead. */
-    for (int i = 0; i < 200 && process_start_ticks(child) != 0; i++)
-        usleep(5000);
-    assert_int_equal(process_start_ticks(child), 0);
-    assert_false(process_alive(child, 0));
-    waitpid(child, NULL, 0);
-    assert_false(process_alive(child, 0));
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    assert_true(liveness_alive(c, h->slot_index));
+    /* Closing gives the slot back. */
+    uint32_t hi = h->slot_index;
+    shmkv_close(h);
+    assert_false(liveness_alive(c, hi));
+
+    /* The owner is alive: adopting the store is refused. */
+    struct shmkv *adopter;
+    assert_int_equal(shmkv_adopt(key, &adopter), SHMKV_EOWNED);
+    close(to_parent[0]);
+    close(to_parent[1]);
+    test_destroy(kv, key);
 }
 
 /* In a child with its own IPC namespace: lower a limit, expect ELIMIT. */
@@ -123,6 +178,12 @@ static int limit_child(const char *sysctl, const char *value,
         fprintf(stderr, "segments left: %d\n", info.used_ids);
         return 1;
     }
+    struct seminfo sinfo;
+    if (semctl(0, 0, SEM_INFO, (struct seminfo *)&sinfo) > 0 ||
+        sinfo.semusz != 0) {
+        fprintf(stderr, "semaphore sets left: %d\n", sinfo.semusz);
+        return 1;
+    }
     return 0;
 }
 
@@ -137,9 +198,9 @@ static void run_limit_case(const char *sysctl, const char *value,
     assert_int_equal(waitpid(child, &status, 0), child);
     assert_true(WIFEXITED(status));
     if (WEXITSTATUS(status) == 77) {
-        print_message("cannot make an IPC namespace here: skipped %s\n",
+        print_message("cannot make an IPC namespace here: skipping %s\n",
                       sysctl);
-        return;
+        skip();
     }
     assert_int_equal(WEXITSTATUS(status), 0);
 }
@@ -163,15 +224,31 @@ static void test_limit_shmmni(void **state)
     run_limit_case("shmmni", "1", "kernel.shmmni");
 }
 
+static void test_limit_semmsl(void **state)
+{
+    (void)state;
+    /* Eight semaphores a set: 1024 client slots would need 129 sets. */
+    run_limit_case("sem", "8 1024000000 500 32000", "kernel.sem");
+}
+
+static void test_limit_semmni(void **state)
+{
+    (void)state;
+    /* No semaphore set at all may be made. */
+    run_limit_case("sem", "32000 1024000000 500 0", "kernel.sem");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sizes_are_whole_pages),
         cmocka_unit_test(test_bad_sizes_refused),
-        cmocka_unit_test(test_process_identity),
+        cmocka_unit_test(test_liveness_is_the_kernels),
         cmocka_unit_test(test_limit_shmmax),
         cmocka_unit_test(test_limit_shmall),
         cmocka_unit_test(test_limit_shmmni),
+        cmocka_unit_test(test_limit_semmsl),
+        cmocka_unit_test(test_limit_semmni),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -67,8 +67,7 @@ static void test_fill_to_load_limit(void **state)
     }
     /* The index is full: a new key is refused, an existing one updates. */
     int kl = key_of(k, i);
-    assert_int_equal(shmkv_set(kv, k, (size_t)kl, "v", 1, 0, 0),
-                     SHMKV_ENOSPC);
+    assert_int_equal(shmkv_set(kv, k, (size_t)kl, "v", 1, 0, 0), SHMKV_ENOSPC);
     kl = key_of(k, 7);
     assert_int_equal(shmkv_set(kv, k, (size_t)kl, "new", 3, 0, 0), 0);
 

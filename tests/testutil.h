@@ -66,7 +66,8 @@ static const char *test_unique_key(void)
 
 /* Creates a store with the given options (key filled in), registered for
  * cleanup. Returns the shmkv_create result. */
-__attribute__((unused)) static int test_create(struct shmkv_options *opts, struct shmkv **out)
+__attribute__((unused)) static int test_create(struct shmkv_options *opts,
+                                               struct shmkv **out)
 {
     test_cleanup_install();
     const char *key = test_unique_key();
@@ -80,7 +81,8 @@ __attribute__((unused)) static int test_create(struct shmkv_options *opts, struc
 }
 
 /* Destroys a store made by test_create and forgets it. */
-__attribute__((unused)) static void test_destroy(struct shmkv *kv, const char *key)
+__attribute__((unused)) static void test_destroy(struct shmkv *kv,
+                                                 const char *key)
 {
     for (int i = 0; i < test_store_count; i++)
         if (key && strcmp(test_store_keys[i], key) == 0)

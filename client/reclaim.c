@@ -1,0 +1,272 @@
+/*
+ * reclaim.c - memory that read sections may still see: limbo, the read
+ * epoch, and revoking a section that holds memory back too long.
+ *
+ * Readers take no lock. A read section stores the store's read epoch in
+ * its own client slot (its claim) and ends by clearing it (read_claim,
+ * internal.h). A writer that unlinks an entry from the index does not free
+ * its block: it puts the block in limbo, a ring in the data segment, with
+ * the read epoch current after the unlink. To free blocks, a writer
+ * advances the epoch and looks at every slot's claim: a block unlinked in
+ * epoch r may be freed once no open section claims an epoch at or before
+ * r. A section that began later loaded the epoch after its advance, and so
+ * sees the index after the unlink; one that was not open when the writer
+ * looked stored its claim after, and likewise. (The writer's unlink and the
+ * epoch's advance are ordered by the write lock and a seq_cst fence; the
+ * reader's claim store is seq_cst, before its index loads.) This is
+ * epoch-based reclamation; LMDB's reader table plays the same part for its
+ * pages.
+ *
+ * Limbo only grows while a section is open, so a writer waits for readers
+ * only when it needs that memory: the arena is full, or the ring is. It
+ * then spins a few microseconds (sections are short), then sleeps in short
+ * steps, and for each section that holds it back:
+ *   - if the kernel says the process is dead (liveness.c), drops its claim
+ *     at once: O(1) per dead reader;
+ *   - if a writer has seen that same claim hold memory back for
+ *     reader_timeout_ms (pins, written by writers only), revokes it: swaps
+ *     the claim's mode to revoked. The reader learns it at its next get or
+ *     at the end of the section (SHMKV_ESTALE), and the memory it may still
+ *     read stays mapped and inside the segment, so it never faults.
+ * The wait is bounded by the writing call's deadline; the pins persist, so
+ * a later call revokes what an earlier one waited for.
+ *
+ * Revocation and dead readers are logged as events (events.c).
+ */
+#include <time.h>
+
+#include "internal.h"
+
+/* Iterations that only spin before the first look at clocks and liveness:
+ * about 30 microseconds. */
+#define WAIT_SPINS 64u
+#define WAIT_SLEEP_US 100
+
+static uint64_t *limbo_ring(const struct data_header *d)
+{
+    return (uint64_t *)((char *)d + d->limbo_off);
+}
+
+static struct client_pin *client_pins(const struct ctl_header *c)
+{
+    return (struct client_pin *)((char *)c + c->pins_off);
+}
+
+/* a <= b on 32-bit epochs, across their wrap. */
+static inline bool epoch_le(uint32_t a, uint32_t b)
+{
+    return (int32_t)(a - b) <= 0;
+}
+
+int read_claim_slow(struct shmkv *kv)
+{
+    if (kv->forked)
+        return set_error(SHMKV_EFORKED,
+                         "the handle was opened by process %d, not this one",
+                         (int)kv->pid);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int rc = generation_refresh(kv);
+        if (rc != 0)
+            return rc;
+        uint64_t cur =
+            atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
+        if (cur != kv->current)
+            continue;
+        uint64_t e =
+            atomic_load_explicit(&kv->ctl->epoch, memory_order_acquire);
+        uint64_t c = CLAIM_MAKE(e, CLAIM_ACTIVE);
+        atomic_store_explicit(&kv->slot->claim, c, memory_order_seq_cst);
+        kv->claim = c;
+        return 0;
+    }
+    return set_error(SHMKV_ENOSTORE, "the store's data segment keeps moving");
+}
+
+bool limbo_has_room(const struct data_header *d)
+{
+    return d->limbo_tail - d->limbo_head < d->limbo_slots;
+}
+
+void limbo_retire(struct shmkv *kv, uint32_t off)
+{
+    struct data_header *d = kv->data;
+    if (!limbo_has_room(d))
+        return; /* never, room is reserved first; at worst a leak */
+    /* After the unlink (release) and under the write lock: a reclaim that
+     * advances the epoch past this one comes after the unlink. */
+    uint64_t e = atomic_load_explicit(&kv->ctl->epoch, memory_order_seq_cst);
+    uint64_t pos = d->limbo_tail;
+    uint64_t *ring = limbo_ring(d);
+    LOGGED_SET(d, ring[pos & (d->limbo_slots - 1)], LIMBO_MAKE(e, off));
+    LOGGED_SET(d, d->limbo_tail, pos + 1);
+    LOGGED_SET(d, d->limbo_units,
+               d->limbo_units + block_at(d, off)->size_units);
+}
+
+/* Advances the read epoch if anything in limbo was unlinked in the current
+ * one, then returns the oldest epoch an open section claims (the current
+ * epoch if none). */
+static uint64_t claims_oldest(struct shmkv *kv)
+{
+    struct ctl_header *c = kv->ctl;
+    struct data_header *d = kv->data;
+    uint64_t now = atomic_load_explicit(&c->epoch, memory_order_seq_cst);
+    if (d->limbo_tail != d->limbo_head) {
+        uint64_t newest =
+            limbo_ring(d)[(d->limbo_tail - 1) & (d->limbo_slots - 1)];
+        if (LIMBO_EPOCH(newest) == (uint32_t)now)
+            now =
+                atomic_fetch_add_explicit(&c->epoch, 1, memory_order_seq_cst) +
+                1;
+    }
+    /* The unlinks before, the claims' loads after. */
+    atomic_thread_fence(memory_order_seq_cst);
+    const struct client_slot *slots = client_slots(c);
+    uint32_t n = clients_scan_limit(c);
+    uint64_t oldest = now;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t cl =
+            atomic_load_explicit(&slots[i].claim, memory_order_seq_cst);
+        if (CLAIM_MODE(cl) == CLAIM_ACTIVE && CLAIM_EPOCH(cl) < oldest)
+            oldest = CLAIM_EPOCH(cl);
+    }
+    return oldest;
+}
+
+/* Frees limbo blocks unlinked before epoch `oldest` (low 32 bits), a
+ * batch per operation. */
+static uint64_t limbo_free_before(struct shmkv *kv, uint32_t oldest)
+{
+    struct data_header *d = kv->data;
+    uint64_t *ring = limbo_ring(d);
+    uint64_t freed = 0;
+    while (d->limbo_head != d->limbo_tail) {
+        uint64_t e = ring[d->limbo_head & (d->limbo_slots - 1)];
+        if (epoch_le(oldest, LIMBO_EPOCH(e)))
+            break;
+        op_begin(kv, WRITE_OP_GENERIC);
+        for (unsigned k = 0; k < 32 && d->limbo_head != d->limbo_tail; k++) {
+            e = ring[d->limbo_head & (d->limbo_slots - 1)];
+            if (epoch_le(oldest, LIMBO_EPOCH(e)))
+                break;
+            uint32_t off = LIMBO_OFF(e);
+            uint32_t units = 0;
+            if (off - kv->arena_first < kv->arena_units &&
+                (block_at(d, off)->flags & BLOCK_USED)) {
+                units = block_at(d, off)->size_units;
+                arena_free(d, off);
+            }
+            LOGGED_SET(d, d->limbo_units,
+                       d->limbo_units >= units ? d->limbo_units - units : 0);
+            LOGGED_SET(d, d->limbo_head, d->limbo_head + 1);
+            freed += units;
+        }
+        op_end(kv);
+    }
+    return freed;
+}
+
+uint64_t limbo_reclaim(struct shmkv *kv)
+{
+    struct data_header *d = kv->data;
+    if (d->limbo_head == d->limbo_tail)
+        return 0;
+    return limbo_free_before(kv, (uint32_t)claims_oldest(kv));
+}
+
+/* A section that began at or before the epoch a writer waits past: drop
+ * it if its process is dead, start its pin, or revoke it once the pin is
+ * older than the reader timeout. */
+static void pinned_section(struct shmkv *kv, uint32_t i, uint64_t claim,
+                           uint64_t now_ms)
+{
+    struct ctl_header *c = kv->ctl;
+    struct client_slot *s = &client_slots(c)[i];
+    int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
+    uint64_t revoked = CLAIM_MAKE(CLAIM_EPOCH(claim), CLAIM_REVOKED);
+    if (!liveness_alive(c, i)) {
+        if (atomic_compare_exchange_strong(&s->claim, &claim, revoked)) {
+            atomic_fetch_add(&c->dead_readers, 1);
+            event_log(c, SHMKV_EVENT_DEAD_READER, pid, 0, 0);
+        }
+        return;
+    }
+    struct client_pin *pin = &client_pins(c)[i];
+    if (atomic_load_explicit(&pin->claim, memory_order_relaxed) != claim) {
+        atomic_store_explicit(&pin->since_ms, now_ms, memory_order_relaxed);
+        atomic_store_explicit(&pin->claim, claim, memory_order_relaxed);
+        return;
+    }
+    uint64_t since = atomic_load_explicit(&pin->since_ms, memory_order_relaxed);
+    if (now_ms - since < kv->reader_timeout_ms)
+        return;
+    if (atomic_compare_exchange_strong(&s->claim, &claim, revoked)) {
+        atomic_fetch_add(&c->revocations, 1);
+        event_log(c, SHMKV_EVENT_REVOKED, pid, now_ms - since, 0);
+    }
+}
+
+int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
+{
+    struct ctl_header *c = kv->ctl;
+    /* Sections that begin from now on must claim a later epoch. */
+    uint64_t now = atomic_load_explicit(&c->epoch, memory_order_seq_cst);
+    if (epoch_le((uint32_t)now, epoch))
+        atomic_fetch_add_explicit(&c->epoch, 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    const struct client_slot *slots = client_slots(c);
+    uint64_t deadline = 0;
+    int32_t blocker_pid = 0;
+    for (unsigned iter = 0;; iter++) {
+        bool looking = iter >= WAIT_SPINS;
+        uint64_t now_ms = looking ? monotonic_ms() : 0;
+        bool blocked = false;
+        uint32_t n = clients_scan_limit(c);
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t cl =
+                atomic_load_explicit(&slots[i].claim, memory_order_seq_cst);
+            if (CLAIM_MODE(cl) != CLAIM_ACTIVE ||
+                !epoch_le((uint32_t)CLAIM_EPOCH(cl), epoch))
+                continue;
+            blocked = true;
+            if (looking) {
+                blocker_pid = atomic_load(&slots[i].pid);
+                pinned_section(kv, i, cl, now_ms);
+            }
+        }
+        if (!blocked)
+            return 0;
+        if (!wait)
+            return SHMKV_ETIMEDOUT;
+        if (!looking) {
+            for (unsigned k = 0; k < 64; k++)
+                cpu_relax();
+            continue;
+        }
+        if (deadline == 0)
+            deadline = call_deadline(kv);
+        if (now_ms >= deadline)
+            return set_error(SHMKV_ETIMEDOUT,
+                             "waited %u ms for a read section (pid %d) to "
+                             "end; it is revoked once a writer has waited "
+                             "%u ms for it",
+                             kv->timeout_ms, (int)blocker_pid,
+                             kv->reader_timeout_ms);
+        struct timespec ts = {0, WAIT_SLEEP_US * 1000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int limbo_wait(struct shmkv *kv)
+{
+    struct data_header *d = kv->data;
+    if (d->limbo_head == d->limbo_tail)
+        return 0;
+    uint32_t oldest =
+        LIMBO_EPOCH(limbo_ring(d)[d->limbo_head & (d->limbo_slots - 1)]);
+    int rc = readers_wait_past(kv, oldest, true);
+    if (rc != 0)
+        return rc;
+    limbo_reclaim(kv);
+    return 0;
+}
