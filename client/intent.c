@@ -38,6 +38,8 @@
 
 #define UNDO_SLOTS 2048u
 
+void (*shmkv_test_hook)(const char *point);
+
 uint64_t undo_bytes_for(void)
 {
     return UNDO_SLOTS * sizeof(struct undo_rec);
@@ -69,6 +71,7 @@ void ulog_save(struct data_header *d, const void *word)
     compiler_order();
     d->intent.undo_count = n + 1;
     compiler_order();
+    TEST_POINT("write:logged");
 }
 
 void op_begin(struct shmkv *kv, uint32_t kind)

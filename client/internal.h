@@ -239,6 +239,16 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
 void check_problem(struct shmkv_check_report *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Kill points for the crash tests: named places in a write and in a
+ * recovery where a test's child may die on purpose (the hook raises
+ * SIGKILL). NULL, and one predicted branch each, in every other program. */
+extern void (*shmkv_test_hook)(const char *point);
+#define TEST_POINT(name)                                                       \
+    do {                                                                       \
+        if (__builtin_expect(shmkv_test_hook != NULL, 0))                      \
+            shmkv_test_hook(name);                                             \
+    } while (0)
+
 /* Internal retry signal. */
 #define SHMKV_ERETRY (-1000)
 

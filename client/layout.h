@@ -94,6 +94,10 @@ struct lock_slot {
      * then): a waiter tells one long hold from a series of short ones. */
     _Atomic uint32_t acquisitions;
     _Atomic uint32_t slow_reported; /* acquisitions value last logged */
+    /* acquisitions << 32 | when a waiter first saw that hold (low 32 bits
+     * of CLOCK_MONOTONIC ms, odd): how long the holder has held it, for
+     * the log. Written by waiters only. */
+    _Atomic uint64_t hold_seen;
 };
 
 struct client_slot {

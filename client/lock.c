@@ -272,6 +272,7 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
         }
         atomic_store_explicit(&c->lock_word, LOCK_WORD(epoch, true),
                               memory_order_seq_cst);
+        TEST_POINT("recover:marked");
     }
     while (lock_live_holder(kv, epoch)) {
         if (monotonic_ms() >= call_deadline(kv)) {
@@ -287,7 +288,9 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
         out = rc;
         goto unlock;
     }
+    TEST_POINT("recover:holders-gone");
     uint32_t repaired = intent_repair(kv);
+    TEST_POINT("recover:repaired");
     uint64_t next = epoch + 1;
     while (lock_slot_busy(kv, next)) {
         if (++next - epoch > LOCK_SLOTS) {
@@ -305,12 +308,15 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
     }
     atomic_store(&ls->acquisitions, 0);
     atomic_store(&ls->slow_reported, UINT32_MAX);
+    atomic_store(&ls->hold_seen, 0);
+    TEST_POINT("recover:lock-made");
     atomic_store_explicit(&c->lock_word, LOCK_WORD(next, false),
                           memory_order_seq_cst);
-    lock_settle(&lock_slot_of(c, epoch)->rwlock);
     atomic_fetch_add(&c->recoveries, 1);
     event_log(c, SHMKV_EVENT_RECOVERED, dead_pid, monotonic_ms() - t0,
               repaired);
+    TEST_POINT("recover:published");
+    lock_settle(&lock_slot_of(c, epoch)->rwlock);
     out = SHMKV_ERETRY;
 unlock:
     pthread_mutex_unlock(&c->recover_mutex);
@@ -327,12 +333,29 @@ int lock_recover_if_dead(struct shmkv *kv)
     return lock_recover(kv, w);
 }
 
+/* How long waiters have seen the lock's current hold: the first waiter to
+ * see a new acquisition count notes the time (low 32 bits of ms) beside
+ * it, so that the waits of several calls and processes add up. */
+static uint64_t lock_hold_seen(struct lock_slot *ls, uint64_t now_ms)
+{
+    uint32_t acq =
+        atomic_load_explicit(&ls->acquisitions, memory_order_relaxed);
+    uint64_t mark = atomic_load_explicit(&ls->hold_seen, memory_order_relaxed);
+    if (mark == 0 || (uint32_t)(mark >> 32) != acq) {
+        uint64_t want = ((uint64_t)acq << 32) | ((uint32_t)now_ms | 1u);
+        atomic_compare_exchange_strong(&ls->hold_seen, &mark, want);
+        return 0;
+    }
+    return (uint32_t)((uint32_t)now_ms - (uint32_t)mark);
+}
+
 /* Records, once per hold, that the lock's holder has kept it longer than
  * the reader timeout. */
 static void report_slow_holder(struct shmkv *kv, uint64_t epoch,
-                               struct lock_slot *ls, uint32_t acquisitions,
-                               uint64_t waited_ms)
+                               struct lock_slot *ls, uint64_t waited_ms)
 {
+    uint32_t acquisitions =
+        atomic_load_explicit(&ls->acquisitions, memory_order_relaxed);
     uint32_t reported =
         atomic_load_explicit(&ls->slow_reported, memory_order_relaxed);
     if (reported == acquisitions ||
@@ -381,9 +404,7 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
     uint64_t epoch = LOCK_WORD_EPOCH(w);
     uint64_t deadline = call_deadline(kv);
     struct lock_slot *ls = lock_slot_of(c, epoch);
-    uint32_t acq_seen =
-        atomic_load_explicit(&ls->acquisitions, memory_order_relaxed);
-    uint64_t acq_since = monotonic_ms();
+    uint64_t acq_since = 0;
     counter_bump(&kv->slot->lock_waits);
     for (;;) {
         uint64_t now = monotonic_ms();
@@ -413,13 +434,10 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
                 return rc;
         }
         now = monotonic_ms();
-        uint32_t acq =
-            atomic_load_explicit(&ls->acquisitions, memory_order_relaxed);
-        if (acq != acq_seen) {
-            acq_seen = acq;
-            acq_since = now;
-        } else if (now - acq_since >= kv->reader_timeout_ms) {
-            report_slow_holder(kv, epoch, ls, acq, now - acq_since);
+        uint64_t held_ms = lock_hold_seen(ls, now);
+        if (held_ms >= kv->reader_timeout_ms && acq_since == 0) {
+            acq_since = now; /* one report per waiting call at most */
+            report_slow_holder(kv, epoch, ls, held_ms);
         }
         if (now >= deadline) {
             counter_bump(&kv->slot->lock_timeouts);

@@ -73,9 +73,8 @@ int shmkv_read_begin(struct shmkv *kv)
 }
 
 /* Why a section ended stale; out of line, off the hot path. */
-static __attribute__((noinline, cold)) int section_stale(struct shmkv *kv)
+static __attribute__((noinline, cold)) int section_stale(const struct shmkv *kv)
 {
-    slot_count(&kv->slot->stale);
     return set_error(SHMKV_ESTALE,
                      "the read section was revoked: it was held past the "
                      "store's reader timeout (%u ms) while a writer needed "
@@ -93,8 +92,10 @@ int shmkv_read_end(struct shmkv *kv)
                                              "process"
                                            : "no read section is open");
     kv->in_read = false;
-    if (__builtin_expect(read_release(kv) != 0, 0))
+    if (__builtin_expect(read_release(kv) != 0, 0)) {
+        slot_count(&kv->slot->stale); /* once a section */
         return section_stale(kv);
+    }
     return 0;
 }
 

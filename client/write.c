@@ -140,8 +140,10 @@ static int entry_remove(struct shmkv *kv, uint64_t hash,
               -1, ttl_delta);
     atomic_store_explicit(&kv->buckets[pos->bucket].slot[pos->slot], 0,
                           memory_order_release);
+    TEST_POINT("remove:stored");
     op_published(kv);
     op_finish(kv);
+    TEST_POINT("remove:finished");
     op_end(kv);
     return 0;
 }
@@ -412,10 +414,13 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     uint64_t word = SLOT_MAKE(hash_tag(hash), off);
     op_target(kv, WRITE_OP_SET, hash, bucket, slot, pos.off, word,
               entries_delta, ttl_delta);
+    TEST_POINT("set:prepared");
     atomic_store_explicit(&kv->buckets[bucket].slot[slot], word,
                           memory_order_release);
+    TEST_POINT("set:stored");
     op_published(kv);
     op_finish(kv);
+    TEST_POINT("set:finished");
     op_end(kv);
     if (d->limbo_tail - d->limbo_head >= d->limbo_slots / 2)
         limbo_reclaim(kv);

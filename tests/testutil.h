@@ -8,9 +8,11 @@
 #define SHMKV_TESTUTIL_H
 
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shmkv.h"
@@ -78,6 +80,27 @@ __attribute__((unused)) static int test_create(struct shmkv_options *opts,
         test_store_count++;
     }
     return rc;
+}
+
+/* The seed of a test's random choices: SHMKV_TEST_SEED when set (to
+ * replay a failure), else one from the pid and the clock. Printed either
+ * way, so that a failing run says how to replay it. */
+__attribute__((unused)) static uint64_t test_seed(const char *what)
+{
+    const char *env = getenv("SHMKV_TEST_SEED");
+    uint64_t seed;
+    if (env != NULL && env[0] != '\0') {
+        seed = strtoull(env, NULL, 0);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed = ((uint64_t)getpid() << 40) ^ (uint64_t)ts.tv_sec * 1000000007u ^
+               (uint64_t)ts.tv_nsec;
+    }
+    printf("%s: seed %llu (replay: SHMKV_TEST_SEED=%llu)\n", what,
+           (unsigned long long)seed, (unsigned long long)seed);
+    fflush(stdout);
+    return seed;
 }
 
 /* Destroys a store made by test_create and forgets it. */
