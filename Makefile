@@ -42,7 +42,7 @@ FUZZ_TIME ?= 60
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 SOVERSION := 0
 
-.PHONY: all deps run test test-sanitize bench fuzz install uninstall clean format lint
+.PHONY: all deps run test test-sanitize torture bench fuzz install uninstall clean format lint
 
 all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkvd $(BUILD)/shmkvctl \
 	$(BUILD)/shmkv-bench
@@ -102,6 +102,13 @@ test: deps $(TEST_BINS) $(FUZZ_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl $(BUILD)/
 
 test-sanitize: deps
 	$(MAKE) BUILD=build-san CFLAGS="-O1 -g $(SANFLAGS)" test
+
+# `make torture`: the kill torture (readers, writers and recoverers
+# SIGKILLed every few milliseconds) for TORTURE_S seconds; make test runs
+# it for 30. Replay a failure with SHMKV_TEST_SEED=<the seed it printed>.
+TORTURE_S ?= 600
+torture: deps $(BUILD)/tests/test_torture
+	SHMKV_TORTURE_S=$(TORTURE_S) $(BUILD)/tests/test_torture
 
 $(BUILD)/fuzz/fuzz_resp: tests/fuzz_resp.c daemon/resp.c daemon/resp.h | deps
 	@mkdir -p $(dir $@)

@@ -185,7 +185,6 @@ uint64_t index_bytes_for(uint64_t nbuckets);
 
 /* lock.c: the write lock, its waits, and its recovery */
 int lock_init(pthread_rwlock_t *lock);
-void lock_settle(pthread_rwlock_t *lock);
 int lock_take(struct shmkv *kv, bool write);
 void lock_release(struct shmkv *kv);
 /* Replaces the lock in use when a dead process may hold it or have

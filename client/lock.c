@@ -5,18 +5,25 @@
  * Writers take a process-shared pthread rwlock for writing; a whole-store
  * pass that needs the store still (shmkv_check) takes it for reading.
  * Readers of values take no lock at all (reclaim.c). The lock in use is one
- * of LOCK_SLOTS, named by the lock epoch in ctl_header.lock_word; a waiter
- * takes it with a deadline on CLOCK_MONOTONIC, in slices of LOCK_SLICE_MS,
- * after a short spin.
+ * of LOCK_SLOTS, named by the lock epoch in ctl_header.lock_word.
  *
- * glibc's rwlock is not robust: a process that dies holding it, or dies
- * inside glibc's lock code while queued on it, leaves it unusable. So
- * before asking for the lock a process stores in its client slot which lock
- * epoch it is waiting for (lock_state), once it holds it that it holds it,
- * and after releasing it clears the state. A waiter that waited a slice
- * looks for a process whose state names the lock in use and whose liveness
- * semaphore the kernel has released (liveness.c): one that died holding or
- * waiting. It then recovers, in place and without copying anything:
+ * The lock is only ever tried (pthread_rwlock_trywrlock / tryrdlock), never
+ * waited for inside glibc: a waiter spins a few microseconds, then sleeps
+ * in growing steps up to LOCK_SLEEP_MAX_US and tries again, until the
+ * call's deadline on CLOCK_MONOTONIC. glibc's rwlock is not robust, and its
+ * blocking calls keep state for the waiters they register: a process
+ * killed halfway through a hand-over leaves words that make every process
+ * blocked in the lock, or entering it, loop inside glibc without ever
+ * looking at its deadline. A try and an unlock are a few compare-and-swaps
+ * that always return, so no process can be caught inside glibc.
+ *
+ * A process that dies holding the lock leaves it held. So before trying it
+ * a process stores in its client slot which lock epoch it is after
+ * (lock_state), once it holds it that it holds it, and after releasing it
+ * clears the state. Every LOCK_CHECK_MS a waiter looks for a process whose
+ * state names the lock in use and whose liveness semaphore the kernel has
+ * released (liveness.c). It then recovers, in place and without copying
+ * anything:
  *
  *   1. takes the recovery mutex (robust and process-shared: if the
  *      recoverer before it died, it gets EOWNERDEAD and carries on where
@@ -30,34 +37,27 @@
  *      touch (none's state names an epoch of that slot), and publishes its
  *      epoch with one store of the lock word.
  *
- * A death inside glibc's own lock code needs one more thing. glibc hands the
- * lock from readers to a writer and back in two steps: it flips the phase
- * bit in __readers, then sets __wrphase_futex to match, and a waiter for the
- * other phase spins, without looking at its deadline, until the second step
- * is done. A process killed between the two steps leaves them disagreeing
- * for good. So a waiter asks for the lock only while the two agree
- * (lock_phase_torn), and a recoverer, once the new lock is published,
- * completes the dead process's second step on the old lock (lock_settle),
- * so that a process already spinning in it gets out and follows.
- *
- * lock_state is stored before the lock call: the call is opaque to the
- * compiler and its atomic read-modify-write orders the store before the
+ * lock_state is stored before the try: the call is opaque to the compiler
+ * and its atomic read-modify-write orders the store before the
  * acquisition, and a killed process's stores are not lost, so a dead
  * holder's slot always shows its state.
  */
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-#define LOCK_SLICE_MS 5
 /* Tries before sleeping on a taken lock: about 10 microseconds in all. */
 #define LOCK_SPIN_ATTEMPTS 40
 #define LOCK_SPIN_MAX_PAUSES 64
+/* Then sleeps between tries, doubling from the first to the last step:
+ * a write holds the lock for about a microsecond, a flush or a big value
+ * for milliseconds. */
+#define LOCK_SLEEP_MIN_US 20
+#define LOCK_SLEEP_MAX_US 500
+/* How often a waiter looks for a dead holder and at the hold's length. */
+#define LOCK_CHECK_MS 2
 
 uint64_t monotonic_ms(void)
 {
@@ -80,13 +80,6 @@ void cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
-}
-
-static struct timespec ms_to_timespec(uint64_t ms)
-{
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
-                          .tv_nsec = (long)(ms % 1000) * 1000000L};
-    return ts;
 }
 
 static void pause_us(long us)
@@ -118,59 +111,6 @@ int lock_init(pthread_rwlock_t *lock)
         return set_error(SHMKV_ESYS, "pthread_rwlock_init: error %d", rc);
     return 0;
 }
-
-/* glibc's rwlock words (nptl/pthread_rwlock_common.c, since 2.25). */
-#if defined(__GLIBC__) &&                                                      \
-    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
-#define GLIBC_RWLOCK_WRPHASE 1u
-#define GLIBC_RWLOCK_FUTEX_USED 2u
-
-/* True if the lock's phase and the futex word its waiters watch disagree:
- * for a moment while a live process hands the lock over, for good if the
- * process died in between. */
-static bool lock_phase_torn(pthread_rwlock_t *l)
-{
-    unsigned r = __atomic_load_n(&l->__data.__readers, __ATOMIC_ACQUIRE);
-    unsigned f = __atomic_load_n(&l->__data.__wrphase_futex, __ATOMIC_RELAXED);
-    bool write_phase = (r & GLIBC_RWLOCK_WRPHASE) != 0;
-    return write_phase != ((f & ~GLIBC_RWLOCK_FUTEX_USED) == 1);
-}
-
-void lock_settle(pthread_rwlock_t *l)
-{
-    /* Whoever flips the phase writes the futex word after it, whatever was
-     * there: so the phase is read again on every try, and a value stored
-     * here for a phase that has just changed is overwritten. */
-    for (;;) {
-        unsigned r = __atomic_load_n(&l->__data.__readers, __ATOMIC_ACQUIRE);
-        unsigned want = (r & GLIBC_RWLOCK_WRPHASE) != 0 ? 1u : 0u;
-        unsigned f =
-            __atomic_load_n(&l->__data.__wrphase_futex, __ATOMIC_RELAXED);
-        if ((f & ~GLIBC_RWLOCK_FUTEX_USED) == want)
-            return;
-        if (__atomic_compare_exchange_n(&l->__data.__wrphase_futex, &f, want,
-                                        false, __ATOMIC_RELEASE,
-                                        __ATOMIC_RELAXED)) {
-            /* As glibc does: wake the waiters that said they sleep. */
-            if (f & GLIBC_RWLOCK_FUTEX_USED)
-                syscall(SYS_futex, &l->__data.__wrphase_futex, FUTEX_WAKE,
-                        INT_MAX, NULL, NULL, 0);
-            return;
-        }
-    }
-}
-#else
-static bool lock_phase_torn(pthread_rwlock_t *l)
-{
-    (void)l;
-    return false;
-}
-
-void lock_settle(pthread_rwlock_t *l)
-{
-    (void)l;
-}
-#endif
 
 static struct lock_slot *lock_slot_of(const struct ctl_header *c,
                                       uint64_t epoch)
@@ -316,7 +256,6 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
     event_log(c, SHMKV_EVENT_RECOVERED, dead_pid, monotonic_ms() - t0,
               repaired);
     TEST_POINT("recover:published");
-    lock_settle(&lock_slot_of(c, epoch)->rwlock);
     out = SHMKV_ERETRY;
 unlock:
     pthread_mutex_unlock(&c->recover_mutex);
@@ -376,9 +315,14 @@ static void report_slow_holder(struct shmkv *kv, uint64_t epoch,
     }
 }
 
-/* Sections are short (a write holds the lock for well under a
- * microsecond), so a process that finds the lock taken first retries for a
- * few microseconds, backing off, before it sleeps in the kernel. */
+static inline int lock_try(pthread_rwlock_t *l, bool write)
+{
+    return write ? pthread_rwlock_trywrlock(l) : pthread_rwlock_tryrdlock(l);
+}
+
+/* Writes hold the lock for about a microsecond, so a process that finds it
+ * taken first retries for a few microseconds, backing off, before it
+ * sleeps. */
 static int lock_spin(pthread_rwlock_t *l, bool write)
 {
     unsigned pauses = 1;
@@ -387,16 +331,16 @@ static int lock_spin(pthread_rwlock_t *l, bool write)
             cpu_relax();
         if (pauses < LOCK_SPIN_MAX_PAUSES)
             pauses *= 2;
-        if ((write ? pthread_rwlock_trywrlock(l)
-                   : pthread_rwlock_tryrdlock(l)) == 0)
+        if (lock_try(l, write) == 0)
             return 0;
     }
     return EBUSY;
 }
 
-/* Waits for the lock of word w in slices; between slices, notices a new
- * lock (SHMKV_ERETRY) or a dead user of this one (recovers, then
- * SHMKV_ERETRY), and the call's deadline. */
+/* Waits for the lock of word w, trying it between growing sleeps; every
+ * LOCK_CHECK_MS notices a new lock (SHMKV_ERETRY), a dead holder of this
+ * one (recovers, then SHMKV_ERETRY) or a long hold (logs it), and the
+ * call's deadline. */
 static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
                      bool write)
 {
@@ -404,40 +348,32 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
     uint64_t epoch = LOCK_WORD_EPOCH(w);
     uint64_t deadline = call_deadline(kv);
     struct lock_slot *ls = lock_slot_of(c, epoch);
-    uint64_t acq_since = 0;
+    bool reported = false;
+    long sleep_us = LOCK_SLEEP_MIN_US;
+    uint64_t next_check = 0;
     counter_bump(&kv->slot->lock_waits);
     for (;;) {
-        uint64_t now = monotonic_ms();
-        uint64_t slice_end = now + LOCK_SLICE_MS;
-        if (slice_end > deadline)
-            slice_end = deadline;
-        int rc;
-        if (lock_phase_torn(l)) {
-            /* A hand-over under way, or one a dead process left half done:
-             * look again shortly, and for a dead user meanwhile. */
-            pause_us(200);
-            rc = ETIMEDOUT;
-        } else {
-            struct timespec ts = ms_to_timespec(slice_end);
-            rc = write ? pthread_rwlock_clockwrlock(l, CLOCK_MONOTONIC, &ts)
-                       : pthread_rwlock_clockrdlock(l, CLOCK_MONOTONIC, &ts);
-        }
-        if (rc == 0)
+        pause_us(sleep_us);
+        if (lock_try(l, write) == 0)
             return 0;
-        if (rc != ETIMEDOUT && rc != EINTR && rc != EAGAIN)
-            return set_error(SHMKV_ESYS, "rwlock: error %d", rc);
+        if (sleep_us < LOCK_SLEEP_MAX_US)
+            sleep_us = sleep_us * 2 < LOCK_SLEEP_MAX_US ? sleep_us * 2
+                                                        : LOCK_SLEEP_MAX_US;
         if (atomic_load_explicit(&c->lock_word, memory_order_seq_cst) != w)
             return SHMKV_ERETRY;
-        if (lock_dead_user(kv, epoch, NULL) >= 0) {
-            rc = lock_recover(kv, w);
-            if (rc != 0)
-                return rc;
-        }
-        now = monotonic_ms();
-        uint64_t held_ms = lock_hold_seen(ls, now);
-        if (held_ms >= kv->reader_timeout_ms && acq_since == 0) {
-            acq_since = now; /* one report per waiting call at most */
-            report_slow_holder(kv, epoch, ls, held_ms);
+        uint64_t now = monotonic_ms();
+        if (now >= next_check) {
+            next_check = now + LOCK_CHECK_MS;
+            if (lock_dead_user(kv, epoch, NULL) >= 0) {
+                int rc = lock_recover(kv, w);
+                if (rc != 0)
+                    return rc;
+            }
+            uint64_t held_ms = lock_hold_seen(ls, now);
+            if (held_ms >= kv->reader_timeout_ms && !reported) {
+                reported = true; /* one report per waiting call at most */
+                report_slow_holder(kv, epoch, ls, held_ms);
+            }
         }
         if (now >= deadline) {
             counter_bump(&kv->slot->lock_timeouts);
@@ -490,7 +426,7 @@ int lock_take(struct shmkv *kv, bool write)
             continue;
         }
         pthread_rwlock_t *l = &lock_slot_of(c, epoch)->rwlock;
-        rc = write ? pthread_rwlock_trywrlock(l) : pthread_rwlock_tryrdlock(l);
+        rc = lock_try(l, write);
         if (rc != 0)
             rc = lock_spin(l, write);
         if (rc != 0)
@@ -501,8 +437,6 @@ int lock_take(struct shmkv *kv, bool write)
                 continue;
             return rc;
         }
-        /* Pairs with lock_settle's release, for a waiter it let out. */
-        atomic_thread_fence(memory_order_acquire);
         atomic_store_explicit(&kv->slot->lock_state, LOCK_STATE(epoch, held),
                               memory_order_seq_cst);
         /* A recovery that began before the held state was visible has

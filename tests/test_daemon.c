@@ -456,8 +456,8 @@ static void test_non_admin_refused(void **state)
 {
     (void)state;
     if (geteuid() != 0) {
-        print_message("not root: cannot switch uid, skipped\n");
-        return;
+        print_message("not root: cannot switch uid: skipping\n");
+        skip();
     }
     daemon_start(false);
     pid_t child = fork();
@@ -1067,8 +1067,8 @@ static void test_admin_by_group(void **state)
 {
     (void)state;
     if (geteuid() != 0) {
-        print_message("not root: cannot switch groups, skipped\n");
-        return;
+        print_message("not root: cannot switch groups: skipping\n");
+        skip();
     }
     E.control = "admin_groups = 4242\n";
     write_config(NULL);

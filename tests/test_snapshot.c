@@ -1,10 +1,12 @@
 /*
  * Snapshot tests: the file format byte for byte, save and load round trips
  * (binary data, empty values, TTLs, expiry while on disk), the atomic save
- * (no temp file left, the old snapshot untouched when a save fails), and
- * refusal of every kind of damaged or incompatible snapshot with the target
- * store left empty. Each test works in its own mkdtemp directory, removed
- * afterwards, and every store goes through test_create.
+ * (no temp file left, the old snapshot untouched when a save fails), saves
+ * and loads refused for want of permission (as an unprivileged child, since
+ * root bypasses file modes), and refusal of every kind of damaged or
+ * incompatible snapshot with the target store left empty. Each test works
+ * in its own mkdtemp directory, removed afterwards, and every store goes
+ * through test_create.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,9 +18,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <xxhash.h>
@@ -432,15 +437,7 @@ static void test_failed_save_leaves_path(void **state)
     assert_int_equal(rc, -1);
     assert_contains(err, "File too large");
 
-    /* 3. Not root: a directory we may not write to. */
-    if (geteuid() != 0) {
-        assert_int_equal(chmod(f->dir, 0500), 0);
-        err[0] = '\0';
-        rc = snapshot_save(kv, f->snap, NULL, err, sizeof err);
-        assert_int_equal(chmod(f->dir, 0700), 0);
-        assert_int_equal(rc, -1);
-        assert_contains(err, "Permission denied");
-    }
+    /* A directory we may not write to: test_permission_denied. */
 
     /* Through all of it the old snapshot is intact and alone. */
     size_t now_len = 0;
@@ -451,7 +448,7 @@ static void test_failed_save_leaves_path(void **state)
     free(now);
     free(old);
 
-    /* 4. Paths that cannot exist: under a missing directory, and under a
+    /* 3. Paths that cannot exist: under a missing directory, and under a
      * regular file used as a directory. Nothing is created. */
     char bad[256];
     snprintf(bad, sizeof bad, "%s/missing/store.snap", f->dir);
@@ -464,6 +461,265 @@ static void test_failed_save_leaves_path(void **state)
     assert_contains(err, "Not a directory");
     assert_int_equal(count_dir_entries(f->dir), 1);
     test_destroy(kv, key);
+}
+
+/* ---- permission denied, as an unprivileged process ---- */
+
+/* Root bypasses file permissions, so the permission case runs in a forked
+ * child that first becomes nobody (65534). A child that cannot switch, or
+ * that still writes where its mode forbids (CAP_DAC_OVERRIDE), reports
+ * that, and the test is skipped rather than passed. */
+#define UNPRIVILEGED_ID 65534
+#define CHILD_RAN 0
+#define CHILD_BROKEN 1
+#define CHILD_SKIPPED 77
+
+/* What the unprivileged child was given: paths made by the parent. */
+struct denied_case {
+    const char *dir;      /* mode 0555: the child may not create files */
+    const char *snap;     /* mode 0000: the child may not read it */
+    const char *writable; /* the child's own directory, for the controls */
+    const char *key_full; /* the store to save */
+    const char *key_empty;
+};
+
+/* What it found, sent back through a pipe: the parent asserts on it. */
+struct denied_report {
+    char why[256]; /* why the child was skipped or broken */
+    int save_rc;
+    char save_err[512];
+    int load_rc;
+    uint64_t load_entries;
+    uint64_t entries_after_load;
+    char load_err[512];
+    int control_save_rc;
+    uint64_t control_saved;
+    char control_save_err[512];
+    int control_load_rc;
+    uint64_t control_loaded;
+    char control_load_err[512];
+};
+
+/* Whether this process may still create a file in c->dir, whose mode says
+ * it may not. */
+static bool permissions_bypassed(const struct denied_case *c)
+{
+    char probe[192];
+    snprintf(probe, sizeof probe, "%s/probe", c->dir);
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return false;
+    close(fd);
+    unlink(probe);
+    return true;
+}
+
+/* The child: no cmocka assertions here (a failure would unwind into the
+ * child's copy of the runner); it fills a report, writes it to out_fd and
+ * exits with CHILD_RAN, CHILD_SKIPPED or CHILD_BROKEN. */
+static void denied_child(const struct denied_case *c, int out_fd)
+{
+    struct denied_report r;
+    memset(&r, 0, sizeof r);
+    int code = CHILD_BROKEN;
+    struct shmkv *full = NULL, *empty = NULL;
+    struct shmkv_stats st;
+    int rc;
+    char own[256];
+    snprintf(own, sizeof own, "%s/store.snap", c->writable);
+    if (geteuid() == 0 &&
+        (setgroups(0, NULL) != 0 ||
+         setresgid(UNPRIVILEGED_ID, UNPRIVILEGED_ID, UNPRIVILEGED_ID) != 0 ||
+         setresuid(UNPRIVILEGED_ID, UNPRIVILEGED_ID, UNPRIVILEGED_ID) != 0)) {
+        snprintf(r.why, sizeof r.why, "root cannot switch to uid %d: %s",
+                 UNPRIVILEGED_ID, strerror(errno));
+        code = CHILD_SKIPPED;
+        goto report;
+    }
+    if (permissions_bypassed(c)) {
+        snprintf(r.why, sizeof r.why,
+                 "uid %ld creates files in a directory of mode 0555: file "
+                 "modes do not bind it (CAP_DAC_OVERRIDE?)",
+                 (long)geteuid());
+        code = CHILD_SKIPPED;
+        goto report;
+    }
+    rc = shmkv_open(c->key_full, 0, &full);
+    if (rc == 0)
+        rc = shmkv_open(c->key_empty, 0, &empty);
+    if (rc != 0) {
+        snprintf(r.why, sizeof r.why, "uid %ld cannot open the stores: %s",
+                 (long)geteuid(), shmkv_strerror(rc));
+        goto report;
+    }
+
+    /* Refused: a directory it may not write to, a file it may not read. */
+    r.save_rc =
+        snapshot_save(full, c->snap, NULL, r.save_err, sizeof r.save_err);
+    r.load_entries = 99;
+    r.load_rc = snapshot_load(empty, c->snap, &r.load_entries, r.load_err,
+                              sizeof r.load_err);
+    if (shmkv_stats(empty, &st) == 0)
+        r.entries_after_load = st.entries;
+
+    /* Controls: where it may, the same process saves and loads, so the
+     * refusals above are the permissions and nothing else. */
+    r.control_save_rc =
+        snapshot_save(full, own, &r.control_saved, r.control_save_err,
+                      sizeof r.control_save_err);
+    r.control_load_rc =
+        snapshot_load(empty, own, &r.control_loaded, r.control_load_err,
+                      sizeof r.control_load_err);
+    code = CHILD_RAN;
+report:
+    shmkv_close(empty);
+    shmkv_close(full);
+    const char *p = (const char *)&r;
+    size_t left = sizeof r;
+    while (left > 0) {
+        ssize_t n = write(out_fd, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            _exit(CHILD_BROKEN);
+        p += n;
+        left -= (size_t)n;
+    }
+    _exit(code);
+}
+
+/* Runs denied_child and returns its exit code, its report in *r. */
+static int run_denied_child(const struct denied_case *c,
+                            struct denied_report *r)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        denied_child(c, fds[1]);
+    }
+    close(fds[1]);
+    memset(r, 0, sizeof *r);
+    size_t got = 0;
+    while (got < sizeof *r) {
+        ssize_t n = read(fds[0], (char *)r + got, sizeof *r - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fds[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status))
+        fail_msg("the unprivileged child died of signal %d",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    if (got != sizeof *r)
+        fail_msg("the unprivileged child sent %zu of %zu report bytes", got,
+                 sizeof *r);
+    return WEXITSTATUS(status);
+}
+
+/* A store other uids may open: the unprivileged child attaches it. */
+static struct shmkv *make_shared_store(uint64_t size_bytes, char key[32])
+{
+    struct shmkv_options opts;
+    shmkv_options_init(&opts);
+    opts.size_bytes = size_bytes;
+    opts.mode = 0666;
+    struct shmkv *kv = NULL;
+    assert_int_equal(test_create(&opts, &kv), 0);
+    snprintf(key, 32, "%s", opts.key);
+    return kv;
+}
+
+/* Without permission a save is refused and leaves the old snapshot as it
+ * was, and a load is refused and leaves the store empty; each error names
+ * the path and says "Permission denied". */
+static void test_permission_denied(void **state)
+{
+    struct fixture *f = *state;
+    char key_full[32], key_empty[32];
+    struct shmkv *full = make_shared_store(8u << 20, key_full);
+    struct shmkv *empty = make_shared_store(8u << 20, key_empty);
+    char err[512] = "";
+    assert_int_equal(shmkv_set(full, "first", 5, "1", 1, 0, 0), 0);
+    expect_ok(snapshot_save(full, f->snap, NULL, err, sizeof err), err);
+    size_t old_len = 0;
+    unsigned char *old = read_file(f->snap, &old_len);
+    char k[32];
+    for (int i = 0; i < 100; i++) {
+        int klen = snprintf(k, sizeof k, "k%d", i);
+        assert_int_equal(shmkv_set(full, k, (size_t)klen, "v", 1, 0, 0), 0);
+    }
+
+    /* The child's own directory, then the modes that refuse it: the
+     * directory is still searchable, so what is refused is writing to it
+     * and reading the snapshot, not reaching them. */
+    char writable[192];
+    snprintf(writable, sizeof writable, "%s/writable", f->dir);
+    assert_int_equal(mkdir(writable, 0700), 0);
+    if (geteuid() == 0)
+        assert_int_equal(chown(writable, UNPRIVILEGED_ID, UNPRIVILEGED_ID), 0);
+    assert_int_equal(chmod(f->snap, 0000), 0);
+    assert_int_equal(chmod(f->dir, 0555), 0);
+
+    struct denied_case c = {f->dir, f->snap, writable, key_full, key_empty};
+    struct denied_report r;
+    int code = run_denied_child(&c, &r);
+    assert_int_equal(chmod(f->dir, 0700), 0);
+    assert_int_equal(chmod(f->snap, 0600), 0);
+    if (code == CHILD_SKIPPED) {
+        free(old);
+        test_destroy(empty, key_empty);
+        test_destroy(full, key_full);
+        print_message("permission case skipped: %s\n", r.why);
+        skip();
+    }
+    if (code != CHILD_RAN)
+        fail_msg("the unprivileged child failed (exit %d): %s", code, r.why);
+
+    assert_int_equal(r.save_rc, -1);
+    assert_contains(r.save_err, f->snap);
+    assert_contains(r.save_err, "cannot create");
+    assert_contains(r.save_err, "Permission denied");
+    assert_int_equal(r.load_rc, -1);
+    assert_contains(r.load_err, f->snap);
+    assert_contains(r.load_err, "cannot read: Permission denied");
+    assert_int_equal(r.load_entries, 0);
+    assert_int_equal(r.entries_after_load, 0);
+    expect_ok(r.control_save_rc, r.control_save_err);
+    assert_int_equal(r.control_saved, 101);
+    expect_ok(r.control_load_rc, r.control_load_err);
+    assert_int_equal(r.control_loaded, 101);
+
+    /* The control snapshot is the child's: it ran as the uid it says. */
+    char own[256];
+    snprintf(own, sizeof own, "%s/store.snap", writable);
+    struct stat st;
+    assert_int_equal(stat(own, &st), 0);
+    assert_int_equal(st.st_uid,
+                     geteuid() == 0 ? (uid_t)UNPRIVILEGED_ID : geteuid());
+
+    /* The old snapshot is intact, and beside it only the child's
+     * directory: no temp file. The child's load reached the store. */
+    size_t now_len = 0;
+    unsigned char *now = read_file(f->snap, &now_len);
+    assert_int_equal(now_len, old_len);
+    assert_memory_equal(now, old, old_len);
+    assert_int_equal(count_dir_entries(f->dir), 2);
+    assert_int_equal(count_dir_entries(writable), 1);
+    assert_int_equal(store_entries(empty), 101);
+    assert_value(empty, "k42", 3, "v", 1);
+    free(now);
+    free(old);
+    test_destroy(empty, key_empty);
+    test_destroy(full, key_full);
 }
 
 /* A good snapshot with small entries and one big value, so that its middle
@@ -793,6 +1049,7 @@ int main(void)
         T(test_empty_store),
         T(test_save_replaces),
         T(test_failed_save_leaves_path),
+        T(test_permission_denied),
         T(test_flipped_byte_refused),
         T(test_truncated_refused),
         T(test_wrong_magic_refused),
