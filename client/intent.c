@@ -50,28 +50,16 @@ static struct undo_rec *undo_log(struct data_header *d)
     return (struct undo_rec *)((char *)d + d->undo_off);
 }
 
-static inline void compiler_order(void)
+void ulog_overflow(void)
 {
-    atomic_signal_fence(memory_order_seq_cst);
-}
-
-void ulog_save(struct data_header *d, const void *word)
-{
-    uint64_t off = (uint64_t)((const char *)word - (const char *)d) & ~7ull;
-    uint32_t n = d->intent.undo_count;
     /* Operations are bounded well below the log's size (an insert refuses
      * a probe path that long): a full log is a bug, and the change is
      * then made unlogged rather than not at all. */
-    if (n >= d->undo_slots)
-        return;
-    struct undo_rec *r = &undo_log(d)[n];
-    r->off = off;
-    r->old = __atomic_load_n((const uint64_t *)((const char *)d + off),
-                             __ATOMIC_RELAXED);
-    compiler_order();
-    d->intent.undo_count = n + 1;
-    compiler_order();
-    TEST_POINT("write:logged");
+}
+
+static inline void compiler_order(void)
+{
+    atomic_signal_fence(memory_order_seq_cst);
 }
 
 void op_begin(struct shmkv *kv, uint32_t kind)

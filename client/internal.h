@@ -142,8 +142,39 @@ static inline const char *entry_value(const struct block *b)
     return (const char *)(b + 1) + b->klen;
 }
 
+/* Kill points for the crash tests: named places in a write and in a
+ * recovery where a test's child may die on purpose (the hook raises
+ * SIGKILL). NULL, and one predicted branch each, in every other program. */
+extern void (*shmkv_test_hook)(const char *point);
+#define TEST_POINT(name)                                                       \
+    do {                                                                       \
+        if (__builtin_expect(shmkv_test_hook != NULL, 0))                      \
+            shmkv_test_hook(name);                                             \
+    } while (0)
+
 /* intent.c: the write in progress and its undo log */
-void ulog_save(struct data_header *d, const void *word);
+void ulog_overflow(void);
+/* Saves the aligned 8-byte word holding *word in the undo log before it
+ * changes: the record, then the count that covers it, then (the caller)
+ * the change, in program order (see intent.c). Inline: a write makes a
+ * dozen of these. */
+static inline void ulog_save(struct data_header *d, const void *word)
+{
+    uint64_t off = (uint64_t)((const char *)word - (const char *)d) & ~7ull;
+    uint32_t n = d->intent.undo_count;
+    if (__builtin_expect(n >= d->undo_slots, 0)) {
+        ulog_overflow();
+        return;
+    }
+    struct undo_rec *r = (struct undo_rec *)((char *)d + d->undo_off) + n;
+    r->off = off;
+    r->old = __atomic_load_n((const uint64_t *)((const char *)d + off),
+                             __ATOMIC_RELAXED);
+    atomic_signal_fence(memory_order_seq_cst);
+    d->intent.undo_count = n + 1;
+    atomic_signal_fence(memory_order_seq_cst);
+    TEST_POINT("write:logged");
+}
 /* Stores value into lvalue, a field of the data segment, after saving the
  * 8-byte word that holds it in the undo log. */
 #define LOGGED_SET(d, lvalue, value)                                           \
@@ -212,10 +243,18 @@ static inline uint32_t clients_scan_limit(const struct ctl_header *c)
 int read_claim_slow(struct shmkv *kv);
 /* Puts the unlinked block at off in limbo (within an operation). */
 void limbo_retire(struct shmkv *kv, uint32_t off);
-/* Frees what no read section can still see, without waiting. Returns
- * the units freed. */
-uint64_t limbo_reclaim(struct shmkv *kv);
+/* Finds how much of limbo no read section can still see, without waiting,
+ * and frees the oldest of it beyond a pool kept for reuse (all of it if
+ * all). Returns the units freed. */
+uint64_t limbo_reclaim(struct shmkv *kv, bool all);
 bool limbo_has_room(const struct data_header *d);
+/* A block no section can see any more, of `units` (or one more), taken
+ * from limbo for a new entry (within an operation), or 0. */
+uint32_t limbo_take(struct shmkv *kv, uint32_t units);
+bool limbo_can_take(const struct shmkv *kv, uint32_t units);
+/* When limbo has nothing safe left to reuse but enough retired since it
+ * last looked, looks at the claims again (limbo_reclaim). */
+void limbo_refill(struct shmkv *kv);
 /* Waits until no read section that began at or before read epoch
  * `epoch` (low 32 bits) is open, revoking what is held past
  * reader_timeout_ms and dropping what dead processes left, until the
@@ -237,16 +276,6 @@ int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
 /* Reports one inconsistency found by a check pass. */
 void check_problem(struct shmkv_check_report *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-
-/* Kill points for the crash tests: named places in a write and in a
- * recovery where a test's child may die on purpose (the hook raises
- * SIGKILL). NULL, and one predicted branch each, in every other program. */
-extern void (*shmkv_test_hook)(const char *point);
-#define TEST_POINT(name)                                                       \
-    do {                                                                       \
-        if (__builtin_expect(shmkv_test_hook != NULL, 0))                      \
-            shmkv_test_hook(name);                                             \
-    } while (0)
 
 /* Internal retry signal. */
 #define SHMKV_ERETRY (-1000)

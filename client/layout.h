@@ -268,6 +268,11 @@ struct data_header {
     uint64_t limbo_units; /* units held by blocks in limbo */
     uint64_t limbo_head;  /* ring positions: head <= tail */
     uint64_t limbo_tail;
+    /* Entries before this position can be freed or reused: no section can
+     * see them (true for good once true, so a hint, not logged; read it
+     * clamped to head..tail). */
+    uint64_t limbo_safe;
+    uint64_t limbo_scanned; /* tail when the claims were last looked at */
     uint64_t expire_cursor; /* where shmkv_expire_scan resumes */
     /* Nonzero after a flush emptied the index and before the arena is
      * rebuilt: the read epoch the flush ended in (write.c). */

@@ -133,22 +133,38 @@ static uint64_t claims_oldest(struct shmkv *kv)
     return oldest;
 }
 
-/* Frees limbo blocks unlinked before epoch `oldest` (low 32 bits), a
- * batch per operation. */
-static uint64_t limbo_free_before(struct shmkv *kv, uint32_t oldest)
+static uint64_t limbo_safe_pos(const struct data_header *d)
+{
+    uint64_t safe = d->limbo_safe;
+    if (safe < d->limbo_head)
+        return d->limbo_head;
+    return safe > d->limbo_tail ? d->limbo_tail : safe;
+}
+
+/* Moves the safe position past every entry unlinked before epoch `oldest`
+ * (low 32 bits): epochs in the ring never decrease from head to tail. */
+static void limbo_mark_safe(struct data_header *d, uint32_t oldest)
+{
+    const uint64_t *ring = limbo_ring(d);
+    uint64_t p = limbo_safe_pos(d);
+    while (p != d->limbo_tail &&
+           !epoch_le(oldest, LIMBO_EPOCH(ring[p & (d->limbo_slots - 1)])))
+        p++;
+    d->limbo_safe = p;
+}
+
+/* Frees safe entries from the head until at most keep are left, a batch
+ * per operation. */
+static uint64_t limbo_free_safe(struct shmkv *kv, uint64_t keep)
 {
     struct data_header *d = kv->data;
     uint64_t *ring = limbo_ring(d);
     uint64_t freed = 0;
-    while (d->limbo_head != d->limbo_tail) {
-        uint64_t e = ring[d->limbo_head & (d->limbo_slots - 1)];
-        if (epoch_le(oldest, LIMBO_EPOCH(e)))
-            break;
+    while (limbo_safe_pos(d) - d->limbo_head > keep) {
         op_begin(kv, WRITE_OP_GENERIC);
-        for (unsigned k = 0; k < 32 && d->limbo_head != d->limbo_tail; k++) {
-            e = ring[d->limbo_head & (d->limbo_slots - 1)];
-            if (epoch_le(oldest, LIMBO_EPOCH(e)))
-                break;
+        for (unsigned k = 0; k < 32 && limbo_safe_pos(d) - d->limbo_head > keep;
+             k++) {
+            uint64_t e = ring[d->limbo_head & (d->limbo_slots - 1)];
             uint32_t off = LIMBO_OFF(e);
             uint32_t units = 0;
             if (off - kv->arena_first < kv->arena_units &&
@@ -166,12 +182,59 @@ static uint64_t limbo_free_before(struct shmkv *kv, uint32_t oldest)
     return freed;
 }
 
-uint64_t limbo_reclaim(struct shmkv *kv)
+uint64_t limbo_reclaim(struct shmkv *kv, bool all)
 {
     struct data_header *d = kv->data;
     if (d->limbo_head == d->limbo_tail)
         return 0;
-    return limbo_free_before(kv, (uint32_t)claims_oldest(kv));
+    d->limbo_scanned = d->limbo_tail;
+    limbo_mark_safe(d, (uint32_t)claims_oldest(kv));
+    /* Replacing values of one size reuses what it retires (limbo_take),
+     * cheaper than freeing and allocating: a pool of a quarter of the
+     * ring is kept for that, unless the memory is wanted now. */
+    return limbo_free_safe(kv, all ? 0 : d->limbo_slots / 4);
+}
+
+/* Entries retired since the claims were last looked at that make looking
+ * again worth its cost (a load of each client slot). */
+#define LIMBO_REFILL_MIN 64u
+
+void limbo_refill(struct shmkv *kv)
+{
+    struct data_header *d = kv->data;
+    if (limbo_safe_pos(d) == d->limbo_head &&
+        d->limbo_tail - d->limbo_scanned >= LIMBO_REFILL_MIN)
+        limbo_reclaim(kv, false);
+}
+
+bool limbo_can_take(const struct shmkv *kv, uint32_t units)
+{
+    const struct data_header *d = kv->data;
+    if (limbo_safe_pos(d) == d->limbo_head)
+        return false;
+    uint32_t off =
+        LIMBO_OFF(limbo_ring(d)[d->limbo_head & (d->limbo_slots - 1)]);
+    if (off - kv->arena_first >= kv->arena_units)
+        return false;
+    const struct block *b = block_at(d, off);
+    uint32_t want = units < MIN_BLOCK_UNITS ? MIN_BLOCK_UNITS : units;
+    return (b->flags & BLOCK_USED) && b->size_units >= want &&
+           b->size_units - want < MIN_BLOCK_UNITS;
+}
+
+uint32_t limbo_take(struct shmkv *kv, uint32_t units)
+{
+    if (!limbo_can_take(kv, units))
+        return 0;
+    struct data_header *d = kv->data;
+    uint32_t off =
+        LIMBO_OFF(limbo_ring(d)[d->limbo_head & (d->limbo_slots - 1)]);
+    /* The block stays used and its size stays: undone, it is simply back
+     * at the head of limbo, whatever its new entry wrote into it. */
+    LOGGED_SET(d, d->limbo_units,
+               d->limbo_units - block_at(d, off)->size_units);
+    LOGGED_SET(d, d->limbo_head, d->limbo_head + 1);
+    return off;
 }
 
 /* A section that began at or before the epoch a writer waits past: drop
@@ -267,6 +330,6 @@ int limbo_wait(struct shmkv *kv)
     int rc = readers_wait_past(kv, oldest, true);
     if (rc != 0)
         return rc;
-    limbo_reclaim(kv);
+    limbo_reclaim(kv, true);
     return 0;
 }

@@ -117,7 +117,7 @@ static int limbo_reserve(struct shmkv *kv)
 {
     if (limbo_has_room(kv->data))
         return 0;
-    limbo_reclaim(kv);
+    limbo_reclaim(kv, true);
     while (!limbo_has_room(kv->data)) {
         int rc = limbo_wait(kv);
         if (rc != 0)
@@ -267,6 +267,8 @@ void arena_reset(struct shmkv *kv)
     arena_init(d);
     d->limbo_head = 0;
     d->limbo_tail = 0;
+    d->limbo_safe = 0;
+    d->limbo_scanned = 0;
     d->limbo_units = 0;
     d->expire_cursor = 0;
     d->flush_epoch = 0;
@@ -309,10 +311,11 @@ static int make_room(struct shmkv *kv, uint32_t units, bool new_key,
             continue;
         }
         bool index_ok = !new_key || d->entries < d->max_load;
-        if (index_ok && arena_can_alloc(d, units))
+        if (index_ok &&
+            (limbo_can_take(kv, units) || arena_can_alloc(d, units)))
             return 0;
         bool limbo = d->limbo_head != d->limbo_tail;
-        if (index_ok && limbo && limbo_reclaim(kv) > 0)
+        if (index_ok && limbo && limbo_reclaim(kv, true) > 0)
             continue;
         if (!swept && d->ttl_entries > 0) {
             swept = true;
@@ -335,7 +338,7 @@ static int make_room(struct shmkv *kv, uint32_t units, bool new_key,
             if (rc < 0)
                 return rc;
             if (rc > 0) {
-                limbo_reclaim(kv);
+                limbo_reclaim(kv, true);
                 continue;
             }
         }
@@ -376,6 +379,7 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
         expire = block_at(d, pos.off)->u.entry.expire_unix;
 
     uint32_t units = entry_units(klen, vlen);
+    limbo_refill(kv);
     int rc = make_room(kv, units, pos.off == 0, pos.off);
     if (rc == SHMKV_ENOSPC)
         return set_error(SHMKV_ENOSPC,
@@ -385,7 +389,11 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
         return rc;
 
     op_begin(kv, WRITE_OP_GENERIC);
-    uint32_t off = arena_alloc(d, units);
+    /* A block retired long enough ago that no section sees it, of the
+     * size wanted, else one from the free lists. */
+    uint32_t off = limbo_take(kv, units);
+    if (off == 0)
+        off = arena_alloc(d, units);
     struct block *e = block_at(d, off);
     e->klen = (uint16_t)klen;
     e->u.entry.vlen = (uint32_t)vlen;
@@ -423,7 +431,7 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     TEST_POINT("set:finished");
     op_end(kv);
     if (d->limbo_tail - d->limbo_head >= d->limbo_slots / 2)
-        limbo_reclaim(kv);
+        limbo_reclaim(kv, false);
 
     slot_count(&kv->slot->sets);
     if (kv->lru) {
@@ -624,7 +632,7 @@ int shmkv_expire_scan(struct shmkv *kv, uint64_t max_slots)
         return rc;
     int64_t removed = expire_slots(kv, max_slots, 0);
     if (removed > 0)
-        limbo_reclaim(kv);
+        limbo_reclaim(kv, true);
     write_end(kv);
     if (removed < 0)
         return (int)removed;
