@@ -709,8 +709,8 @@ static void cmd_keys(struct conn *c, size_t argc, struct resp_arg *argv,
 {
     (void)argc;
     /* Matching costs up to the pattern's length times the key's, for every
-     * key, under the read lock: a pattern need not be longer than an
-     * escaped key. */
+     * key, in the event loop: a pattern need not be longer than an escaped
+     * key. */
     size_t most = 2 * (size_t)c->d->max_key_bytes + 2;
     if (most < KEYS_PATTERN_MIN_LIMIT)
         most = KEYS_PATTERN_MIN_LIMIT;

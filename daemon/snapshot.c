@@ -22,17 +22,20 @@
  * time a snapshot spends on disk counts against it: an entry whose expiry
  * passed while the daemon was down is not restored.
  *
- * Saving. shmkv_foreach visits every live entry inside ONE read section of
- * the store: writers (every client's set/del and the daemon's housekeeping)
- * wait until the whole store has been walked. That is what makes the
- * snapshot a consistent point-in-time image, and it is why the visitor only
- * copies into a large stdio buffer and does nothing slow. The records
+ * Saving. shmkv_foreach visits every live entry, a few hundred index slots
+ * per read section, while writers go on: every key present for the whole
+ * walk is saved once, with a value it held during the walk, and a key
+ * written or removed meanwhile may or may not be. At shutdown the store is
+ * closed first, so no write is missing there. A visitor that took longer
+ * than the reader timeout could have its section revoked (the save then
+ * fails), which is one more reason the visitor only copies into a large
+ * stdio buffer and does nothing slow. The records
  * stream to "PATH.tmp.PID" in the same directory (a rename only replaces a
  * file atomically within one file system). The entry count is known only
  * after the walk, so the header is written with a zero count, patched in
  * place afterwards, and the checksum is then computed by reading the temp
- * file back; that second pass runs after the read section has ended, from
- * the page cache, so it costs writers nothing. Then fflush, fsync, fclose,
+ * file back; that second pass runs after the walk has ended, from the page
+ * cache. Then fflush, fsync, fclose,
  * rename over PATH and fsync of the directory, so that after a crash PATH
  * names either the old complete snapshot or the new complete one. On any
  * error before the rename the temp file is unlinked and PATH is untouched.
@@ -143,8 +146,8 @@ struct save_ctx {
     const char *problem;
 };
 
-/* The visitor: runs under the store's read lock, so it only encodes and
- * copies into the stdio buffer. Returns 1 (never a SHMKV_E* code, which are
+/* The visitor: runs inside a read section, so it only encodes and copies
+ * into the stdio buffer. Returns 1 (never a SHMKV_E* code, which are
  * negative) to stop the walk on an error. */
 static int save_entry(void *arg, const void *key, size_t klen, const void *val,
                       size_t vlen, int64_t ttl_s)

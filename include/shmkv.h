@@ -111,8 +111,9 @@ struct shmkv_options {
      * to whole pages. Default 64 MiB. */
     uint64_t size_bytes;
     /* Permission bits of the segments (low 9 bits, as a file's mode; the
-     * execute bits mean nothing). Default 0600. A read-only client still
-     * needs write permission: taking the read lock writes to it. */
+     * execute bits mean nothing); the liveness semaphores get them too.
+     * Default 0600. A read-only client still needs write permission: it
+     * writes its read claim and raises its semaphore. */
     unsigned mode;
     /* Group of the segments (a gid), so that members can attach with a
      * mode such as 0660; -1 (the default) keeps the creator's group. */

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -307,13 +308,21 @@ static pid_t fork_in_pid_namespace(void (*body)(struct shared *, const char *),
     assert_true(outer >= 0);
     if (outer != 0)
         return outer;
-    if (unshare(CLONE_NEWPID) != 0)
+    if (unshare(CLONE_NEWPID | CLONE_NEWNS) != 0)
         _exit(77);
     pid_t inner = fork();
     if (inner < 0)
         _exit(1);
-    if (inner == 0)
-        body(sh, where); /* pid 1 of the new namespace */
+    if (inner == 0) {
+        /* pid 1 of the new namespace, with its own /proc, as
+         * `unshare --pid --fork --mount-proc` gives it: a pid or a start
+         * time read there means nothing to the host. */
+        if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  NULL) != 0)
+            _exit(77);
+        body(sh, where);
+    }
     int status;
     if (waitpid(inner, &status, 0) != inner)
         _exit(1);
