@@ -289,18 +289,22 @@ void check_problem(struct shmkv_check_report *r, const char *fmt, ...)
  * the writer sees the claim, or the reader sees the block unlinked. No
  * shared cache line is written, so readers in many processes do not slow
  * each other down, and no reader waits for a writer. */
+static inline void read_claim_store(struct shmkv *kv)
+{
+    /* acquire: pairs with the epoch's advance (seq_cst), after which the
+     * blocks unlinked before it are unreachable to this reader. */
+    uint64_t e = atomic_load_explicit(&kv->ctl->epoch, memory_order_acquire);
+    uint64_t c = CLAIM_MAKE(e, CLAIM_ACTIVE);
+    atomic_store_explicit(&kv->slot->claim, c, memory_order_seq_cst);
+    kv->claim = c;
+}
+
 static inline int read_claim(struct shmkv *kv)
 {
     uint64_t cur =
         atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
     if (__builtin_expect(cur == kv->current, 1)) {
-        /* acquire: pairs with the epoch's advance (seq_cst), after which
-         * the blocks unlinked before it are unreachable to this reader. */
-        uint64_t e =
-            atomic_load_explicit(&kv->ctl->epoch, memory_order_acquire);
-        uint64_t c = CLAIM_MAKE(e, CLAIM_ACTIVE);
-        atomic_store_explicit(&kv->slot->claim, c, memory_order_seq_cst);
-        kv->claim = c;
+        read_claim_store(kv);
         return 0;
     }
     return read_claim_slow(kv);

@@ -119,10 +119,18 @@ static struct lock_slot *lock_slot_of(const struct ctl_header *c,
     return &locks[epoch % LOCK_SLOTS];
 }
 
-/* The index of a dead process whose lock state names lock epoch `epoch`
- * (it may hold that lock, or have died inside glibc queued on it), or -1.
- * Its pid in *pid. */
-static int lock_dead_user(const struct shmkv *kv, uint64_t epoch, int32_t *pid)
+/* Which lock states lock_user_find looks for. */
+enum lock_user {
+    USER_OF_EPOCH, /* any state naming the epoch: waiting or holding */
+    HOLDER_OF_EPOCH,
+    USER_OF_SLOT, /* any state naming an epoch of the epoch's lock slot */
+};
+
+/* The first client slot but kv's whose lock state is of that kind for
+ * lock epoch `epoch` and whose process is alive (alive) or dead (!alive);
+ * its pid in *pid if asked; -1 if there is none. */
+static int lock_user_find(const struct shmkv *kv, enum lock_user kind,
+                          uint64_t epoch, bool alive, int32_t *pid)
 {
     const struct ctl_header *c = kv->ctl;
     const struct client_slot *slots = client_slots(c);
@@ -130,9 +138,14 @@ static int lock_dead_user(const struct shmkv *kv, uint64_t epoch, int32_t *pid)
     for (uint32_t i = 0; i < n; i++) {
         uint64_t st =
             atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
-        if (st == 0 || LOCK_STATE_EPOCH(st) != epoch || i == kv->slot_index)
+        if (st == 0 || i == kv->slot_index)
             continue;
-        if (liveness_alive(c, i))
+        uint64_t e = LOCK_STATE_EPOCH(st);
+        bool match = kind == USER_OF_SLOT
+                         ? e % LOCK_SLOTS == epoch % LOCK_SLOTS
+                         : e == epoch && (kind == USER_OF_EPOCH ||
+                                          LOCK_MODE_HELD(LOCK_STATE_MODE(st)));
+        if (!match || liveness_alive(c, i) != alive)
             continue;
         if (pid != NULL)
             *pid = atomic_load_explicit(&slots[i].pid, memory_order_relaxed);
@@ -141,41 +154,11 @@ static int lock_dead_user(const struct shmkv *kv, uint64_t epoch, int32_t *pid)
     return -1;
 }
 
-/* True if a live process other than kv holds lock epoch `epoch`. */
-static bool lock_live_holder(const struct shmkv *kv, uint64_t epoch)
+/* A dead process whose state names lock epoch `epoch`: it may hold that
+ * lock, or have died inside glibc on its way in or out. */
+static int lock_dead_user(const struct shmkv *kv, uint64_t epoch, int32_t *pid)
 {
-    const struct ctl_header *c = kv->ctl;
-    const struct client_slot *slots = client_slots(c);
-    uint32_t n = clients_scan_limit(c);
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t st =
-            atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
-        if (st == 0 || LOCK_STATE_EPOCH(st) != epoch ||
-            !LOCK_MODE_HELD(LOCK_STATE_MODE(st)) || i == kv->slot_index)
-            continue;
-        if (liveness_alive(c, i))
-            return true;
-    }
-    return false;
-}
-
-/* True if a live process may still touch the lock slot of epoch `epoch`:
- * its state names an epoch of that slot (it waits in an old lock, or was
- * stopped on its way into one). */
-static bool lock_slot_busy(const struct shmkv *kv, uint64_t epoch)
-{
-    const struct ctl_header *c = kv->ctl;
-    const struct client_slot *slots = client_slots(c);
-    uint32_t n = clients_scan_limit(c);
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t st =
-            atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
-        if (st == 0 || LOCK_STATE_EPOCH(st) % LOCK_SLOTS != epoch % LOCK_SLOTS)
-            continue;
-        if (liveness_alive(c, i))
-            return true;
-    }
-    return false;
+    return lock_user_find(kv, USER_OF_EPOCH, epoch, false, pid);
 }
 
 /* Replaces the lock of word `seen` (see the top of the file). Returns
@@ -214,7 +197,7 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
                               memory_order_seq_cst);
         TEST_POINT("recover:marked");
     }
-    while (lock_live_holder(kv, epoch)) {
+    while (lock_user_find(kv, HOLDER_OF_EPOCH, epoch, true, NULL) >= 0) {
         if (monotonic_ms() >= call_deadline(kv)) {
             out = set_error(SHMKV_ETIMEDOUT,
                             "a live process holds the store's lock while a "
@@ -232,7 +215,9 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
     uint32_t repaired = intent_repair(kv);
     TEST_POINT("recover:repaired");
     uint64_t next = epoch + 1;
-    while (lock_slot_busy(kv, next)) {
+    /* Not a slot a live process may still touch: it waits in an old lock,
+     * or was stopped on its way into one. */
+    while (lock_user_find(kv, USER_OF_SLOT, next, true, NULL) >= 0) {
         if (++next - epoch > LOCK_SLOTS) {
             out = set_error(SHMKV_ETIMEDOUT,
                             "every lock slot is still used by a stopped "

@@ -72,11 +72,7 @@ int read_claim_slow(struct shmkv *kv)
             atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
         if (cur != kv->current)
             continue;
-        uint64_t e =
-            atomic_load_explicit(&kv->ctl->epoch, memory_order_acquire);
-        uint64_t c = CLAIM_MAKE(e, CLAIM_ACTIVE);
-        atomic_store_explicit(&kv->slot->claim, c, memory_order_seq_cst);
-        kv->claim = c;
+        read_claim_store(kv);
         return 0;
     }
     return set_error(SHMKV_ENOSTORE, "the store's data segment keeps moving");
