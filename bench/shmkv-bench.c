@@ -1565,7 +1565,7 @@ static void live_handles(const struct config *cfg)
                 fail_store("attaching an extra handle", rc);
             open_now++;
         }
-        double r[5];
+        double r[5] = {0};
         unsigned reps = cfg->quick ? 1 : 5;
         for (unsigned rep = 0; rep < reps; rep++)
             r[rep] = live_set_rate(cfg, nkeys, cfg->quick ? 0.1 : 0.3, NULL);
