@@ -39,8 +39,7 @@ int shmkv_events(struct shmkv *kv, uint64_t *cursor, struct shmkv_event *out,
     if (kv == NULL || cursor == NULL || (out == NULL && max > 0) || max < 0)
         return set_error(SHMKV_EINVAL, "NULL handle, cursor or buffer");
     if (kv->forked)
-        return set_error(SHMKV_EFORKED,
-                         "the handle belongs to another process");
+        return refuse_forked(kv);
     struct ctl_header *c = kv->ctl;
     uint64_t next = atomic_load_explicit(&c->event_next, memory_order_acquire);
     uint64_t skipped = 0;

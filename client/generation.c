@@ -52,9 +52,7 @@ static void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
 int generation_refresh(struct shmkv *kv)
 {
     if (kv->forked)
-        return set_error(SHMKV_EFORKED,
-                         "the handle was opened by process %d, not this one",
-                         (int)kv->pid);
+        return refuse_forked(kv);
     for (int attempt = 0; attempt < 100; attempt++) {
         uint64_t cur =
             atomic_load_explicit(&kv->ctl->current, memory_order_acquire);

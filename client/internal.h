@@ -71,6 +71,17 @@ struct shmkv {
     struct shmkv *reg_prev, *reg_next; /* the process's open handles */
 };
 
+/* store.c: the error for a call on a fork()ed child's copy of a handle */
+int refuse_forked(const struct shmkv *kv);
+
+/* A counter in this handle's own client slot: only its owner writes it, so
+ * a plain load and store suffice. */
+static inline void slot_count(_Atomic uint64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
 /* errors.c */
 int set_error(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

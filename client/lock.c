@@ -88,13 +88,6 @@ static void pause_us(long us)
     nanosleep(&ts, NULL);
 }
 
-static inline void counter_bump(_Atomic uint64_t *c)
-{
-    /* Only this slot's owner writes it: a plain load and store suffice. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-}
-
 int lock_init(pthread_rwlock_t *lock)
 {
     pthread_rwlockattr_t attr;
@@ -336,7 +329,7 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
     bool reported = false;
     long sleep_us = LOCK_SLEEP_MIN_US;
     uint64_t next_check = 0;
-    counter_bump(&kv->slot->lock_waits);
+    slot_count(&kv->slot->lock_waits);
     for (;;) {
         pause_us(sleep_us);
         if (lock_try(l, write) == 0)
@@ -361,7 +354,7 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
             }
         }
         if (now >= deadline) {
-            counter_bump(&kv->slot->lock_timeouts);
+            slot_count(&kv->slot->lock_timeouts);
             return set_error(SHMKV_ETIMEDOUT, "waited %u ms for the %s lock",
                              kv->timeout_ms, write ? "write" : "read");
         }
@@ -394,7 +387,7 @@ int lock_take(struct shmkv *kv, bool write)
             if (rc != 0)
                 return rc;
             if (monotonic_ms() >= call_deadline(kv)) {
-                counter_bump(&kv->slot->lock_timeouts);
+                slot_count(&kv->slot->lock_timeouts);
                 return set_error(SHMKV_ETIMEDOUT,
                                  "the store's lock is being recovered; gave "
                                  "up after %u ms",

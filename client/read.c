@@ -22,13 +22,6 @@
 #include "hash.h"
 #include "table.h"
 
-static inline void slot_count(_Atomic uint64_t *c)
-{
-    /* Only the slot's owner writes it. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-}
-
 uint32_t clock_unix(void)
 {
     struct timespec ts;
@@ -193,9 +186,7 @@ static __attribute__((noinline, cold)) int get_refused(struct shmkv *kv,
     if (kv == NULL || val == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or value");
     if (kv->forked)
-        return set_error(SHMKV_EFORKED,
-                         "the handle was opened by process %d, not this one",
-                         (int)kv->pid);
+        return refuse_forked(kv);
     if (!kv->in_read)
         return set_error(SHMKV_ESTATE, "shmkv_get outside a read section");
     if (!read_claim_valid(kv))
@@ -241,10 +232,6 @@ struct entry_copy {
 static int lookup_copy(struct shmkv *kv, const void *key, size_t klen,
                        struct entry_copy *c)
 {
-    if (kv->forked)
-        return set_error(SHMKV_EFORKED,
-                         "the handle was opened by process %d, not this one",
-                         (int)kv->pid);
     int rc = check_key(kv, key, klen);
     if (rc != 0)
         return rc;

@@ -60,10 +60,6 @@ static inline bool epoch_le(uint32_t a, uint32_t b)
 
 int read_claim_slow(struct shmkv *kv)
 {
-    if (kv->forked)
-        return set_error(SHMKV_EFORKED,
-                         "the handle was opened by process %d, not this one",
-                         (int)kv->pid);
     for (int attempt = 0; attempt < 100; attempt++) {
         int rc = generation_refresh(kv);
         if (rc != 0)

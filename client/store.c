@@ -351,7 +351,7 @@ static void registry_remove(struct shmkv *kv)
     pthread_mutex_unlock(&registry_lock);
 }
 
-static int refuse_forked(const struct shmkv *kv)
+int refuse_forked(const struct shmkv *kv)
 {
     return set_error(SHMKV_EFORKED,
                      "the handle was opened by process %d, not this one: a "

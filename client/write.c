@@ -30,21 +30,12 @@
 
 #define EVICT_SAMPLES 16u
 
-static inline void slot_count(_Atomic uint64_t *c)
-{
-    /* Only the slot's owner writes it. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-}
-
 static int write_begin(struct shmkv *kv)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (kv->forked)
-        return set_error(SHMKV_EFORKED,
-                         "the handle was opened by process %d, not this one",
-                         (int)kv->pid);
+        return refuse_forked(kv);
     if (kv->in_read)
         return set_error(SHMKV_ESTATE, "a write inside a read section");
     if (kv->rdonly)
