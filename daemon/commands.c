@@ -631,7 +631,7 @@ static bool glob_class(const char *p, size_t plen, size_t *pi, unsigned char ch)
     return match != negate;
 }
 
-static bool glob_match(const char *p, size_t plen, const char *s, size_t slen)
+bool glob_match(const char *p, size_t plen, const char *s, size_t slen)
 {
     size_t pi = 0, si = 0;
     size_t star_p = SIZE_MAX, star_s = 0;
@@ -678,32 +678,6 @@ static bool glob_match(const char *p, size_t plen, const char *s, size_t slen)
  * least this long. */
 #define KEYS_PATTERN_MIN_LIMIT 1024
 
-struct keys_ctx {
-    struct conn *c;
-    struct evbuffer *body;
-    const struct resp_arg *pattern;
-    size_t count;
-    size_t limit;
-};
-
-static int keys_visit(void *arg, const void *key, size_t klen, const void *val,
-                      size_t vlen, int64_t ttl_s)
-{
-    (void)val;
-    (void)vlen;
-    (void)ttl_s;
-    struct keys_ctx *k = arg;
-    if (!glob_match(k->pattern->data, k->pattern->len, key, klen))
-        return 0;
-    resp_bulk(k->body, key, klen);
-    k->count++;
-    if (evbuffer_get_length(k->body) > k->limit) {
-        k->c->reply_overflow = true;
-        return 1;
-    }
-    return 0;
-}
-
 static void cmd_keys(struct conn *c, size_t argc, struct resp_arg *argv,
                      struct evbuffer *out)
 {
@@ -718,24 +692,9 @@ static void cmd_keys(struct conn *c, size_t argc, struct resp_arg *argv,
         resp_errorf(out, "ERR pattern too long (at most %zu bytes)", most);
         return;
     }
-    struct keys_ctx k = {.c = c,
-                         .body = evbuffer_new(),
-                         .pattern = &argv[1],
-                         .limit = conn_output_limit(c)};
-    if (k.body == NULL) {
+    /* The walk runs on the worker thread (jobs.c). */
+    if (!job_queue(c->d, c, JOB_KEYS, argv[1].data, argv[1].len))
         resp_error(out, "ERR out of memory");
-        return;
-    }
-    int rc = shmkv_foreach(c->d->kv, keys_visit, &k);
-    if (c->reply_overflow) {
-        /* The connection is closed; the reply is never sent. */
-    } else if (rc != 0) {
-        reply_store_error(out, rc);
-    } else {
-        resp_array(out, k.count);
-        evbuffer_add_buffer(out, k.body);
-    }
-    evbuffer_free(k.body);
 }
 
 /* ---- INFO and stats ---- */
@@ -820,10 +779,11 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
         evbuffer_add_printf(b,
                             "snapshot_path:%s\r\nrdb_last_save_time:%lld\r\n"
                             "rdb_last_bgsave_status:%s\r\n"
-                            "rdb_last_save_keys:%" PRIu64 "\r\n",
+                            "rdb_last_save_keys:%" PRIu64 "\r\n"
+                            "rdb_bgsave_in_progress:%d\r\n",
                             d->cfg.snapshot_path, (long long)d->last_save,
                             d->last_save == 0 || d->last_save_ok ? "ok" : "err",
-                            d->last_save_entries);
+                            d->last_save_entries, jobs_save_pending(d) ? 1 : 0);
     }
     if (section_wanted(argc, argv, "stats")) {
         info_section(b, "Stats", &first);
@@ -919,40 +879,54 @@ static void cmd_shmkv_check(struct conn *c, size_t argc, struct resp_arg *argv,
 {
     (void)argc;
     (void)argv;
-    struct shmkv_check_report r;
-    int rc = shmkv_check(c->d->kv, &r);
-    if (parked_on(c, rc, true))
-        return;
-    if (rc == 0) {
-        char text[256];
-        snprintf(text, sizeof text,
-                 "ok: %" PRIu64 " entries, %" PRIu64 " used blocks, %" PRIu64
-                 " free blocks, %" PRIu64 " bytes leaked",
-                 r.entries_seen, r.blocks_used, r.blocks_free, r.bytes_leaked);
-        resp_bulk_str(out, text);
-    } else if (rc == SHMKV_ECORRUPT) {
-        resp_errorf(out, "CORRUPT %" PRIu64 " problems; first: %s", r.problems,
-                    r.first_problem);
-    } else {
-        reply_store_error(out, rc);
-    }
+    /* Walks the whole store: on the worker thread (jobs.c). */
+    if (!job_queue(c->d, c, JOB_CHECK, NULL, 0))
+        resp_error(out, "ERR out of memory");
 }
 
 /* ---- persistence and lifecycle ---- */
 
+static bool snapshot_configured(struct conn *c, struct evbuffer *out)
+{
+    if (c->d->cfg.snapshot_path[0] != '\0')
+        return true;
+    resp_error(out, "ERR no snapshot path configured ([persistence] "
+                    "snapshot)");
+    return false;
+}
+
+/* The snapshot is written on the worker thread (jobs.c); the reply comes
+ * once it is on disk. */
 static void cmd_save(struct conn *c, size_t argc, struct resp_arg *argv,
                      struct evbuffer *out)
 {
     (void)argc;
     (void)argv;
-    char err[512];
-    if (c->d->cfg.snapshot_path[0] == '\0')
-        resp_error(out, "ERR no snapshot path configured ([persistence] "
-                        "snapshot)");
-    else if (daemon_save(c->d, err, sizeof err) != 0)
-        resp_errorf(out, "ERR %s", err);
+    if (snapshot_configured(c, out) && !job_queue(c->d, c, JOB_SAVE, NULL, 0))
+        resp_error(out, "ERR out of memory");
+}
+
+static void cmd_bgsave(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    if (!snapshot_configured(c, out))
+        return;
+    if (jobs_save_pending(c->d))
+        resp_error(out, "ERR Background save already in progress");
+    else if (!job_queue(c->d, NULL, JOB_BGSAVE, NULL, 0))
+        resp_error(out, "ERR out of memory");
     else
-        resp_simple(out, "OK");
+        resp_simple(out, "Background saving started");
+}
+
+static void cmd_lastsave(struct conn *c, size_t argc, struct resp_arg *argv,
+                         struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    resp_int(out, (int64_t)c->d->last_save);
 }
 
 static void cmd_shutdown(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -1212,7 +1186,7 @@ static const struct command commands[] = {
     {"CLIENT", -2, 0, cmd_client, "LIST | INFO | ID | SETNAME | GETNAME"},
     {"COMMAND", -1, 0, cmd_command, "[COUNT | INFO name ... | DOCS]"},
     {"SHMKV.STATS", 1, 0, cmd_shmkv_stats, "store statistics, name/value"},
-    {"SHMKV.CHECK", 1, CMD_ADMIN | CMD_WAITS, cmd_shmkv_check,
+    {"SHMKV.CHECK", 1, CMD_ADMIN, cmd_shmkv_check,
      "check the store's structure (writers wait meanwhile)"},
     {"SET", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_set,
      "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]"},
@@ -1235,7 +1209,12 @@ static const struct command commands[] = {
      "key: remove its TTL"},
     {"FLUSHALL", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "remove every key"},
     {"FLUSHDB", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "as FLUSHALL"},
-    {"SAVE", 1, CMD_WRITES, cmd_save, "write the snapshot now"},
+    {"SAVE", 1, CMD_WRITES, cmd_save,
+     "write the snapshot now; replies once it is on disk"},
+    {"BGSAVE", -1, CMD_WRITES, cmd_bgsave,
+     "write the snapshot in the background"},
+    {"LASTSAVE", 1, 0, cmd_lastsave,
+     "when the last save ended (Unix time, 0: never)"},
     {"SHUTDOWN", -1, CMD_WRITES, cmd_shutdown,
      "[SAVE|NOSAVE]: stop the daemon, removing the store"},
 };

@@ -130,6 +130,7 @@ void conn_close(struct conn *c)
         c->next->prev = c->prev;
     d->n_conns--;
     log_debug("connection %llu closed", (unsigned long long)c->id);
+    job_detach(c);
     event_free(c->resume);
     event_free(c->retry);
     free(c->groups);
@@ -184,7 +185,7 @@ static void conn_set_timeouts(struct conn *c, bool force)
     if (c->closing) {
         want = CONN_TIMEOUT_FLUSH;
         idle_s = conn_flush_timeout_s(c);
-    } else if (idle_s == 0 || c->parked) {
+    } else if (idle_s == 0 || c->parked || c->job != NULL) {
         want = CONN_TIMEOUT_NONE;
     } else {
         want = pending ? CONN_TIMEOUT_WRITE : CONN_TIMEOUT_READ;
@@ -213,8 +214,23 @@ static bool conn_settle(struct conn *c)
         return false;
     }
     conn_set_reading(c, !c->closing && !c->input_ended && !c->output_full &&
-                            !c->yielded && !c->parked);
+                            !c->yielded && !c->parked && c->job == NULL);
     conn_set_timeouts(c, false);
+    return true;
+}
+
+/* Closes the connection if the last reply took its output over limit
+ * (pending output dropped). Returns true if it did (c is freed). */
+static bool conn_closed_over_limit(struct conn *c, size_t limit)
+{
+    if (!c->reply_overflow &&
+        evbuffer_get_length(bufferevent_get_output(c->bev)) <= limit)
+        return false;
+    log_warning("connection %llu (pid %d uid %d): the reply to '%s' takes "
+                "its output over the limit of %zu bytes; disconnecting",
+                (unsigned long long)c->id, (int)c->pid, (int)c->uid,
+                c->last_command, limit);
+    conn_close(c);
     return true;
 }
 
@@ -231,8 +247,8 @@ static int64_t elapsed_ns(const struct timespec *since)
  * the connection was closed (c is freed). */
 static bool conn_process(struct conn *c)
 {
-    if (c->parked)
-        return conn_settle(c); /* the retry timer runs it */
+    if (c->parked || c->job != NULL)
+        return conn_settle(c); /* the retry timer or the job resumes it */
     struct daemon *d = c->d;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
@@ -295,15 +311,10 @@ static bool conn_process(struct conn *c)
             done++;
         }
         evbuffer_drain(in, consumed);
-        if (c->reply_overflow || evbuffer_get_length(out) > limit) {
-            log_warning("connection %llu (pid %d uid %d): the reply to '%s' "
-                        "takes its output over the limit of %zu bytes; "
-                        "disconnecting",
-                        (unsigned long long)c->id, (int)c->pid, (int)c->uid,
-                        c->last_command, limit);
-            conn_close(c);
+        if (c->job != NULL)
+            break; /* the job's end resumes parsing (conn_job_done) */
+        if (conn_closed_over_limit(c, limit))
             return false;
-        }
     }
     /* The last request run may have taken the output over the soft limit:
      * read nothing more until it drains, as if another were waiting. */
@@ -311,7 +322,7 @@ static bool conn_process(struct conn *c)
         c->output_full = true;
     /* After the peer's EOF, close once nothing complete is left to run. */
     if (c->input_ended && !c->yielded && !c->output_full && !c->parked &&
-        (incomplete || evbuffer_get_length(in) == 0))
+        c->job == NULL && (incomplete || evbuffer_get_length(in) == 0))
         c->closing = true;
     return conn_settle(c);
 }
@@ -349,6 +360,19 @@ static void conn_resume_cb(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     c->yielded = false;
     conn_process(c);
+}
+
+void conn_job_done(struct conn *c)
+{
+    if (conn_closed_over_limit(c, conn_output_limit(c)))
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) >=
+        OUTPUT_SOFT_LIMIT)
+        c->output_full = true;
+    if (c->yielded || c->output_full)
+        conn_settle(c);
+    else
+        conn_process(c);
 }
 
 /* The timer armed when a command was parked: runs it again, unless the

@@ -5,6 +5,7 @@
 #ifndef SHMKVD_DAEMON_H
 #define SHMKVD_DAEMON_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -19,6 +20,7 @@ struct event_base;
 struct evconnlistener;
 struct bufferevent;
 struct evbuffer;
+struct job;
 
 /* Which timeout a connection runs under: none, on reading (it waits for a
  * request), on writing (a reply is queued), or on writing its last output
@@ -57,6 +59,9 @@ struct conn {
      * counted). */
     bool parked;
     uint64_t park_deadline_ms;
+    /* A job on the worker thread (jobs.c) answers the last command run:
+     * nothing more is parsed until it has. */
+    struct job *job;
     size_t progress;
     int64_t progress_count;
     enum conn_timeout timeout;
@@ -99,6 +104,13 @@ struct daemon {
     bool last_save_ok;
     uint64_t last_save_entries;
 
+    /* background jobs (jobs.c) */
+    int job_efd;             /* the worker says it is done here */
+    struct event *job_done;  /* reads job_efd */
+    struct job *job_running; /* on the worker thread, job_thread */
+    pthread_t job_thread;
+    struct job *jobs_head, *jobs_tail; /* waiting their turn */
+
     /* The store's write lock was busy for a parked command until then
      * (CLOCK_MONOTONIC ms): other writes park without trying. */
     uint64_t store_busy_until_ms;
@@ -136,6 +148,31 @@ void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
 #define PARK_RETRY_MS 2u
 uint64_t daemon_now_ms(void);
 size_t command_count(void);
+
+/* The connection's job (jobs.c) has put its reply in the output: carry
+ * on with what the connection sent after it. */
+void conn_job_done(struct conn *c);
+
+/* jobs.c */
+enum job_kind {
+    JOB_SAVE,   /* SAVE: replies once the snapshot is written */
+    JOB_BGSAVE, /* BGSAVE: nobody waits */
+    JOB_KEYS,   /* KEYS pattern */
+    JOB_CHECK,  /* SHMKV.CHECK */
+};
+int jobs_init(struct daemon *d);
+/* Queues a job; c (NULL: none) waits for its reply. False: out of memory. */
+bool job_queue(struct daemon *d, struct conn *c, enum job_kind kind,
+               const char *pattern, size_t pattern_len);
+/* True while a save is running or waits to. */
+bool jobs_save_pending(const struct daemon *d);
+/* The connection is closing: its job's result is dropped. */
+void job_detach(struct conn *c);
+/* Waits for the running job, drops the others, and frees what jobs use. */
+void jobs_stop(struct daemon *d);
+
+/* commands.c: Redis's glob matching (KEYS). */
+bool glob_match(const char *p, size_t plen, const char *s, size_t slen);
 
 /* main.c */
 void daemon_request_stop(struct daemon *d, enum stop_save save);

@@ -589,6 +589,7 @@ int main(int argc, char **argv)
     d->started = time(NULL);
 
     int status = 1;
+    d->job_efd = -1;
     d->base = event_base_new();
     if (d->base == NULL) {
         log_error("cannot start libevent");
@@ -620,7 +621,7 @@ int main(int argc, char **argv)
     shmkv_set_timeout(d->kv, STORE_WAIT_MS);
     if (control_start(d) != 0)
         goto out_store;
-    if (setup_events(d) != 0) {
+    if (setup_events(d) != 0 || jobs_init(d) != 0) {
         log_error("cannot set up events");
         goto out_control;
     }
@@ -637,6 +638,7 @@ int main(int argc, char **argv)
     event_base_dispatch(d->base);
     status = 0;
 out_control:
+    jobs_stop(d);
     control_close_all(d);
 out_store:
     if (d->kv != NULL) {

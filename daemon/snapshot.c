@@ -288,7 +288,8 @@ int snapshot_save(struct shmkv *kv, const char *path, uint64_t *entries_out,
         goto out;
     }
 
-    /* One read section for the whole walk: writers wait until it ends. */
+    /* Read sections of a slice of the index each (shmkv_foreach): writers
+     * go on, and what the save holds back is bounded. */
     int rc = shmkv_foreach(kv, save_entry, &ctx);
     if (ctx.write_errno != 0) {
         format_error(err, err_cap, "snapshot %s: writing %s: %s", path, tmp,

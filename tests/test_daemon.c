@@ -1336,6 +1336,78 @@ static void test_save_and_load(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* A save that cannot make progress (the disk stalls: here its temporary
+ * file is a FIFO nobody reads, full after 64 KiB) holds up neither other
+ * connections nor the one that asked's later requests' order. */
+static void test_stalled_save_leaves_loop_free(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int a = sock_connect();
+    static char reqs[1000 * 256];
+    char val[201];
+    memset(val, 'v', 200);
+    val[200] = '\0';
+    size_t len = 0;
+    for (int i = 0; i < 1000; i++)
+        len += (size_t)snprintf(
+            reqs + len, sizeof reqs - len,
+            "*3\r\n$3\r\nSET\r\n$5\r\nk%04d\r\n$200\r\n%s\r\n", i, val);
+    send_all(a, reqs, len);
+    bool closed;
+    assert_int_equal(recv_upto(a, 5000, NULL, 0, 3000, &closed), 5000);
+    int b = sock_connect();
+    char fifo[160];
+    snprintf(fifo, sizeof fifo, "%s.tmp.%ld", E.snap, (long)E.pid);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    /* SAVE, and PING pipelined behind it: answered after it, in order. */
+    send_all(a, "SAVE\r\nPING\r\n", 12);
+    /* Meanwhile the other connection is served at once, and can read and
+     * write the store. */
+    assert_string_equal(recv_all(a, 300), "");
+    assert_string_equal(ASK(b, "PING\r\n"), "+PONG\r\n");
+    assert_string_equal(ASK(b, "SET x 1\r\n"), "+OK\r\n");
+    assert_int_equal(strncmp(ASK(b, "GET k0007\r\n"), "$200\r\nvvv", 9), 0);
+    const char *info = ASK(b, "INFO persistence\r\n");
+    assert_non_null(strstr(info, "rdb_bgsave_in_progress:1"));
+    assert_string_equal(ASK(b, "BGSAVE\r\n"),
+                        "-ERR Background save already in progress\r\n");
+    /* The disk comes back: the save ends (a FIFO cannot be synced, so it
+     * fails), then the pipelined PING is answered. */
+    int r = open(fifo, O_RDONLY | O_NONBLOCK);
+    assert_true(r >= 0);
+    char sink[65536];
+    char reply[256] = "";
+    size_t got = 0;
+    for (int spins = 0; spins < 5000 && strstr(reply, "PONG") == NULL;
+         spins++) {
+        while (read(r, sink, sizeof sink) > 0)
+            ;
+        struct pollfd p = {.fd = a, .events = POLLIN};
+        if (poll(&p, 1, 2) == 1) {
+            ssize_t n = read(a, reply + got, sizeof reply - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            reply[got] = '\0';
+        }
+    }
+    close(r);
+    assert_true(strncmp(reply, "-ERR snapshot", 13) == 0 ||
+                strncmp(reply, "+OK\r\n", 5) == 0);
+    assert_non_null(strstr(reply, "\r\n+PONG\r\n"));
+    unlink(fifo);
+    /* With the disk well, SAVE, BGSAVE and LASTSAVE do their work. */
+    assert_string_equal(ASK(a, "SAVE\r\n"), "+OK\r\n");
+    assert_true(log_contains("saved 1001 entries"));
+    assert_string_equal(ASK(a, "BGSAVE\r\n"), "+Background saving started\r\n");
+    const char *last = ASK(a, "LASTSAVE\r\n");
+    assert_true(last[0] == ':' && atoll(last + 1) > 0);
+    close(a);
+    close(b);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_corrupt_snapshot_refused(void **state)
 {
     (void)state;
@@ -1459,6 +1531,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_adopt_partly_loaded_store, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_save_and_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stalled_save_leaves_loop_free,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_snapshot_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_bad_config_refused, setup,
