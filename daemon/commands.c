@@ -739,13 +739,17 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "redis_version:7.0.0\r\nshmkv_version:%s\r\nredis_mode:"
             "standalone\r\nos:Linux\r\nprocess_id:%d\r\ntcp_port:0\r\n"
             "unix_socket:%s\r\nuptime_in_seconds:%lld\r\n"
-            "uptime_in_days:%lld\r\nexecutable:%s\r\nconfig_file:%s\r\n"
+            "uptime_in_days:%lld\r\n"
             "store_key:%s\r\nstore_generation:%" PRIu64 "\r\n"
             "store_adopted:%d\r\n",
             SHMKV_VERSION_STRING, (int)getpid(), d->cfg.socket_path,
             (long long)(now - d->started),
-            (long long)(now - d->started) / 86400, d->executable, d->cfg.path,
-            d->cfg.store_key, st.generation, d->adopted);
+            (long long)(now - d->started) / 86400, d->cfg.store_key,
+            st.generation, d->adopted);
+        /* Where files live is for admins. */
+        if (c->admin)
+            evbuffer_add_printf(b, "executable:%s\r\nconfig_file:%s\r\n",
+                                d->executable, d->cfg.path);
     }
     if (section_wanted(argc, argv, "clients")) {
         info_section(b, "Clients", &first);
@@ -776,12 +780,15 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
     }
     if (section_wanted(argc, argv, "persistence")) {
         info_section(b, "Persistence", &first);
+        if (c->admin)
+            evbuffer_add_printf(b, "snapshot_path:%s\r\n",
+                                d->cfg.snapshot_path);
         evbuffer_add_printf(b,
-                            "snapshot_path:%s\r\nrdb_last_save_time:%lld\r\n"
+                            "rdb_last_save_time:%lld\r\n"
                             "rdb_last_bgsave_status:%s\r\n"
                             "rdb_last_save_keys:%" PRIu64 "\r\n"
                             "rdb_bgsave_in_progress:%d\r\n",
-                            d->cfg.snapshot_path, (long long)d->last_save,
+                            (long long)d->last_save,
                             d->last_save == 0 || d->last_save_ok ? "ok" : "err",
                             d->last_save_entries, jobs_save_pending(d) ? 1 : 0);
     }
@@ -798,12 +805,13 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "lock_waits:%" PRIu64 "\r\nlock_timeouts:%" PRIu64 "\r\n"
             "lock_recoveries:%" PRIu64 "\r\nsections_revoked:%" PRIu64
             "\r\ndead_readers:%" PRIu64 "\r\nstale_sections:%" PRIu64
-            "\r\ncommands_parked:%" PRIu64 "\r\n",
+            "\r\ncommands_parked:%" PRIu64 "\r\n"
+            "requests_timed_out:%" PRIu64 "\r\n",
             d->connections_total, d->commands_total, d->connections_rejected,
             st.hits, st.misses, st.expirations, st.evictions, st.sets,
             st.deletes, st.lock_waits, st.lock_timeouts, st.recoveries,
             st.revocations, st.dead_readers, st.stale_sections,
-            d->commands_parked);
+            d->commands_parked, d->requests_timed_out);
     }
     if (section_wanted(argc, argv, "keyspace")) {
         info_section(b, "Keyspace", &first);
@@ -1017,7 +1025,8 @@ static void cmd_config(struct conn *c, size_t argc, struct resp_arg *argv,
                     log_level_name(cfg->log_level));
         snprintf(v, sizeof v, "%" PRIu64, cfg->max_request_bytes);
         config_pair(body, &n, pattern, "proto-max-bulk-len", v);
-        config_pair(body, &n, pattern, "dbfilename", cfg->snapshot_path);
+        if (c->admin)
+            config_pair(body, &n, pattern, "dbfilename", cfg->snapshot_path);
         config_pair(body, &n, pattern, "store-key", cfg->store_key);
         snprintf(v, sizeof v, "%u", cfg->max_key_bytes);
         config_pair(body, &n, pattern, "max-key-size", v);
@@ -1057,7 +1066,8 @@ static void cmd_client(struct conn *c, size_t argc, struct resp_arg *argv,
     time_t now = time(NULL);
     if (arg_is(&argv[1], "LIST") || arg_is(&argv[1], "INFO")) {
         struct evbuffer *b = evbuffer_new();
-        if (arg_is(&argv[1], "INFO"))
+        /* Other connections' pids and uids are for admins. */
+        if (arg_is(&argv[1], "INFO") || !c->admin)
             client_line(b, c, now);
         else
             for (const struct conn *x = c->d->conns; x != NULL; x = x->next)

@@ -67,6 +67,8 @@ static const struct setting settings[] = {
     {"control", "max_request", K_SIZE, FIELD(max_request_bytes), 1024,
      1ull << 30},
     {"control", "idle_timeout", K_UINT, FIELD(idle_timeout_s), 0, 86400 * 365},
+    {"control", "request_timeout", K_UINT, FIELD(request_timeout_s), 0, 86400},
+    {"control", "admin_reserved", K_UINT, FIELD(admin_reserved), 0, 65535},
     {"persistence", "snapshot", K_PATH, FIELD(snapshot_path), 0, 0},
     {"persistence", "save_on_shutdown", K_BOOL, FIELD(save_on_shutdown), 0, 0},
     {"persistence", "load_on_start", K_BOOL, FIELD(load_on_start), 0, 0},
@@ -104,6 +106,8 @@ void config_defaults(struct config *cfg)
     cfg->max_connections = 128;
     cfg->max_request_bytes = 4 * MIB;
     cfg->idle_timeout_s = 300;
+    cfg->request_timeout_s = 10;
+    cfg->admin_reserved = 4;
     cfg->snapshot_path[0] = '\0';
     cfg->save_on_shutdown = true;
     cfg->load_on_start = true;
@@ -595,6 +599,17 @@ static void cross_check(struct parse *p)
                 "max_value_size %" PRIu32
                 " is over a quarter of the store size (%" PRIu64 ")",
                 c->max_value_bytes, c->store_size / 4);
+    /* The default gives way to a small max_connections; a value given is
+     * held to it. */
+    if (line_of(p, "admin_reserved") == 0 &&
+        c->admin_reserved >= c->max_connections)
+        c->admin_reserved = c->max_connections - 1;
+    if (c->admin_reserved >= c->max_connections)
+        problem(p, line_of(p, "admin_reserved"),
+                "admin_reserved %" PRIu32
+                " leaves no connection for others: it must be under "
+                "max_connections (%" PRIu32 ")",
+                c->admin_reserved, c->max_connections);
 }
 
 int config_load(const char *path, struct config *cfg, char *err, size_t err_cap)
@@ -690,6 +705,9 @@ void config_print(const struct config *c, FILE *out)
     fprintf(out, "max_connections = %" PRIu32 "\n", c->max_connections);
     print_size(out, "max_request", c->max_request_bytes);
     fprintf(out, "idle_timeout = %" PRIu32 "\n", c->idle_timeout_s);
+    fprintf(out,
+            "request_timeout = %" PRIu32 "\nadmin_reserved = %" PRIu32 "\n",
+            c->request_timeout_s, c->admin_reserved);
     fprintf(out, "\n[persistence]\nsnapshot = %s\n", c->snapshot_path);
     fprintf(out, "save_on_shutdown = %s\nload_on_start = %s\n",
             c->save_on_shutdown ? "yes" : "no",

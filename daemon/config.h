@@ -54,6 +54,8 @@ struct config {
     uint32_t max_connections;   /* max_connections = 128 */
     uint64_t max_request_bytes; /* max_request = 4M (one RESP request) */
     uint32_t idle_timeout_s;    /* idle_timeout = 300 (0: never) */
+    uint32_t request_timeout_s; /* request_timeout = 10 (0: never) */
+    uint32_t admin_reserved;    /* admin_reserved = 4 (connections) */
 
     /* [persistence] */
     char snapshot_path[4096]; /* snapshot = "" (none) */

@@ -21,6 +21,12 @@
  * - idle time (idle_timeout): a read timeout while the connection waits for
  *   a request, a write timeout while a reply is queued (a peer that is
  *   still downloading is not idle; one that stopped reading is).
+ * - a request's arrival (request_timeout): once a request has begun
+ *   arriving, all of it must arrive within that time, or the connection
+ *   gets an error and is closed: a peer that trickles a byte at a time
+ *   never counts as idle, but it cannot hold a connection this way.
+ * - connections: max_connections in all, the last admin_reserved of them
+ *   for admin peers only, so that an operator can always get in.
  * - a closing connection (QUIT, protocol error, SHUTDOWN, the peer's EOF)
  *   reads nothing more and is closed once its output is flushed, or when
  *   writing makes no progress for CLOSE_FLUSH_TIMEOUT_S.
@@ -131,6 +137,7 @@ void conn_close(struct conn *c)
     d->n_conns--;
     log_debug("connection %llu closed", (unsigned long long)c->id);
     job_detach(c);
+    event_free(c->request_deadline);
     event_free(c->resume);
     event_free(c->retry);
     free(c->groups);
@@ -242,6 +249,42 @@ static int64_t elapsed_ns(const struct timespec *since)
            (now.tv_nsec - since->tv_nsec);
 }
 
+/* Arms the request deadline when a request has begun arriving (the parse
+ * stopped inside one) and it is not armed yet; disarms it otherwise. */
+static void request_deadline_set(struct conn *c, bool incomplete)
+{
+    unsigned limit_s = c->d->cfg.request_timeout_s;
+    bool armed = evtimer_pending(c->request_deadline, NULL);
+    if (incomplete && limit_s > 0 && !armed) {
+        struct timeval tv = {.tv_sec = limit_s};
+        event_base_update_cache_time(c->d->base);
+        evtimer_add(c->request_deadline, &tv);
+    } else if (!incomplete && armed) {
+        evtimer_del(c->request_deadline);
+    }
+}
+
+static void request_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    struct daemon *d = c->d;
+    d->requests_timed_out++;
+    log_info("connection %llu (pid %d uid %d): a request not whole after "
+             "%u s (%zu bytes of it came); disconnecting",
+             (unsigned long long)c->id, (int)c->pid, (int)c->uid,
+             d->cfg.request_timeout_s,
+             evbuffer_get_length(bufferevent_get_input(c->bev)));
+    resp_errorf(bufferevent_get_output(c->bev),
+                "ERR request not complete within %u s (request_timeout)",
+                d->cfg.request_timeout_s);
+    evbuffer_drain(bufferevent_get_input(c->bev),
+                   evbuffer_get_length(bufferevent_get_input(c->bev)));
+    c->closing = true;
+    conn_settle(c);
+}
+
 /* Parses and runs the complete requests in the input, within one turn's
  * budget and while the output is under the soft limit. Returns false if
  * the connection was closed (c is freed). */
@@ -316,6 +359,7 @@ static bool conn_process(struct conn *c)
         if (conn_closed_over_limit(c, limit))
             return false;
     }
+    request_deadline_set(c, incomplete);
     /* The last request run may have taken the output over the soft limit:
      * read nothing more until it drains, as if another were waiting. */
     if (evbuffer_get_length(out) >= OUTPUT_SOFT_LIMIT)
@@ -434,19 +478,28 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
         close(fd);
         return;
     }
-    if (d->n_conns >= d->cfg.max_connections) {
-        static const char msg[] = "-ERR max number of clients reached\r\n";
-        ssize_t ignored = write(fd, msg, sizeof msg - 1);
-        (void)ignored;
-        close(fd);
-        d->connections_rejected++;
-        return;
-    }
     struct ucred cred;
     socklen_t clen = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0) {
         log_warning("SO_PEERCRED: %s; refusing connection", strerror(errno));
         close(fd);
+        return;
+    }
+    struct conn peer = {.d = d, .uid = cred.uid, .gid = cred.gid};
+    peer_groups(&peer, fd);
+    bool admin = peer_is_admin(&d->cfg, &peer);
+    free(peer.groups);
+    /* The last admin_reserved connections are for admin peers. */
+    uint32_t reserved = d->cfg.admin_reserved < d->cfg.max_connections
+                            ? d->cfg.admin_reserved
+                            : d->cfg.max_connections - 1;
+    if (d->n_conns >= d->cfg.max_connections ||
+        (!admin && d->n_conns >= d->cfg.max_connections - reserved)) {
+        static const char msg[] = "-ERR max number of clients reached\r\n";
+        ssize_t ignored = write(fd, msg, sizeof msg - 1);
+        (void)ignored;
+        close(fd);
+        d->connections_rejected++;
         return;
     }
     struct conn *c = calloc(1, sizeof *c);
@@ -456,20 +509,20 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     }
     c->resume = evtimer_new(d->base, conn_resume_cb, c);
     c->retry = evtimer_new(d->base, conn_retry_cb, c);
-    if (c->resume == NULL || c->retry == NULL) {
+    c->request_deadline = evtimer_new(d->base, request_deadline_cb, c);
+    c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c->resume == NULL || c->retry == NULL || c->request_deadline == NULL ||
+        c->bev == NULL) {
         if (c->resume != NULL)
             event_free(c->resume);
         if (c->retry != NULL)
             event_free(c->retry);
-        close(fd);
-        free(c);
-        return;
-    }
-    c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) {
-        event_free(c->resume);
-        event_free(c->retry);
-        close(fd);
+        if (c->request_deadline != NULL)
+            event_free(c->request_deadline);
+        if (c->bev != NULL)
+            bufferevent_free(c->bev); /* closes fd */
+        else
+            close(fd);
         free(c);
         return;
     }
@@ -480,7 +533,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     c->uid = cred.uid;
     c->gid = cred.gid;
     peer_groups(c, fd);
-    c->admin = peer_is_admin(&d->cfg, c);
+    c->admin = admin;
     c->created = c->last_active = time(NULL);
     resp_parser_init(&c->parser, d->cfg.max_request_bytes, MAX_ARGS);
     c->next = d->conns;

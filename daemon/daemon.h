@@ -38,6 +38,7 @@ struct conn {
     struct bufferevent *bev;
     struct event *resume; /* continues parsing after a yield to the loop */
     struct event *retry;  /* runs a parked command again */
+    struct event *request_deadline; /* closes a request begun too long ago */
     struct conn *prev, *next;
     uint64_t id;
     int fd;
@@ -97,6 +98,7 @@ struct daemon {
     uint64_t next_conn_id;
     uint64_t connections_total;
     uint64_t connections_rejected;
+    uint64_t requests_timed_out; /* request_timeout: trickled or stalled */
     uint64_t commands_total;
 
     /* persistence */

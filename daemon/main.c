@@ -347,6 +347,8 @@ static void reload(struct daemon *d)
     applied.max_connections = next.max_connections;
     applied.max_request_bytes = next.max_request_bytes;
     applied.idle_timeout_s = next.idle_timeout_s;
+    applied.request_timeout_s = next.request_timeout_s;
+    applied.admin_reserved = next.admin_reserved;
     memcpy(applied.snapshot_path, next.snapshot_path,
            sizeof next.snapshot_path);
     applied.save_on_shutdown = next.save_on_shutdown;

@@ -1,11 +1,13 @@
 /*
  * resp.c - RESP2 request parsing and reply encoding (see resp.h).
  *
- * The parser is stateless between requests: it re-reads a partial request
- * from its start when more bytes arrive. That costs little because a
- * multibulk request is read header by header, jumping over bulk bodies, so
- * re-parsing is proportional to the number of arguments, not their size.
- * What it keeps is storage: the argument array and, for inline commands
+ * A request that arrives in many reads is parsed once: the parser keeps
+ * how far it got (for a multibulk request, the arguments read, as offsets
+ * from the request's start since the caller's buffer may move; for an
+ * inline one, how far it found no newline) and resumes there, so a
+ * request of a million arguments trickled a byte at a time costs what it
+ * would in one read. Bulk bodies are jumped over, never scanned. What it
+ * keeps besides is storage: the argument array and, for inline commands
  * (whose quotes and escapes must be decoded), a byte buffer; both grow only
  * with bytes actually received and are bounded by the limits.
  *
@@ -39,6 +41,14 @@ void resp_parser_free(struct resp_parser *p)
     p->args_cap = p->inline_cap = 0;
 }
 
+void resp_parser_reset(struct resp_parser *p)
+{
+    p->mb_count = 0;
+    p->mb_done = 0;
+    p->mb_pos = 0;
+    p->inline_scanned = 0;
+}
+
 static bool args_reserve(struct resp_parser *p, size_t n)
 {
     if (n <= p->args_cap)
@@ -61,12 +71,16 @@ static void set_err(char *err, size_t cap, const char *msg)
 }
 
 /* Finds "\r\n" in buf[from, len): the index of '\r', or -1. */
-static long find_crlf(const char *buf, size_t from, size_t len)
+static long find_crlf(struct resp_parser *p, const char *buf, size_t from,
+                      size_t len)
 {
     for (size_t i = from; i + 1 < len; i++) {
-        if (buf[i] == '\r' && buf[i + 1] == '\n')
+        if (buf[i] == '\r' && buf[i + 1] == '\n') {
+            p->examined += i + 2 - from;
             return (long)i;
+        }
     }
+    p->examined += len > from ? len - from : 0;
     return -1;
 }
 
@@ -90,12 +104,13 @@ static bool parse_len(const char *buf, size_t from, size_t to, long long *out)
     return true;
 }
 
-static enum resp_status parse_multibulk(struct resp_parser *p, const char *buf,
-                                        size_t len, size_t *consumed,
-                                        size_t *argc, struct resp_arg **argv,
-                                        char *err, size_t err_cap)
+/* A multibulk request's count line: RESP_DONE with p->mb_count set and
+ * p->mb_pos after it, or another status. */
+static enum resp_status parse_count(struct resp_parser *p, const char *buf,
+                                    size_t len, size_t *consumed, char *err,
+                                    size_t err_cap)
 {
-    long eol = find_crlf(buf, 1, len);
+    long eol = find_crlf(p, buf, 1, len);
     if (eol < 0) {
         if (len > 32) {
             set_err(err, err_cap, "Protocol error: invalid multibulk length");
@@ -108,16 +123,38 @@ static enum resp_status parse_multibulk(struct resp_parser *p, const char *buf,
         set_err(err, err_cap, "Protocol error: invalid multibulk length");
         return RESP_PROTO;
     }
-    size_t pos = (size_t)eol + 2;
     if (n <= 0) {
-        *consumed = pos;
+        *consumed = (size_t)eol + 2;
         return RESP_EMPTY;
     }
     if ((unsigned long long)n > p->max_args) {
         set_err(err, err_cap, "Protocol error: too many arguments in request");
         return RESP_TOO_BIG;
     }
-    for (long long i = 0; i < n; i++) {
+    p->mb_count = (size_t)n;
+    p->mb_done = 0;
+    p->mb_pos = (size_t)eol + 2;
+    return RESP_DONE;
+}
+
+/* Reads arguments from where the last call stopped. While the request is
+ * incomplete, args[i].data holds argument i's offset from buf. */
+static enum resp_status parse_multibulk(struct resp_parser *p, const char *buf,
+                                        size_t len, size_t *consumed,
+                                        size_t *argc, struct resp_arg **argv,
+                                        char *err, size_t err_cap)
+{
+    if (p->mb_count == 0) {
+        enum resp_status st = parse_count(p, buf, len, consumed, err, err_cap);
+        if (st != RESP_DONE)
+            return st;
+    }
+    size_t n = p->mb_count;
+    size_t pos = p->mb_pos;
+    for (size_t i = p->mb_done; i < n; i++) {
+        /* Where to resume if this argument is not all here. */
+        p->mb_done = i;
+        p->mb_pos = pos;
         if (pos >= len)
             return RESP_INCOMPLETE;
         if (buf[pos] != '$') {
@@ -128,7 +165,7 @@ static enum resp_status parse_multibulk(struct resp_parser *p, const char *buf,
             set_err(err, err_cap, msg);
             return RESP_PROTO;
         }
-        eol = find_crlf(buf, pos + 1, len);
+        long eol = find_crlf(p, buf, pos + 1, len);
         if (eol < 0) {
             if (len - pos > 32) {
                 set_err(err, err_cap, "Protocol error: invalid bulk length");
@@ -141,33 +178,36 @@ static enum resp_status parse_multibulk(struct resp_parser *p, const char *buf,
             set_err(err, err_cap, "Protocol error: invalid bulk length");
             return RESP_PROTO;
         }
-        pos = (size_t)eol + 2;
+        size_t body = (size_t)eol + 2;
         /* Refuse by the declared size before the body arrives. */
         if ((unsigned long long)blen > p->max_request_bytes ||
-            pos + (size_t)blen + 2 > p->max_request_bytes) {
+            body + (size_t)blen + 2 > p->max_request_bytes) {
             set_err(err, err_cap, "Protocol error: request too big");
             return RESP_TOO_BIG;
         }
-        if (len - pos < (size_t)blen + 2) {
+        if (len - body < (size_t)blen + 2) {
             /* Nothing can change before the whole body is there. */
-            p->need = pos + (size_t)blen + 2;
+            p->need = body + (size_t)blen + 2;
             return RESP_INCOMPLETE;
         }
-        if (buf[pos + (size_t)blen] != '\r' ||
-            buf[pos + (size_t)blen + 1] != '\n') {
+        if (buf[body + (size_t)blen] != '\r' ||
+            buf[body + (size_t)blen + 1] != '\n') {
             set_err(err, err_cap, "Protocol error: bulk not followed by CRLF");
             return RESP_PROTO;
         }
-        if (!args_reserve(p, (size_t)i + 1)) {
+        if (!args_reserve(p, i + 1)) {
             set_err(err, err_cap, "Protocol error: out of memory");
             return RESP_TOO_BIG;
         }
-        p->args[i].data = buf + pos;
+        p->args[i].data = (const char *)(uintptr_t)body; /* an offset */
         p->args[i].len = (size_t)blen;
-        pos += (size_t)blen + 2;
+        pos = body + (size_t)blen + 2;
     }
+    for (size_t i = 0; i < n; i++)
+        p->args[i].data = buf + (uintptr_t)p->args[i].data;
+    resp_parser_reset(p);
     *consumed = pos;
-    *argc = (size_t)n;
+    *argc = n;
     *argv = p->args;
     return RESP_DONE;
 }
@@ -298,14 +338,18 @@ static enum resp_status parse_inline(struct resp_parser *p, const char *buf,
                                      struct resp_arg **argv, char *err,
                                      size_t err_cap)
 {
-    const char *nl = memchr(buf, '\n', len);
+    size_t from = p->inline_scanned < len ? p->inline_scanned : 0;
+    const char *nl = memchr(buf + from, '\n', len - from);
+    p->examined += nl != NULL ? (size_t)(nl - buf) + 1 - from : len - from;
     if (nl == NULL) {
         if (len > p->max_request_bytes) {
             set_err(err, err_cap, "Protocol error: too big inline request");
             return RESP_TOO_BIG;
         }
+        p->inline_scanned = len;
         return RESP_INCOMPLETE;
     }
+    p->inline_scanned = 0;
     size_t line_len = (size_t)(nl - buf);
     *consumed = line_len + 1;
     if (line_len > p->max_request_bytes) {
@@ -334,9 +378,13 @@ enum resp_status resp_parse(struct resp_parser *p, const char *buf, size_t len,
     if (len == 0)
         return RESP_INCOMPLETE;
     p->need = 0;
-    if (buf[0] == '*')
-        return parse_multibulk(p, buf, len, consumed, argc, argv, err, err_cap);
-    return parse_inline(p, buf, len, consumed, argc, argv, err, err_cap);
+    enum resp_status st =
+        buf[0] == '*'
+            ? parse_multibulk(p, buf, len, consumed, argc, argv, err, err_cap)
+            : parse_inline(p, buf, len, consumed, argc, argv, err, err_cap);
+    if (st != RESP_INCOMPLETE)
+        resp_parser_reset(p);
+    return st;
 }
 
 size_t resp_need(const struct resp_parser *p)

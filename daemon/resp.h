@@ -33,6 +33,18 @@ struct resp_parser {
     size_t inline_cap;
     /* Set by resp_parse: see resp_need. */
     size_t need;
+    /* A request received in part, resumed where the last call stopped
+     * (see resp_parse): for a multibulk one, the arguments it declared
+     * (0: none in progress), how many are read (their offsets are in
+     * args), and where the next one's header begins; for an inline one,
+     * how far no newline was found. */
+    size_t mb_count;
+    size_t mb_done;
+    size_t mb_pos;
+    size_t inline_scanned;
+    /* Bytes the parser has looked at since init: linear in the bytes it
+     * was given, however they were split (for the tests). */
+    uint64_t examined;
 };
 
 enum resp_status {
@@ -47,13 +59,22 @@ enum resp_status {
 void resp_parser_init(struct resp_parser *p, size_t max_request_bytes,
                       size_t max_args);
 void resp_parser_free(struct resp_parser *p);
+/* Forgets a request in progress (see resp_parse). */
+void resp_parser_reset(struct resp_parser *p);
 
 /* Parses the first request in buf[0, len). On RESP_DONE, *argc and *argv
  * describe it (valid until the next call on p, and while buf is
  * unchanged) and *consumed is its length. On RESP_PROTO / RESP_TOO_BIG, err
  * holds a message in Redis's style ("Protocol error: invalid bulk length").
  * The parser never reads past buf + len and never allocates more than the
- * limits allow. */
+ * limits allow.
+ *
+ * Parsing is incremental: after RESP_INCOMPLETE the parser remembers how
+ * far it got, and the next call must be given the same request's bytes
+ * from its start again, with more after them (at any address), so that
+ * the work on a request is linear in its length however it arrives. A
+ * caller that gives it other bytes instead calls resp_parser_reset first.
+ * Every other status leaves nothing in progress. */
 enum resp_status resp_parse(struct resp_parser *p, const char *buf, size_t len,
                             size_t *consumed, size_t *argc,
                             struct resp_arg **argv, char *err, size_t err_cap);

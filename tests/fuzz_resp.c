@@ -699,6 +699,8 @@ static void run_stream(struct ref_decoder *ref, struct resp_parser *p,
                        size_t size, struct results *out)
 {
     current_pass = "whole stream";
+    resp_parser_reset(p);
+    resp_parser_reset(small);
     size_t pos = 0;
     for (;;) {
         struct result r = {.pos = pos};
@@ -755,6 +757,7 @@ static void run_pieces(struct ref_decoder *ref, struct resp_parser *p,
                        const struct results *want, uint64_t seed)
 {
     current_pass = seed == 0 ? "byte by byte" : "in pieces";
+    resp_parser_reset(p);
     uint64_t rng = seed;
     size_t avail = 0, pos = 0, k = 0;
     for (;;) {

@@ -830,6 +830,22 @@ static void test_max_value_over_quarter(void **state)
              4, "is over a quarter of the store size (16777216)");
 }
 
+static void test_admin_reserved(void **state)
+{
+    struct fixture *f = *state;
+    load_ok(f, "[control]\nrequest_timeout = 30\nadmin_reserved = 2\n");
+    assert_int_equal(f->cfg.request_timeout_s, 30);
+    assert_int_equal(f->cfg.admin_reserved, 2);
+    /* The default leaves at least one connection for everyone. */
+    load_ok(f, "[control]\nmax_connections = 3\n");
+    assert_int_equal(f->cfg.admin_reserved, 2);
+    /* A value given must leave one. */
+    load_bad(f, "[control]\nmax_connections = 4\n\nadmin_reserved = 4\n", 4,
+             "admin_reserved 4 leaves no connection for others: it must be "
+             "under max_connections (4)");
+    load_bad(f, "[control]\nrequest_timeout = -1\n", 2, "request_timeout");
+}
+
 static void test_socket_path_too_long(void **state)
 {
     struct fixture *f = *state;
@@ -1235,6 +1251,7 @@ int main(void)
         T(test_duplicate_setting),
         T(test_line_too_long),
         T(test_max_value_over_quarter),
+        T(test_admin_reserved),
         T(test_socket_path_too_long),
         T(test_all_problems_reported),
         T(test_missing_file),

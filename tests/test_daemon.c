@@ -582,6 +582,7 @@ static uint64_t ask_timed(int fd, const char *req, const char *want)
 }
 
 #define ASK(fd, lit) ask((fd), (lit), sizeof(lit) - 1)
+#define SEND(fd, lit) send_all((fd), (lit), sizeof(lit) - 1)
 
 #define BIG_LEN 60000
 #define BIG_REPLY (BIG_LEN + 10) /* "$60000\r\n" ... "\r\n" */
@@ -1187,6 +1188,185 @@ static void test_admin_by_group(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* A peer that trickles a request a byte at a time is never idle, but the
+ * request must arrive whole within request_timeout. */
+static void test_trickled_request_closed(void **state)
+{
+    (void)state;
+    E.control = "request_timeout = 1\n";
+    write_config(NULL);
+    daemon_start(false);
+    int slow = sock_connect(), other = sock_connect();
+    /* Slow but within the limit: answered. */
+    SEND(slow, "*1\r\n$4\r\nPI");
+    struct timespec pause = {0, 400 * 1000000L};
+    nanosleep(&pause, NULL);
+    SEND(slow, "NG\r\n");
+    assert_string_equal(recv_all(slow, 3000), "+PONG\r\n");
+    /* A byte every 100 ms of a 100-byte value: cut off after 1 s. */
+    SEND(slow, "*2\r\n$4\r\nECHO\r\n$100\r\n");
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char got[256] = "";
+    size_t n = 0;
+    bool closed = false;
+    for (int i = 0; i < 100 && !closed; i++) {
+        if (send(slow, "x", 1, MSG_NOSIGNAL) != 1)
+            break;
+        struct pollfd p = {.fd = slow, .events = POLLIN};
+        while (!closed && poll(&p, 1, 100) == 1) {
+            ssize_t r = read(slow, got + n, sizeof got - 1 - n);
+            if (r <= 0)
+                closed = true;
+            else
+                n += (size_t)r;
+        }
+        got[n] = '\0';
+        /* Meanwhile others are served. */
+        if (i == 3)
+            assert_string_equal(ASK(other, "PING\r\n"), "+PONG\r\n");
+    }
+    assert_string_equal(
+        got, "-ERR request not complete within 1 s (request_timeout)\r\n");
+    uint64_t ms = ms_since(&t0);
+    print_message("a trickling peer was cut off after %llu ms\n",
+                  (unsigned long long)ms);
+    assert_true(ms >= 900);
+    const char *info = ASK(other, "INFO stats\r\n");
+    assert_non_null(strstr(info, "requests_timed_out:1\r\n"));
+    assert_true(log_contains("a request not whole after 1 s"));
+    close(slow);
+    close(other);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* Connects as uid 65534 (not an admin) in a child; returns its pipe's
+ * read end after the child has run body(fds it opened). */
+static void as_nobody_hold(int *ready_fd, int *done_fd, pid_t *pid,
+                           void (*body)(void))
+{
+    int ready[2], done[2];
+    assert_int_equal(pipe(ready), 0);
+    assert_int_equal(pipe(done), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        close(ready[0]);
+        close(done[1]);
+        if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(10);
+        body();
+        if (write(ready[1], "R", 1) != 1)
+            _exit(11);
+        char c;
+        _exit(read(done[0], &c, 1) == 1 ? 0 : 12);
+    }
+    close(ready[1]);
+    close(done[0]);
+    *ready_fd = ready[0];
+    *done_fd = done[1];
+    *pid = child;
+    char c;
+    assert_int_equal(read(*ready_fd, &c, 1), 1);
+}
+
+static int as_nobody_end(int ready_fd, int done_fd, pid_t pid)
+{
+    assert_int_equal(write(done_fd, "D", 1), 1);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    close(ready_fd);
+    close(done_fd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* Takes every connection a non-admin may have: 4 of 6, 2 kept for admins. */
+static void fill_non_admin_slots(void)
+{
+    char out[256];
+    bool closed;
+    for (int i = 0; i < 4; i++) {
+        int fd = sock_connect();
+        sock_exchange(fd, "PING\r\n", 6, out, sizeof out, 7, &closed);
+        if (strcmp(out, "+PONG\r\n") != 0)
+            _exit(20 + i);
+    }
+    int fd = sock_connect();
+    sock_exchange(fd, "PING\r\n", 6, out, sizeof out, 64, &closed);
+    if (strcmp(out, "-ERR max number of clients reached\r\n") != 0 || !closed)
+        _exit(30);
+}
+
+static void test_admin_reserved_connections(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("not root: cannot switch uid: skipping\n");
+        skip();
+    }
+    E.control = "max_connections = 6\nadmin_reserved = 2\n";
+    write_config(NULL);
+    daemon_start(false);
+    int ready, done;
+    pid_t child;
+    as_nobody_hold(&ready, &done, &child, fill_non_admin_slots);
+    /* The operator still gets in, twice; then the daemon is full. */
+    int a = sock_connect(), b = sock_connect(), c = sock_connect();
+    assert_string_equal(ASK(a, "PING\r\n"), "+PONG\r\n");
+    assert_string_equal(ASK(b, "PING\r\n"), "+PONG\r\n");
+    /* Refused at once, before it can ask anything. */
+    assert_string_equal(recv_all(c, 3000),
+                        "-ERR max number of clients reached\r\n");
+    assert_int_equal(as_nobody_end(ready, done, child), 0);
+    close(a);
+    close(b);
+    close(c);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* What a non-admin may learn: its own connection, not others' pids and
+ * uids; no file paths. */
+static void non_admin_looks(void)
+{
+    int fd = sock_connect();
+    const char *out = ASK(fd, "CLIENT LIST\r\n");
+    if (strstr(out, "uid=65534") == NULL || strstr(out, "uid=0 ") != NULL)
+        _exit(20);
+    out = ASK(fd, "INFO\r\n");
+    if (strstr(out, "# Server") == NULL || strstr(out, "executable:") != NULL ||
+        strstr(out, "config_file:") != NULL ||
+        strstr(out, "snapshot_path:") != NULL)
+        _exit(21);
+    out = ASK(fd, "CONFIG GET dbfilename\r\n");
+    if (strcmp(out, "*0\r\n") != 0)
+        _exit(22);
+}
+
+static void test_non_admin_sees_little(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("not root: cannot switch uid: skipping\n");
+        skip();
+    }
+    daemon_start(false);
+    int admin = sock_connect();
+    assert_string_equal(ASK(admin, "PING\r\n"), "+PONG\r\n");
+    int ready, done;
+    pid_t child;
+    as_nobody_hold(&ready, &done, &child, non_admin_looks);
+    /* An admin sees everyone, and the paths. */
+    const char *list = ASK(admin, "CLIENT LIST\r\n");
+    assert_non_null(strstr(list, "uid=65534"));
+    assert_non_null(strstr(list, "uid=0 "));
+    const char *info = ASK(admin, "INFO\r\n");
+    assert_non_null(strstr(info, "executable:"));
+    assert_non_null(strstr(info, "snapshot_path:"));
+    assert_int_equal(as_nobody_end(ready, done, child), 0);
+    close(admin);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_sigterm_removes_everything(void **state)
 {
     (void)state;
@@ -1504,6 +1684,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_non_admin_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_admin_by_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_trickled_request_closed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_admin_reserved_connections, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_non_admin_sees_little, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_output_backpressure, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reply_over_limit_closes, setup,

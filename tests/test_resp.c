@@ -27,6 +27,7 @@
 struct fixture {
     struct resp_parser p;
     char *buf; /* a heap copy of the bytes last parsed, exactly their size */
+    size_t len;
     size_t consumed, argc;
     struct resp_arg *argv;
     char err[256];
@@ -55,7 +56,12 @@ static int teardown(void **state)
  * so f->argv can be checked. */
 static enum resp_status parse(struct fixture *f, const char *data, size_t len)
 {
+    /* The parser resumes a request it found incomplete: bytes that do not
+     * begin with the last ones given are another request. */
+    if (f->buf == NULL || len < f->len || memcmp(data, f->buf, f->len) != 0)
+        resp_parser_reset(&f->p);
     free(f->buf);
+    f->len = len;
     f->buf = malloc(len ? len : 1);
     assert_non_null(f->buf);
     memcpy(f->buf, data, len);
@@ -708,6 +714,57 @@ static void test_need(void **state)
     assert_int_equal(resp_need(&f->p), 0);
 }
 
+/* A request that arrives a byte at a time is parsed once, not again from
+ * its start on each byte: the bytes the parser looks at stay linear in the
+ * request's length (only a header line, at most 32 bytes, is looked at
+ * again until its end arrives; re-parsing from the start would look at
+ * about n^2 / 14 bytes here). */
+static void trickle(struct resp_parser *p, const char *req, size_t len,
+                    size_t want_argc)
+{
+    size_t consumed, argc;
+    struct resp_arg *argv;
+    char err[128];
+    uint64_t before = p->examined;
+    enum resp_status st = RESP_INCOMPLETE;
+    for (size_t n = 1; n <= len; n++) {
+        st = resp_parse(p, req, n, &consumed, &argc, &argv, err, sizeof err);
+        if (n < len)
+            assert_int_equal(st, RESP_INCOMPLETE);
+    }
+    assert_int_equal(st, RESP_DONE);
+    assert_int_equal(consumed, len);
+    assert_int_equal(argc, want_argc);
+    if (p->examined - before > 4 * (uint64_t)len)
+        fail_msg("looked at %llu bytes to parse %zu",
+                 (unsigned long long)(p->examined - before), len);
+}
+
+static void test_parse_cost_linear(void **state)
+{
+    (void)state;
+    struct resp_parser p;
+    resp_parser_init(&p, 8u << 20, 1u << 20);
+    const size_t nargs = 100000;
+    size_t cap = 32 + nargs * 8;
+    char *req = malloc(cap);
+    assert_non_null(req);
+    size_t len = (size_t)snprintf(req, cap, "*%zu\r\n", nargs);
+    for (size_t i = 0; i < nargs; i++) {
+        memcpy(req + len, "$1\r\na\r\n", 7);
+        len += 7;
+    }
+    trickle(&p, req, len, nargs);
+    /* An inline request likewise: no newline is looked for twice. */
+    len = 200000;
+    memset(req, 'x', len - 2);
+    req[len / 2] = ' ';
+    memcpy(req + len - 2, "\r\n", 2);
+    trickle(&p, req, len, 2);
+    free(req);
+    resp_parser_free(&p);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -733,6 +790,7 @@ int main(void)
         T(test_largest_request),
         T(test_replies),
         T(test_replies_parse_back),
+        T(test_parse_cost_linear),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
