@@ -36,7 +36,7 @@ TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 TEST_SCRIPTS := $(wildcard tests/test_*.sh)
 # The RESP parser's fuzz target: under gcc a standalone driver that make test
 # runs on 200,000 generated inputs; `make fuzz` runs it under libFuzzer.
-FUZZ_BINS := $(BUILD)/tests/fuzz_resp
+FUZZ_BINS := $(BUILD)/tests/fuzz_resp $(BUILD)/tests/fuzz_store
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
@@ -115,15 +115,23 @@ $(BUILD)/fuzz/fuzz_resp: tests/fuzz_resp.c daemon/resp.c daemon/resp.h | deps
 	$(FUZZ_CC) $(FUZZ_FLAGS) -DSHMKV_LIBFUZZER -std=c11 -D_GNU_SOURCE $(WARN) -Iinclude -Iclient -Idaemon \
 	    tests/fuzz_resp.c daemon/resp.c -o $@ $(shell pkg-config --libs libevent)
 
-# `make fuzz`: libFuzzer (clang) on the RESP parser for FUZZ_TIME seconds,
-# seeded with the driver's corpus and dictionary; crashes land in
-# $(BUILD)/fuzz/.
-fuzz: $(BUILD)/fuzz/fuzz_resp $(BUILD)/tests/fuzz_resp
-	@mkdir -p $(BUILD)/fuzz/corpus-resp
+$(BUILD)/fuzz/fuzz_store: tests/fuzz_store.c tests/testutil.h $(LIB_SRCS) client/*.h | deps
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DSHMKV_LIBFUZZER -std=c11 -D_GNU_SOURCE $(WARN) -Iinclude -Iclient \
+	    tests/fuzz_store.c $(LIB_SRCS) -o $@ $(LIBS)
+
+# `make fuzz`: libFuzzer (clang) for FUZZ_TIME seconds each on the RESP
+# parser, seeded with the driver's corpus and dictionary, and on damaged
+# store segments; crashes land in $(BUILD)/fuzz/ (replay one with
+# $(BUILD)/tests/fuzz_store FILE).
+fuzz: $(BUILD)/fuzz/fuzz_resp $(BUILD)/tests/fuzz_resp $(BUILD)/fuzz/fuzz_store
+	@mkdir -p $(BUILD)/fuzz/corpus-resp $(BUILD)/fuzz/corpus-store
 	$(BUILD)/tests/fuzz_resp --write-corpus $(BUILD)/fuzz/corpus-resp
 	$(BUILD)/tests/fuzz_resp --write-dict $(BUILD)/fuzz/resp.dict
 	$(BUILD)/fuzz/fuzz_resp -max_total_time=$(FUZZ_TIME) -dict=$(BUILD)/fuzz/resp.dict \
 	    -artifact_prefix=$(BUILD)/fuzz/ $(BUILD)/fuzz/corpus-resp
+	$(BUILD)/fuzz/fuzz_store -max_total_time=$(FUZZ_TIME) -timeout=10 \
+	    -artifact_prefix=$(BUILD)/fuzz/ $(BUILD)/fuzz/corpus-store
 
 bench: $(BUILD)/shmkv-bench
 	$(BUILD)/shmkv-bench

@@ -30,6 +30,43 @@ static inline unsigned fls32(uint32_t x)
     return 31u - (unsigned)__builtin_clz(x);
 }
 
+/* Damage found by this thread's last allocator call (arena_damaged). The
+ * header's geometry is intact whenever the allocator runs (lock_take
+ * checks it), but the lists, links and sizes it follows are read from the
+ * segment: each is checked before use, and one that points outside the
+ * arena stops the call there, with nothing written through it. */
+static _Thread_local bool damage_seen;
+
+bool arena_damaged(void)
+{
+    bool seen = damage_seen;
+    damage_seen = false;
+    return seen;
+}
+
+/* True if off names a unit inside the arena (where a block may start). */
+static bool unit_ok(const struct data_header *d, uint32_t off)
+{
+    uint32_t first = (uint32_t)(d->arena_off / UNIT_BYTES);
+    if (off >= first && off - first < d->arena_units)
+        return true;
+    damage_seen = true;
+    return false;
+}
+
+/* True if off starts a block whose size keeps it inside the arena. */
+static bool block_ok(const struct data_header *d, uint32_t off)
+{
+    if (!unit_ok(d, off))
+        return false;
+    uint32_t end = (uint32_t)(d->arena_off / UNIT_BYTES + d->arena_units);
+    uint32_t units = block_at(d, off)->size_units;
+    if (units >= MIN_BLOCK_UNITS && units <= end - off)
+        return true;
+    damage_seen = true;
+    return false;
+}
+
 /* The list a free block of `units` belongs on. */
 static void mapping_insert(uint32_t units, unsigned *fl, unsigned *sl)
 {
@@ -66,7 +103,11 @@ static void list_push(struct data_header *d, uint32_t off)
     struct block *b = block_at(d, off);
     unsigned fl, sl;
     mapping_insert(b->size_units, &fl, &sl);
-    uint32_t head = d->free_heads[fl][sl];
+    uint32_t head = fl < FL_COUNT ? d->free_heads[fl][sl] : 0;
+    if (fl >= FL_COUNT || (head != 0 && !unit_ok(d, head))) {
+        damage_seen = true;
+        return;
+    }
     LOGGED_SET(d, b->u.free.next, head);
     LOGGED_SET(d, b->u.free.prev, 0);
     if (head != 0)
@@ -81,6 +122,12 @@ static void list_unlink(struct data_header *d, uint32_t off)
     struct block *b = block_at(d, off);
     unsigned fl, sl;
     mapping_insert(b->size_units, &fl, &sl);
+    if (fl >= FL_COUNT ||
+        (b->u.free.prev != 0 && !unit_ok(d, b->u.free.prev)) ||
+        (b->u.free.next != 0 && !unit_ok(d, b->u.free.next))) {
+        damage_seen = true;
+        return;
+    }
     if (b->u.free.prev != 0)
         LOGGED_SET(d, block_at(d, b->u.free.prev)->u.free.next, b->u.free.next);
     else
@@ -145,10 +192,17 @@ static uint32_t find_good_fit(const struct data_header *d, uint32_t units)
         if (fl_map == 0)
             return 0;
         fl = (unsigned)__builtin_ctz(fl_map);
+        if (fl >= FL_COUNT)
+            return 0;
         sl_map = d->sl_bitmap[fl];
+        if (sl_map == 0) {
+            damage_seen = true; /* the bitmaps disagree */
+            return 0;
+        }
     }
     sl = (unsigned)__builtin_ctz(sl_map);
-    return d->free_heads[fl][sl];
+    uint32_t off = d->free_heads[fl][sl];
+    return off != 0 && block_ok(d, off) ? off : 0;
 }
 
 /* When no list guarantees a fit, a block in the request's own class may
@@ -160,8 +214,12 @@ static uint32_t find_first_fit(const struct data_header *d, uint32_t units)
 {
     unsigned fl, sl;
     mapping_insert(units, &fl, &sl);
+    if (fl >= FL_COUNT)
+        return 0;
     uint32_t off = d->free_heads[fl][sl];
     for (unsigned n = 0; off != 0 && n < FIRST_FIT_SCAN; n++) {
+        if (!block_ok(d, off))
+            return 0;
         if (block_at(d, off)->size_units >= units)
             return off;
         off = block_at(d, off)->u.free.next;
@@ -192,7 +250,13 @@ uint32_t arena_alloc(struct data_header *d, uint32_t units)
     if (off == 0)
         return 0;
     struct block *b = block_at(d, off);
+    if (b->size_units < units) {
+        damage_seen = true;
+        return 0;
+    }
     list_unlink(d, off);
+    if (damage_seen)
+        return 0;
 
     uint32_t have = b->size_units;
     uint8_t prev_flag = b->flags & BLOCK_PREV_FREE;
@@ -217,8 +281,19 @@ uint32_t arena_alloc(struct data_header *d, uint32_t units)
 
 void arena_free(struct data_header *d, uint32_t off)
 {
+    if (!block_ok(d, off))
+        return; /* leaked rather than freed astray */
     struct block *b = block_at(d, off);
     uint32_t units = b->size_units;
+    uint32_t end = (uint32_t)(d->arena_off / UNIT_BYTES + d->arena_units);
+    struct block *after = block_at(d, off + units);
+    if ((off + units < end && !(after->flags & BLOCK_USED) &&
+         !block_ok(d, off + units)) ||
+        ((b->flags & BLOCK_PREV_FREE) &&
+         !unit_ok(d, off - *(uint32_t *)((char *)b - sizeof(uint32_t))))) {
+        damage_seen = true;
+        return;
+    }
     LOGGED_SET(d, d->used_units, d->used_units - units);
     LOGGED_SET(d, d->free_units, d->free_units + units);
 
@@ -246,10 +321,13 @@ uint64_t arena_largest_free(const struct data_header *d)
     if (d->fl_bitmap == 0)
         return 0;
     unsigned fl = fls32(d->fl_bitmap);
+    if (fl >= FL_COUNT || d->sl_bitmap[fl] == 0)
+        return 0;
     unsigned sl = fls32(d->sl_bitmap[fl]);
     uint64_t best = 0;
     unsigned walked = 0;
-    for (uint32_t off = d->free_heads[fl][sl]; off != 0 && walked < 4096;
+    for (uint32_t off = d->free_heads[fl][sl];
+         off != 0 && walked < 4096 && block_ok(d, off);
          off = block_at(d, off)->u.free.next, walked++) {
         uint32_t u = block_at(d, off)->size_units;
         if (u > best)

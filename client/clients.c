@@ -33,7 +33,7 @@ static void fold_counters(struct ctl_header *c, struct client_slot *s)
 static void slot_take(struct shmkv *kv, uint32_t i)
 {
     struct ctl_header *c = kv->ctl;
-    struct client_slot *s = &client_slots(c)[i];
+    struct client_slot *s = &client_slots(kv)[i];
     fold_counters(c, s);
     atomic_store(&s->claim, 0);
     atomic_store(&s->lock_state, 0);
@@ -51,7 +51,7 @@ static void slot_take(struct shmkv *kv, uint32_t i)
 static bool slot_reap(struct shmkv *kv, uint32_t i, uint64_t lock_epoch)
 {
     struct ctl_header *c = kv->ctl;
-    struct client_slot *s = &client_slots(c)[i];
+    struct client_slot *s = &client_slots(kv)[i];
     uint64_t st = atomic_load(&s->lock_state);
     if (st != 0 && LOCK_STATE_EPOCH(st) == lock_epoch)
         return false; /* evidence for the lock's recovery */
@@ -74,8 +74,8 @@ static bool slot_reap(struct shmkv *kv, uint32_t i, uint64_t lock_epoch)
 uint32_t client_slots_reap(struct shmkv *kv)
 {
     struct ctl_header *c = kv->ctl;
-    struct client_slot *slots = client_slots(c);
-    uint32_t n = clients_scan_limit(c);
+    struct client_slot *slots = client_slots(kv);
+    uint32_t n = clients_scan_limit(kv);
     if (n == 0)
         return 0;
     uint8_t *alive = malloc(n);
@@ -99,7 +99,7 @@ uint32_t client_slots_reap(struct shmkv *kv)
 int client_slot_claim(struct shmkv *kv)
 {
     struct ctl_header *c = kv->ctl;
-    struct client_slot *slots = client_slots(c);
+    struct client_slot *slots = client_slots(kv);
     kv->slot_index = UINT32_MAX;
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < c->max_clients; i++) {

@@ -22,7 +22,20 @@ static int data_validate(const struct shmkv *kv, const struct data_header *d,
         d->layout_version != LAYOUT_VERSION)
         return set_error(SHMKV_ENOTSHMKV, "data segment is not a shmkv one");
     uint64_t arena_end = d->arena_off + (d->arena_units + 1) * UNIT_BYTES;
+    /* The nonce as the handle attached the control header, not as the
+     * header says now. */
+    if (d->store_nonce != kv->store_nonce)
+        return set_error(SHMKV_ENOTSHMKV, "the data segment the store names "
+                                          "belongs to another store");
+    /* Counts bounded by the segment first, so that no sum below wraps. */
+    if (d->index_off > bytes || d->limbo_off > bytes || d->undo_off > bytes ||
+        d->arena_off > bytes || d->nbuckets > bytes / CACHE_LINE ||
+        d->limbo_slots > bytes / 8 || d->undo_slots > bytes / 16 ||
+        d->arena_units > bytes / UNIT_BYTES)
+        return set_error(SHMKV_ENOTSHMKV, "data segment header is damaged");
     if (d->generation != gen || d->data_bytes > bytes || d->nbuckets < 2 ||
+        d->index_off % CACHE_LINE != 0 || d->limbo_off % 8 != 0 ||
+        d->undo_off % 8 != 0 || d->arena_off % UNIT_BYTES != 0 ||
         d->index_off < sizeof *d ||
         d->index_off + index_bytes_for(d->nbuckets) > d->limbo_off ||
         d->limbo_slots == 0 || (d->limbo_slots & (d->limbo_slots - 1)) ||
@@ -47,6 +60,20 @@ static void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
     kv->arena_first = (uint32_t)(d->arena_off / UNIT_BYTES);
     kv->arena_units = (uint32_t)d->arena_units;
     kv->read_end_bytes = d->arena_off + d->arena_units * UNIT_BYTES;
+    kv->data_bytes = d->data_bytes;
+    kv->limbo_slots = d->limbo_slots;
+    kv->undo_slots = d->undo_slots;
+    memcpy(kv->data_fixed, d, DATA_FIXED_BYTES);
+}
+
+int data_intact(const struct shmkv *kv)
+{
+    if (memcmp(kv->data_fixed, kv->data, DATA_FIXED_BYTES) == 0)
+        return 0;
+    return set_error(SHMKV_ECORRUPT,
+                     "the data segment's header (identity and geometry) "
+                     "changed since it was attached: the store is damaged; "
+                     "writes are refused");
 }
 
 int generation_refresh(struct shmkv *kv)

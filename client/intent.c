@@ -109,17 +109,19 @@ void op_end(struct shmkv *kv)
                           memory_order_release);
 }
 
-/* Restores every logged word, newest first. */
-static void undo_all(struct data_header *d)
+/* Restores every logged word, newest first; a record that names a word
+ * outside the segment is damage, skipped rather than written astray. */
+static void undo_all(const struct shmkv *kv)
 {
-    uint32_t n = d->intent.undo_count;
-    if (n > d->undo_slots)
-        n = (uint32_t)d->undo_slots;
+    struct data_header *d = kv->data;
+    uint64_t n = d->intent.undo_count;
+    if (n > kv->undo_slots)
+        n = kv->undo_slots;
     struct undo_rec *log = undo_log(d);
     while (n-- > 0) {
         uint64_t off = log[n].off;
-        if (off % 8 != 0 || off + 8 > d->data_bytes)
-            continue; /* damaged record: skip rather than write astray */
+        if (off % 8 != 0 || off >= kv->data_bytes || kv->data_bytes - off < 8)
+            continue;
         __atomic_store_n((uint64_t *)((char *)d + off), log[n].old,
                          __ATOMIC_RELAXED);
     }
@@ -163,7 +165,7 @@ uint32_t intent_repair(struct shmkv *kv)
             atomic_store_explicit(&in->state, state, memory_order_relaxed);
         }
         if (state == INTENT_PUBLISHED) {
-            undo_all(d);
+            undo_all(kv);
             op_finish(kv);
             op_end(kv);
             return kind;
@@ -172,7 +174,7 @@ uint32_t intent_repair(struct shmkv *kv)
     default:
         break;
     }
-    undo_all(d);
+    undo_all(kv);
     op_end(kv);
     return kind;
 }

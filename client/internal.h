@@ -13,6 +13,18 @@
 #include "shmkv.h"
 
 /* One process's attachment to a store. */
+/* The control header's fixed part: identity, limits and layout, every
+ * field before owner_pid, and (ctl_tail) those after marks that never
+ * change either. */
+#define CTL_FIXED_BYTES offsetof(struct ctl_header, owner_pid)
+struct ctl_tail {
+    int64_t created_unix;
+    uint64_t locks_off, clients_off, pins_off, recency_off, recency_cells;
+};
+
+/* The data header's fixed part: every field before `entries`. */
+#define DATA_FIXED_BYTES offsetof(struct data_header, entries)
+
 struct shmkv {
     struct ctl_header *ctl;
     int ctl_shmid;
@@ -37,6 +49,19 @@ struct shmkv {
     uint32_t arena_first;
     uint32_t arena_units;
     uint64_t read_end_bytes;
+    /* The rest of the geometry, as validated at attach: a damaged header
+     * is compared with these, never trusted instead. */
+    uint64_t data_bytes;
+    uint64_t limbo_slots;
+    uint64_t undo_slots;
+    /* The data header's fixed part (identity and geometry, up to
+     * `entries`) as attached: data_intact() compares it. */
+    unsigned char data_fixed[DATA_FIXED_BYTES];
+    uint64_t store_nonce; /* the control header's, as attached */
+    uint32_t max_clients; /* likewise */
+    /* Likewise the control header's (ctl_intact()). */
+    unsigned char ctl_fixed[CTL_FIXED_BYTES];
+    struct ctl_tail ctl_tail_fixed;
 
     /* The write lock this handle holds (lock.c). */
     pthread_rwlock_t *lock;
@@ -229,6 +254,9 @@ uint64_t index_bytes_for(uint64_t nbuckets);
 int lock_init(pthread_rwlock_t *lock);
 int lock_take(struct shmkv *kv, bool write);
 void lock_release(struct shmkv *kv);
+/* arena.c: true (once) if this thread's last allocator calls met a list,
+ * link or size outside the arena, and stopped there. */
+bool arena_damaged(void);
 /* Replaces the lock in use when a dead process may hold it or have
  * damaged it, repairing a dead writer's operation. 0 if nothing was
  * wrong, SHMKV_ERETRY after a recovery, or an error. */
@@ -239,15 +267,18 @@ int client_slot_claim(struct shmkv *kv);
 void client_slot_release(struct shmkv *kv);
 /* Frees the slots of dead processes that nothing needs any more. */
 uint32_t client_slots_reap(struct shmkv *kv);
-static inline struct client_slot *client_slots(const struct ctl_header *c)
+/* The client slots, and how far to look at them: by the layout and the
+ * limit the handle attached with, never by the header as it is now. */
+static inline struct client_slot *client_slots(const struct shmkv *kv)
 {
-    return (struct client_slot *)((char *)c + c->clients_off);
+    return (struct client_slot *)((char *)kv->ctl +
+                                  kv->ctl_tail_fixed.clients_off);
 }
-static inline uint32_t clients_scan_limit(const struct ctl_header *c)
+static inline uint32_t clients_scan_limit(const struct shmkv *kv)
 {
-    uint32_t n = atomic_load_explicit(&((struct ctl_header *)c)->clients_hwm,
-                                      memory_order_seq_cst);
-    return n < c->max_clients ? n : c->max_clients;
+    uint32_t n =
+        atomic_load_explicit(&kv->ctl->clients_hwm, memory_order_seq_cst);
+    return n < kv->max_clients ? n : kv->max_clients;
 }
 
 /* reclaim.c: memory readers may still see, and revoking their sections */
@@ -281,6 +312,13 @@ void event_log(struct ctl_header *c, uint32_t type, int32_t pid,
 
 /* generation.c */
 int generation_refresh(struct shmkv *kv);
+/* 0 if the data header's identity and geometry are as the handle attached
+ * them; else SHMKV_ECORRUPT: a writer must not steer by them. */
+int data_intact(const struct shmkv *kv);
+
+/* store.c: the same for the control header. */
+int ctl_intact(const struct shmkv *kv);
+struct ctl_tail ctl_tail_of(const struct ctl_header *c);
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
                       int *shmid_out, struct data_header **out);
 
@@ -314,7 +352,9 @@ static inline int read_claim(struct shmkv *kv)
 {
     uint64_t cur =
         atomic_load_explicit(&kv->ctl->current, memory_order_acquire);
-    if (__builtin_expect(cur == kv->current, 1)) {
+    /* data: a handle that detached keeps the word it had, which a damaged
+     * header may repeat. */
+    if (__builtin_expect(cur == kv->current && kv->data != NULL, 1)) {
         read_claim_store(kv);
         return 0;
     }

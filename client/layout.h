@@ -41,7 +41,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define LAYOUT_VERSION 3u
+#define LAYOUT_VERSION 4u
 #define CTL_MAGIC "SHMKVCTL"
 #define DATA_MAGIC "SHMKVDAT"
 #define CACHE_LINE 64
@@ -145,6 +145,10 @@ struct ctl_header {
     uint64_t page_bytes;
     uint64_t data_bytes; /* size of each data segment */
     uint64_t max_entries;
+    /* Random at creation, and copied into every data segment of the store:
+     * a handle attaches only a data segment of its own store, whatever
+     * shmid a damaged generation word names. */
+    uint64_t store_nonce;
     uint32_t max_key_bytes;
     uint32_t max_value_bytes;
     uint32_t eviction;
@@ -248,6 +252,7 @@ struct data_header {
     uint32_t layout_version;
     uint32_t header_bytes;
     uint64_t generation;
+    uint64_t store_nonce; /* the store's (ctl_header.store_nonce) */
     uint64_t data_bytes;
     uint64_t seed; /* XXH3 seed of this generation's index */
     uint64_t index_off;

@@ -46,11 +46,14 @@ static uint32_t sems_per_set_limit(void)
     return (uint32_t)msl;
 }
 
+/* The set and number of semaphore index; id -1 (which every call refuses)
+ * if the header's numbers cannot say. */
 static void sem_locate(const struct ctl_header *c, uint32_t index, int *id,
                        unsigned short *num)
 {
-    *id = c->sem_ids[index / c->sems_per_set];
-    *num = (unsigned short)(index % c->sems_per_set);
+    uint32_t per = c->sems_per_set;
+    *id = per != 0 && index / per < SEM_SETS_MAX ? c->sem_ids[index / per] : -1;
+    *num = per != 0 ? (unsigned short)(index % per) : 0;
 }
 
 int liveness_create(struct ctl_header *c, unsigned mode, int64_t gid)
@@ -183,6 +186,8 @@ bool liveness_alive(const struct ctl_header *c, uint32_t index)
 bool liveness_all(const struct ctl_header *c, uint32_t n, uint8_t *alive)
 {
     uint32_t per = c->sems_per_set;
+    if (per == 0 || per > 65536 || (n + per - 1) / per > SEM_SETS_MAX)
+        return false;
     unsigned short *vals = malloc((size_t)per * sizeof *vals);
     if (vals == NULL)
         return false;

@@ -105,10 +105,10 @@ int lock_init(pthread_rwlock_t *lock)
     return 0;
 }
 
-static struct lock_slot *lock_slot_of(const struct ctl_header *c,
-                                      uint64_t epoch)
+static struct lock_slot *lock_slot_of(const struct shmkv *kv, uint64_t epoch)
 {
-    struct lock_slot *locks = (struct lock_slot *)((char *)c + c->locks_off);
+    struct lock_slot *locks =
+        (struct lock_slot *)((char *)kv->ctl + kv->ctl_tail_fixed.locks_off);
     return &locks[epoch % LOCK_SLOTS];
 }
 
@@ -126,8 +126,8 @@ static int lock_user_find(const struct shmkv *kv, enum lock_user kind,
                           uint64_t epoch, bool alive, int32_t *pid)
 {
     const struct ctl_header *c = kv->ctl;
-    const struct client_slot *slots = client_slots(c);
-    uint32_t n = clients_scan_limit(c);
+    const struct client_slot *slots = client_slots(kv);
+    uint32_t n = clients_scan_limit(kv);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t st =
             atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
@@ -218,7 +218,7 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
             goto unlock;
         }
     }
-    struct lock_slot *ls = lock_slot_of(c, next);
+    struct lock_slot *ls = lock_slot_of(kv, next);
     rc = lock_init(&ls->rwlock);
     if (rc != 0) {
         out = rc;
@@ -279,8 +279,8 @@ static void report_slow_holder(struct shmkv *kv, uint64_t epoch,
         !atomic_compare_exchange_strong(&ls->slow_reported, &reported,
                                         acquisitions))
         return;
-    const struct client_slot *slots = client_slots(kv->ctl);
-    uint32_t n = clients_scan_limit(kv->ctl);
+    const struct client_slot *slots = client_slots(kv);
+    uint32_t n = clients_scan_limit(kv);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t st = atomic_load(&slots[i].lock_state);
         if (st != 0 && LOCK_STATE_EPOCH(st) == epoch &&
@@ -325,7 +325,7 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
     struct ctl_header *c = kv->ctl;
     uint64_t epoch = LOCK_WORD_EPOCH(w);
     uint64_t deadline = call_deadline(kv);
-    struct lock_slot *ls = lock_slot_of(c, epoch);
+    struct lock_slot *ls = lock_slot_of(kv, epoch);
     bool reported = false;
     long sleep_us = LOCK_SLEEP_MIN_US;
     uint64_t next_check = 0;
@@ -403,7 +403,7 @@ int lock_take(struct shmkv *kv, bool write)
             lock_state_clear(kv);
             continue;
         }
-        pthread_rwlock_t *l = &lock_slot_of(c, epoch)->rwlock;
+        pthread_rwlock_t *l = &lock_slot_of(kv, epoch)->rwlock;
         rc = lock_try(l, write);
         if (rc != 0)
             rc = lock_spin(l, write);
@@ -431,8 +431,16 @@ int lock_take(struct shmkv *kv, bool write)
         kv->lock = l;
         kv->lock_epoch = epoch;
         kv->lock_write = write;
+        /* What follows steers by both headers: never by damaged ones. */
+        rc = ctl_intact(kv);
+        if (rc == 0)
+            rc = data_intact(kv);
+        if (rc != 0) {
+            lock_release(kv);
+            return rc;
+        }
         if (write) {
-            struct lock_slot *ls = lock_slot_of(c, epoch);
+            struct lock_slot *ls = lock_slot_of(kv, epoch);
             atomic_store_explicit(
                 &ls->acquisitions,
                 atomic_load_explicit(&ls->acquisitions, memory_order_relaxed) +
@@ -442,8 +450,9 @@ int lock_take(struct shmkv *kv, bool write)
              * unfinished, having repaired it: this is for a store damaged
              * otherwise. */
             if (atomic_load_explicit(&kv->data->intent.state,
-                                     memory_order_acquire) != INTENT_IDLE)
+                                     memory_order_acquire) != INTENT_IDLE) {
                 intent_repair(kv);
+            }
         }
         return 0;
     }

@@ -47,9 +47,9 @@ static uint64_t *limbo_ring(const struct data_header *d)
     return (uint64_t *)((char *)d + d->limbo_off);
 }
 
-static struct client_pin *client_pins(const struct ctl_header *c)
+static struct client_pin *client_pins(const struct shmkv *kv)
 {
-    return (struct client_pin *)((char *)c + c->pins_off);
+    return (struct client_pin *)((char *)kv->ctl + kv->ctl_tail_fixed.pins_off);
 }
 
 /* a <= b on 32-bit epochs, across their wrap. */
@@ -82,8 +82,9 @@ bool limbo_has_room(const struct data_header *d)
 void limbo_retire(struct shmkv *kv, uint32_t off)
 {
     struct data_header *d = kv->data;
-    if (!limbo_has_room(d))
-        return; /* never, room is reserved first; at worst a leak */
+    if (!limbo_has_room(d) || off - kv->arena_first >= kv->arena_units)
+        return; /* never, room is reserved first (and the offset is one
+                   the index held); at worst a leak */
     /* After the unlink (release) and under the write lock: a reclaim that
      * advances the epoch past this one comes after the unlink. */
     uint64_t e = atomic_load_explicit(&kv->ctl->epoch, memory_order_seq_cst);
@@ -113,8 +114,8 @@ static uint64_t claims_oldest(struct shmkv *kv)
     }
     /* The unlinks before, the claims' loads after. */
     atomic_thread_fence(memory_order_seq_cst);
-    const struct client_slot *slots = client_slots(c);
-    uint32_t n = clients_scan_limit(c);
+    const struct client_slot *slots = client_slots(kv);
+    uint32_t n = clients_scan_limit(kv);
     uint64_t oldest = now;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t cl =
@@ -236,7 +237,7 @@ static void pinned_section(struct shmkv *kv, uint32_t i, uint64_t claim,
                            uint64_t now_ms)
 {
     struct ctl_header *c = kv->ctl;
-    struct client_slot *s = &client_slots(c)[i];
+    struct client_slot *s = &client_slots(kv)[i];
     int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
     uint64_t revoked = CLAIM_MAKE(CLAIM_EPOCH(claim), CLAIM_REVOKED);
     if (!liveness_alive(c, i)) {
@@ -246,7 +247,7 @@ static void pinned_section(struct shmkv *kv, uint32_t i, uint64_t claim,
         }
         return;
     }
-    struct client_pin *pin = &client_pins(c)[i];
+    struct client_pin *pin = &client_pins(kv)[i];
     if (atomic_load_explicit(&pin->claim, memory_order_relaxed) != claim) {
         atomic_store_explicit(&pin->since_ms, now_ms, memory_order_relaxed);
         atomic_store_explicit(&pin->claim, claim, memory_order_relaxed);
@@ -269,14 +270,14 @@ int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
     if (epoch_le((uint32_t)now, epoch))
         atomic_fetch_add_explicit(&c->epoch, 1, memory_order_seq_cst);
     atomic_thread_fence(memory_order_seq_cst);
-    const struct client_slot *slots = client_slots(c);
+    const struct client_slot *slots = client_slots(kv);
     uint64_t deadline = 0;
     int32_t blocker_pid = 0;
     for (unsigned iter = 0;; iter++) {
         bool looking = iter >= WAIT_SPINS;
         uint64_t now_ms = looking ? monotonic_ms() : 0;
         bool blocked = false;
-        uint32_t n = clients_scan_limit(c);
+        uint32_t n = clients_scan_limit(kv);
         for (uint32_t i = 0; i < n; i++) {
             uint64_t cl =
                 atomic_load_explicit(&slots[i].claim, memory_order_seq_cst);

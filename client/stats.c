@@ -33,6 +33,11 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     int rc = shmkv_read_begin(kv);
     if (rc != 0)
         return rc;
+    /* The counts below steer by both headers: never by damaged ones. */
+    if ((rc = ctl_intact(kv)) != 0 || (rc = data_intact(kv)) != 0) {
+        shmkv_read_end(kv);
+        return rc;
+    }
     const struct ctl_header *c = kv->ctl;
     const struct data_header *d = kv->data;
     memset(st, 0, sizeof *st);
@@ -65,8 +70,8 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     st->lock_waits = atomic_load(&c->retired_lock_waits);
     st->lock_timeouts = atomic_load(&c->retired_lock_timeouts);
     st->stale_sections = atomic_load(&c->retired_stale);
-    const struct client_slot *slots = client_slots(c);
-    uint32_t n = clients_scan_limit(c);
+    const struct client_slot *slots = client_slots(kv);
+    uint32_t n = clients_scan_limit(kv);
     uint8_t *alive = n > 0 ? malloc(n) : NULL;
     bool known = alive != NULL && liveness_all(c, n, alive);
     for (uint32_t i = 0; i < n; i++) {
@@ -137,6 +142,8 @@ int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report)
     memset(report, 0, sizeof *report);
     kv->deadline_ms = 0;
     int rc = lock_take(kv, false);
+    if (rc == SHMKV_ECORRUPT)
+        check_problem(report, "%s", shmkv_last_error());
     if (rc != 0)
         return rc;
     const struct data_header *d = kv->data;

@@ -214,6 +214,7 @@ static void data_init(struct data_header *d, const struct ctl_header *c,
     d->layout_version = LAYOUT_VERSION;
     d->header_bytes = sizeof *d;
     d->generation = gen;
+    d->store_nonce = c->store_nonce;
     d->seed = seed;
     data_layout(d, c->data_bytes, buckets_for_entries(c->max_entries),
                 c->max_key_bytes);
@@ -277,14 +278,24 @@ static int ctl_validate(const struct ctl_header *c, uint64_t seg_bytes)
                          "(%s) reads version %u",
                          c->layout_version, SHMKV_VERSION_STRING,
                          LAYOUT_VERSION);
+    /* Each region in order, aligned, and inside the segment; every sum
+     * below is of numbers already known to be under seg_bytes (or of a
+     * bounded count times a small size), so none can wrap. */
     if (c->header_bytes != sizeof *c || c->ctl_bytes > seg_bytes ||
-        c->recency_off + c->recency_cells * sizeof(uint32_t) > seg_bytes ||
+        c->max_clients == 0 || c->max_clients > 65536 ||
+        c->recency_cells > seg_bytes || c->locks_off < sizeof *c ||
+        c->locks_off % CACHE_LINE != 0 || c->clients_off % CACHE_LINE != 0 ||
+        c->pins_off % 8 != 0 || c->recency_off % 4 != 0 ||
+        c->locks_off > seg_bytes || c->clients_off > seg_bytes ||
+        c->pins_off > seg_bytes || c->recency_off > seg_bytes ||
         c->locks_off + LOCK_SLOTS * sizeof(struct lock_slot) > c->clients_off ||
         c->clients_off + (uint64_t)c->max_clients * sizeof(struct client_slot) >
             c->pins_off ||
         c->pins_off + (uint64_t)c->max_clients * sizeof(struct client_pin) >
             seg_bytes ||
-        c->max_clients == 0 || c->sems_per_set == 0 ||
+        c->recency_off + c->recency_cells * sizeof(uint32_t) > seg_bytes ||
+        (c->recency_cells & (c->recency_cells - 1)) != 0 ||
+        c->sems_per_set == 0 ||
         (c->max_clients + (uint64_t)c->sems_per_set) / c->sems_per_set >
             SEM_SETS_MAX)
         return set_error(SHMKV_ENOTSHMKV,
@@ -388,6 +399,32 @@ static void handle_bind_ctl(struct shmkv *kv, struct ctl_header *c, int shmid)
     kv->lru = c->eviction == SHMKV_EVICT_LRU && c->recency_cells > 0;
     kv->recency = kv->lru ? (uint32_t *)((char *)c + c->recency_off) : NULL;
     kv->recency_mask = kv->lru ? c->recency_cells - 1 : 0;
+    memcpy(kv->ctl_fixed, c, CTL_FIXED_BYTES);
+    kv->store_nonce = c->store_nonce;
+    kv->max_clients = c->max_clients;
+    kv->ctl_tail_fixed = ctl_tail_of(c);
+}
+
+struct ctl_tail ctl_tail_of(const struct ctl_header *c)
+{
+    return (struct ctl_tail){.created_unix = c->created_unix,
+                             .locks_off = c->locks_off,
+                             .clients_off = c->clients_off,
+                             .pins_off = c->pins_off,
+                             .recency_off = c->recency_off,
+                             .recency_cells = c->recency_cells};
+}
+
+int ctl_intact(const struct shmkv *kv)
+{
+    struct ctl_tail now = ctl_tail_of(kv->ctl);
+    if (memcmp(kv->ctl_fixed, kv->ctl, CTL_FIXED_BYTES) == 0 &&
+        memcmp(&now, &kv->ctl_tail_fixed, sizeof now) == 0)
+        return 0;
+    return set_error(SHMKV_ECORRUPT,
+                     "the store's control header (identity, limits and "
+                     "layout) changed since it was attached: the store is "
+                     "damaged");
 }
 
 static void handle_free(struct shmkv *kv)
@@ -474,6 +511,9 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->max_entries = opts->max_entries
                          ? opts->max_entries
                          : g.data_bytes / SHMKV_DEFAULT_ENTRY_BYTES;
+    if (getrandom(&c->store_nonce, sizeof c->store_nonce, 0) !=
+        sizeof c->store_nonce)
+        c->store_nonce = kv->rng ^ (uint64_t)time(NULL) << 20;
     c->max_key_bytes = opts->max_key_bytes;
     c->max_value_bytes = opts->max_value_bytes;
     c->eviction = (uint32_t)opts->eviction;

@@ -105,8 +105,11 @@ int table_insert_prepare(struct shmkv *kv, uint64_t hash, uint64_t *bucket,
 void table_remove_counts(struct shmkv *kv, uint64_t hash, uint64_t bucket)
 {
     uint64_t step = probe_step(kv->nbuckets, hash);
-    for (uint64_t p = table_home(kv->nbuckets, hash); p != bucket;
-         p = next_bucket(p, step, kv->nbuckets)) {
+    /* At most one pass over the index: a bucket off the key's probe
+     * sequence (a damaged intent) stops it there. */
+    uint64_t p = table_home(kv->nbuckets, hash);
+    for (uint64_t n = 0; p != bucket && n < kv->nbuckets;
+         n++, p = next_bucket(p, step, kv->nbuckets)) {
         _Atomic uint64_t *o = &kv->buckets[p].overflow;
         ulog_save(kv->data, o);
         atomic_store_explicit(o,

@@ -29,6 +29,33 @@
 #include "table.h"
 
 #define EVICT_SAMPLES 16u
+#define MAKE_ROOM_ROUNDS 64u
+
+/* The data header's words a write steers by, against the geometry the
+ * handle validated when it attached (lock_take has checked that the
+ * geometry itself is intact): a write on a header that breaks them would
+ * loop or reach outside the segment, so it is refused instead. */
+static int header_sane(const struct shmkv *kv)
+{
+    const struct data_header *d = kv->data;
+    const char *why = NULL;
+    if (d->limbo_tail - d->limbo_head > kv->limbo_slots)
+        why = "the limbo ring's positions";
+    else if (d->limbo_units > kv->arena_units ||
+             d->used_units > kv->arena_units ||
+             d->free_units > kv->arena_units - d->used_units)
+        why = "the arena's counts";
+    else if (d->intent.undo_count > kv->undo_slots)
+        why = "the undo log's count";
+    else if (d->fl_bitmap >> FL_COUNT)
+        why = "the free lists' bitmap";
+    if (why == NULL)
+        return 0;
+    return set_error(SHMKV_ECORRUPT,
+                     "the store's data header is damaged (%s); writes are "
+                     "refused: run shmkv_check, and recreate the store",
+                     why);
+}
 
 static int write_begin(struct shmkv *kv)
 {
@@ -41,7 +68,10 @@ static int write_begin(struct shmkv *kv)
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY, "the handle is read-only");
     kv->deadline_ms = 0;
-    return lock_take(kv, true);
+    int rc = lock_take(kv, true);
+    if (rc == 0 && (rc = header_sane(kv)) != 0)
+        lock_release(kv);
+    return rc;
 }
 
 static void write_end(struct shmkv *kv)
@@ -139,11 +169,22 @@ static int entry_remove(struct shmkv *kv, uint64_t hash,
     return 0;
 }
 
+/* True if slot word s names a block in the arena holding a key that fits
+ * the store's limit: one a sweep may look into. */
+static bool slot_sane(const struct shmkv *kv, uint64_t s)
+{
+    return SLOT_OFF(s) != 0 && slot_in_arena(kv, s) &&
+           block_at(kv->data, SLOT_OFF(s))->klen <= kv->max_key_bytes;
+}
+
 /* Removes the entry in bucket b, slot i (its hash recomputed). */
 static int slot_remove(struct shmkv *kv, uint64_t b, unsigned i)
 {
     uint64_t s =
         atomic_load_explicit(&kv->buckets[b].slot[i], memory_order_relaxed);
+    if (!slot_sane(kv, s))
+        return set_error(SHMKV_ECORRUPT, "index slot %llu.%u is damaged",
+                         (unsigned long long)b, i);
     const struct block *e = block_at(kv->data, SLOT_OFF(s));
     uint64_t hash = key_hash(entry_key(e), e->klen, kv->seed);
     struct table_pos pos = {.bucket = b, .slot = i, .off = SLOT_OFF(s)};
@@ -168,7 +209,7 @@ static int64_t expire_slots(struct shmkv *kv, uint64_t max_slots, uint32_t keep)
         unsigned i = (unsigned)(at % BUCKET_SLOTS);
         uint64_t s =
             atomic_load_explicit(&kv->buckets[b].slot[i], memory_order_relaxed);
-        if (SLOT_OFF(s) != 0 && SLOT_OFF(s) != keep &&
+        if (slot_sane(kv, s) && SLOT_OFF(s) != keep &&
             expired_at(block_at(d, SLOT_OFF(s)), now)) {
             rc = slot_remove(kv, b, i);
             if (rc != 0)
@@ -203,7 +244,7 @@ static int evict_one(struct shmkv *kv, uint32_t keep)
         for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
             uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
                                               memory_order_relaxed);
-            if (SLOT_OFF(s) == 0 || SLOT_OFF(s) == keep)
+            if (!slot_sane(kv, s) || SLOT_OFF(s) == keep)
                 continue;
             seen++;
             if (expired_at(block_at(d, SLOT_OFF(s)), now)) {
@@ -291,7 +332,19 @@ static int make_room(struct shmkv *kv, uint32_t units, bool new_key,
 {
     struct data_header *d = kv->data;
     bool swept = false;
-    for (;;) {
+    /* Each round frees, reclaims, expires or evicts something, or waits
+     * for readers: a few rounds make room, or say there is none; an LRU
+     * store may evict an entry a round, as many as it holds. Rounds past
+     * that make no progress: the counts the loop steers by are damaged. */
+    uint64_t slots = kv->nbuckets * BUCKET_SLOTS;
+    uint64_t most = MAKE_ROOM_ROUNDS +
+                    (kv->lru ? (d->entries < slots ? d->entries : slots) : 0);
+    for (uint64_t round = 0;; round++) {
+        if (round > most)
+            return set_error(SHMKV_ECORRUPT,
+                             "the arena's and limbo's counts are damaged: "
+                             "no room is made for a %u-unit block",
+                             units);
         int rc = flush_settle(kv, true);
         if (rc != 0)
             return rc;
@@ -405,6 +458,14 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     uint32_t off = limbo_take(kv, units);
     if (off == 0)
         off = arena_alloc(d, units);
+    if (off == 0) {
+        /* make_room found room: only damage takes it away. */
+        intent_repair(kv);
+        arena_damaged();
+        return set_error(SHMKV_ECORRUPT,
+                         "the arena's free lists are damaged; writes that "
+                         "need memory are refused: run shmkv_check");
+    }
     struct block *e = block_at(d, off);
     e->klen = (uint16_t)klen;
     e->u.entry.vlen = (uint32_t)vlen;

@@ -97,6 +97,24 @@ static bool parked_on(struct conn *c, int rc, bool tried)
 }
 
 /* Replies with the Redis-style error for a libshmkv failure. */
+/* A damaged store is worth the operator's attention, once a minute at
+ * most however many commands meet it. */
+static void store_damage_log(void)
+{
+    static time_t last;
+    static uint64_t unlogged;
+    time_t now = time(NULL);
+    if (last != 0 && now - last < 60) {
+        unlogged++;
+        return;
+    }
+    log_error("the store is damaged: %s (%llu more since the last report); "
+              "run shmkvctl check, and restore the snapshot into a new store",
+              shmkv_last_error(), (unsigned long long)unlogged);
+    last = now;
+    unlogged = 0;
+}
+
 static void reply_store_error(struct evbuffer *out, int rc)
 {
     switch (rc) {
@@ -116,6 +134,10 @@ static void reply_store_error(struct evbuffer *out, int rc)
         break;
     case SHMKV_ECLOSED:
         resp_error(out, "ERR the store is closed (shutting down)");
+        break;
+    case SHMKV_ECORRUPT:
+        store_damage_log();
+        resp_errorf(out, "CORRUPT %s", shmkv_last_error());
         break;
     default:
         resp_errorf(out, "ERR %s: %s", shmkv_strerror(rc), shmkv_last_error());

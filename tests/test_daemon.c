@@ -22,6 +22,7 @@
 #include <grp.h>
 #include <sys/resource.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1367,6 +1368,34 @@ static void test_non_admin_sees_little(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* A damaged store: writes get -CORRUPT, never a crash, and the log says
+ * so (once, however many commands meet it). */
+static void test_damaged_store_reported(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int fd = sock_connect();
+    assert_string_equal(ASK(fd, "SET a 1\r\n"), "+OK\r\n");
+    /* Damage the data segment's geometry as a stray write would. */
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.key, 0, &kv), 0);
+    struct data_header *d = shmat(kv->data_shmid, NULL, 0);
+    assert_true(d != (void *)-1);
+    uint64_t saved = d->arena_units;
+    d->arena_units = saved * 4;
+    assert_int_equal(strncmp(ASK(fd, "SET b 2\r\n"), "-CORRUPT ", 9), 0);
+    assert_int_equal(strncmp(ASK(fd, "SET c 3\r\n"), "-CORRUPT ", 9), 0);
+    /* Reads go on from the geometry the daemon attached. */
+    assert_string_equal(ASK(fd, "GET a\r\n"), "$1\r\n1\r\n");
+    assert_true(log_contains("the store is damaged"));
+    d->arena_units = saved;
+    assert_string_equal(ASK(fd, "SET b 2\r\n"), "+OK\r\n");
+    shmdt(d);
+    shmkv_close(kv);
+    close(fd);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_sigterm_removes_everything(void **state)
 {
     (void)state;
@@ -1684,6 +1713,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_non_admin_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_admin_by_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damaged_store_reported, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_trickled_request_closed, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_admin_reserved_connections, setup,
