@@ -60,6 +60,7 @@ static void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
     kv->arena_first = (uint32_t)(d->arena_off / UNIT_BYTES);
     kv->arena_units = (uint32_t)d->arena_units;
     kv->read_end_bytes = d->arena_off + d->arena_units * UNIT_BYTES;
+    kv->read_end = (const char *)d + kv->read_end_bytes;
     kv->data_bytes = d->data_bytes;
     kv->limbo_slots = d->limbo_slots;
     kv->undo_slots = d->undo_slots;

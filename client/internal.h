@@ -49,6 +49,7 @@ struct shmkv {
     uint32_t arena_first;
     uint32_t arena_units;
     uint64_t read_end_bytes;
+    const char *read_end; /* data + read_end_bytes */
     /* The rest of the geometry, as validated at attach: a damaged header
      * is compared with these, never trusted instead. */
     uint64_t data_bytes;

@@ -107,9 +107,10 @@ static __attribute__((noinline, cold)) int entry_out_of_bounds(struct shmkv *kv)
 static inline bool entry_in_bounds(const struct shmkv *kv,
                                    const struct block *e, size_t klen)
 {
-    uint64_t start =
-        (uint64_t)((const char *)(e + 1) - (const char *)kv->data) + klen;
-    return e->u.entry.vlen <= kv->read_end_bytes - start;
+    /* A signed comparison: a key that runs past read_end (an entry at the
+     * arena's end, damaged) leaves no room, not a huge one. */
+    const char *value = entry_key(e) + klen;
+    return (ptrdiff_t)e->u.entry.vlen <= kv->read_end - value;
 }
 
 /* The lookup inside a read section, arguments already checked: the live
