@@ -3,13 +3,25 @@
 # semaphore sets behind (every test removes what it creates, also when it
 # fails).
 #
-# Other programs on the machine may create segments meanwhile, so a
-# segment counts as leaked only if it is new and either has a key in the
-# tests' range (0x5b......) or is a private one (a store's data segment)
-# whose creator has exited: a live store's creator is still running.
+# Other runs of the tests, and other programs, may share the machine and
+# create segments meanwhile: only what this run made counts. The tests
+# record in $SHMKV_TEST_RECORD every key they hand out and every process
+# that creates stores (testutil.h's test_record; the shell tests likewise).
+# A segment is this run's if it is new and has a recorded key, or is a
+# private one (a store's data segment) made by a recorded process that has
+# exited; a semaphore set is this run's if it is new and a recorded process
+# last changed one of its semaphores (a store's liveness set: its creator
+# raises the owner's semaphore).
 segments() { ipcs -m 2>/dev/null | awk '$1 ~ /^0x/ {print $2, $1}'; }
 semsets() { ipcs -s 2>/dev/null | awk '$1 ~ /^0x/ {print $2}'; }
 creator() { ipcs -m -p 2>/dev/null | awk -v id="$1" '$1 == id {print $3}'; }
+# The pids that last operated on each semaphore of set $1.
+sem_pids() { ipcs -s -i "$1" 2>/dev/null | awk '$1 ~ /^[0-9]+$/ && NF >= 5 {print $NF}'; }
+
+record=$(mktemp /tmp/shmkv-test-record.XXXXXX)
+trap 'rm -f "$record"' EXIT
+export SHMKV_TEST_RECORD="$record"
+recorded() { grep -qx "$1 $2" "$record"; }
 
 before=$(segments | awk '{print $1}')
 sems_before=$(semsets)
@@ -28,26 +40,23 @@ for entry in $(segments | tr ' ' ':'); do
     id=${entry%%:*}
     key=${entry#*:}
     echo "$before" | grep -qx "$id" && continue
-    case "$key" in
-    0x5b*) leaked="$leaked $id" ;;
-    0x00000000)
+    if [ "$key" = 0x00000000 ]; then
         cpid=$(creator "$id")
-        [ -n "$cpid" ] && ! kill -0 "$cpid" 2>/dev/null && leaked="$leaked $id" ;;
-    esac
+        [ -n "$cpid" ] && recorded pid "$cpid" && ! kill -0 "$cpid" 2>/dev/null &&
+            leaked="$leaked $id"
+    elif recorded key "$key"; then
+        leaked="$leaked $id"
+    fi
 done
-# A store's liveness semaphores go with its segments. They name no
-# creator, so they are counted only when no segment made during the run is
-# left (no store of this run, or of another one running beside it, lives):
-# then every new set is a leak.
-new_segments=""
-for id in $(segments | awk '{print $1}'); do
-    echo "$before" | grep -qx "$id" || new_segments="$new_segments $id"
-done
-if [ -z "$new_segments" ]; then
-    for id in $(semsets); do
-        echo "$sems_before" | grep -qx "$id" || leaked="$leaked sem:$id"
+for id in $(semsets); do
+    echo "$sems_before" | grep -qx "$id" && continue
+    for p in $(sem_pids "$id" | sort -u); do
+        if [ "$p" != 0 ] && recorded pid "$p"; then
+            leaked="$leaked sem:$id"
+            break
+        fi
     done
-fi
+done
 if [ -n "$leaked" ]; then
     echo "leaked System V segments (shmid) or semaphore sets (sem:semid):$leaked"
     ipcs -m -p

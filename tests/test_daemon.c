@@ -138,6 +138,7 @@ static int daemon_start(bool expect_fail)
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
     }
     E.pid = pid;
+    test_record("pid %d", (int)pid);
     if (!notify_wait("READY=1", 5000)) {
         char cmd[400];
         snprintf(cmd, sizeof cmd, "cat %s >&2", E.log);

@@ -6,6 +6,9 @@ set -u
 build=${BUILD:-build}
 dir=$(mktemp -d /tmp/shmkv-shutdown.XXXXXX)
 key=$(printf '0x5b%04xf0' $(($$ & 0xffff)))
+# Tell tests/run.sh what this run makes (see there).
+record() { [ -n "${SHMKV_TEST_RECORD:-}" ] && echo "$*" >>"$SHMKV_TEST_RECORD"; }
+record key "$key"
 sock=$dir/s.sock
 pid=
 fail() { echo "shutdown: $*"; [ -f "$dir/log" ] && cat "$dir/log"; exit 1; }
@@ -13,6 +16,7 @@ segment_exists() { ipcs -m | awk '{print $1}' | grep -qi "^$key$"; }
 start() {
     "$build/shmkvd" --foreground -c "$dir/shmkvd.conf" >>"$dir/log" 2>&1 &
     pid=$!
+    record pid "$pid"
     for _ in $(seq 100); do [ -S "$sock" ] && return 0; sleep 0.05; done
     fail "shmkvd did not start"
 }
