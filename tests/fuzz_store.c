@@ -8,7 +8,7 @@
  * control and data segments copied aside. Each input restores those bytes,
  * then damages them as it says: a sequence of records, each naming a
  * region (the control header, the client slots and locks, the data
- * header with the intent and the undo log, the index, the limbo ring, the
+ * header with the intent, the index, the limbo ring and the undo log, the
  * arena), an offset in it, and a change (a byte, a word of 0xff or 0, a
  * small increment). Then it runs every kind of call on the damaged store:
  * a fresh attach, gets in a read section (each value handed out must lie
@@ -362,7 +362,6 @@ static uint64_t next_random(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-static uint64_t run_index, run_seed;
 
 /* A crash leaves the segments damaged, and a damaged store cannot be
  * removed by its key: remove them by id. */
@@ -432,13 +431,12 @@ int main(int argc, char **argv)
     const char *seed_env = getenv("FUZZ_SEED");
     if (seed_env != NULL)
         setenv("SHMKV_TEST_SEED", seed_env, 1);
-    run_seed = test_seed("fuzz_store");
-    uint64_t rng = run_seed;
+    uint64_t rng = test_seed("fuzz_store");
     uint8_t input[6 * 32];
-    for (run_index = 0; run_index < runs; run_index++) {
+    for (unsigned long run = 0; run < runs; run++) {
         /* Mostly a few records: one damaged field at a time finds the
          * check that is missing; sometimes many. */
-        size_t records = 1 + next_random(&rng) % (run_index % 8 == 0 ? 32 : 3);
+        size_t records = 1 + next_random(&rng) % (run % 8 == 0 ? 32 : 3);
         for (size_t i = 0; i < records * 6; i++)
             input[i] = (uint8_t)next_random(&rng);
         LLVMFuzzerTestOneInput(input, records * 6);
@@ -448,7 +446,6 @@ int main(int argc, char **argv)
     watchdog_done();
     test_destroy(kv, store_key);
     printf("fuzz_store: %lu damaged stores, no crash, no hang\n", runs);
-    (void)run_index;
     return 0;
 }
 
