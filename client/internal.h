@@ -50,24 +50,6 @@ struct shmkv {
     uint32_t arena_units;
     uint64_t read_end_bytes;
     const char *read_end; /* data + read_end_bytes */
-    /* The rest of the geometry, as validated at attach: a damaged header
-     * is compared with these, never trusted instead. */
-    uint64_t data_bytes;
-    uint64_t limbo_slots;
-    uint64_t undo_slots;
-    /* The data header's fixed part (identity and geometry, up to
-     * `entries`) as attached: data_intact() compares it. */
-    unsigned char data_fixed[DATA_FIXED_BYTES];
-    uint64_t store_nonce; /* the control header's, as attached */
-    uint32_t max_clients; /* likewise */
-    /* Likewise the control header's (ctl_intact()). */
-    unsigned char ctl_fixed[CTL_FIXED_BYTES];
-    struct ctl_tail ctl_tail_fixed;
-
-    /* The write lock this handle holds (lock.c). */
-    pthread_rwlock_t *lock;
-    uint64_t lock_epoch;
-    bool lock_write;
 
     /* Copies of fixed settings, so the hot path reads private memory. */
     uint64_t seed;
@@ -93,6 +75,26 @@ struct shmkv {
     pid_t pid;
     uint32_t now_unix; /* 0: not read yet in this section */
     uint64_t rng;
+
+    /* Below: what the read path never touches. */
+    /* The write lock this handle holds (lock.c). */
+    pthread_rwlock_t *lock;
+    uint64_t lock_epoch;
+    bool lock_write;
+
+    /* The rest of the geometry, as validated at attach: a damaged header
+     * is compared with these, never trusted instead. */
+    uint64_t data_bytes;
+    uint64_t limbo_slots;
+    uint64_t undo_slots;
+    /* The data header's fixed part (identity and geometry, up to
+     * `entries`) as attached: data_intact() compares it. */
+    unsigned char data_fixed[DATA_FIXED_BYTES];
+    uint64_t store_nonce; /* the control header's, as attached */
+    uint32_t max_clients; /* likewise */
+    /* Likewise the control header's (ctl_intact()). */
+    unsigned char ctl_fixed[CTL_FIXED_BYTES];
+    struct ctl_tail ctl_tail_fixed;
 
     struct shmkv *reg_prev, *reg_next; /* the process's open handles */
 };

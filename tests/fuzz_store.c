@@ -362,7 +362,6 @@ static uint64_t next_random(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-
 /* A crash leaves the segments damaged, and a damaged store cannot be
  * removed by its key: remove them by id. */
 static void on_crash(int sig)
