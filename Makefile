@@ -160,9 +160,9 @@ install: all
 	install -m 755 $(BUILD)/shmkvd $(BUILD)/shmkvctl $(DESTDIR)$(BINDIR)/
 	# An existing config is the operator's: never overwrite it.
 	[ -e $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf ] || \
-	    sed -e 's|^socket = .*|socket = /run/shmkvd/shmkvd.sock|' \
-	        -e 's|^snapshot = .*|snapshot = /var/lib/shmkvd/dump.shmkv|' \
-	        -e 's|^group = .*|group = shmkv|' \
+	    sed -e 's|^socket *=.*|socket = /run/shmkvd/shmkvd.sock|' \
+	        -e 's|^snapshot *=.*|snapshot = /var/lib/shmkvd/dump.shmkv|' \
+	        -e 's|^group *=.*|group = shmkv|' \
 	        conf/shmkvd.conf > $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf
 	sed -e 's|@BINDIR@|$(BINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' -e 's|@DOCDIR@|$(DOCDIR)|' \
 	    systemd/shmkvd.service > $(DESTDIR)$(UNITDIR)/shmkvd.service

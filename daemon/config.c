@@ -71,6 +71,8 @@ static const struct setting settings[] = {
     {"control", "admin_reserved", K_UINT, FIELD(admin_reserved), 0, 65535},
     {"persistence", "snapshot", K_PATH, FIELD(snapshot_path), 0, 0},
     {"persistence", "save_on_shutdown", K_BOOL, FIELD(save_on_shutdown), 0, 0},
+    {"persistence", "save_interval", K_UINT, FIELD(save_interval_s), 0,
+     86400 * 365},
     {"persistence", "load_on_start", K_BOOL, FIELD(load_on_start), 0, 0},
     {"daemon", "log_level", K_LOGLEVEL, FIELD(log_level), 0, 0},
     {"daemon", "lock_timeout_ms", K_UINT, FIELD(lock_timeout_ms), 1, 3600000},
@@ -110,6 +112,7 @@ void config_defaults(struct config *cfg)
     cfg->admin_reserved = 4;
     cfg->snapshot_path[0] = '\0';
     cfg->save_on_shutdown = true;
+    cfg->save_interval_s = 300;
     cfg->load_on_start = true;
     cfg->log_level = LOG_LEVEL_INFO;
     cfg->lock_timeout_ms = 5000;
@@ -712,6 +715,7 @@ void config_print(const struct config *c, FILE *out)
     fprintf(out, "save_on_shutdown = %s\nload_on_start = %s\n",
             c->save_on_shutdown ? "yes" : "no",
             c->load_on_start ? "yes" : "no");
+    fprintf(out, "save_interval = %" PRIu32 "\n", c->save_interval_s);
     fprintf(out, "\n[daemon]\nlog_level = %s\n", log_level_name(c->log_level));
     fprintf(out, "lock_timeout_ms = %" PRIu32 "\n", c->lock_timeout_ms);
     fprintf(out, "reader_timeout_ms = %" PRIu32 "\n", c->reader_timeout_ms);

@@ -60,6 +60,7 @@ struct config {
     /* [persistence] */
     char snapshot_path[4096]; /* snapshot = "" (none) */
     bool save_on_shutdown;    /* save_on_shutdown = yes */
+    uint32_t save_interval_s; /* save_interval = 300 (0: never) */
     bool load_on_start;       /* load_on_start = yes */
 
     /* [daemon] */

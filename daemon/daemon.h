@@ -105,6 +105,9 @@ struct daemon {
     time_t last_save;
     bool last_save_ok;
     uint64_t last_save_entries;
+    /* store_changes() when the last successful save began: what a
+     * periodic save compares with. */
+    uint64_t changes_at_save;
 
     /* background jobs (jobs.c) */
     int job_efd;             /* the worker says it is done here */
@@ -157,10 +160,11 @@ void conn_job_done(struct conn *c);
 
 /* jobs.c */
 enum job_kind {
-    JOB_SAVE,   /* SAVE: replies once the snapshot is written */
-    JOB_BGSAVE, /* BGSAVE: nobody waits */
-    JOB_KEYS,   /* KEYS pattern */
-    JOB_CHECK,  /* SHMKV.CHECK */
+    JOB_SAVE,          /* SAVE: replies once the snapshot is written */
+    JOB_BGSAVE,        /* BGSAVE: nobody waits */
+    JOB_PERIODIC_SAVE, /* save_interval: likewise */
+    JOB_KEYS,          /* KEYS pattern */
+    JOB_CHECK,         /* SHMKV.CHECK */
 };
 int jobs_init(struct daemon *d);
 /* Queues a job; c (NULL: none) waits for its reply. False: out of memory. */
@@ -168,6 +172,10 @@ bool job_queue(struct daemon *d, struct conn *c, enum job_kind kind,
                const char *pattern, size_t pattern_len);
 /* True while a save is running or waits to. */
 bool jobs_save_pending(const struct daemon *d);
+/* A number that changes with every change to the store's data (sets,
+ * deletes, expirations, evictions, flushes), for periodic saves to tell
+ * whether there is anything new to save. */
+uint64_t store_changes(struct daemon *d);
 /* The connection is closing: its job's result is dropped. */
 void job_detach(struct conn *c);
 /* Waits for the running job, drops the others, and frees what jobs use. */

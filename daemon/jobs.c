@@ -42,8 +42,9 @@ struct job {
     struct job *next;
     /* Input, copied when the job is queued. */
     char *store_key;
-    char *path;    /* JOB_SAVE, JOB_BGSAVE */
-    char *pattern; /* JOB_KEYS */
+    char *path;       /* the saves */
+    uint64_t changes; /* the saves: store_changes() when queued */
+    char *pattern;    /* JOB_KEYS */
     size_t pattern_len;
     size_t limit; /* JOB_KEYS: the largest reply body */
     /* Output, written by the worker. */
@@ -136,6 +137,23 @@ static void *job_main(void *arg)
     return NULL;
 }
 
+static bool job_is_save(const struct job *j)
+{
+    return j->kind == JOB_SAVE || j->kind == JOB_BGSAVE ||
+           j->kind == JOB_PERIODIC_SAVE;
+}
+
+uint64_t store_changes(struct daemon *d)
+{
+    struct shmkv_stats st;
+    if (shmkv_stats(d->kv, &st) != 0)
+        return 0;
+    /* The entry count apart from the counters: a delete moves both, a
+     * flush only the count. */
+    return st.sets + st.deletes + st.expirations + st.evictions +
+           (st.entries << 40);
+}
+
 static void job_free(struct job *j)
 {
     if (j->body != NULL)
@@ -173,14 +191,17 @@ static void jobs_start_next(struct daemon *d)
  * connection that waits, and lets it go on. */
 static void job_deliver(struct daemon *d, struct job *j)
 {
-    if (j->kind == JOB_SAVE || j->kind == JOB_BGSAVE) {
+    if (job_is_save(j)) {
         d->last_save = time(NULL);
         d->last_save_ok = j->rc == 0;
         if (j->rc == 0) {
             d->last_save_entries = j->count;
+            d->changes_at_save = j->changes;
             log_info("saved %llu entries to %s in %.0f ms%s",
                      (unsigned long long)j->count, j->path, j->ms,
-                     j->kind == JOB_BGSAVE ? " (BGSAVE)" : "");
+                     j->kind == JOB_BGSAVE          ? " (BGSAVE)"
+                     : j->kind == JOB_PERIODIC_SAVE ? " (save_interval)"
+                                                    : "");
         } else {
             log_error("save failed: %s", j->err);
         }
@@ -239,10 +260,10 @@ int jobs_init(struct daemon *d)
 bool jobs_save_pending(const struct daemon *d)
 {
     const struct job *j = d->job_running;
-    if (j != NULL && (j->kind == JOB_SAVE || j->kind == JOB_BGSAVE))
+    if (j != NULL && job_is_save(j))
         return true;
     for (j = d->jobs_head; j != NULL; j = j->next)
-        if (j->kind == JOB_SAVE || j->kind == JOB_BGSAVE)
+        if (job_is_save(j))
             return true;
     return false;
 }
@@ -276,6 +297,8 @@ bool job_queue(struct daemon *d, struct conn *c, enum job_kind kind,
             job_free(j);
             return false;
         }
+        /* Counted before the walk: a change during it counts as unsaved. */
+        j->changes = store_changes(d);
     }
     j->conn = c;
     if (c != NULL)

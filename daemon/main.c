@@ -274,6 +274,24 @@ static void status_update(struct daemon *d)
                  st.clients, d->n_conns, hit_rate);
 }
 
+/* save_interval: a background save once that long has passed since the
+ * last save ended (or the start), if the store changed since the last
+ * successful one. A failed save is tried again an interval later. */
+static void periodic_save(struct daemon *d)
+{
+    if (d->cfg.save_interval_s == 0 || d->cfg.snapshot_path[0] == '\0' ||
+        jobs_save_pending(d))
+        return;
+    time_t since = d->last_save != 0 ? d->last_save : d->started;
+    if (time(NULL) - since < (time_t)d->cfg.save_interval_s)
+        return;
+    if (d->last_save_ok && d->last_save != 0 &&
+        store_changes(d) == d->changes_at_save)
+        return;
+    if (!job_queue(d, NULL, JOB_PERIODIC_SAVE, NULL, 0))
+        log_warning("save_interval: no memory for a background save");
+}
+
 /* Active expiry, Redis-style: scan a slice; while slices keep finding
  * expired keys (over a quarter of the budget), scan another, up to
  * EXPIRE_TICK_BUDGET slices a tick. */
@@ -305,6 +323,7 @@ static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
             break;
     }
     store_events_log(d);
+    periodic_save(d);
     uint64_t every =
         5000 / (d->cfg.housekeeping_ms ? d->cfg.housekeeping_ms : 1000) + 1;
     if (rt.ticks++ % every == 0)
@@ -352,6 +371,7 @@ static void reload(struct daemon *d)
     memcpy(applied.snapshot_path, next.snapshot_path,
            sizeof next.snapshot_path);
     applied.save_on_shutdown = next.save_on_shutdown;
+    applied.save_interval_s = next.save_interval_s;
     applied.load_on_start = next.load_on_start;
     applied.log_level = next.log_level;
     applied.housekeeping_ms = next.housekeeping_ms;

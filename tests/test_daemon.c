@@ -45,12 +45,14 @@ struct env {
     char log[96];
     char notify[96];
     char key[32];
-    const char *size;      /* [store] size; NULL: 8M */
-    const char *max_value; /* [store] max_value_size; NULL: 64K */
-    unsigned idle;         /* [control] idle_timeout; 0: 5 */
-    rlim_t nofile;         /* the daemon's RLIMIT_NOFILE; 0: inherited */
-    const char *control;   /* more [control] settings; NULL: none */
-    unsigned lock_ms;      /* [daemon] lock_timeout_ms; 0: 500 */
+    const char *size;        /* [store] size; NULL: 8M */
+    const char *max_value;   /* [store] max_value_size; NULL: 64K */
+    unsigned idle;           /* [control] idle_timeout; 0: 5 */
+    rlim_t nofile;           /* the daemon's RLIMIT_NOFILE; 0: inherited */
+    const char *control;     /* more [control] settings; NULL: none */
+    unsigned lock_ms;        /* [daemon] lock_timeout_ms; 0: 500 */
+    const char *persistence; /* more [persistence] settings; NULL:
+                                save_interval = 0 */
     int notify_fd;
     pid_t pid;
 };
@@ -85,11 +87,12 @@ static void write_config(const char *extra)
             "[control]\nsocket = %s\nsocket_mode = 0666\n"
             "max_request = 128K\nidle_timeout = %u\n%s\n"
             "[persistence]\nsnapshot = %s\nsave_on_shutdown = no\n"
-            "load_on_start = yes\n\n"
+            "load_on_start = yes\n%s\n"
             "[daemon]\nlog_level = debug\nlock_timeout_ms = %u\n"
             "housekeeping_interval_ms = 20\n%s",
             E.key, E.size ? E.size : "8M", E.max_value ? E.max_value : "64K",
             E.sock, E.idle ? E.idle : 5, E.control ? E.control : "", E.snap,
+            E.persistence ? E.persistence : "save_interval = 0\n",
             E.lock_ms ? E.lock_ms : 500, extra ? extra : "");
     fclose(f);
 }
@@ -1618,6 +1621,46 @@ static void test_stalled_save_leaves_loop_free(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* save_interval: the store is saved in the background once that long has
+ * passed, and not again until it changes; a daemon killed afterwards
+ * loses only what came after the save. */
+static void test_periodic_save(void **state)
+{
+    (void)state;
+    E.persistence = "save_interval = 1\n";
+    write_config(NULL);
+    daemon_start(false);
+    int fd = sock_connect();
+    assert_string_equal(ASK(fd, "SET kept 1\r\n"), "+OK\r\n");
+    bool saved = false;
+    for (int i = 0; i < 100 && !saved; i++) {
+        struct timespec pause = {0, 50 * 1000000L};
+        nanosleep(&pause, NULL);
+        saved =
+            log_contains("saved 1 entries") && log_contains("(save_interval)");
+    }
+    assert_true(saved);
+    /* Nothing changed: no second save however long it waits. */
+    struct timespec wait = {2, 500 * 1000000L};
+    nanosleep(&wait, NULL);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "grep -c 'save_interval' %s", E.log);
+    char out[64];
+    assert_int_equal(run(out, sizeof out, "%s", cmd), 0);
+    assert_string_equal(out, "1\n");
+    /* SIGKILL: the next start loads what the periodic save wrote. */
+    close(fd);
+    kill(E.pid, SIGKILL);
+    waitpid(E.pid, NULL, 0);
+    E.pid = 0;
+    shmkv_remove(E.key);
+    daemon_start(false);
+    fd = sock_connect();
+    assert_string_equal(ASK(fd, "GET kept\r\n"), "$1\r\n1\r\n");
+    close(fd);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_corrupt_snapshot_refused(void **state)
 {
     (void)state;
@@ -1751,6 +1794,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_save_and_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stalled_save_leaves_loop_free,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_periodic_save, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_snapshot_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_bad_config_refused, setup,

@@ -15,9 +15,22 @@ for f in usr/local/lib/libshmkv.a usr/local/lib/libshmkv.so.0 \
          lib/systemd/system/shmkvd.service usr/lib/sysusers.d/shmkv.conf; do
     [ -e "$stage/$f" ] || { echo "install: missing $f"; exit 1; }
 done
-grep -q '^socket = /run/shmkvd/shmkvd.sock' "$stage/etc/shmkvd/shmkvd.conf"
-"$stage/usr/local/bin/shmkvd" --check-config -c "$stage/etc/shmkvd/shmkvd.conf" \
-    >/dev/null 2>&1 || { echo "installed config does not check"; exit 1; }
+# The installed config names the service's socket, a snapshot under its
+# state directory (so that a restart keeps the data) and the shmkv group.
+for want in 'socket = /run/shmkvd/shmkvd.sock' \
+            'snapshot = /var/lib/shmkvd/dump.shmkv' 'group = shmkv'; do
+    grep -qx "$want" "$stage/etc/shmkvd/shmkvd.conf" ||
+        { echo "install: the installed config lacks '$want'"; exit 1; }
+done
+# The shmkv group comes from systemd-sysusers (shmkv.sysusers) when the
+# package is installed; without it here, check the rest of the config.
+check="$stage/etc/shmkvd/shmkvd.conf"
+if ! getent group shmkv >/dev/null; then
+    sed 's|^group = shmkv$|group =|' "$check" >"$stage/check.conf"
+    check="$stage/check.conf"
+fi
+"$stage/usr/local/bin/shmkvd" --check-config -c "$check" >"$stage/check.out" 2>&1 ||
+    { cat "$stage/check.out"; echo "installed config does not check"; exit 1; }
 
 # A second install keeps the operator's config.
 echo "; edited by the operator" >>"$stage/etc/shmkvd/shmkvd.conf"
