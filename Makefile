@@ -10,6 +10,7 @@ SYSCONFDIR ?= /etc
 UNITDIR ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 DOCDIR ?= $(PREFIX)/share/doc/shmkv
+MANDIR ?= $(PREFIX)/share/man
 
 CC ?= cc
 BUILD ?= build
@@ -149,7 +150,8 @@ run: deps all
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
 	    $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/shmkvd $(DESTDIR)$(UNITDIR) \
-	    $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)
+	    $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR) \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 644 $(BUILD)/libshmkv.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(BUILD)/libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/
 	ln -sf libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libshmkv.so
@@ -167,13 +169,18 @@ install: all
 	sed -e 's|@BINDIR@|$(BINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' -e 's|@DOCDIR@|$(DOCDIR)|' \
 	    systemd/shmkvd.service > $(DESTDIR)$(UNITDIR)/shmkvd.service
 	install -m 644 systemd/shmkv.sysusers $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf
-	install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	install -m 644 README.md CHANGELOG.md LICENSE $(DESTDIR)$(DOCDIR)/
+	install -m 644 man/shmkvctl.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 man/shmkvd.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 644 man/shmkvd.8 $(DESTDIR)$(MANDIR)/man8/
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libshmkv.a $(DESTDIR)$(LIBDIR)/libshmkv.so* \
 	      $(DESTDIR)$(INCLUDEDIR)/shmkv.h $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc \
 	      $(DESTDIR)$(BINDIR)/shmkvd $(DESTDIR)$(BINDIR)/shmkvctl \
-	      $(DESTDIR)$(UNITDIR)/shmkvd.service $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf
+	      $(DESTDIR)$(UNITDIR)/shmkvd.service $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf \
+	      $(DESTDIR)$(MANDIR)/man1/shmkvctl.1 $(DESTDIR)$(MANDIR)/man5/shmkvd.conf.5 \
+	      $(DESTDIR)$(MANDIR)/man8/shmkvd.8
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 format:

@@ -12,7 +12,10 @@ make -s BUILD="$build" DESTDIR="$stage" PREFIX=/usr/local install >/dev/null
 for f in usr/local/lib/libshmkv.a usr/local/lib/libshmkv.so.0 \
          usr/local/include/shmkv.h usr/local/lib/pkgconfig/shmkv.pc \
          usr/local/bin/shmkvd usr/local/bin/shmkvctl etc/shmkvd/shmkvd.conf \
-         lib/systemd/system/shmkvd.service usr/lib/sysusers.d/shmkv.conf; do
+         lib/systemd/system/shmkvd.service usr/lib/sysusers.d/shmkv.conf \
+         usr/local/share/man/man1/shmkvctl.1 usr/local/share/man/man5/shmkvd.conf.5 \
+         usr/local/share/man/man8/shmkvd.8 usr/local/share/doc/shmkv/LICENSE \
+         usr/local/share/doc/shmkv/CHANGELOG.md; do
     [ -e "$stage/$f" ] || { echo "install: missing $f"; exit 1; }
 done
 # The installed config names the service's socket, a snapshot under its
@@ -31,6 +34,21 @@ if ! getent group shmkv >/dev/null; then
 fi
 "$stage/usr/local/bin/shmkvd" --check-config -c "$check" >"$stage/check.out" 2>&1 ||
     { cat "$stage/check.out"; echo "installed config does not check"; exit 1; }
+
+# The man pages format without a warning, and shmkvd.conf(5) documents
+# every key the sample config has.
+if command -v groff >/dev/null; then
+    for m in "$stage"/usr/local/share/man/man*/*; do
+        out=$(LC_ALL=C groff -man -Tutf8 -ww -z "$m" 2>&1) || true
+        [ -z "$out" ] || { echo "$out"; echo "install: $m does not format cleanly"; exit 1; }
+    done
+else
+    echo "groff not found: man pages not formatted"
+fi
+for k in $(sed -n 's/^\([a-z_]*\) *=.*/\1/p' conf/shmkvd.conf); do
+    grep -q "^\.BR $k " "$stage/usr/local/share/man/man5/shmkvd.conf.5" ||
+        { echo "install: shmkvd.conf(5) does not document $k"; exit 1; }
+done
 
 # A second install keeps the operator's config.
 echo "; edited by the operator" >>"$stage/etc/shmkvd/shmkvd.conf"
