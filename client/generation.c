@@ -77,6 +77,18 @@ int data_intact(const struct shmkv *kv)
                      "writes are refused");
 }
 
+int generation_follow(struct shmkv *kv)
+{
+    if (kv->reattach && !kv->in_read && !kv->forked &&
+        (atomic_load_explicit(&kv->ctl->current, memory_order_acquire) &
+         CURRENT_CLOSED)) {
+        int rc = handle_reattach(kv);
+        if (rc != 0)
+            return rc;
+    }
+    return generation_refresh(kv);
+}
+
 int generation_refresh(struct shmkv *kv)
 {
     if (kv->forked)
@@ -88,6 +100,12 @@ int generation_refresh(struct shmkv *kv)
             return set_error(SHMKV_ECLOSED, "the store was closed");
         if (cur == kv->current && kv->data != NULL)
             return 0;
+        /* Re-attached to a new store whose slots were all taken then. */
+        if (kv->slot == NULL) {
+            int rc = client_slot_claim(kv);
+            if (rc != 0)
+                return rc;
+        }
         if (kv->data != NULL) {
             shmdt(kv->data);
             kv->data = NULL;

@@ -77,6 +77,12 @@ struct shmkv {
     uint64_t rng;
 
     /* Below: what the read path never touches. */
+    /* The key it was opened at, and whether it follows the store there:
+     * an shmkv_open handle whose store was closed attaches the next one
+     * made at the key (handle_reattach), an owner's never. */
+    key_t key;
+    bool reattach;
+
     /* The write lock this handle holds (lock.c). */
     pthread_rwlock_t *lock;
     uint64_t lock_epoch;
@@ -315,12 +321,21 @@ void event_log(struct ctl_header *c, uint32_t type, int32_t pid,
 
 /* generation.c */
 int generation_refresh(struct shmkv *kv);
+/* The same, at the start of a call: a handle that follows its key
+ * (kv->reattach) moves to the new store there first if its own was
+ * closed. Never where the call holds something of the old store. */
+int generation_follow(struct shmkv *kv);
 /* 0 if the data header's identity and geometry are as the handle attached
  * them; else SHMKV_ECORRUPT: a writer must not steer by them. */
 int data_intact(const struct shmkv *kv);
 
 /* store.c: the same for the control header. */
 int ctl_intact(const struct shmkv *kv);
+/* The store kv was attached to is closed: leaves it for the one now at
+ * kv->key, if there is a new one (0), else SHMKV_ENOSTORE (none yet) or
+ * SHMKV_ECLOSED (the closed one is still there). Never inside a read
+ * section. */
+int handle_reattach(struct shmkv *kv);
 struct ctl_tail ctl_tail_of(const struct ctl_header *c);
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
                       int *shmid_out, struct data_header **out);

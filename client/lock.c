@@ -374,9 +374,10 @@ int lock_take(struct shmkv *kv, bool write)
     if (write && kv->closer)
         return set_error(SHMKV_ECLOSED, "the store was closed");
     for (;;) {
-        int rc = generation_refresh(kv);
+        int rc = generation_follow(kv);
         if (rc != 0)
             return rc;
+        c = kv->ctl; /* another store's, if it followed one */
         uint64_t w = atomic_load_explicit(&c->lock_word, memory_order_seq_cst);
         if (LOCK_WORD_INSTALLING(w)) {
             /* A recovery is under way, or its recoverer died or gave up:

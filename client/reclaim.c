@@ -61,7 +61,7 @@ static inline bool epoch_le(uint32_t a, uint32_t b)
 int read_claim_slow(struct shmkv *kv)
 {
     for (int attempt = 0; attempt < 100; attempt++) {
-        int rc = generation_refresh(kv);
+        int rc = generation_follow(kv);
         if (rc != 0)
             return rc;
         uint64_t cur =

@@ -644,6 +644,7 @@ static int handle_attach(const char *where, bool rdonly, struct shmkv **out)
         return rc;
     }
     handle_bind_ctl(kv, c, id);
+    kv->key = key;
     rc = client_slot_claim(kv);
     if (rc != 0) {
         handle_free(kv);
@@ -651,6 +652,42 @@ static int handle_attach(const char *where, bool rdonly, struct shmkv **out)
     }
     registry_add(kv);
     *out = kv;
+    return 0;
+}
+
+int handle_reattach(struct shmkv *kv)
+{
+    struct ctl_header *c;
+    int id;
+    int rc = ctl_attach(kv->key, &c, &id);
+    if (rc == SHMKV_ENOSTORE)
+        return set_error(SHMKV_ENOSTORE,
+                         "the store was closed and no new one is at key "
+                         "0x%08x yet",
+                         (unsigned)kv->key);
+    if (rc != 0)
+        return rc;
+    if (id == kv->ctl_shmid || (atomic_load(&c->current) & CURRENT_CLOSED)) {
+        shmdt(c);
+        return set_error(SHMKV_ECLOSED, "the store at key 0x%08x is closed",
+                         (unsigned)kv->key);
+    }
+    /* Leave the old store: its slot (its semaphores may be gone with it,
+     * which is fine), its data and its header. */
+    client_slot_release(kv);
+    if (kv->data != NULL)
+        shmdt(kv->data);
+    kv->data = NULL;
+    kv->current = 0;
+    shmdt(kv->ctl);
+    handle_bind_ctl(kv, c, id);
+    rc = client_slot_claim(kv);
+    if (rc != 0) {
+        /* Attached to the new header with no slot: say so, and try again
+         * on the next call. */
+        kv->current = 0;
+        return rc;
+    }
     return 0;
 }
 
@@ -666,6 +703,7 @@ int shmkv_open(const char *where, int flags, struct shmkv **out)
     int rc = handle_attach(where, flags & SHMKV_RDONLY, &kv);
     if (rc != 0)
         return rc;
+    kv->reattach = true;
     if (atomic_load(&kv->ctl->current) & CURRENT_CLOSED)
         rc = set_error(SHMKV_ECLOSED, "the store at %s is closed", where);
     if (rc == 0)
@@ -784,7 +822,7 @@ int shmkv_maintain(struct shmkv *kv)
         return refuse_forked(kv);
     if (kv->in_read)
         return set_error(SHMKV_ESTATE, "shmkv_maintain inside a read section");
-    int rc = generation_refresh(kv);
+    int rc = generation_follow(kv);
     if (rc != 0)
         return rc;
     if (!kv->rdonly) {

@@ -151,7 +151,8 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out);
 
 /* Removes the store (IPC_RMID on all its segments) and frees the handle.
  * Attached clients keep their mapping until they detach; their next
- * operation returns SHMKV_ECLOSED. */
+ * operation returns SHMKV_ENOSTORE (SHMKV_ECLOSED while the segments are
+ * still there), until a new store appears at the key (see shmkv_open). */
 int shmkv_destroy(struct shmkv *kv);
 
 /* Removes the store at where (see shmkv_open) whatever its state, open or
@@ -208,7 +209,15 @@ int shmkv_mark_closed(struct shmkv *kv);
  *   a path to a shmkvd config file    its [store] key is used.
  * Errors: SHMKV_ENOSTORE (nothing at that key), SHMKV_EACCES,
  * SHMKV_ENOTSHMKV, SHMKV_EVERSION, SHMKV_ECLOSED, SHMKV_ECONFIG,
- * SHMKV_ECLIENTS. */
+ * SHMKV_ECLIENTS.
+ *
+ * The handle follows the store at its key: when its owner closes it (a
+ * shmkvd restart, say), the handle's calls return SHMKV_ECLOSED while the
+ * closed store is still there, SHMKV_ENOSTORE once it is gone, and on the
+ * first call after a new store appears at the key the handle attaches it
+ * and goes on (a read section open across the change keeps the old
+ * store's values until it ends). Steady state costs nothing for this: the
+ * check is the generation word every call already loads. */
 int shmkv_open(const char *where, int flags, struct shmkv **out);
 
 /* Detaches and frees the handle. Ends an open read section first. Does not

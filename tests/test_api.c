@@ -791,12 +791,27 @@ static void test_destroy_closes_other_handles(void **state)
     assert_ok(shmkv_open(key, 0, &h));
     assert_ok(set_str(h, "k", "v", 0, 0));
     store_drop(&s);
-    /* The segments are marked removed: the key is free at once. */
+    /* The segments are marked removed: the key is free at once, and the
+     * handle finds no store there. */
     assert_true(shmget(sysv_key_of(key), 0, 0) < 0);
-    assert_rc(set_str(h, "k", "w", 0, 0), SHMKV_ECLOSED);
+    assert_rc(set_str(h, "k", "w", 0, 0), SHMKV_ENOSTORE);
     struct shmkv_stats st;
-    assert_rc(shmkv_stats(h, &st), SHMKV_ECLOSED);
+    assert_rc(shmkv_stats(h, &st), SHMKV_ENOSTORE);
+    /* A new store at the key: the handle follows it and goes on. */
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.size_bytes = 1u << 20;
+    shmkv_t *fresh;
+    assert_ok(create_at(&o, key, &fresh));
+    assert_ok(set_str(h, "k", "w", 0, 0));
+    assert_ok(shmkv_stats(h, &st));
+    assert_int_equal(st.entries, 1);
+    char buf[8];
+    size_t len;
+    assert_ok(shmkv_get_copy(fresh, "k", 1, buf, sizeof buf, &len));
+    assert_memory_equal(buf, "w", 1);
     shmkv_close(h);
+    test_destroy(fresh, key);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -1407,12 +1407,13 @@ static void test_sigterm_removes_everything(void **state)
     assert_true(segment_exists());
     struct stat st;
     assert_int_equal(stat(E.sock, &st), 0);
-    /* An attached client sees the store close, not a crash. */
+    /* An attached client sees the store go, not a crash: no store at its
+     * key now (it will follow a new one there). */
     struct shmkv *kv;
     assert_int_equal(shmkv_open(E.key, 0, &kv), 0);
     assert_int_equal(daemon_stop(), 0);
     assert_true(notify_wait("STOPPING=1", 1000) || true);
-    assert_int_equal(shmkv_read_begin(kv), SHMKV_ECLOSED);
+    assert_int_equal(shmkv_read_begin(kv), SHMKV_ENOSTORE);
     shmkv_close(kv);
     assert_false(segment_exists());
     assert_int_not_equal(stat(E.sock, &st), 0);
@@ -1661,6 +1662,44 @@ static void test_periodic_save(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* A handle opened before a restart follows the store to the new daemon:
+ * SHMKV_ENOSTORE while there is none, then the reloaded data. */
+static void test_handle_survives_restart(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    int fd = sock_connect();
+    assert_string_equal(ASK(fd, "SET kept before\r\n"), "+OK\r\n");
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.key, 0, &kv), 0);
+    char buf[64];
+    size_t len;
+    assert_int_equal(shmkv_get_copy(kv, "kept", 4, buf, sizeof buf, &len), 0);
+    /* A planned restart: SHUTDOWN SAVE, then a new daemon loads it. */
+    send_all(fd, "SHUTDOWN SAVE\r\n", 15);
+    int status;
+    assert_int_equal(waitpid(E.pid, &status, 0), E.pid);
+    E.pid = 0;
+    close(fd);
+    assert_int_equal(shmkv_get_copy(kv, "kept", 4, buf, sizeof buf, &len),
+                     SHMKV_ENOSTORE);
+    assert_int_equal(shmkv_set(kv, "x", 1, "1", 1, 0, 0), SHMKV_ENOSTORE);
+    daemon_start(false);
+    assert_int_equal(shmkv_get_copy(kv, "kept", 4, buf, sizeof buf, &len), 0);
+    assert_memory_equal(buf, "before", 6);
+    /* Writes and read sections too, on the new store. */
+    assert_int_equal(shmkv_set(kv, "after", 5, "2", 1, 0, 0), 0);
+    shmkv_val_t v;
+    assert_int_equal(shmkv_read_begin(kv), 0);
+    assert_int_equal(shmkv_get(kv, "after", 5, &v), 0);
+    assert_int_equal(shmkv_read_end(kv), 0);
+    fd = sock_connect();
+    assert_string_equal(ASK(fd, "GET after\r\n"), "$1\r\n2\r\n");
+    close(fd);
+    shmkv_close(kv);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_corrupt_snapshot_refused(void **state)
 {
     (void)state;
@@ -1795,6 +1834,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stalled_save_leaves_loop_free,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_periodic_save, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handle_survives_restart, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_snapshot_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_bad_config_refused, setup,
