@@ -362,19 +362,26 @@ static uint64_t next_random(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-/* A crash leaves the segments damaged, and a damaged store cannot be
- * removed by its key: remove them by id. */
-static void on_crash(int sig)
+/* Says what failed, in which call and where, then removes the store. A
+ * crash leaves the segments damaged, and a damaged store cannot be removed
+ * by its key: by id, then the watchdog is told, so that it never removes
+ * an id some other program has been given since. */
+static void fail_in_handler(const char *what)
 {
-    static const char msg[] = "fuzz_store: crashed in: ";
-    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    ssize_t ignored = write(2, what, strlen(what));
     ignored = write(2, stage, strlen(stage));
     ignored = write(2, "\n", 1);
     (void)ignored;
     void *frames[32];
     backtrace_symbols_fd(frames, backtrace(frames, 32), 2);
     remove_by_id();
+    watchdog_done();
     test_destroy_all();
+}
+
+static void on_crash(int sig)
+{
+    fail_in_handler("fuzz_store: crashed in: ");
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -382,15 +389,7 @@ static void on_crash(int sig)
 static void on_alarm(int sig)
 {
     (void)sig;
-    static const char msg[] = "fuzz_store: a call hung on a damaged store: ";
-    ssize_t ignored = write(2, msg, sizeof msg - 1);
-    ignored = write(2, stage, strlen(stage));
-    ignored = write(2, "\n", 1);
-    (void)ignored;
-    void *frames[32];
-    backtrace_symbols_fd(frames, backtrace(frames, 32), 2);
-    remove_by_id();
-    test_destroy_all();
+    fail_in_handler("fuzz_store: a call hung on a damaged store: ");
     _exit(3);
 }
 
