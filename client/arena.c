@@ -30,28 +30,17 @@ static inline unsigned fls32(uint32_t x)
     return 31u - (unsigned)__builtin_clz(x);
 }
 
-/* Damage found by this thread's last allocator call (arena_damaged). The
- * header's geometry is intact whenever the allocator runs (lock_take
+/* The header's geometry is intact whenever the allocator runs (lock_take
  * checks it), but the lists, links and sizes it follows are read from the
  * segment: each is checked before use, and one that points outside the
- * arena stops the call there, with nothing written through it. */
-static _Thread_local bool damage_seen;
-
-bool arena_damaged(void)
-{
-    bool seen = damage_seen;
-    damage_seen = false;
-    return seen;
-}
+ * arena stops the call before it writes anything (an allocation fails, a
+ * free leaves the block where it is). */
 
 /* True if off names a unit inside the arena (where a block may start). */
 static bool unit_ok(const struct data_header *d, uint32_t off)
 {
     uint32_t first = (uint32_t)(d->arena_off / UNIT_BYTES);
-    if (off >= first && off - first < d->arena_units)
-        return true;
-    damage_seen = true;
-    return false;
+    return off >= first && off - first < d->arena_units;
 }
 
 /* True if off starts a block whose size keeps it inside the arena. */
@@ -61,10 +50,7 @@ static bool block_ok(const struct data_header *d, uint32_t off)
         return false;
     uint32_t end = (uint32_t)(d->arena_off / UNIT_BYTES + d->arena_units);
     uint32_t units = block_at(d, off)->size_units;
-    if (units >= MIN_BLOCK_UNITS && units <= end - off)
-        return true;
-    damage_seen = true;
-    return false;
+    return units >= MIN_BLOCK_UNITS && units <= end - off;
 }
 
 /* The list a free block of `units` belongs on. */
@@ -98,16 +84,16 @@ static uint32_t *footer_of(struct data_header *d, uint32_t off, uint32_t units)
     return (uint32_t *)((char *)block_at(d, off + units) - sizeof(uint32_t));
 }
 
+/* Lists the free block at off; a list head outside the arena leaves it
+ * unlisted (leaked) rather than write through it. */
 static void list_push(struct data_header *d, uint32_t off)
 {
     struct block *b = block_at(d, off);
     unsigned fl, sl;
     mapping_insert(b->size_units, &fl, &sl);
     uint32_t head = fl < FL_COUNT ? d->free_heads[fl][sl] : 0;
-    if (fl >= FL_COUNT || (head != 0 && !unit_ok(d, head))) {
-        damage_seen = true;
+    if (fl >= FL_COUNT || (head != 0 && !unit_ok(d, head)))
         return;
-    }
     LOGGED_SET(d, b->u.free.next, head);
     LOGGED_SET(d, b->u.free.prev, 0);
     if (head != 0)
@@ -117,17 +103,27 @@ static void list_push(struct data_header *d, uint32_t off)
     LOGGED_SET(d, d->sl_bitmap[fl], d->sl_bitmap[fl] | 1u << sl);
 }
 
-static void list_unlink(struct data_header *d, uint32_t off)
+/* True if the free block at off (inside the arena) sits on a list and
+ * links to blocks inside the arena: one list_unlink may take off. */
+static bool links_ok(const struct data_header *d, uint32_t off)
 {
+    const struct block *b = block_at(d, off);
+    unsigned fl, sl;
+    mapping_insert(b->size_units, &fl, &sl);
+    return fl < FL_COUNT &&
+           (b->u.free.prev == 0 || unit_ok(d, b->u.free.prev)) &&
+           (b->u.free.next == 0 || unit_ok(d, b->u.free.next));
+}
+
+/* Takes the free block at off off its list; false, with nothing written,
+ * if its links are damaged (links_ok). */
+static bool list_unlink(struct data_header *d, uint32_t off)
+{
+    if (!links_ok(d, off))
+        return false;
     struct block *b = block_at(d, off);
     unsigned fl, sl;
     mapping_insert(b->size_units, &fl, &sl);
-    if (fl >= FL_COUNT ||
-        (b->u.free.prev != 0 && !unit_ok(d, b->u.free.prev)) ||
-        (b->u.free.next != 0 && !unit_ok(d, b->u.free.next))) {
-        damage_seen = true;
-        return;
-    }
     if (b->u.free.prev != 0)
         LOGGED_SET(d, block_at(d, b->u.free.prev)->u.free.next, b->u.free.next);
     else
@@ -139,6 +135,7 @@ static void list_unlink(struct data_header *d, uint32_t off)
         if (d->sl_bitmap[fl] == 0)
             LOGGED_SET(d, d->fl_bitmap, d->fl_bitmap & ~(1u << fl));
     }
+    return true;
 }
 
 /* Makes [off, off+units) a free block (header and footer) and lists it. The
@@ -195,10 +192,8 @@ static uint32_t find_good_fit(const struct data_header *d, uint32_t units)
         if (fl >= FL_COUNT)
             return 0;
         sl_map = d->sl_bitmap[fl];
-        if (sl_map == 0) {
-            damage_seen = true; /* the bitmaps disagree */
-            return 0;
-        }
+        if (sl_map == 0)
+            return 0; /* the bitmaps disagree: damage */
     }
     sl = (unsigned)__builtin_ctz(sl_map);
     uint32_t off = d->free_heads[fl][sl];
@@ -250,13 +245,8 @@ uint32_t arena_alloc(struct data_header *d, uint32_t units)
     if (off == 0)
         return 0;
     struct block *b = block_at(d, off);
-    if (b->size_units < units) {
-        damage_seen = true;
-        return 0;
-    }
-    list_unlink(d, off);
-    if (damage_seen)
-        return 0;
+    if (b->size_units < units || !list_unlink(d, off))
+        return 0; /* damage */
 
     uint32_t have = b->size_units;
     uint8_t prev_flag = b->flags & BLOCK_PREV_FREE;
@@ -285,14 +275,17 @@ void arena_free(struct data_header *d, uint32_t off)
         return; /* leaked rather than freed astray */
     struct block *b = block_at(d, off);
     uint32_t units = b->size_units;
+    /* The free neighbours it merges with, checked before anything is
+     * written: a damaged one leaves the block where it is. */
     uint32_t end = (uint32_t)(d->arena_off / UNIT_BYTES + d->arena_units);
     struct block *after = block_at(d, off + units);
-    if ((off + units < end && !(after->flags & BLOCK_USED) &&
-         !block_ok(d, off + units)) ||
-        ((b->flags & BLOCK_PREV_FREE) &&
-         !unit_ok(d, off - *(uint32_t *)((char *)b - sizeof(uint32_t))))) {
-        damage_seen = true;
+    if (off + units < end && !(after->flags & BLOCK_USED) &&
+        !(block_ok(d, off + units) && links_ok(d, off + units)))
         return;
+    if (b->flags & BLOCK_PREV_FREE) {
+        uint32_t before = off - *(uint32_t *)((char *)b - sizeof(uint32_t));
+        if (!(block_ok(d, before) && links_ok(d, before)))
+            return;
     }
     LOGGED_SET(d, d->used_units, d->used_units - units);
     LOGGED_SET(d, d->free_units, d->free_units + units);

@@ -263,9 +263,6 @@ uint64_t index_bytes_for(uint64_t nbuckets);
 int lock_init(pthread_rwlock_t *lock);
 int lock_take(struct shmkv *kv, bool write);
 void lock_release(struct shmkv *kv);
-/* arena.c: true (once) if this thread's last allocator calls met a list,
- * link or size outside the arena, and stopped there. */
-bool arena_damaged(void);
 /* Replaces the lock in use when a dead process may hold it or have
  * damaged it, repairing a dead writer's operation. 0 if nothing was
  * wrong, SHMKV_ERETRY after a recovery, or an error. */

@@ -461,7 +461,6 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     if (off == 0) {
         /* make_room found room: only damage takes it away. */
         intent_repair(kv);
-        arena_damaged();
         return set_error(SHMKV_ECORRUPT,
                          "the arena's free lists are damaged; writes that "
                          "need memory are refused: run shmkv_check");
