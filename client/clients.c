@@ -102,7 +102,7 @@ int client_slot_claim(struct shmkv *kv)
     struct client_slot *slots = client_slots(kv);
     kv->slot_index = UINT32_MAX;
     for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t i = 0; i < c->max_clients; i++) {
+        for (uint32_t i = 0; i < kv->max_clients; i++) {
             if (atomic_load_explicit(&slots[i].pid, memory_order_relaxed) != 0)
                 continue;
             int rc = liveness_claim(c, i);
@@ -119,7 +119,7 @@ int client_slot_claim(struct shmkv *kv)
     }
     return set_error(SHMKV_ECLIENTS,
                      "all %u client slots of the store are in use",
-                     c->max_clients);
+                     kv->max_clients);
 }
 
 void client_slot_release(struct shmkv *kv)

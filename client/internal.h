@@ -12,7 +12,6 @@
 #include "layout.h"
 #include "shmkv.h"
 
-/* One process's attachment to a store. */
 /* The control header's fixed part: identity, limits and layout, every
  * field before owner_pid, and (ctl_tail) those after marks that never
  * change either. */
@@ -25,6 +24,7 @@ struct ctl_tail {
 /* The data header's fixed part: every field before `entries`. */
 #define DATA_FIXED_BYTES offsetof(struct data_header, entries)
 
+/* One process's attachment to a store. */
 struct shmkv {
     struct ctl_header *ctl;
     int ctl_shmid;

@@ -451,9 +451,8 @@ int lock_take(struct shmkv *kv, bool write)
              * unfinished, having repaired it: this is for a store damaged
              * otherwise. */
             if (atomic_load_explicit(&kv->data->intent.state,
-                                     memory_order_acquire) != INTENT_IDLE) {
+                                     memory_order_acquire) != INTENT_IDLE)
                 intent_repair(kv);
-            }
         }
         return 0;
     }

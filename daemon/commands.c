@@ -973,11 +973,8 @@ static void cmd_shutdown(struct conn *c, size_t argc, struct resp_arg *argv,
             return;
         }
     }
-    if (save == STOP_SAVE && c->d->cfg.snapshot_path[0] == '\0') {
-        resp_error(out, "ERR no snapshot path configured ([persistence] "
-                        "snapshot)");
+    if (save == STOP_SAVE && !snapshot_configured(c, out))
         return;
-    }
     log_info("SHUTDOWN by pid %d uid %d", (int)c->pid, (int)c->uid);
     /* As Redis: no reply on success; the connection closes. */
     c->closing = true;

@@ -187,5 +187,10 @@ bool glob_match(const char *p, size_t plen, const char *s, size_t slen);
 /* main.c */
 void daemon_request_stop(struct daemon *d, enum stop_save save);
 int daemon_save(struct daemon *d, char *err, size_t err_cap);
+/* Records a save's outcome (INFO persistence, LASTSAVE) and logs it; how
+ * is appended to the log line (" (BGSAVE)", or ""). */
+void daemon_save_done(struct daemon *d, bool ok, uint64_t entries,
+                      const char *path, double ms, const char *how,
+                      const char *err);
 
 #endif

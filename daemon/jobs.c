@@ -192,19 +192,13 @@ static void jobs_start_next(struct daemon *d)
 static void job_deliver(struct daemon *d, struct job *j)
 {
     if (job_is_save(j)) {
-        d->last_save = time(NULL);
-        d->last_save_ok = j->rc == 0;
-        if (j->rc == 0) {
-            d->last_save_entries = j->count;
+        daemon_save_done(d, j->rc == 0, j->count, j->path, j->ms,
+                         j->kind == JOB_BGSAVE          ? " (BGSAVE)"
+                         : j->kind == JOB_PERIODIC_SAVE ? " (save_interval)"
+                                                        : "",
+                         j->err);
+        if (j->rc == 0)
             d->changes_at_save = j->changes;
-            log_info("saved %llu entries to %s in %.0f ms%s",
-                     (unsigned long long)j->count, j->path, j->ms,
-                     j->kind == JOB_BGSAVE          ? " (BGSAVE)"
-                     : j->kind == JOB_PERIODIC_SAVE ? " (save_interval)"
-                                                    : "");
-        } else {
-            log_error("save failed: %s", j->err);
-        }
     }
     struct conn *c = j->conn;
     if (c != NULL) {

@@ -201,6 +201,21 @@ static int store_open(struct daemon *d)
     return 0;
 }
 
+void daemon_save_done(struct daemon *d, bool ok, uint64_t entries,
+                      const char *path, double ms, const char *how,
+                      const char *err)
+{
+    d->last_save = time(NULL);
+    d->last_save_ok = ok;
+    if (!ok) {
+        log_error("save failed: %s", err);
+        return;
+    }
+    d->last_save_entries = entries;
+    log_info("saved %llu entries to %s in %.0f ms%s",
+             (unsigned long long)entries, path, ms, how);
+}
+
 int daemon_save(struct daemon *d, char *err, size_t err_cap)
 {
     uint64_t n = 0;
@@ -208,18 +223,11 @@ int daemon_save(struct daemon *d, char *err, size_t err_cap)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = snapshot_save(d->kv, d->cfg.snapshot_path, &n, err, err_cap);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    d->last_save = time(NULL);
-    d->last_save_ok = rc == 0;
-    if (rc != 0) {
-        log_error("save failed: %s", err);
-        return -1;
-    }
-    d->last_save_entries = n;
-    log_info("saved %llu entries to %s in %.0f ms", (unsigned long long)n,
-             d->cfg.snapshot_path,
-             (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
-                 (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
-    return 0;
+    daemon_save_done(d, rc == 0, n, d->cfg.snapshot_path,
+                     (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+                         (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+                     "", err);
+    return rc == 0 ? 0 : -1;
 }
 
 static void stop_now_cb(evutil_socket_t fd, short what, void *arg)
