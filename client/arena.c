@@ -14,6 +14,11 @@
  * previous block without a search. A sentinel used block of size 0 ends the
  * arena so that the last block always has a used successor.
  *
+ * A compaction (compact.c) holds free blocks in the window it evacuates:
+ * a held block is marked used (BLOCK_USED | BLOCK_HELD), so that nothing
+ * is allocated in it and nothing merges with it, and arena_free releases
+ * it like any used block.
+ *
  * Crash safety: the allocator is only written under the write lock, and
  * every word it changes is first saved in the write's undo log (LOGGED_SET,
  * intent.c), so a writer killed halfway through an allocation or a free is
@@ -309,6 +314,67 @@ void arena_free(struct data_header *d, uint32_t off)
     LOGGED_SET(d, next_after->flags, next_after->flags | BLOCK_PREV_FREE);
 }
 
+bool arena_hold(struct data_header *d, uint32_t off)
+{
+    if (!block_ok(d, off) || (block_at(d, off)->flags & BLOCK_USED) ||
+        !list_unlink(d, off))
+        return false;
+    struct block *b = block_at(d, off);
+    uint32_t units = b->size_units;
+    struct block *next = block_at(d, off + units);
+    LOGGED_SET(d, next->flags, next->flags & (uint8_t)~BLOCK_PREV_FREE);
+    LOGGED_SET(d, b->flags,
+               BLOCK_USED | BLOCK_HELD | (b->flags & BLOCK_PREV_FREE));
+    LOGGED_SET(d, d->free_units, d->free_units - units);
+    LOGGED_SET(d, d->used_units, d->used_units + units);
+    return true;
+}
+
+static bool block_held(const struct block *b)
+{
+    return (b->flags & (BLOCK_USED | BLOCK_HELD)) == (BLOCK_USED | BLOCK_HELD);
+}
+
+uint32_t arena_carve(struct data_header *d, uint32_t off, uint32_t units)
+{
+    if (units < MIN_BLOCK_UNITS)
+        units = MIN_BLOCK_UNITS;
+    if (!block_ok(d, off) || !block_held(block_at(d, off)) ||
+        block_at(d, off)->size_units < units)
+        return 0;
+    struct block *b = block_at(d, off);
+    uint32_t have = b->size_units;
+    if (have - units >= MIN_BLOCK_UNITS) {
+        struct block *rest = block_at(d, off + units);
+        ulog_save(d, &rest->size_units);
+        ulog_save(d, &rest->u);
+        memset(rest, 0, sizeof *rest);
+        rest->size_units = have - units;
+        rest->flags = BLOCK_USED | BLOCK_HELD;
+    } else {
+        units = have;
+    }
+    ulog_save(d, &b->size_units);
+    ulog_save(d, &b->u);
+    uint8_t prev_flag = b->flags & BLOCK_PREV_FREE;
+    memset(b, 0, sizeof *b);
+    b->size_units = units;
+    b->flags = BLOCK_USED | prev_flag;
+    return off;
+}
+
+bool arena_held_merge(struct data_header *d, uint32_t off)
+{
+    if (!block_ok(d, off) || !block_held(block_at(d, off)))
+        return false;
+    struct block *b = block_at(d, off);
+    uint32_t next = off + b->size_units;
+    if (!block_ok(d, next) || !block_held(block_at(d, next)))
+        return false;
+    LOGGED_SET(d, b->size_units, b->size_units + block_at(d, next)->size_units);
+    return true;
+}
+
 uint64_t arena_largest_free(const struct data_header *d)
 {
     if (d->fl_bitmap == 0)
@@ -363,6 +429,14 @@ int arena_check(const struct data_header *d, uint8_t *used_map,
                               off);
             free_units += b->size_units;
             free_blocks++;
+        } else if (b->flags & BLOCK_HELD) {
+            /* Neither an entry nor leaked: space a compaction holds. */
+            used_units += b->size_units;
+            if (off < d->compact_lo || off >= d->compact_hi)
+                check_problem(r,
+                              "arena: held block at unit %u is outside "
+                              "the compaction window",
+                              off);
         } else {
             used_units += b->size_units;
             r->blocks_used++;

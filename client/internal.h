@@ -161,9 +161,32 @@ void arena_init(struct data_header *d);
 uint32_t arena_alloc(struct data_header *d, uint32_t units);
 bool arena_can_alloc(const struct data_header *d, uint32_t units);
 void arena_free(struct data_header *d, uint32_t off);
+/* Takes the free block at off off its list and marks it used and held
+ * (BLOCK_HELD) until arena_free; false, with nothing written, if it is not
+ * a free block with sane links. */
+bool arena_hold(struct data_header *d, uint32_t off);
+/* Makes the first `units` of the held block at off a used block (its entry
+ * fields zero), the rest, if a block's worth, held still; returns off, or 0
+ * if off is not a held block that large. */
+uint32_t arena_carve(struct data_header *d, uint32_t off, uint32_t units);
+/* Joins the held block at off with the held block after it; false, with
+ * nothing written, if either is not held. */
+bool arena_held_merge(struct data_header *d, uint32_t off);
 uint64_t arena_largest_free(const struct data_header *d);
 int arena_check(const struct data_header *d, uint8_t *used_map,
                 struct shmkv_check_report *r);
+
+/* The handle's xorshift64 generator: sampling for eviction and
+ * compaction. */
+static inline uint64_t handle_random(struct shmkv *kv)
+{
+    uint64_t x = kv->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    kv->rng = x;
+    return x;
+}
 
 static inline struct block *block_at(const struct data_header *d,
                                      uint32_t off_units)
@@ -241,6 +264,12 @@ uint64_t undo_bytes_for(void);
 
 /* write.c: what intent_repair runs to finish an operation */
 void op_finish(struct shmkv *kv);
+/* Publishes word (an entry at a new block) at the index slot (bucket,
+ * slot), retiring old_off to limbo: the end of a WRITE_OP_SET operation
+ * whose block is prepared. */
+void entry_publish(struct shmkv *kv, uint64_t hash, uint64_t bucket,
+                   unsigned slot, uint32_t old_off, uint64_t word,
+                   int entries_delta, int ttl_delta);
 void flush_index(struct shmkv *kv);
 void arena_reset(struct shmkv *kv);
 
@@ -311,6 +340,27 @@ void limbo_refill(struct shmkv *kv);
 int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait);
 /* Waits until the oldest block in limbo can be freed, and frees. */
 int limbo_wait(struct shmkv *kv);
+/* Waits until every block in limbo can be freed, and frees them all. */
+int limbo_drain(struct shmkv *kv);
+/* Makes room in limbo for one more block, waiting for readers if it must. */
+int limbo_reserve(struct shmkv *kv);
+
+/* compact.c: defragmenting the arena */
+/* True if off lies in the window a compaction is evacuating: a block
+ * there that becomes free is held, not freed. */
+static inline bool compact_window_has(const struct data_header *d, uint32_t off)
+{
+    return off >= d->compact_lo && off < d->compact_hi;
+}
+/* Packs the cheapest window of the arena with room for a block of
+ * `units`, moving its entries (never the one at keep) together: 0 once
+ * such a block can be allocated, SHMKV_ERETRY if entries moved but not
+ * yet enough, SHMKV_ENOSPC if none could, or an error. Under the write
+ * lock. */
+int arena_compact(struct shmkv *kv, uint32_t units, uint32_t keep);
+/* Releases a window a compaction left (its writer died): frees what it
+ * held. */
+void compact_release(struct shmkv *kv);
 
 /* events.c */
 void event_log(struct ctl_header *c, uint32_t type, int32_t pid,

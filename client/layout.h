@@ -22,7 +22,8 @@
  *     index         nbuckets cache-line buckets of 7 slots
  *     limbo         a ring of blocks unlinked but maybe still being read
  *     undo log      the old words of what the write in progress changed
- *     arena         blocks of 16-byte units: entries and free blocks
+ *     arena         blocks of 16-byte units: entries, free blocks, and
+ *                   blocks held by a compaction (compact.c)
  *
  *   semaphore set (IPC_PRIVATE; liveness.c)
  *     one semaphore per client slot, raised with SEM_UNDO by the handle
@@ -41,7 +42,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define LAYOUT_VERSION 4u
+#define LAYOUT_VERSION 5u
 #define CTL_MAGIC "SHMKVCTL"
 #define DATA_MAGIC "SHMKVDAT"
 #define CACHE_LINE 64
@@ -200,6 +201,8 @@ struct ctl_header {
     _Atomic uint64_t retired_stale;
     _Atomic uint64_t retired_sets;
     _Atomic uint64_t retired_deletes;
+    _Atomic uint64_t compactions;     /* windows of the arena evacuated */
+    _Atomic uint64_t compacted_bytes; /* entry bytes moved doing so */
 
     /* LRU clock: advanced by writers, copied into recency cells. */
     alignas(CACHE_LINE) _Atomic uint32_t lru_clock;
@@ -282,6 +285,12 @@ struct data_header {
     /* Nonzero after a flush emptied the index and before the arena is
      * rebuilt: the read epoch the flush ended in (write.c). */
     uint64_t flush_epoch;
+    /* The arena window a compaction is evacuating, in units: [lo, hi),
+     * block boundaries, both 0 when none. Inside it a block that becomes
+     * free is held instead (BLOCK_HELD), so that nothing is allocated there
+     * until the window is released whole (compact.c). */
+    uint64_t compact_lo;
+    uint64_t compact_hi;
     uint32_t fl_bitmap;
     uint32_t sl_bitmap[FL_COUNT];
     uint32_t free_heads[FL_COUNT][SL_COUNT]; /* block unit offsets, 0 none */
@@ -322,6 +331,7 @@ _Static_assert(sizeof(struct bucket) == CACHE_LINE, "bucket is a line");
 #define BLOCK_USED 0x1u
 #define BLOCK_PREV_FREE 0x2u
 #define BLOCK_SENTINEL 0x4u
+#define BLOCK_HELD 0x8u /* with BLOCK_USED: free space a compaction holds */
 
 struct block {
     uint32_t size_units;

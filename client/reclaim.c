@@ -96,6 +96,19 @@ void limbo_retire(struct shmkv *kv, uint32_t off)
                d->limbo_units + block_at(d, off)->size_units);
 }
 
+int limbo_reserve(struct shmkv *kv)
+{
+    if (limbo_has_room(kv->data))
+        return 0;
+    limbo_reclaim(kv, true);
+    while (!limbo_has_room(kv->data)) {
+        int rc = limbo_wait(kv);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* Advances the read epoch if anything in limbo was unlinked in the current
  * one, then returns the oldest epoch an open section claims (the current
  * epoch if none). */
@@ -160,10 +173,14 @@ static uint64_t limbo_free_safe(struct shmkv *kv, uint64_t keep)
             uint64_t e = ring[d->limbo_head & (d->limbo_slots - 1)];
             uint32_t off = LIMBO_OFF(e);
             uint32_t units = 0;
+            struct block *b = block_at(d, off);
             if (off - kv->arena_first < kv->arena_units &&
-                (block_at(d, off)->flags & BLOCK_USED)) {
-                units = block_at(d, off)->size_units;
-                arena_free(d, off);
+                (b->flags & BLOCK_USED)) {
+                units = b->size_units;
+                if (compact_window_has(d, off))
+                    LOGGED_SET(d, b->flags, b->flags | BLOCK_HELD);
+                else
+                    arena_free(d, off);
             }
             LOGGED_SET(d, d->limbo_units,
                        d->limbo_units >= units ? d->limbo_units - units : 0);
@@ -321,6 +338,20 @@ int limbo_wait(struct shmkv *kv)
     uint32_t oldest =
         LIMBO_EPOCH(limbo_ring(d)[d->limbo_head & (d->limbo_slots - 1)]);
     int rc = readers_wait_past(kv, oldest, true);
+    if (rc != 0)
+        return rc;
+    limbo_reclaim(kv, true);
+    return 0;
+}
+
+int limbo_drain(struct shmkv *kv)
+{
+    struct data_header *d = kv->data;
+    if (d->limbo_head == d->limbo_tail)
+        return 0;
+    uint32_t newest =
+        LIMBO_EPOCH(limbo_ring(d)[(d->limbo_tail - 1) & (d->limbo_slots - 1)]);
+    int rc = readers_wait_past(kv, newest, true);
     if (rc != 0)
         return rc;
     limbo_reclaim(kv, true);

@@ -63,6 +63,8 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     st->recoveries = atomic_load(&c->recoveries);
     st->revocations = atomic_load(&c->revocations);
     st->dead_readers = atomic_load(&c->dead_readers);
+    st->compactions = atomic_load(&c->compactions);
+    st->compacted_bytes = atomic_load(&c->compacted_bytes);
     st->sets = atomic_load(&c->retired_sets);
     st->deletes = atomic_load(&c->retired_deletes);
     st->hits = atomic_load(&c->retired_hits);

@@ -30,6 +30,12 @@
 
 #define EVICT_SAMPLES 16u
 #define MAKE_ROOM_ROUNDS 64u
+/* Windows packed for one write, each moving entries but not yet making
+ * room: a bound on the work of one call. */
+#define COMPACT_TRIES 8u
+/* Free space, as a share of the arena, below which a write does not
+ * compact: a store that is merely full evicts or refuses at once. */
+#define COMPACT_FREE_SHARE 64u
 
 /* The data header's words a write steers by, against the geometry the
  * handle validated when it attached (lock_take has checked that the
@@ -49,6 +55,11 @@ static int header_sane(const struct shmkv *kv)
         why = "the undo log's count";
     else if (d->fl_bitmap >> FL_COUNT)
         why = "the free lists' bitmap";
+    else if (d->compact_hi != 0 &&
+             (d->compact_lo < kv->arena_first ||
+              d->compact_lo >= d->compact_hi ||
+              d->compact_hi > kv->arena_first + kv->arena_units))
+        why = "the compaction window";
     if (why == NULL)
         return 0;
     return set_error(SHMKV_ECORRUPT,
@@ -89,17 +100,6 @@ static int check_key(const struct shmkv *kv, const void *key, size_t klen)
     return 0;
 }
 
-static uint64_t rng_next(struct shmkv *kv)
-{
-    /* xorshift64 */
-    uint64_t x = kv->rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    kv->rng = x;
-    return x;
-}
-
 /* The expiry time ttl_s seconds after now (0: none), saturated at the last
  * second a 32-bit expiry can hold instead of wrapping into the past. */
 static uint32_t expiry_after(uint32_t now, uint32_t ttl_s)
@@ -133,18 +133,20 @@ void op_finish(struct shmkv *kv)
                    d->ttl_entries + (uint64_t)(int64_t)in->ttl_delta);
 }
 
-/* Makes room in limbo for one more block, waiting for readers if it must. */
-static int limbo_reserve(struct shmkv *kv)
+void entry_publish(struct shmkv *kv, uint64_t hash, uint64_t bucket,
+                   unsigned slot, uint32_t old_off, uint64_t word,
+                   int entries_delta, int ttl_delta)
 {
-    if (limbo_has_room(kv->data))
-        return 0;
-    limbo_reclaim(kv, true);
-    while (!limbo_has_room(kv->data)) {
-        int rc = limbo_wait(kv);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    op_target(kv, WRITE_OP_SET, hash, bucket, slot, old_off, word,
+              entries_delta, ttl_delta);
+    TEST_POINT("set:prepared");
+    atomic_store_explicit(&kv->buckets[bucket].slot[slot], word,
+                          memory_order_release);
+    TEST_POINT("set:stored");
+    op_published(kv);
+    op_finish(kv);
+    TEST_POINT("set:finished");
+    op_end(kv);
 }
 
 /* Unpublishes the entry at pos: one operation. */
@@ -235,7 +237,7 @@ static int evict_one(struct shmkv *kv, uint32_t keep)
     uint32_t now = clock_unix();
     uint32_t clock =
         atomic_load_explicit(&kv->ctl->lru_clock, memory_order_relaxed);
-    uint64_t b = rng_next(kv) % kv->nbuckets;
+    uint64_t b = handle_random(kv) % kv->nbuckets;
     uint64_t best_b = 0;
     unsigned best_i = 0, seen = 0;
     uint32_t best_age = 0;
@@ -304,6 +306,8 @@ void arena_reset(struct shmkv *kv)
     d->limbo_units = 0;
     d->expire_cursor = 0;
     d->flush_epoch = 0;
+    d->compact_lo = 0;
+    d->compact_hi = 0;
 }
 
 /* Rebuilds the arena a flush emptied, once no section can see its old
@@ -332,6 +336,9 @@ static int make_room(struct shmkv *kv, uint32_t units, bool new_key,
 {
     struct data_header *d = kv->data;
     bool swept = false;
+    unsigned compactions = 0;
+    /* A window a compaction killed halfway left holds memory. */
+    compact_release(kv);
     /* Each round frees, reclaims, expires or evicts something, or waits
      * for readers: a few rounds make room, or say there is none; an LRU
      * store may evict an entry a round, as many as it holds. Rounds past
@@ -376,6 +383,19 @@ static int make_room(struct shmkv *kv, uint32_t units, bool new_key,
             if (rc != 0)
                 return rc;
             continue;
+        }
+        /* Enough is free, but in pieces: move entries together, before
+         * evicting any. */
+        if (index_ok && compactions < COMPACT_TRIES &&
+            d->free_units >= units + units / 8 &&
+            d->free_units >= kv->arena_units / COMPACT_FREE_SHARE) {
+            compactions++;
+            rc = arena_compact(kv, units, keep);
+            if (rc == 0 || rc == SHMKV_ERETRY)
+                continue;
+            if (rc != SHMKV_ENOSPC)
+                return rc;
+            compactions = COMPACT_TRIES; /* nothing could move */
         }
         if (kv->lru) {
             rc = evict_one(kv, keep);
@@ -490,17 +510,8 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
         }
         entries_delta = 1;
     }
-    uint64_t word = SLOT_MAKE(hash_tag(hash), off);
-    op_target(kv, WRITE_OP_SET, hash, bucket, slot, pos.off, word,
-              entries_delta, ttl_delta);
-    TEST_POINT("set:prepared");
-    atomic_store_explicit(&kv->buckets[bucket].slot[slot], word,
-                          memory_order_release);
-    TEST_POINT("set:stored");
-    op_published(kv);
-    op_finish(kv);
-    TEST_POINT("set:finished");
-    op_end(kv);
+    entry_publish(kv, hash, bucket, slot, pos.off,
+                  SLOT_MAKE(hash_tag(hash), off), entries_delta, ttl_delta);
     if (d->limbo_tail - d->limbo_head >= d->limbo_slots / 2)
         limbo_reclaim(kv, false);
 

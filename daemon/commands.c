@@ -792,13 +792,14 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "maxmemory_policy:%s\r\nfree_memory:%" PRIu64 "\r\n"
             "limbo_memory:%" PRIu64 "\r\n"
             "largest_free_block:%" PRIu64 "\r\nfragmentation:%.4f\r\n"
+            "compactions:%" PRIu64 "\r\ncompacted_bytes:%" PRIu64 "\r\n"
             "segment_bytes:%" PRIu64 "\r\nindex_slots:%" PRIu64 "\r\n"
             "max_key_size:%u\r\nmax_value_size:%u\r\n",
             st.bytes_used, h1, st.bytes_capacity, h2,
             st.eviction == SHMKV_EVICT_LRU ? "allkeys-lru" : "noeviction",
             st.bytes_free, st.bytes_limbo, st.largest_free, st.fragmentation,
-            st.segment_bytes, st.index_slots, st.max_key_bytes,
-            st.max_value_bytes);
+            st.compactions, st.compacted_bytes, st.segment_bytes,
+            st.index_slots, st.max_key_bytes, st.max_value_bytes);
     }
     if (section_wanted(argc, argv, "persistence")) {
         info_section(b, "Persistence", &first);
@@ -876,6 +877,8 @@ static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
     stat_pair(out, "largest_free", (int64_t)st.largest_free);
     stat_pair(out, "fragmentation_ppm",
               (int64_t)(st.fragmentation * 1e6 + 0.5));
+    stat_pair(out, "compactions", (int64_t)st.compactions);
+    stat_pair(out, "compacted_bytes", (int64_t)st.compacted_bytes);
     stat_pair(out, "index_slots", (int64_t)st.index_slots);
     stat_pair(out, "segment_bytes", (int64_t)st.segment_bytes);
     stat_pair(out, "hits", (int64_t)st.hits);

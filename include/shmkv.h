@@ -377,14 +377,18 @@ struct shmkv_stats {
     uint64_t lock_waits; /* lock still taken after a short spin:
                             the caller slept on it */
     uint64_t lock_timeouts;
-    uint64_t recoveries;     /* write locks replaced after a dead holder
-                                (and its operation repaired) */
-    uint64_t revocations;    /* read sections revoked: held past the
-                                reader timeout */
-    uint64_t dead_readers;   /* read sections dropped: their process
-                                died inside them */
-    uint64_t stale_sections; /* sections whose reader learned they were
-                                revoked (SHMKV_ESTALE) */
+    uint64_t recoveries;      /* write locks replaced after a dead holder
+                                 (and its operation repaired) */
+    uint64_t revocations;     /* read sections revoked: held past the
+                                 reader timeout */
+    uint64_t dead_readers;    /* read sections dropped: their process
+                                 died inside them */
+    uint64_t stale_sections;  /* sections whose reader learned they were
+                                 revoked (SHMKV_ESTALE) */
+    uint64_t compactions;     /* arena windows emptied so that a value
+                                 larger than any free block could be
+                                 stored */
+    uint64_t compacted_bytes; /* entry bytes moved by compactions */
     /* layout and limits */
     uint32_t max_key_bytes;
     uint32_t max_value_bytes;
