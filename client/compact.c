@@ -1,21 +1,26 @@
 /*
  * compact.c - defragmenting the arena: when a write needs a block larger
  * than any free one, although enough is free in all, a window of the arena
- * is evacuated so that it becomes one free block.
+ * is packed so that its free space becomes one block.
  *
- * The window is the run of blocks, at least as large as the block wanted,
- * that holds the fewest used units: the cheapest to empty. Its blocks keep
- * their boundaries until it is released:
+ * The window is the shortest run of blocks with room for the block wanted
+ * (and some slack) outside its used blocks: the fewest live bytes to move.
+ * Then:
  *   hold      its free blocks are taken off the free lists and marked held
- *             (BLOCK_USED | BLOCK_HELD), so nothing is allocated there;
- *   move      each entry in it is copied to a block outside it and the
- *             copy published in the entry's index slot, as a set of the
- *             same value would be; the old block goes to limbo, and a
- *             limbo block inside the window is held when it is freed
- *             instead of being freed (limbo_free_safe);
- *   drain     once no read section can see what was moved, every block of
- *             the window is held;
- *   release   the held blocks are freed, which merges them into one.
+ *             (BLOCK_USED | BLOCK_HELD): nothing else is allocated there,
+ *             nothing merges with them;
+ *   pack      the bubble, the held space at the window's start, rises
+ *             through it: each entry after the bubble is copied into it
+ *             (or, if it does not fit, to a free block outside; if neither,
+ *             it stays and the bubble goes on past it) and the copy is
+ *             published in the entry's index slot, as a set of the same
+ *             value would be. The old block goes to limbo; a limbo block
+ *             inside the window is held, not freed, once no section sees it
+ *             (limbo_free_safe), so the bubble takes in, after a drain of
+ *             limbo, the blocks the entries left as well as the holes it
+ *             passes;
+ *   release   after a last drain, the held blocks are freed, which merges
+ *             them into one.
  * Readers see each entry at its old block or its new one, with the same
  * bytes, and a zero-copy pointer into the old block stays valid for as
  * long as its read section is open, as after any overwrite.
@@ -23,16 +28,21 @@
  * Each step is an operation (intent.c), undone or finished alone if its
  * writer dies. The window is named in the data header, so a window a dead
  * writer left is released by the next write that makes room; until then
- * its held blocks are merely unusable.
+ * its held blocks are merely unusable. Inside the window, blocks are only
+ * split (a copy carved from the bubble) and joined (held neighbours), so
+ * the walks that follow sizes from a block boundary stay on boundaries.
  *
- * The work is bounded by the size of the block wanted (what is moved fits
- * in the window) and by COMPACT_SCAN_BLOCKS looked at to choose it, from
- * a random entry on, round to where it began.
+ * The work is bounded by the size of the block wanted (the window is about
+ * twice that) and by COMPACT_SCAN_BLOCKS looked at to choose it, from a
+ * random entry on, round to where it began.
  */
 #include "hash.h"
 #include "table.h"
 
+/* Blocks looked at to choose a window, and index buckets looked at for an
+ * entry to start from. */
 #define COMPACT_SCAN_BLOCKS (1u << 18)
+#define COMPACT_START_BUCKETS 1024u
 /* Blocks held or released per operation: well within the undo log. */
 #define COMPACT_BATCH 32u
 /* Entries that never stop a window: a bubble grows past their size
@@ -42,11 +52,12 @@
 #define COMPACT_JOIN_MAX 256u
 
 /* Where the choice of a window begins: a random entry's block (a block
- * boundary the index names), or the arena's first block. */
+ * boundary the index names), or the arena's first block if the buckets
+ * looked at hold none. */
 static uint32_t scan_start(struct shmkv *kv)
 {
     uint64_t b = handle_random(kv) % kv->nbuckets;
-    for (uint64_t n = 0; n < kv->nbuckets; n++) {
+    for (uint64_t n = 0; n < kv->nbuckets && n < COMPACT_START_BUCKETS; n++) {
         for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
             uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
                                               memory_order_relaxed);

@@ -201,7 +201,7 @@ struct ctl_header {
     _Atomic uint64_t retired_stale;
     _Atomic uint64_t retired_sets;
     _Atomic uint64_t retired_deletes;
-    _Atomic uint64_t compactions;     /* windows of the arena evacuated */
+    _Atomic uint64_t compactions;     /* windows of the arena packed */
     _Atomic uint64_t compacted_bytes; /* entry bytes moved doing so */
 
     /* LRU clock: advanced by writers, copied into recency cells. */

@@ -343,7 +343,7 @@ static int cmd_status(struct conn *c)
            stat_value(&stats, "entries_with_ttl"));
     printf("memory     %s used of %s, %s free, fragmentation %.1f%%\n", used,
            cap, freeb, (double)stat_value(&stats, "fragmentation_ppm") / 1e4);
-    printf("compaction %" PRId64 " windows emptied, %" PRId64 " bytes moved\n",
+    printf("compaction %" PRId64 " windows packed, %" PRId64 " bytes moved\n",
            stat_value(&stats, "compactions"),
            stat_value(&stats, "compacted_bytes"));
     if (hits + misses > 0)

@@ -385,7 +385,7 @@ struct shmkv_stats {
                                  died inside them */
     uint64_t stale_sections;  /* sections whose reader learned they were
                                  revoked (SHMKV_ESTALE) */
-    uint64_t compactions;     /* arena windows emptied so that a value
+    uint64_t compactions;     /* arena windows packed so that a value
                                  larger than any free block could be
                                  stored */
     uint64_t compacted_bytes; /* entry bytes moved by compactions */

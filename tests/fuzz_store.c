@@ -143,6 +143,19 @@ static void build_store(void)
         key_of(i, key, sizeof key);
         shmkv_set(kv, key, strlen(key), "replaced", 8, 0, 0);
     }
+    /* What is left filled with small values, every other one deleted: a
+     * large set must compact the arena. */
+    unsigned filled = 0;
+    memset(val, 'f', 200);
+    for (;; filled++) {
+        snprintf(key, sizeof key, "fill%u", filled);
+        if (shmkv_set(kv, key, strlen(key), val, 200, 0, 0) != 0)
+            break;
+    }
+    for (unsigned i = 0; i < filled; i += 2) {
+        snprintf(key, sizeof key, "fill%u", i);
+        shmkv_del(kv, key, strlen(key));
+    }
     struct shmkv_check_report r;
     if (shmkv_check(kv, &r) != 0)
         fail("the fresh store does not check");
@@ -308,6 +321,9 @@ static void exercise(void)
     shmkv_set(kv, key, strlen(key), "new value", 9, 0, 0);
     key_of(NKEYS + 1, key, sizeof key);
     shmkv_set(kv, key, strlen(key), buf, 300, 0, 0);
+    stage = "set that compacts";
+    key_of(NKEYS + 2, key, sizeof key);
+    shmkv_set(kv, key, strlen(key), buf, 4000, 0, 0);
     stage = "incr";
     int64_t n;
     key_of(7, key, sizeof key);

@@ -26,6 +26,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -141,16 +142,30 @@ static double used_share(struct shmkv *kv, struct shmkv_stats *st)
     return (double)st->bytes_used / (double)st->bytes_capacity;
 }
 
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+/* The slowest set of the last refill, in microseconds, for the log. */
+static double refill_slowest_us;
+
 /* Writes values of lo..hi bytes until the first SHMKV_ENOSPC; returns how
  * full the arena was then. */
 static double refill(struct shmkv *kv, struct population *p, uint32_t lo,
                      uint32_t hi)
 {
     char key[32];
+    refill_slowest_us = 0;
     for (p->nbig = 0; p->nbig < MAX_BIG; p->nbig++) {
         uint32_t len = rnd(lo, hi);
         snprintf(key, sizeof key, "b%u", p->nbig);
+        double t0 = now_us();
         int rc = put(kv, key, len);
+        if (now_us() - t0 > refill_slowest_us)
+            refill_slowest_us = now_us() - t0;
         if (rc == SHMKV_ENOSPC)
             break;
         if (rc != 0)
@@ -197,10 +212,10 @@ static void run_refill(uint32_t lo, uint32_t hi, const char *what)
                   "fragmentation %.1f%%); refilled with %u values of "
                   "%u-%u bytes: %.1f%% used at the first ENOSPC, "
                   "fragmentation %.1f%%; %" PRIu64 " compactions moved "
-                  "%" PRIu64 " KiB\n",
+                  "%" PRIu64 " KiB, slowest set %.0f us\n",
                   what, p->nsmall, 100 * before, 100 * frag, p->nbig, lo, hi,
                   100 * full, 100 * st.fragmentation, st.compactions,
-                  st.compacted_bytes >> 10);
+                  st.compacted_bytes >> 10, refill_slowest_us);
     assert_true(full >= 0.90);
     assert_true(st.compactions > 0);
     verify_all(kv, p);
