@@ -338,7 +338,8 @@ static int make_room(struct shmkv *kv, uint32_t units, bool new_key,
     bool swept = false;
     unsigned compactions = 0;
     /* A window a compaction killed halfway left holds memory. */
-    compact_release(kv);
+    if (d->compact_hi != 0)
+        compact_release(kv);
     /* Each round frees, reclaims, expires or evicts something, or waits
      * for readers: a few rounds make room, or say there is none; an LRU
      * store may evict an entry a round, as many as it holds. Rounds past
