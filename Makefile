@@ -6,6 +6,7 @@ DESTDIR ?=
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
 SYSCONFDIR ?= /etc
 UNITDIR ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
@@ -14,7 +15,8 @@ MANDIR ?= $(PREFIX)/share/man
 
 CC ?= cc
 BUILD ?= build
-DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config redis-tools
+DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config redis-tools \
+	debhelper dpkg-dev
 PKGS := libxxhash inih
 DAEMON_PKGS := libevent inih libxxhash
 
@@ -43,7 +45,7 @@ FUZZ_TIME ?= 60
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 SOVERSION := 0
 
-.PHONY: all deps run test test-sanitize torture bench fuzz install uninstall clean format lint
+.PHONY: deb all deps run test test-sanitize torture bench fuzz install uninstall clean format lint
 
 all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkvd $(BUILD)/shmkvctl \
 	$(BUILD)/shmkv-bench
@@ -72,10 +74,10 @@ $(BUILD)/libshmkvd.a: $(DAEMON_OBJS)
 	ar rcs $@ $^
 
 $(BUILD)/shmkvd: $(BUILD)/daemon/main.o $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(DAEMON_LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
 
 $(BUILD)/shmkvctl: $(BUILD)/daemon/shmkvctl.o $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(DAEMON_LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
 
 $(BUILD)/libshmkv.a: $(LIB_OBJS)
 	@rm -f $@
@@ -85,7 +87,7 @@ $(BUILD)/libshmkv.a: $(LIB_OBJS)
 # so that a program linked with -Lbuild -lshmkv runs with
 # LD_LIBRARY_PATH=build.
 $(BUILD)/libshmkv.so.$(SOVERSION): $(LIB_OBJS)
-	$(CC) -shared -Wl,-soname,libshmkv.so.$(SOVERSION) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libshmkv.so.$(SOVERSION) -o $@ $^ $(LIBS)
 
 $(BUILD)/libshmkv.so: $(BUILD)/libshmkv.so.$(SOVERSION)
 	ln -sf libshmkv.so.$(SOVERSION) $@
@@ -149,7 +151,7 @@ run: deps all
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
-	    $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/shmkvd $(DESTDIR)$(UNITDIR) \
+	    $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/shmkvd $(DESTDIR)$(UNITDIR) \
 	    $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR) \
 	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 644 $(BUILD)/libshmkv.a $(DESTDIR)$(LIBDIR)/
@@ -159,14 +161,15 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(shell sed -n 's/.*SHMKV_VERSION_STRING "\(.*\)"/\1/p' include/shmkv.h)|' \
 	    shmkv.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc
-	install -m 755 $(BUILD)/shmkvd $(BUILD)/shmkvctl $(DESTDIR)$(BINDIR)/
+	install -m 755 $(BUILD)/shmkvd $(DESTDIR)$(SBINDIR)/
+	install -m 755 $(BUILD)/shmkvctl $(DESTDIR)$(BINDIR)/
 	# An existing config is the operator's: never overwrite it.
 	[ -e $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf ] || \
 	    sed -e 's|^socket *=.*|socket = /run/shmkvd/shmkvd.sock|' \
 	        -e 's|^snapshot *=.*|snapshot = /var/lib/shmkvd/dump.shmkv|' \
 	        -e 's|^group *=.*|group = shmkv|' \
 	        conf/shmkvd.conf > $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf
-	sed -e 's|@BINDIR@|$(BINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' -e 's|@DOCDIR@|$(DOCDIR)|' \
+	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' -e 's|@DOCDIR@|$(DOCDIR)|' \
 	    systemd/shmkvd.service > $(DESTDIR)$(UNITDIR)/shmkvd.service
 	install -m 644 systemd/shmkv.sysusers $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf
 	install -m 644 README.md CHANGELOG.md LICENSE $(DESTDIR)$(DOCDIR)/
@@ -177,11 +180,23 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libshmkv.a $(DESTDIR)$(LIBDIR)/libshmkv.so* \
 	      $(DESTDIR)$(INCLUDEDIR)/shmkv.h $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc \
-	      $(DESTDIR)$(BINDIR)/shmkvd $(DESTDIR)$(BINDIR)/shmkvctl \
+	      $(DESTDIR)$(SBINDIR)/shmkvd $(DESTDIR)$(BINDIR)/shmkvctl \
 	      $(DESTDIR)$(UNITDIR)/shmkvd.service $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf \
 	      $(DESTDIR)$(MANDIR)/man1/shmkvctl.1 $(DESTDIR)$(MANDIR)/man5/shmkvd.conf.5 \
 	      $(DESTDIR)$(MANDIR)/man8/shmkvd.8
 	rm -rf $(DESTDIR)$(DOCDIR)
+
+# `make deb`: the Debian packages (shmkvd, libshmkv0, libshmkv-dev) in
+# $(BUILD)/deb, built by dpkg-buildpackage from debian/ in a copy of the
+# tree, so that nothing is written beside it.
+deb:
+	@$(MAKE) -s deps DEBIAN_PACKAGES="debhelper dpkg-dev libevent-dev libinih-dev libxxhash-dev pkg-config"
+	rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb/shmkv
+	tar -c --exclude=./.git --exclude=./build --exclude=./build-san --exclude=./run \
+	    --exclude='./$(BUILD)' . | tar -x -C $(BUILD)/deb/shmkv
+	cd $(BUILD)/deb/shmkv && dpkg-buildpackage -us -uc -b
+	rm -rf $(BUILD)/deb/shmkv
+	@ls $(BUILD)/deb/*.deb
 
 format:
 	clang-format -i include/*.h client/*.[ch] daemon/*.[ch] tests/*.[ch] bench/*.c

@@ -42,7 +42,9 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define LAYOUT_VERSION 5u
+#include "shmkv.h"
+
+#define LAYOUT_VERSION SHMKV_LAYOUT_VERSION
 #define CTL_MAGIC "SHMKVCTL"
 #define DATA_MAGIC "SHMKVDAT"
 #define CACHE_LINE 64

@@ -573,7 +573,8 @@ int main(int argc, char **argv)
             check_only = true;
             break;
         case 'v':
-            printf("shmkvd %s (store layout %u)\n", SHMKV_VERSION_STRING, 1u);
+            printf("shmkvd %s (store layout %u)\n", SHMKV_VERSION_STRING,
+                   SHMKV_LAYOUT_VERSION);
             return 0;
         case 'h':
             usage(stdout);

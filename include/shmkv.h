@@ -42,6 +42,9 @@ extern "C" {
 #define SHMKV_VERSION_MINOR 1
 #define SHMKV_VERSION_PATCH 0
 #define SHMKV_VERSION_STRING "0.1.0"
+/* The store layout this library reads and writes: a store of another
+ * layout is refused with SHMKV_EVERSION. */
+#define SHMKV_LAYOUT_VERSION 5u
 
 /* An open handle on a store. */
 typedef struct shmkv shmkv_t;

@@ -11,7 +11,7 @@ cd "$top"
 make -s BUILD="$build" DESTDIR="$stage" PREFIX=/usr/local install >/dev/null
 for f in usr/local/lib/libshmkv.a usr/local/lib/libshmkv.so.0 \
          usr/local/include/shmkv.h usr/local/lib/pkgconfig/shmkv.pc \
-         usr/local/bin/shmkvd usr/local/bin/shmkvctl etc/shmkvd/shmkvd.conf \
+         usr/local/sbin/shmkvd usr/local/bin/shmkvctl etc/shmkvd/shmkvd.conf \
          lib/systemd/system/shmkvd.service usr/lib/sysusers.d/shmkv.conf \
          usr/local/share/man/man1/shmkvctl.1 usr/local/share/man/man5/shmkvd.conf.5 \
          usr/local/share/man/man8/shmkvd.8 usr/local/share/doc/shmkv/LICENSE \
@@ -32,7 +32,7 @@ if ! getent group shmkv >/dev/null; then
     sed 's|^group = shmkv$|group =|' "$check" >"$stage/check.conf"
     check="$stage/check.conf"
 fi
-"$stage/usr/local/bin/shmkvd" --check-config -c "$check" >"$stage/check.out" 2>&1 ||
+"$stage/usr/local/sbin/shmkvd" --check-config -c "$check" >"$stage/check.out" 2>&1 ||
     { cat "$stage/check.out"; echo "installed config does not check"; exit 1; }
 
 # The man pages format without a warning, and shmkvd.conf(5) documents
@@ -59,7 +59,7 @@ grep -q "edited by the operator" "$stage/etc/shmkvd/shmkvd.conf" ||
 # The unit, with ExecStart pointing at the staged binary.
 if command -v systemd-analyze >/dev/null; then
     mkdir -p "$stage/verify"
-    sed "s|/usr/local/bin/shmkvd|$stage/usr/local/bin/shmkvd|" \
+    sed "s|/usr/local/sbin/shmkvd|$stage/usr/local/sbin/shmkvd|" \
         "$stage/lib/systemd/system/shmkvd.service" >"$stage/verify/shmkvd.service"
     if ! out=$(systemd-analyze verify "$stage/verify/shmkvd.service" 2>&1); then
         echo "$out"
