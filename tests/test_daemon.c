@@ -60,9 +60,23 @@ struct env {
 static struct env E;
 static char shmkvd_path[512], shmkvctl_path[512];
 
+/* Kills the daemon a test left running. One that had already ended
+ * (crashed, or a sanitizer stopped it) is reported with its log's end. */
 static void daemon_kill(void)
 {
     if (E.pid > 0) {
+        int status;
+        if (waitpid(E.pid, &status, WNOHANG) == E.pid) {
+            fprintf(stderr, "shmkvd ended on its own (%s %d); its log ends:\n",
+                    WIFEXITED(status) ? "exit" : "signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+            char cmd[400];
+            snprintf(cmd, sizeof cmd, "tail -n 40 %s >&2", E.log);
+            int ignored = system(cmd);
+            (void)ignored;
+            E.pid = 0;
+            return;
+        }
         kill(E.pid, SIGKILL);
         waitpid(E.pid, NULL, 0);
         E.pid = 0;
@@ -509,7 +523,9 @@ static void send_all(int fd, const void *buf, size_t len)
     const char *p = buf;
     while (len > 0) {
         ssize_t w = write(fd, p, len);
-        assert_true(w > 0);
+        if (w <= 0)
+            fail_msg("write to the control socket: %s",
+                     w < 0 ? strerror(errno) : "wrote nothing");
         p += w;
         len -= (size_t)w;
     }

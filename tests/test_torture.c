@@ -295,22 +295,72 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void test_kill_torture(void **state)
+/* The ballast's value for key i: its own bytes, so that a copy of it
+ * (compaction moves ballast) is checked byte for byte. */
+static int ballast_make(char *key, char *val, unsigned i)
 {
-    (void)state;
-    const char *env = getenv("SHMKV_TORTURE_S");
-    unsigned seconds = env != NULL && atoi(env) > 0 ? (unsigned)atoi(env) : 30;
-    uint64_t seed = test_seed("kill torture");
+    int kl = snprintf(key, 32, "ballast%u", i);
+    int vl = 16 + (int)(mix64(i) % 48);
+    for (int j = 0; j < vl; j++)
+        val[j] = (char)(mix64((uint64_t)i << 8 | (uint64_t)j) >> 56);
+    return kl << 16 | vl;
+}
+
+/* Fills the store with small values and deletes every other one, so that
+ * its free space is in holes smaller than most of the writers' values:
+ * their sets then compact the arena. Returns how many were written. */
+static unsigned ballast_fill(struct shmkv *kv)
+{
+    char key[32], val[64];
+    unsigned n = 0;
+    for (;; n++) {
+        int kv_len = ballast_make(key, val, n);
+        if (shmkv_set(kv, key, (size_t)(kv_len >> 16), val,
+                      (size_t)(kv_len & 0xffff), 0, 0) != 0)
+            break;
+    }
+    for (unsigned i = 0; i < n; i += 2) {
+        int kv_len = ballast_make(key, val, i);
+        assert_int_equal(shmkv_del(kv, key, (size_t)(kv_len >> 16)), 0);
+    }
+    return n;
+}
+
+static void ballast_check(struct shmkv *kv, unsigned n)
+{
+    char key[32], val[64], got[64];
+    for (unsigned i = 1; i < n; i += 2) {
+        int kv_len = ballast_make(key, val, i);
+        size_t len = 0;
+        int rc = shmkv_get_copy(kv, key, (size_t)(kv_len >> 16), got,
+                                sizeof got, &len);
+        if (rc != 0 || len != (size_t)(kv_len & 0xffff) ||
+            memcmp(got, val, len) != 0)
+            fail_msg("%s: %s", key,
+                     rc != 0 ? shmkv_strerror(rc) : "other bytes");
+    }
+}
+
+/* The torture for `seconds` on a store of store_bytes; with ballast, the
+ * store is first filled and punched (ballast_fill) so that the writers'
+ * sets compact it while they and the readers are killed. */
+static void run_torture(const char *what, unsigned seconds,
+                        uint64_t store_bytes, bool ballast)
+{
+    uint64_t seed = test_seed(what);
     struct shmkv_options o;
     shmkv_options_init(&o);
-    o.size_bytes = 16u << 20;
+    o.size_bytes = store_bytes;
     o.lock_timeout_ms = 5000;
     o.reader_timeout_ms = 200;
     o.max_clients = 64;
+    if (ballast)
+        o.max_entries = store_bytes / 32; /* the arena fills, not the index */
     struct shmkv *kv;
     assert_int_equal(test_create(&o, &kv), 0);
     char where[32];
     snprintf(where, sizeof where, "%s", o.key);
+    unsigned ballast_n = ballast ? ballast_fill(kv) : 0;
     struct torture *t = mmap(NULL, sizeof *t, PROT_READ | PROT_WRITE,
                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     assert_true(t != MAP_FAILED);
@@ -398,16 +448,23 @@ static void test_kill_torture(void **state)
     qsort(gap_us, n, sizeof *gap_us, cmp_u64);
     uint64_t median = n ? gap_us[n / 2] : 0, p99 = n ? gap_us[n * 99 / 100] : 0,
              worst = n ? gap_us[n - 1] : 0;
+    if (ballast) {
+        ballast_check(kv, ballast_n);
+        print_message("%u ballast values kept their bytes through %" PRIu64
+                      " compactions (%" PRIu64 " KiB moved)\n",
+                      ballast_n / 2, st.compactions, st.compacted_bytes >> 10);
+        assert_true(st.compactions > 0);
+    }
     print_message(
-        "kill torture, %u s: %zu kills, %" PRIu64
-        " acknowledged writes, %" PRIu64 " values checked in place, %" PRIu64
+        "%s, %u s: %zu kills, %" PRIu64 " acknowledged writes, %" PRIu64
+        " values checked in place, %" PRIu64
         " sections revoked; kill to next write: median %" PRIu64
         " us, p99 %" PRIu64 " us, worst %" PRIu64 " us; %" PRIu64
         " recoveries, %" PRIu64 " dead readers, %" PRIu64
         " keys checked at the end\n",
-        seconds, kills, atomic_load(&t->writes), atomic_load(&t->reads_checked),
-        atomic_load(&t->sections_revoked), median, p99, worst, st.recoveries,
-        st.dead_readers, checked);
+        what, seconds, kills, atomic_load(&t->writes),
+        atomic_load(&t->reads_checked), atomic_load(&t->sections_revoked),
+        median, p99, worst, st.recoveries, st.dead_readers, checked);
     assert_true(worst < 1000000);
     assert_true(kills > 0 && atomic_load(&t->reads_checked) > 0);
     free(gap_us);
@@ -415,10 +472,33 @@ static void test_kill_torture(void **state)
     test_destroy(kv, where);
 }
 
+static unsigned torture_seconds(void)
+{
+    const char *env = getenv("SHMKV_TORTURE_S");
+    return env != NULL && atoi(env) > 0 ? (unsigned)atoi(env) : 30;
+}
+
+static void test_kill_torture(void **state)
+{
+    (void)state;
+    run_torture("kill torture", torture_seconds(), 16u << 20, false);
+}
+
+/* The same on a 6 MiB store punched full of small holes: the writers'
+ * values (up to 2 KiB, 1.5 MiB live at most) find room only by
+ * compaction, which the kills interrupt at any step. A third as long. */
+static void test_kill_torture_compacting(void **state)
+{
+    (void)state;
+    unsigned s = torture_seconds() / 3;
+    run_torture("kill torture, compacting", s > 0 ? s : 1, 6u << 20, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kill_torture),
+        cmocka_unit_test(test_kill_torture_compacting),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
