@@ -167,7 +167,8 @@ install: all
 	[ -e $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf ] || \
 	    sed -e 's|^socket *=.*|socket = /run/shmkvd/shmkvd.sock|' \
 	        -e 's|^snapshot *=.*|snapshot = /var/lib/shmkvd/dump.shmkv|' \
-	        -e 's|^group *=.*|group = shmkv|' \
+	        -e 's|^readers *=.*|readers = shmkv|' -e 's|^writers *=.*|writers = none|' \
+	        -e 's|^mode *=|;mode =|' -e 's|^group *=|;group =|' \
 	        conf/shmkvd.conf > $(DESTDIR)$(SYSCONFDIR)/shmkvd/shmkvd.conf
 	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' -e 's|@DOCDIR@|$(DOCDIR)|' \
 	    systemd/shmkvd.service > $(DESTDIR)$(UNITDIR)/shmkvd.service

@@ -18,7 +18,8 @@
 #define CTL_FIXED_BYTES offsetof(struct ctl_header, owner_pid)
 struct ctl_tail {
     int64_t created_unix;
-    uint64_t locks_off, clients_off, pins_off, recency_off, recency_cells;
+    uint64_t locks_off, wslots_off, pins_off, reader_bytes, clients_off,
+        recency_off, recency_cells;
 };
 
 /* The data header's fixed part: every field before `entries`. */
@@ -30,10 +31,19 @@ struct shmkv {
     int ctl_shmid;
     struct client_slot *slot; /* this handle's client slot */
     uint32_t slot_index;
-    bool slot_owned; /* holds the slot's liveness semaphore */
+    bool slot_owned;  /* holds the slot's liveness semaphore(s) */
+    bool slot_writer; /* and its writer semaphore */
+    /* Claim scans look at this handle's slot: clients_hwm, which never
+     * decreases, has passed it. Until then each section says again, in
+     * the reader segment, how far slots are taken (read_cover). */
+    bool covered;
+    char *reader_seg; /* the reader segment, attached read-write */
+    int reader_shmid;
 
-    /* The read claim stored when the open section began. */
+    /* The read claim stored when the open section began, and the count
+     * of claim scans begun then. */
     uint64_t claim;
+    uint64_t scans0;
 
     /* The attached generation; refreshed when ctl->current changes. 0
      * while nothing is attached, and after a fork in the child, so that
@@ -82,6 +92,9 @@ struct shmkv {
      * made at the key (handle_reattach), an owner's never. */
     key_t key;
     bool reattach;
+
+    /* This handle's writer slot (NULL for a reader). */
+    struct writer_slot *wslot;
 
     /* The write lock this handle holds (lock.c). */
     pthread_rwlock_t *lock;
@@ -138,19 +151,33 @@ int segment_set_group(int shmid, int64_t gid);
 uint64_t page_bytes(void);
 uint64_t round_to_pages(uint64_t bytes);
 
-/* liveness.c: a semaphore per client slot and one for the owner, raised
- * with SEM_UNDO, so that the kernel reports a process's death exactly. */
+/* liveness.c: semaphores per client slot and one for the owner, raised
+ * with SEM_UNDO, so that the kernel reports a process's death exactly.
+ * LIVE_READER: the reader sets, which every handle holds a semaphore of
+ * and readers may change; LIVE_WRITER: the writer sets (and the owner's),
+ * which only writers may. */
+enum live_kind { LIVE_READER, LIVE_WRITER };
+/* The permission bits of what readers write (the reader segment and
+ * semaphores): the store's mode with write added wherever it reads. */
+static inline unsigned reader_mode(unsigned mode)
+{
+    return mode | ((mode & 0444) >> 1);
+}
 int liveness_create(struct ctl_header *c, unsigned mode, int64_t gid);
 void liveness_remove(struct ctl_header *c);
 /* 0 when this process now holds index's semaphore, 1 when another live
  * process does, or an error. */
-int liveness_claim(const struct ctl_header *c, uint32_t index);
-void liveness_release(const struct ctl_header *c, uint32_t index);
+int liveness_claim(const struct ctl_header *c, enum live_kind k,
+                   uint32_t index);
+void liveness_release(const struct ctl_header *c, enum live_kind k,
+                      uint32_t index);
 /* true unless the process holding index's semaphore is known dead (or
  * none holds it). */
-bool liveness_alive(const struct ctl_header *c, uint32_t index);
+bool liveness_alive(const struct ctl_header *c, enum live_kind k,
+                    uint32_t index);
 /* Fills alive[i] for the first n client slots; false if it could not. */
-bool liveness_all(const struct ctl_header *c, uint32_t n, uint8_t *alive);
+bool liveness_all(const struct ctl_header *c, enum live_kind k, uint32_t n,
+                  uint8_t *alive);
 static inline uint32_t liveness_owner_index(const struct ctl_header *c)
 {
     return c->max_clients;
@@ -302,22 +329,44 @@ int client_slot_claim(struct shmkv *kv);
 void client_slot_release(struct shmkv *kv);
 /* Frees the slots of dead processes that nothing needs any more. */
 uint32_t client_slots_reap(struct shmkv *kv);
-/* The client slots, and how far to look at them: by the layout and the
- * limit the handle attached with, never by the header as it is now. */
+/* The client slots and writer slots, and how far to look at them: by the
+ * layout and the limit the handle attached with, never by the header as it
+ * is now. */
 static inline struct client_slot *client_slots(const struct shmkv *kv)
 {
-    return (struct client_slot *)((char *)kv->ctl +
+    return (struct client_slot *)(kv->reader_seg +
                                   kv->ctl_tail_fixed.clients_off);
 }
+static inline struct writer_slot *writer_slots(const struct shmkv *kv)
+{
+    return (struct writer_slot *)((char *)kv->ctl +
+                                  kv->ctl_tail_fixed.wslots_off);
+}
+static inline struct reader_header *reader_header_of(const struct shmkv *kv)
+{
+    return (struct reader_header *)kv->reader_seg;
+}
+/* The slots claims scans and writers look at: clients_hwm, which only
+ * writers raise. */
 static inline uint32_t clients_scan_limit(const struct shmkv *kv)
 {
     uint32_t n =
         atomic_load_explicit(&kv->ctl->clients_hwm, memory_order_seq_cst);
     return n < kv->max_clients ? n : kv->max_clients;
 }
+/* Raises clients_hwm to the reader segment's mark (a writer, which may
+ * write the control segment); returns the new limit. */
+uint32_t clients_scan_raise(struct shmkv *kv);
 
 /* reclaim.c: memory readers may still see, and revoking their sections */
 int read_claim_slow(struct shmkv *kv);
+/* After a claim's store, while the handle's slot is not yet covered:
+ * whether it is now (kv->covered), and if not, the reader segment's mark
+ * raised to the slot again. */
+void read_cover(struct shmkv *kv);
+/* Whether every claim scan begun since the section's claim, up to scan
+ * number `upto`, found it. */
+bool read_scans_found(const struct shmkv *kv, uint64_t upto);
 /* Puts the unlinked block at off in limbo (within an operation). */
 void limbo_retire(struct shmkv *kv, uint32_t off);
 /* Finds how much of limbo no read section can still see, without waiting,
@@ -403,6 +452,10 @@ void check_problem(struct shmkv_check_report *r, const char *fmt, ...)
  * the writer sees the claim, or the reader sees the block unlinked. No
  * shared cache line is written, so readers in many processes do not slow
  * each other down, and no reader waits for a writer. */
+/* Stores the read claim. The count of claim scans is loaded after the
+ * claim's store (seq_cst both): a scan counted later finds the claim, or
+ * whatever another process put in its place, and records what it found in
+ * this slot's pin (reclaim.c), which read_release checks. */
 static inline void read_claim_store(struct shmkv *kv)
 {
     /* acquire: pairs with the epoch's advance (seq_cst), after which the
@@ -411,6 +464,9 @@ static inline void read_claim_store(struct shmkv *kv)
     uint64_t c = CLAIM_MAKE(e, CLAIM_ACTIVE);
     atomic_store_explicit(&kv->slot->claim, c, memory_order_seq_cst);
     kv->claim = c;
+    if (__builtin_expect(!kv->covered, 0))
+        read_cover(kv);
+    kv->scans0 = atomic_load_explicit(&kv->ctl->scans, memory_order_seq_cst);
 }
 
 static inline int read_claim(struct shmkv *kv)
@@ -426,23 +482,32 @@ static inline int read_claim(struct shmkv *kv)
     return read_claim_slow(kv);
 }
 
-/* Ends a read section: 0, or SHMKV_ESTALE if a writer revoked it. The
- * acquire fence keeps every read of the section before the load of the
- * claim: a claim still unrevoked there means the writer's revocation,
- * and any reuse of memory after it, came after those reads. */
-static inline int read_release(struct shmkv *kv)
-{
-    atomic_thread_fence(memory_order_acquire);
-    uint64_t c = atomic_load_explicit(&kv->slot->claim, memory_order_relaxed);
-    atomic_store_explicit(&kv->slot->claim, 0, memory_order_release);
-    return __builtin_expect(c == kv->claim, 1) ? 0 : SHMKV_ESTALE;
-}
-
 /* True while the open section has not been revoked. */
 static inline bool read_claim_valid(const struct shmkv *kv)
 {
     return atomic_load_explicit(&kv->slot->claim, memory_order_relaxed) ==
            kv->claim;
+}
+
+/* Ends a read section: 0, or SHMKV_ESTALE if a writer revoked it, or a
+ * scan since it began did not find its claim (another process changed
+ * it). The acquire fence keeps every read of the section before the loads
+ * that decide, and those come before the claim is cleared: a claim still
+ * unrevoked there, and scans that all found it, mean that any reuse of
+ * memory came after those reads. (A scan that finds the claim cleared
+ * comes after them too.) */
+static inline int read_release(struct shmkv *kv)
+{
+    atomic_thread_fence(memory_order_acquire);
+    uint64_t c = atomic_load_explicit(&kv->slot->claim, memory_order_relaxed);
+    bool ok = __builtin_expect(c == kv->claim, 1);
+    if (ok) {
+        uint64_t s =
+            atomic_load_explicit(&kv->ctl->scans, memory_order_seq_cst);
+        ok = __builtin_expect(s == kv->scans0, 1) || read_scans_found(kv, s);
+    }
+    atomic_store_explicit(&kv->slot->claim, 0, memory_order_release);
+    return __builtin_expect(ok, 1) ? 0 : SHMKV_ESTALE;
 }
 
 #endif

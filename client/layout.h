@@ -1,22 +1,34 @@
 /*
  * layout.h - what a shmkv store looks like in shared memory.
  *
- * A store is two kinds of System V segment and one semaphore set:
+ * A store is three kinds of System V segment and two kinds of semaphore
+ * set. Who may write each is a role the kernel enforces through its
+ * permission bits (README, "Who can do what"): readers attach everything
+ * others trust with SHM_RDONLY, and write only the reader segment and the
+ * reader semaphores, where nothing can mislead another process (reclaim.c
+ * checks every claim a writer honours).
  *
- *   control segment (at the store's key, one per store, never replaced)
+ *   control segment (at the store's key, one per store, never replaced;
+ *   writers only)
  *     ctl_header    identity, limits, the current generation word, the
- *                   write lock's epoch, the recovery mutex, the read epoch,
- *                   counters, the event ring
+ *                   write lock's epoch, the recovery mutex, the read epoch
+ *                   and the count of claim scans, counters, the event ring
  *     lock slots    LOCK_SLOTS process-shared rwlocks; the lock epoch names
  *                   the one in use (lock.c)
+ *     writer slots  per client slot, a line written by that slot's writer:
+ *                   what lock it is taking or holds, its counters
+ *     pins          per client slot, written by writers scanning claims:
+ *                   since when a claim holds memory back, and the claim
+ *                   the last scan honoured (reclaim.c)
+ *
+ *   reader segment (IPC_PRIVATE, one per store; readers write it too)
+ *     reader_header how far client slots have been taken
  *     client slots  one cache line per open handle: its read claim (the
- *                   epoch its read section began in), what lock it is
- *                   taking or holds, its own hit/miss counters
- *     pins          per client slot, written by writers only: since when a
- *                   writer has seen that slot's read claim hold memory back
+ *                   epoch its read section began in), its pid for display,
+ *                   its own hit/miss counters
  *     recency cells uint32 LRU stamps indexed by the hash tag (lru stores)
  *
- *   data segment (IPC_PRIVATE, one per generation)
+ *   data segment (IPC_PRIVATE, one per generation; writers only)
  *     data_header   identity, geometry, allocator state, entry count, the
  *                   intent of the write in progress
  *     index         nbuckets cache-line buckets of 7 slots
@@ -25,10 +37,13 @@
  *     arena         blocks of 16-byte units: entries, free blocks, and
  *                   blocks held by a compaction (compact.c)
  *
- *   semaphore set (IPC_PRIVATE; liveness.c)
- *     one semaphore per client slot, raised with SEM_UNDO by the handle
- *     that owns the slot, and one for the store's owner: the kernel lowers
- *     them when the process dies, whatever its pid namespace.
+ *   semaphore sets (IPC_PRIVATE; liveness.c)
+ *     reader sets: one semaphore per client slot, raised with SEM_UNDO by
+ *     every handle that owns the slot; writer sets (writers only): one per
+ *     client slot, raised likewise by a writing handle besides, and one
+ *     for the store's owner. The kernel lowers them when the process dies,
+ *     whatever its pid namespace. Lock recovery trusts only the writer
+ *     sets, which no reader can change.
  *
  * Nothing here is a pointer: every reference is an offset from the start of
  * its segment. Integers are native-endian: a store is shared by processes on
@@ -103,29 +118,60 @@ struct lock_slot {
     _Atomic uint64_t hold_seen;
 };
 
+/* In the reader segment, written by the slot's owner (any handle). */
 struct client_slot {
     /* The read claim, on the line its owner writes at every section. */
     alignas(CACHE_LINE) _Atomic uint64_t claim;
-    _Atomic uint64_t lock_state;
-    _Atomic int32_t pid; /* 0: free; for display and logs only */
+    _Atomic int32_t pid; /* 0: free; for display only */
     uint32_t reserved;
-    /* Written by the slot's owner only (relaxed), summed by stats. */
+    /* Written by the slot's owner only (relaxed), summed by stats; they
+     * stay with the slot when it is freed, so that sums keep them. */
     _Atomic uint64_t hits;
     _Atomic uint64_t misses;
+    _Atomic uint64_t stale; /* sections that ended revoked */
+};
+
+/* The reader segment's header: one past the highest client slot a handle
+ * has taken, which writers copy into ctl_header.clients_hwm. */
+struct reader_header {
+    alignas(CACHE_LINE) _Atomic uint32_t hwm;
+};
+
+/* In the control segment, written by the writer that owns the slot. */
+struct writer_slot {
+    alignas(CACHE_LINE) _Atomic uint64_t lock_state;
+    _Atomic int32_t pid; /* the writer's, for the log */
+    uint32_t reserved;
     _Atomic uint64_t lock_waits;
     _Atomic uint64_t lock_timeouts;
-    _Atomic uint64_t stale; /* sections that ended revoked */
     /* Counted by the writer in its own slot, so that two processes
      * writing do not pass a counter's line back and forth. */
     _Atomic uint64_t sets;
     _Atomic uint64_t deletes;
 };
 
+/* pin.seen: what the last scan of the claims to find a change in the slot
+ * found there, as far as any scan's decision goes (whether the claim is
+ * active, and the low 32 bits of its epoch: bits 32..63 and 31), and that
+ * scan's number (its low 31 bits): a reader checks at the end of its
+ * section that every scan since it began found its claim (reclaim.c). */
+#define SEEN_SCAN_MASK 0x7fffffffull
+#define SEEN_KEY(claim)                                                        \
+    (CLAIM_MODE(claim) == CLAIM_ACTIVE                                         \
+         ? ((uint64_t)(uint32_t)CLAIM_EPOCH(claim) << 32 | (1ull << 31))       \
+         : 0ull)
+#define SEEN_MAKE(claim, scan) (SEEN_KEY(claim) | ((scan)&SEEN_SCAN_MASK))
+#define SEEN_KEY_OF(w) ((w) & ~SEEN_SCAN_MASK)
+#define SEEN_SCAN(w) ((uint32_t)((w)&SEEN_SCAN_MASK))
+
 /* Per client slot, written by writers only: the claim a writer found
- * holding memory back, and since when (CLOCK_MONOTONIC ms). */
+ * holding memory back, since when (CLOCK_MONOTONIC ms) and the read epoch
+ * then; and what the claim scans found (SEEN_MAKE). */
 struct client_pin {
     _Atomic uint64_t claim;
     _Atomic uint64_t since_ms;
+    _Atomic uint64_t epoch;
+    _Atomic uint64_t seen;
 };
 
 /* One logged event (events.c): a revoked section, a recovery, a writer
@@ -161,26 +207,35 @@ struct ctl_header {
     uint32_t mode;
     uint32_t sems_per_set;
     int64_t gid; /* group for every segment of the store, -1: creator's */
-    int32_t sem_ids[SEM_SETS_MAX]; /* liveness semaphores, -1: none */
-    _Atomic int32_t owner_pid;     /* for display: liveness is the owner's
-                                      semaphore */
-    _Atomic uint32_t marks;        /* SHMKV_MARK_*, set by the owner */
+    int32_t sem_ids[SEM_SETS_MAX];  /* writer liveness semaphores, -1: none */
+    int32_t rsem_ids[SEM_SETS_MAX]; /* reader liveness semaphores */
+    int32_t reader_shmid;           /* the reader segment */
+    uint32_t reserved0;
+    _Atomic int32_t owner_pid; /* for display: liveness is the owner's
+                                  semaphore */
+    _Atomic uint32_t marks;    /* SHMKV_MARK_*, set by the owner */
     int64_t created_unix;
     uint64_t locks_off;
-    uint64_t clients_off;
+    uint64_t wslots_off;
     uint64_t pins_off;
+    uint64_t reader_bytes; /* the reader segment's layout: */
+    uint64_t clients_off;
     uint64_t recency_off;
     uint64_t recency_cells; /* a power of two */
 
     /* The generation word readers load on every operation. */
     alignas(CACHE_LINE) _Atomic uint64_t current;
-    /* One past the highest client slot ever claimed: how far a writer
-     * looks for read claims. */
+    /* How far writers look for read claims: one past the highest client
+     * slot they have seen taken (reader_header.hwm). It never decreases. */
     _Atomic uint32_t clients_hwm;
 
     /* The read epoch: loaded at every read section's start, advanced by
-     * writers when they reclaim memory (reclaim.c). */
+     * writers when they reclaim memory; and the number of claim scans
+     * begun, which a section loads once its claim is stored, and of the
+     * last one finished (reclaim.c). */
     alignas(CACHE_LINE) _Atomic uint64_t epoch;
+    _Atomic uint64_t scans;
+    _Atomic uint64_t scans_done; /* the number of the last scan finished */
 
     /* The write lock in use (LOCK_WORD). */
     alignas(CACHE_LINE) _Atomic uint64_t lock_word;
@@ -189,20 +244,12 @@ struct ctl_header {
      * recoverer that died (lock.c). */
     alignas(CACHE_LINE) pthread_mutex_t recover_mutex;
 
-    /* Counters written by writers, and what freed client slots counted;
-     * they survive generations. */
+    /* Counters written by writers; they survive generations. */
     alignas(CACHE_LINE) _Atomic uint64_t evictions;
     _Atomic uint64_t expirations;
     _Atomic uint64_t recoveries;
     _Atomic uint64_t revocations;
     _Atomic uint64_t dead_readers;
-    _Atomic uint64_t retired_hits;
-    _Atomic uint64_t retired_misses;
-    _Atomic uint64_t retired_lock_waits;
-    _Atomic uint64_t retired_lock_timeouts;
-    _Atomic uint64_t retired_stale;
-    _Atomic uint64_t retired_sets;
-    _Atomic uint64_t retired_deletes;
     _Atomic uint64_t compactions;     /* windows of the arena packed */
     _Atomic uint64_t compacted_bytes; /* entry bytes moved doing so */
 

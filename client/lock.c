@@ -126,7 +126,7 @@ static int lock_user_find(const struct shmkv *kv, enum lock_user kind,
                           uint64_t epoch, bool alive, int32_t *pid)
 {
     const struct ctl_header *c = kv->ctl;
-    const struct client_slot *slots = client_slots(kv);
+    const struct writer_slot *slots = writer_slots(kv);
     uint32_t n = clients_scan_limit(kv);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t st =
@@ -138,7 +138,7 @@ static int lock_user_find(const struct shmkv *kv, enum lock_user kind,
                          ? e % LOCK_SLOTS == epoch % LOCK_SLOTS
                          : e == epoch && (kind == USER_OF_EPOCH ||
                                           LOCK_MODE_HELD(LOCK_STATE_MODE(st)));
-        if (!match || liveness_alive(c, i) != alive)
+        if (!match || liveness_alive(c, LIVE_WRITER, i) != alive)
             continue;
         if (pid != NULL)
             *pid = atomic_load_explicit(&slots[i].pid, memory_order_relaxed);
@@ -279,7 +279,7 @@ static void report_slow_holder(struct shmkv *kv, uint64_t epoch,
         !atomic_compare_exchange_strong(&ls->slow_reported, &reported,
                                         acquisitions))
         return;
-    const struct client_slot *slots = client_slots(kv);
+    const struct writer_slot *slots = writer_slots(kv);
     uint32_t n = clients_scan_limit(kv);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t st = atomic_load(&slots[i].lock_state);
@@ -329,7 +329,7 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
     bool reported = false;
     long sleep_us = LOCK_SLEEP_MIN_US;
     uint64_t next_check = 0;
-    slot_count(&kv->slot->lock_waits);
+    slot_count(&kv->wslot->lock_waits);
     for (;;) {
         pause_us(sleep_us);
         if (lock_try(l, write) == 0)
@@ -354,7 +354,7 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
             }
         }
         if (now >= deadline) {
-            slot_count(&kv->slot->lock_timeouts);
+            slot_count(&kv->wslot->lock_timeouts);
             return set_error(SHMKV_ETIMEDOUT, "waited %u ms for the %s lock",
                              kv->timeout_ms, write ? "write" : "read");
         }
@@ -363,7 +363,7 @@ static int lock_wait(struct shmkv *kv, pthread_rwlock_t *l, uint64_t w,
 
 static void lock_state_clear(struct shmkv *kv)
 {
-    atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_seq_cst);
+    atomic_store_explicit(&kv->wslot->lock_state, 0, memory_order_seq_cst);
 }
 
 int lock_take(struct shmkv *kv, bool write)
@@ -377,6 +377,9 @@ int lock_take(struct shmkv *kv, bool write)
         int rc = generation_follow(kv);
         if (rc != 0)
             return rc;
+        if (kv->wslot == NULL)
+            return set_error(SHMKV_ERDONLY,
+                             "the handle is read-only: it takes no lock");
         c = kv->ctl; /* another store's, if it followed one */
         uint64_t w = atomic_load_explicit(&c->lock_word, memory_order_seq_cst);
         if (LOCK_WORD_INSTALLING(w)) {
@@ -388,7 +391,7 @@ int lock_take(struct shmkv *kv, bool write)
             if (rc != 0)
                 return rc;
             if (monotonic_ms() >= call_deadline(kv)) {
-                slot_count(&kv->slot->lock_timeouts);
+                slot_count(&kv->wslot->lock_timeouts);
                 return set_error(SHMKV_ETIMEDOUT,
                                  "the store's lock is being recovered; gave "
                                  "up after %u ms",
@@ -398,8 +401,8 @@ int lock_take(struct shmkv *kv, bool write)
             continue;
         }
         uint64_t epoch = LOCK_WORD_EPOCH(w);
-        atomic_store_explicit(&kv->slot->lock_state, LOCK_STATE(epoch, waiting),
-                              memory_order_seq_cst);
+        atomic_store_explicit(&kv->wslot->lock_state,
+                              LOCK_STATE(epoch, waiting), memory_order_seq_cst);
         if (atomic_load_explicit(&c->lock_word, memory_order_seq_cst) != w) {
             lock_state_clear(kv);
             continue;
@@ -416,7 +419,7 @@ int lock_take(struct shmkv *kv, bool write)
                 continue;
             return rc;
         }
-        atomic_store_explicit(&kv->slot->lock_state, LOCK_STATE(epoch, held),
+        atomic_store_explicit(&kv->wslot->lock_state, LOCK_STATE(epoch, held),
                               memory_order_seq_cst);
         /* A recovery that began before the held state was visible has
          * marked the word: let go before touching anything (seq_cst pairs
@@ -463,6 +466,6 @@ void lock_release(struct shmkv *kv)
     if (kv->lock == NULL)
         return;
     pthread_rwlock_unlock(kv->lock);
-    atomic_store_explicit(&kv->slot->lock_state, 0, memory_order_release);
+    atomic_store_explicit(&kv->wslot->lock_state, 0, memory_order_release);
     kv->lock = NULL;
 }

@@ -23,16 +23,33 @@
  * steps, and for each section that holds it back:
  *   - if the kernel says the process is dead (liveness.c), drops its claim
  *     at once: O(1) per dead reader;
- *   - if a writer has seen that same claim hold memory back for
+ *   - if a writer has seen that slot's claim hold memory back for
  *     reader_timeout_ms (pins, written by writers only), revokes it: swaps
  *     the claim's mode to revoked. The reader learns it at its next get or
  *     at the end of the section (SHMKV_ESTALE), and the memory it may still
  *     read stays mapped and inside the segment, so it never faults.
  * The wait is bounded by the writing call's deadline; the pins persist, so
- * a later call revokes what an earlier one waited for.
+ * a later call revokes what an earlier one waited for. A claim replaced by
+ * one older than the read epoch when its pin began (no new section claims
+ * that) keeps the pin's time: rewriting claims buys no more time.
+ *
+ * Claims are in the reader segment, which every reader may write, its
+ * peers' claims too. So a writer does not take a claim's word that nothing
+ * changed: every scan of the claims is counted (ctl_header.scans), and
+ * records in the slot's pin what it found there, with its number, when
+ * that differs from what the last scan found. A section loads the count
+ * once its claim is stored; at its end, if scans began meanwhile, it checks
+ * that the pin shows its own claim, found no later than the first of them
+ * (read_scans_found): otherwise a scan did not see the claim (another
+ * process cleared or changed it, and may have put it back since) and the
+ * section ends SHMKV_ESTALE. Scans look at the slots below clients_hwm,
+ * which only writers raise, from the mark handles leave in the reader
+ * segment when they take a slot: a scan that did not look at a section's
+ * slot recorded nothing there, and the section ends stale.
  *
  * Revocation and dead readers are logged as events (events.c).
  */
+#include <sched.h>
 #include <time.h>
 
 #include "internal.h"
@@ -56,6 +73,109 @@ static struct client_pin *client_pins(const struct shmkv *kv)
 static inline bool epoch_le(uint32_t a, uint32_t b)
 {
     return (int32_t)(a - b) <= 0;
+}
+
+void read_cover(struct shmkv *kv)
+{
+    if (atomic_load_explicit(&kv->ctl->clients_hwm, memory_order_seq_cst) >
+        kv->slot_index) {
+        kv->covered = true;
+        return;
+    }
+    /* Until a writer's scan takes the mark in, say again where the slot
+     * is, in case another process lowered the mark. */
+    _Atomic uint32_t *hwm = &reader_header_of(kv)->hwm;
+    uint32_t h = atomic_load(hwm);
+    while (h < kv->slot_index + 1 &&
+           !atomic_compare_exchange_weak(hwm, &h, kv->slot_index + 1))
+        ;
+}
+
+/* How long a section's end waits for a scan in progress to finish (a
+ * writer preempted in its scan): spins, then yields, then gives up. */
+#define SCAN_WAIT_SPINS 256u
+#define SCAN_WAIT_MS 10u
+
+/* Whether the pin's record shows the claim of the section that began
+ * before scan scans0 + 1: 1 yes, 0 no, -1 cannot tell yet. */
+static int seen_says(const struct shmkv *kv)
+{
+    uint64_t seen = atomic_load_explicit(&client_pins(kv)[kv->slot_index].seen,
+                                         memory_order_seq_cst);
+    /* Scan numbers compared on 31 bits: a section that lasts 2^30 scans
+     * was revoked long before (limbo fills in far fewer). */
+    uint32_t first = (uint32_t)((kv->scans0 + 1) & SEEN_SCAN_MASK);
+    int32_t since_first = (int32_t)((SEEN_SCAN(seen) - first) << 1) >> 1;
+    if (SEEN_KEY_OF(seen) == SEEN_KEY(kv->claim))
+        return since_first <= 0;
+    /* Another claim, found during the section: it was changed. */
+    if (since_first >= 0)
+        return 0;
+    /* Another claim, recorded before the section: the scans since have not
+     * recorded this one yet, or found the one recorded again. */
+    return -1;
+}
+
+bool read_scans_found(const struct shmkv *kv, uint64_t upto)
+{
+    /* A scan that records in the pin looks at the slot, and so does every
+     * later one (clients_hwm never decreases): a slot no scan has looked
+     * at yet has a pin that shows no claim of its section. The pin shows
+     * the claim, found first no later than by the first
+     * scan of the section: had any scan found another, a later one
+     * finding the claim again would have recorded it with its own, later,
+     * number. A scan that found another claim but has not recorded it yet
+     * acts on it after recording it, so after this load: after the
+     * section's reads. */
+    int says = seen_says(kv);
+    if (says >= 0)
+        return says == 1;
+    /* Scans run one at a time, under the write lock: once scan `upto` has
+     * finished, the pin shows what every scan up to it found. Wait for it,
+     * briefly: a writer stopped in its scan makes the section stale, not
+     * stuck. */
+    uint64_t give_up = 0;
+    for (unsigned spins = 0; atomic_load_explicit(&kv->ctl->scans_done,
+                                                  memory_order_seq_cst) < upto;
+         spins++) {
+        if (spins < SCAN_WAIT_SPINS) {
+            cpu_relax();
+            continue;
+        }
+        uint64_t now = monotonic_ms();
+        if (give_up == 0)
+            give_up = now + SCAN_WAIT_MS;
+        else if (now >= give_up)
+            return false;
+        sched_yield();
+    }
+    return seen_says(kv) == 1;
+}
+
+/* Begins a scan of the claims: raises how far scans look, then counts the
+ * scan (seq_cst, before the claims' loads). Returns its number. */
+static uint64_t scan_begin(struct shmkv *kv, uint32_t *n)
+{
+    *n = clients_scan_raise(kv);
+    return atomic_fetch_add_explicit(&kv->ctl->scans, 1, memory_order_seq_cst) +
+           1;
+}
+
+/* Ends scan `scan`: every slot's pin shows what it found. */
+static void scan_end(struct shmkv *kv, uint64_t scan)
+{
+    atomic_store_explicit(&kv->ctl->scans_done, scan, memory_order_seq_cst);
+}
+
+/* Records in slot i's pin that scan `scan` found claim there. */
+static inline void scan_found(struct shmkv *kv, uint32_t i, uint64_t claim,
+                              uint64_t scan)
+{
+    _Atomic uint64_t *seen = &client_pins(kv)[i].seen;
+    if (SEEN_KEY_OF(atomic_load_explicit(seen, memory_order_relaxed)) !=
+        SEEN_KEY(claim))
+        atomic_store_explicit(seen, SEEN_MAKE(claim, scan),
+                              memory_order_seq_cst);
 }
 
 int read_claim_slow(struct shmkv *kv)
@@ -111,8 +231,10 @@ int limbo_reserve(struct shmkv *kv)
 
 /* Advances the read epoch if anything in limbo was unlinked in the current
  * one, then returns the oldest epoch an open section claims (the current
- * epoch if none). */
-static uint64_t claims_oldest(struct shmkv *kv)
+ * epoch if none), on 32 bits as limbo keeps epochs: a claim's other bits
+ * change no decision (what a scan records in a pin, and a reader checks,
+ * is only what decisions read). */
+static uint32_t claims_oldest(struct shmkv *kv)
 {
     struct ctl_header *c = kv->ctl;
     struct data_header *d = kv->data;
@@ -128,15 +250,23 @@ static uint64_t claims_oldest(struct shmkv *kv)
     /* The unlinks before, the claims' loads after. */
     atomic_thread_fence(memory_order_seq_cst);
     const struct client_slot *slots = client_slots(kv);
-    uint32_t n = clients_scan_limit(kv);
-    uint64_t oldest = now;
+    uint32_t n;
+    uint64_t scan = scan_begin(kv, &n);
+    /* How far behind now the oldest claim is: a distance, so that the
+     * claims are in one order (compared pairwise on 32 bits they need not
+     * be, and a chain of claims each older than the last could end newer
+     * than the first). A claim ahead of now is no section's. */
+    uint32_t behind = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t cl =
             atomic_load_explicit(&slots[i].claim, memory_order_seq_cst);
-        if (CLAIM_MODE(cl) == CLAIM_ACTIVE && CLAIM_EPOCH(cl) < oldest)
-            oldest = CLAIM_EPOCH(cl);
+        scan_found(kv, i, cl, scan);
+        uint32_t gap = (uint32_t)now - (uint32_t)CLAIM_EPOCH(cl);
+        if (CLAIM_MODE(cl) == CLAIM_ACTIVE && gap < (1u << 31) && gap > behind)
+            behind = gap;
     }
-    return oldest;
+    scan_end(kv, scan);
+    return (uint32_t)now - behind;
 }
 
 static uint64_t limbo_safe_pos(const struct data_header *d)
@@ -198,7 +328,7 @@ uint64_t limbo_reclaim(struct shmkv *kv, bool all)
     if (d->limbo_head == d->limbo_tail)
         return 0;
     d->limbo_scanned = d->limbo_tail;
-    limbo_mark_safe(d, (uint32_t)claims_oldest(kv));
+    limbo_mark_safe(d, claims_oldest(kv));
     /* Replacing values of one size reuses what it retires (limbo_take),
      * cheaper than freeing and allocating: a pool of a quarter of the
      * ring is kept for that, unless the memory is wanted now. */
@@ -249,34 +379,55 @@ uint32_t limbo_take(struct shmkv *kv, uint32_t units)
 
 /* A section that began at or before the epoch a writer waits past: drop
  * it if its process is dead, start its pin, or revoke it once the pin is
- * older than the reader timeout. */
-static void pinned_section(struct shmkv *kv, uint32_t i, uint64_t claim,
-                           uint64_t now_ms)
+ * older than the reader timeout. Returns the claim now in the slot as this
+ * decided it: revoked (no longer holding memory back) or as found. */
+static uint64_t pinned_section(struct shmkv *kv, uint32_t i, uint64_t claim,
+                               uint64_t now_ms)
 {
     struct ctl_header *c = kv->ctl;
     struct client_slot *s = &client_slots(kv)[i];
     int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
     uint64_t revoked = CLAIM_MAKE(CLAIM_EPOCH(claim), CLAIM_REVOKED);
-    if (!liveness_alive(c, i)) {
-        if (atomic_compare_exchange_strong(&s->claim, &claim, revoked)) {
-            atomic_fetch_add(&c->dead_readers, 1);
-            event_log(c, SHMKV_EVENT_DEAD_READER, pid, 0, 0);
-        }
-        return;
+    if (!liveness_alive(c, LIVE_READER, i)) {
+        if (!atomic_compare_exchange_strong(&s->claim, &claim, revoked))
+            return claim; /* changed meanwhile: looked at again */
+        atomic_fetch_add(&c->dead_readers, 1);
+        event_log(c, SHMKV_EVENT_DEAD_READER, pid, 0, 0);
+        return revoked;
     }
     struct client_pin *pin = &client_pins(kv)[i];
-    if (atomic_load_explicit(&pin->claim, memory_order_relaxed) != claim) {
-        atomic_store_explicit(&pin->since_ms, now_ms, memory_order_relaxed);
+    uint64_t pinned = atomic_load_explicit(&pin->claim, memory_order_relaxed);
+    if (pinned != claim) {
         atomic_store_explicit(&pin->claim, claim, memory_order_relaxed);
-        return;
+        /* A newer section starts a new pin; a claim older than the epoch
+         * when the pin began is no new section's. (On 32 bits, as claims
+         * are compared with the epoch waited past: a claim that blocks
+         * the wait that began the pin never starts a new one.) */
+        if (pinned == 0 || epoch_le((uint32_t)atomic_load_explicit(
+                                        &pin->epoch, memory_order_relaxed),
+                                    (uint32_t)CLAIM_EPOCH(claim))) {
+            atomic_store_explicit(&pin->since_ms, now_ms, memory_order_relaxed);
+            atomic_store_explicit(
+                &pin->epoch,
+                atomic_load_explicit(&c->epoch, memory_order_relaxed),
+                memory_order_relaxed);
+            return claim;
+        }
     }
     uint64_t since = atomic_load_explicit(&pin->since_ms, memory_order_relaxed);
     if (now_ms - since < kv->reader_timeout_ms)
-        return;
-    if (atomic_compare_exchange_strong(&s->claim, &claim, revoked)) {
-        atomic_fetch_add(&c->revocations, 1);
-        event_log(c, SHMKV_EVENT_REVOKED, pid, now_ms - since, 0);
-    }
+        return claim;
+    if (!atomic_compare_exchange_strong(&s->claim, &claim, revoked))
+        return claim;
+    atomic_fetch_add(&c->revocations, 1);
+    event_log(c, SHMKV_EVENT_REVOKED, pid, now_ms - since, 0);
+    return revoked;
+}
+
+static inline bool claim_blocks(uint64_t cl, uint32_t epoch)
+{
+    return CLAIM_MODE(cl) == CLAIM_ACTIVE &&
+           epoch_le((uint32_t)CLAIM_EPOCH(cl), epoch);
 }
 
 int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
@@ -289,24 +440,24 @@ int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
     atomic_thread_fence(memory_order_seq_cst);
     const struct client_slot *slots = client_slots(kv);
     uint64_t deadline = 0;
-    int32_t blocker_pid = 0;
+    uint32_t blocker = 0;
     for (unsigned iter = 0;; iter++) {
         bool looking = iter >= WAIT_SPINS;
         uint64_t now_ms = looking ? monotonic_ms() : 0;
         bool blocked = false;
-        uint32_t n = clients_scan_limit(kv);
+        uint32_t n;
+        uint64_t scan = scan_begin(kv, &n);
         for (uint32_t i = 0; i < n; i++) {
             uint64_t cl =
                 atomic_load_explicit(&slots[i].claim, memory_order_seq_cst);
-            if (CLAIM_MODE(cl) != CLAIM_ACTIVE ||
-                !epoch_le((uint32_t)CLAIM_EPOCH(cl), epoch))
-                continue;
-            blocked = true;
-            if (looking) {
-                blocker_pid = atomic_load(&slots[i].pid);
-                pinned_section(kv, i, cl, now_ms);
+            if (claim_blocks(cl, epoch) && looking) {
+                blocker = i;
+                cl = pinned_section(kv, i, cl, now_ms);
             }
+            scan_found(kv, i, cl, scan);
+            blocked |= claim_blocks(cl, epoch);
         }
+        scan_end(kv, scan);
         if (!blocked)
             return 0;
         if (!wait)
@@ -320,10 +471,11 @@ int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
             deadline = call_deadline(kv);
         if (now_ms >= deadline)
             return set_error(SHMKV_ETIMEDOUT,
-                             "waited %u ms for a read section (pid %d) to "
-                             "end; it is revoked once a writer has waited "
-                             "%u ms for it",
-                             kv->timeout_ms, (int)blocker_pid,
+                             "waited %u ms for a read section (client slot "
+                             "%u, pid %d) to end; it is revoked once a writer "
+                             "has waited %u ms for it",
+                             kv->timeout_ms, blocker,
+                             (int)atomic_load(&slots[blocker].pid),
                              kv->reader_timeout_ms);
         struct timespec ts = {0, WAIT_SLEEP_US * 1000L};
         nanosleep(&ts, NULL);

@@ -57,7 +57,7 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
         st->bytes_free ? 1.0 - (double)st->largest_free / (double)st->bytes_free
                        : 0.0;
     st->index_slots = d->nbuckets * BUCKET_SLOTS;
-    st->segment_bytes = c->ctl_bytes + c->data_bytes;
+    st->segment_bytes = c->ctl_bytes + c->reader_bytes + c->data_bytes;
     st->evictions = atomic_load(&c->evictions);
     st->expirations = atomic_load(&c->expirations);
     st->recoveries = atomic_load(&c->recoveries);
@@ -65,27 +65,26 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     st->dead_readers = atomic_load(&c->dead_readers);
     st->compactions = atomic_load(&c->compactions);
     st->compacted_bytes = atomic_load(&c->compacted_bytes);
-    st->sets = atomic_load(&c->retired_sets);
-    st->deletes = atomic_load(&c->retired_deletes);
-    st->hits = atomic_load(&c->retired_hits);
-    st->misses = atomic_load(&c->retired_misses);
-    st->lock_waits = atomic_load(&c->retired_lock_waits);
-    st->lock_timeouts = atomic_load(&c->retired_lock_timeouts);
-    st->stale_sections = atomic_load(&c->retired_stale);
     const struct client_slot *slots = client_slots(kv);
+    const struct writer_slot *wslots = writer_slots(kv);
+    /* Counters stay in their slots: every slot ever taken, including those
+     * writers have not looked at yet. */
     uint32_t n = clients_scan_limit(kv);
+    uint32_t r = atomic_load(&reader_header_of(kv)->hwm);
+    if (r > n)
+        n = r < kv->max_clients ? r : kv->max_clients;
     uint8_t *alive = n > 0 ? malloc(n) : NULL;
-    bool known = alive != NULL && liveness_all(c, n, alive);
+    bool known = alive != NULL && liveness_all(c, LIVE_READER, n, alive);
     for (uint32_t i = 0; i < n; i++) {
         if (atomic_load(&slots[i].pid) != 0 && (!known || alive[i]))
             st->clients++;
         st->hits += atomic_load(&slots[i].hits);
         st->misses += atomic_load(&slots[i].misses);
-        st->sets += atomic_load(&slots[i].sets);
-        st->deletes += atomic_load(&slots[i].deletes);
-        st->lock_waits += atomic_load(&slots[i].lock_waits);
-        st->lock_timeouts += atomic_load(&slots[i].lock_timeouts);
         st->stale_sections += atomic_load(&slots[i].stale);
+        st->sets += atomic_load(&wslots[i].sets);
+        st->deletes += atomic_load(&wslots[i].deletes);
+        st->lock_waits += atomic_load(&wslots[i].lock_waits);
+        st->lock_timeouts += atomic_load(&wslots[i].lock_timeouts);
     }
     free(alive);
     st->max_key_bytes = c->max_key_bytes;
@@ -142,6 +141,10 @@ int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report)
     if (kv->in_read)
         return set_error(SHMKV_ESTATE, "shmkv_check inside a read section");
     memset(report, 0, sizeof *report);
+    if (kv->rdonly)
+        return set_error(SHMKV_ERDONLY,
+                         "the handle is read-only: a check takes the write "
+                         "lock's read side, which only writers may");
     kv->deadline_ms = 0;
     int rc = lock_take(kv, false);
     if (rc == SHMKV_ECORRUPT)

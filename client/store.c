@@ -98,8 +98,10 @@ struct geometry {
     uint64_t nbuckets;
     uint64_t ctl_bytes;
     uint64_t locks_off;
-    uint64_t clients_off;
+    uint64_t wslots_off;
     uint64_t pins_off;
+    uint64_t reader_bytes;
+    uint64_t clients_off;
     uint64_t recency_off;
     uint64_t recency_cells;
 };
@@ -191,18 +193,21 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
                          (unsigned long long)g->data_bytes);
 
     g->locks_off = align_up(sizeof(struct ctl_header), CACHE_LINE);
-    g->clients_off = g->locks_off + LOCK_SLOTS * sizeof(struct lock_slot);
+    g->wslots_off = g->locks_off + LOCK_SLOTS * sizeof(struct lock_slot);
     g->pins_off =
-        g->clients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
+        g->wslots_off + (uint64_t)o->max_clients * sizeof(struct writer_slot);
+    g->ctl_bytes = round_to_pages(g->pins_off + (uint64_t)o->max_clients *
+                                                    sizeof(struct client_pin));
+    g->clients_off = sizeof(struct reader_header);
     g->recency_off =
-        g->pins_off + (uint64_t)o->max_clients * sizeof(struct client_pin);
+        g->clients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
     g->recency_cells = 0;
     if (o->eviction == SHMKV_EVICT_LRU) {
         g->recency_cells = next_pow2(entries);
         if (g->recency_cells > MAX_RECENCY_CELLS)
             g->recency_cells = MAX_RECENCY_CELLS;
     }
-    g->ctl_bytes =
+    g->reader_bytes =
         round_to_pages(g->recency_off + g->recency_cells * sizeof(uint32_t));
     return 0;
 }
@@ -278,22 +283,30 @@ static int ctl_validate(const struct ctl_header *c, uint64_t seg_bytes)
                          "(%s) reads version %u",
                          c->layout_version, SHMKV_VERSION_STRING,
                          LAYOUT_VERSION);
-    /* Each region in order, aligned, and inside the segment; every sum
-     * below is of numbers already known to be under seg_bytes (or of a
-     * bounded count times a small size), so none can wrap. */
+    /* Each region in order, aligned, and inside its segment; every sum
+     * below is of numbers already known to be under a segment's size (or
+     * of a bounded count times a small size), so none can wrap. The reader
+     * segment's size is checked when it is attached. */
     if (c->header_bytes != sizeof *c || c->ctl_bytes > seg_bytes ||
         c->max_clients == 0 || c->max_clients > 65536 ||
-        c->recency_cells > seg_bytes || c->locks_off < sizeof *c ||
-        c->locks_off % CACHE_LINE != 0 || c->clients_off % CACHE_LINE != 0 ||
-        c->pins_off % 8 != 0 || c->recency_off % 4 != 0 ||
-        c->locks_off > seg_bytes || c->clients_off > seg_bytes ||
-        c->pins_off > seg_bytes || c->recency_off > seg_bytes ||
-        c->locks_off + LOCK_SLOTS * sizeof(struct lock_slot) > c->clients_off ||
-        c->clients_off + (uint64_t)c->max_clients * sizeof(struct client_slot) >
+        c->locks_off < sizeof *c || c->locks_off % CACHE_LINE != 0 ||
+        c->wslots_off % CACHE_LINE != 0 || c->pins_off % 8 != 0 ||
+        c->locks_off > seg_bytes || c->wslots_off > seg_bytes ||
+        c->pins_off > seg_bytes ||
+        c->locks_off + LOCK_SLOTS * sizeof(struct lock_slot) > c->wslots_off ||
+        c->wslots_off + (uint64_t)c->max_clients * sizeof(struct writer_slot) >
             c->pins_off ||
         c->pins_off + (uint64_t)c->max_clients * sizeof(struct client_pin) >
             seg_bytes ||
-        c->recency_off + c->recency_cells * sizeof(uint32_t) > seg_bytes ||
+        c->reader_bytes > MAX_SIZE_BYTES ||
+        c->clients_off < sizeof(struct reader_header) ||
+        c->clients_off % CACHE_LINE != 0 || c->recency_off % 4 != 0 ||
+        c->clients_off > c->reader_bytes || c->recency_off > c->reader_bytes ||
+        c->recency_cells > c->reader_bytes ||
+        c->clients_off + (uint64_t)c->max_clients * sizeof(struct client_slot) >
+            c->recency_off ||
+        c->recency_off + c->recency_cells * sizeof(uint32_t) >
+            c->reader_bytes ||
         (c->recency_cells & (c->recency_cells - 1)) != 0 ||
         c->sems_per_set == 0 ||
         (c->max_clients + (uint64_t)c->sems_per_set) / c->sems_per_set >
@@ -397,7 +410,6 @@ static void handle_bind_ctl(struct shmkv *kv, struct ctl_header *c, int shmid)
     kv->timeout_ms = c->lock_timeout_ms;
     kv->reader_timeout_ms = c->reader_timeout_ms;
     kv->lru = c->eviction == SHMKV_EVICT_LRU && c->recency_cells > 0;
-    kv->recency = kv->lru ? (uint32_t *)((char *)c + c->recency_off) : NULL;
     kv->recency_mask = kv->lru ? c->recency_cells - 1 : 0;
     memcpy(kv->ctl_fixed, c, CTL_FIXED_BYTES);
     kv->store_nonce = c->store_nonce;
@@ -405,12 +417,41 @@ static void handle_bind_ctl(struct shmkv *kv, struct ctl_header *c, int shmid)
     kv->ctl_tail_fixed = ctl_tail_of(c);
 }
 
+/* Attaches the reader segment the control header names, read-write (every
+ * role writes its client slot there), and checks its size. */
+static int handle_bind_reader(struct shmkv *kv)
+{
+    const struct ctl_header *c = kv->ctl;
+    void *addr;
+    uint64_t bytes;
+    int rc = segment_attach(c->reader_shmid, false, &addr, &bytes);
+    if (rc == SHMKV_ENOSTORE)
+        return set_error(SHMKV_ENOSTORE, "the store's reader segment is gone");
+    if (rc != 0)
+        return rc;
+    if (bytes < kv->ctl_tail_fixed.reader_bytes) {
+        shmdt(addr);
+        return set_error(SHMKV_ENOTSHMKV,
+                         "the store's reader segment is %llu bytes, not %llu",
+                         (unsigned long long)bytes,
+                         (unsigned long long)kv->ctl_tail_fixed.reader_bytes);
+    }
+    kv->reader_seg = addr;
+    kv->reader_shmid = c->reader_shmid;
+    kv->recency =
+        kv->lru ? (uint32_t *)(kv->reader_seg + kv->ctl_tail_fixed.recency_off)
+                : NULL;
+    return 0;
+}
+
 struct ctl_tail ctl_tail_of(const struct ctl_header *c)
 {
     return (struct ctl_tail){.created_unix = c->created_unix,
                              .locks_off = c->locks_off,
-                             .clients_off = c->clients_off,
+                             .wslots_off = c->wslots_off,
                              .pins_off = c->pins_off,
+                             .reader_bytes = c->reader_bytes,
+                             .clients_off = c->clients_off,
                              .recency_off = c->recency_off,
                              .recency_cells = c->recency_cells};
 }
@@ -438,6 +479,8 @@ static void handle_free(struct shmkv *kv)
     }
     if (kv->data != NULL)
         shmdt(kv->data);
+    if (kv->reader_seg != NULL)
+        shmdt(kv->reader_seg);
     if (kv->ctl != NULL)
         shmdt(kv->ctl);
     free(kv);
@@ -466,6 +509,8 @@ static void ctl_remove_all(struct ctl_header *c, int ctl_id)
     uint64_t cur = atomic_fetch_or(&c->current, CURRENT_CLOSED);
     if ((cur & ~CURRENT_CLOSED) != 0)
         shmctl(CURRENT_SHMID(cur), IPC_RMID, NULL);
+    if (c->reader_shmid >= 0)
+        shmctl(c->reader_shmid, IPC_RMID, NULL);
     liveness_remove(c);
     shmctl(ctl_id, IPC_RMID, NULL);
 }
@@ -525,17 +570,28 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->owner_pid = (int32_t)kv->pid;
     c->created_unix = (int64_t)time(NULL);
     c->locks_off = g.locks_off;
-    c->clients_off = g.clients_off;
+    c->wslots_off = g.wslots_off;
     c->pins_off = g.pins_off;
+    c->reader_bytes = g.reader_bytes;
+    c->clients_off = g.clients_off;
     c->recency_off = g.recency_off;
     c->recency_cells = g.recency_cells;
     atomic_store(&c->epoch, 1);
 
+    /* Readers write their client slots there: the mode's read bits with
+     * write added. */
+    c->reader_shmid = -1;
+    rc = segment_create(IPC_PRIVATE, g.reader_bytes, reader_mode(opts->mode),
+                        &c->reader_shmid);
+    if (rc == 0)
+        rc = segment_set_group(c->reader_shmid, opts->gid);
+    if (rc != 0)
+        goto fail;
     rc = liveness_create(c, opts->mode, opts->gid);
     if (rc != 0)
         goto fail;
     sems = true;
-    rc = liveness_claim(c, liveness_owner_index(c));
+    rc = liveness_claim(c, LIVE_WRITER, liveness_owner_index(c));
     if (rc == 1)
         rc = set_error(SHMKV_ESYS, "a new store's owner semaphore is taken");
     if (rc == 0)
@@ -562,7 +618,9 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
 
     handle_bind_ctl(kv, c, ctl_id);
     kv->owner = true;
-    rc = client_slot_claim(kv);
+    rc = handle_bind_reader(kv);
+    if (rc == 0)
+        rc = client_slot_claim(kv);
     if (rc == 0)
         rc = generation_refresh(kv);
     if (rc != 0)
@@ -576,6 +634,10 @@ fail:
         client_slot_release(kv);
     if (sems)
         liveness_remove(c);
+    if (c != NULL && c->reader_shmid >= 0)
+        shmctl(c->reader_shmid, IPC_RMID, NULL);
+    if (kv->reader_seg != NULL)
+        shmdt(kv->reader_seg);
     if (data_id >= 0)
         shmctl(data_id, IPC_RMID, NULL);
     if (ctl_id >= 0)
@@ -588,8 +650,11 @@ fail:
     return rc;
 }
 
-/* Finds and attaches the control segment at key, validated. */
-static int ctl_attach(key_t key, struct ctl_header **out, int *shmid_out)
+/* Finds and attaches the control segment at key, validated: read-write,
+ * or read-only if *rdonly, or if the kernel lets this process only read it
+ * and fall_back (then *rdonly is set). */
+static int ctl_attach(key_t key, bool *rdonly, bool fall_back,
+                      struct ctl_header **out, int *shmid_out)
 {
     int id = shmget(key, 0, 0);
     if (id < 0) {
@@ -604,7 +669,16 @@ static int ctl_attach(key_t key, struct ctl_header **out, int *shmid_out)
     }
     void *addr;
     uint64_t bytes;
-    int rc = segment_attach(id, false, &addr, &bytes);
+    int rc = segment_attach(id, *rdonly, &addr, &bytes);
+    if (rc == SHMKV_EACCES && !*rdonly && fall_back) {
+        rc = segment_attach(id, true, &addr, &bytes);
+        if (rc == 0)
+            *rdonly = true; /* a reader of this store */
+    }
+    if (rc == SHMKV_EACCES)
+        return set_error(SHMKV_EACCES,
+                         "no permission to %s the store at key 0x%08x",
+                         *rdonly ? "read" : "write", (unsigned)key);
     if (rc != 0)
         return rc;
     /* A creator writes its magic last; give one being made a moment. */
@@ -626,26 +700,31 @@ static int ctl_attach(key_t key, struct ctl_header **out, int *shmid_out)
     return 0;
 }
 
-/* A handle on the store at where, its client slot claimed. */
-static int handle_attach(const char *where, bool rdonly, struct shmkv **out)
+/* A handle on the store at where, its client slot claimed: read-only if
+ * rdonly, or if the kernel lets this process only read the store and
+ * fall_back. */
+static int handle_attach(const char *where, bool rdonly, bool fall_back,
+                         struct shmkv **out)
 {
     key_t key;
     int rc = key_from_where(where, &key);
     if (rc != 0)
         return rc;
-    struct shmkv *kv = handle_new(rdonly);
-    if (kv == NULL)
-        return set_error(SHMKV_ENOMEM, "no memory for a handle");
     struct ctl_header *c;
     int id;
-    rc = ctl_attach(key, &c, &id);
-    if (rc != 0) {
-        free(kv);
+    rc = ctl_attach(key, &rdonly, fall_back, &c, &id);
+    if (rc != 0)
         return rc;
+    struct shmkv *kv = handle_new(rdonly);
+    if (kv == NULL) {
+        shmdt(c);
+        return set_error(SHMKV_ENOMEM, "no memory for a handle");
     }
     handle_bind_ctl(kv, c, id);
     kv->key = key;
-    rc = client_slot_claim(kv);
+    rc = handle_bind_reader(kv);
+    if (rc == 0)
+        rc = client_slot_claim(kv);
     if (rc != 0) {
         handle_free(kv);
         return rc;
@@ -659,7 +738,8 @@ int handle_reattach(struct shmkv *kv)
 {
     struct ctl_header *c;
     int id;
-    int rc = ctl_attach(kv->key, &c, &id);
+    bool rdonly = kv->rdonly;
+    int rc = ctl_attach(kv->key, &rdonly, false, &c, &id);
     if (rc == SHMKV_ENOSTORE)
         return set_error(SHMKV_ENOSTORE,
                          "the store was closed and no new one is at key "
@@ -673,15 +753,20 @@ int handle_reattach(struct shmkv *kv)
                          (unsigned)kv->key);
     }
     /* Leave the old store: its slot (its semaphores may be gone with it,
-     * which is fine), its data and its header. */
+     * which is fine), its data and its headers. */
     client_slot_release(kv);
     if (kv->data != NULL)
         shmdt(kv->data);
     kv->data = NULL;
     kv->current = 0;
+    if (kv->reader_seg != NULL)
+        shmdt(kv->reader_seg);
+    kv->reader_seg = NULL;
     shmdt(kv->ctl);
     handle_bind_ctl(kv, c, id);
-    rc = client_slot_claim(kv);
+    rc = handle_bind_reader(kv);
+    if (rc == 0)
+        rc = client_slot_claim(kv);
     if (rc != 0) {
         /* Attached to the new header with no slot: say so, and try again
          * on the next call. */
@@ -700,7 +785,7 @@ int shmkv_open(const char *where, int flags, struct shmkv **out)
         return set_error(SHMKV_EINVAL, "unknown open flags 0x%x",
                          (unsigned)flags);
     struct shmkv *kv;
-    int rc = handle_attach(where, flags & SHMKV_RDONLY, &kv);
+    int rc = handle_attach(where, flags & SHMKV_RDONLY, true, &kv);
     if (rc != 0)
         return rc;
     kv->reattach = true;
@@ -722,13 +807,13 @@ int shmkv_adopt(const char *where, struct shmkv **out)
         return set_error(SHMKV_EINVAL, "NULL handle pointer");
     *out = NULL;
     struct shmkv *kv;
-    int rc = handle_attach(where, false, &kv);
+    int rc = handle_attach(where, false, false, &kv);
     if (rc != 0)
         return rc;
     struct ctl_header *c = kv->ctl;
     /* The owner's semaphore is the claim: it is free only once the owner
      * died, and only one adopter takes it. */
-    rc = liveness_claim(c, liveness_owner_index(c));
+    rc = liveness_claim(c, LIVE_WRITER, liveness_owner_index(c));
     if (rc == 1)
         rc = set_error(SHMKV_EOWNED,
                        "the store at %s is owned by live process %d", where,
@@ -746,7 +831,7 @@ int shmkv_adopt(const char *where, struct shmkv **out)
     if (rc == 0)
         lock_release(kv);
     if (rc != 0) {
-        liveness_release(c, liveness_owner_index(c));
+        liveness_release(c, LIVE_WRITER, liveness_owner_index(c));
         handle_free(kv);
         return rc;
     }
@@ -763,6 +848,13 @@ void shmkv_close(struct shmkv *kv)
         kv->in_read = false;
     }
     handle_free(kv);
+}
+
+int shmkv_readonly(const struct shmkv *kv)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    return kv->rdonly ? 1 : 0;
 }
 
 int shmkv_set_timeout(struct shmkv *kv, uint32_t timeout_ms)
@@ -806,6 +898,8 @@ int shmkv_mark_closed(struct shmkv *kv)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (kv->forked)
         return refuse_forked(kv);
+    if (kv->rdonly)
+        return set_error(SHMKV_ERDONLY, "the handle is read-only");
     uint64_t cur = atomic_fetch_or(&kv->ctl->current, CURRENT_CLOSED);
     kv->closer = true;
     /* The handle follows the closed generation, to read what it holds. */
@@ -841,6 +935,8 @@ int shmkv_destroy(struct shmkv *kv)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (kv->forked)
         return refuse_forked(kv);
+    if (kv->rdonly)
+        return set_error(SHMKV_ERDONLY, "the handle is read-only");
     if (kv->in_read) {
         read_release(kv);
         kv->in_read = false;
@@ -860,7 +956,8 @@ int shmkv_remove(const char *where)
         return rc;
     struct ctl_header *c;
     int id;
-    rc = ctl_attach(key, &c, &id);
+    bool rdonly = false;
+    rc = ctl_attach(key, &rdonly, false, &c, &id);
     if (rc != 0)
         return rc;
     ctl_remove_all(c, id);

@@ -516,7 +516,7 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     if (d->limbo_tail - d->limbo_head >= d->limbo_slots / 2)
         limbo_reclaim(kv, false);
 
-    slot_count(&kv->slot->sets);
+    slot_count(&kv->wslot->sets);
     if (kv->lru) {
         uint32_t clock = atomic_fetch_add_explicit(&kv->ctl->lru_clock, 1,
                                                    memory_order_relaxed) +
@@ -575,7 +575,7 @@ int shmkv_del(struct shmkv *kv, const void *key, size_t klen)
                 atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
                                           memory_order_relaxed);
             else
-                slot_count(&kv->slot->deletes);
+                slot_count(&kv->wslot->deletes);
             rc = expired ? SHMKV_ENOTFOUND : 0;
         }
     }

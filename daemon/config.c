@@ -35,6 +35,7 @@ enum kind {
     K_PATH,     /* a file path ("" allowed where min is 0) */
     K_USERS,    /* user names or uids */
     K_GROUPS,   /* group names or gids */
+    K_ROLE,     /* none | all | a group name or gid */
 };
 
 struct setting {
@@ -53,6 +54,8 @@ static const struct setting settings[] = {
     {"store", "size", K_SIZE, FIELD(store_size), MIB, 64ull << 30},
     {"store", "mode", K_MODE, FIELD(store_mode), 0, 0777},
     {"store", "group", K_GROUP, FIELD(store_group), 0, 0},
+    {"store", "readers", K_ROLE, FIELD(store_readers), 0, 0},
+    {"store", "writers", K_ROLE, FIELD(store_writers), 0, 0},
     {"store", "max_key_size", K_SIZE, FIELD(max_key_bytes), 1, 65535},
     {"store", "max_value_size", K_SIZE, FIELD(max_value_bytes), 0, UINT32_MAX},
     {"store", "max_entries", K_UINT, FIELD(max_entries), 0, 1ull << 32},
@@ -490,6 +493,18 @@ static int apply(struct parse *p, const struct setting *st, const char *value)
         p->cfg->store_gid = g;
         return 0;
     }
+    case K_ROLE: {
+        gid_t g;
+        if (value[0] != '\0' && strcmp(value, "none") != 0 &&
+            strcmp(value, "all") != 0 && resolve_group(value, &g) != 0) {
+            problem(p, p->line,
+                    "%s: '%s' is not none, all or a group on this system",
+                    st->name, value);
+            return -1;
+        }
+        snprintf(field, st->width, "%s", value);
+        return 0;
+    }
     case K_BOOL:
         if (parse_bool(value, field) != 0) {
             problem(p, p->line, "%s: '%s' is not yes or no", st->name, value);
@@ -593,10 +608,68 @@ static int line_of(const struct parse *p, const char *name)
     return 0;
 }
 
+/* Turns readers and writers into the store's mode and group. System V
+ * permissions have an owner, one group and everyone else: the owner (the
+ * daemon's user) reads and writes; a group, or everyone, may be given read
+ * (readers) or read and write (writers). */
+static void roles_to_mode(struct parse *p)
+{
+    struct config *c = p->cfg;
+    /* Empty: not given. */
+    int rl = c->store_readers[0] ? line_of(p, "readers") : 0;
+    int wl = c->store_writers[0] ? line_of(p, "writers") : 0;
+    if (rl == 0 && wl == 0)
+        return;
+    int ml = line_of(p, "mode") ? line_of(p, "mode") : line_of(p, "group");
+    if (ml != 0) {
+        problem(p, ml,
+                "%s: readers and writers (line %d) already say who may use "
+                "the store; remove mode and group, or leave readers and "
+                "writers empty",
+                line_of(p, "mode") ? "mode" : "group", rl ? rl : wl);
+        return;
+    }
+    const char *r = rl ? c->store_readers : "none";
+    const char *w = wl ? c->store_writers : "none";
+    bool r_all = strcmp(r, "all") == 0, r_none = strcmp(r, "none") == 0;
+    bool w_all = strcmp(w, "all") == 0, w_none = strcmp(w, "none") == 0;
+    const char *group = "";
+    unsigned mode = 0600;
+    if (w_all) {
+        mode = 0666;
+    } else if (w_none) {
+        mode = r_all ? 0644 : r_none ? 0600 : 0640;
+        group = r_all || r_none ? "" : r;
+    } else {
+        gid_t wg = (gid_t)-1, rg = (gid_t)-1;
+        resolve_group(w, &wg);
+        if (!r_all && !r_none && (resolve_group(r, &rg) != 0 || rg != wg)) {
+            problem(p, rl,
+                    "readers: a store carries one group, and writers = %s "
+                    "has it: readers may be all or none (or writers none "
+                    "and readers %s)",
+                    w, r);
+            return;
+        }
+        mode = r_all ? 0664 : 0660;
+        group = w;
+    }
+    if (w_all && !r_all && !r_none && rl != 0) {
+        problem(p, rl, "readers: with writers = all, everyone reads");
+        return;
+    }
+    c->store_mode = mode;
+    snprintf(c->store_group, sizeof c->store_group, "%s", group);
+    c->store_gid = (gid_t)-1;
+    if (group[0] != '\0')
+        resolve_group(group, &c->store_gid);
+}
+
 /* Settings that are fine alone but not together. */
 static void cross_check(struct parse *p)
 {
     struct config *c = p->cfg;
+    roles_to_mode(p);
     if (c->max_value_bytes > c->store_size / 4)
         problem(p, line_of(p, "max_value_size"),
                 "max_value_size %" PRIu32
@@ -686,7 +759,15 @@ void config_print(const struct config *c, FILE *out)
     fprintf(out, "; effective settings of %s\n", c->path);
     fprintf(out, "[store]\nkey = %s\n", c->store_key);
     print_size(out, "size", c->store_size);
-    fprintf(out, "mode = 0%o\ngroup = %s\n", c->store_mode, c->store_group);
+    if (c->store_readers[0] != '\0' || c->store_writers[0] != '\0')
+        fprintf(out,
+                "readers = %s\nwriters = %s\n; that is mode 0%o, group %s\n",
+                c->store_readers[0] ? c->store_readers : "none",
+                c->store_writers[0] ? c->store_writers : "none", c->store_mode,
+                c->store_group[0] ? c->store_group : "shmkvd's own");
+    else
+        fprintf(out, "readers =\nwriters =\nmode = 0%o\ngroup = %s\n",
+                c->store_mode, c->store_group);
     fprintf(out, "max_key_size = %" PRIu32 "\n", c->max_key_bytes);
     print_size(out, "max_value_size", c->max_value_bytes);
     if (c->max_entries == 0)

@@ -31,14 +31,19 @@ struct config {
     char path[4096]; /* the file these came from */
 
     /* [store] */
-    char store_key[4096];     /* key = 0x5eed0001 | key:0x.. | ftok:/p:1 */
-    uint64_t store_size;      /* size = 64M (K/M/G/T suffixes, powers of 2) */
-    unsigned store_mode;      /* mode = 0660 (octal permission bits) */
-    char store_group[256];    /* group = name or gid ("" = the daemon's) */
-    gid_t store_gid;          /* resolved; (gid_t)-1 when store_group "" */
-    uint32_t max_key_bytes;   /* max_key_size = 250 */
-    uint32_t max_value_bytes; /* max_value_size = 1M */
-    uint64_t max_entries;     /* max_entries = 0 (0: one per 128 bytes) */
+    char store_key[4096];  /* key = 0x5eed0001 | key:0x.. | ftok:/p:1 */
+    uint64_t store_size;   /* size = 64M (K/M/G/T suffixes, powers of 2) */
+    unsigned store_mode;   /* mode = 0660 (octal permission bits) */
+    char store_group[256]; /* group = name or gid ("" = the daemon's) */
+    gid_t store_gid;       /* resolved; (gid_t)-1 when store_group "" */
+    /* readers = none | all | GROUP, writers = none | all | GROUP: who may
+     * read and who may write besides the owner, set in place of mode and
+     * group (which they are turned into); "" when not given. */
+    char store_readers[256];
+    char store_writers[256];
+    uint32_t max_key_bytes;       /* max_key_size = 250 */
+    uint32_t max_value_bytes;     /* max_value_size = 1M */
+    uint64_t max_entries;         /* max_entries = 0 (0: one per 128 bytes) */
     enum shmkv_eviction eviction; /* eviction = noeviction | lru */
     uint32_t default_ttl_s;       /* default_ttl = 0 (seconds; for socket SETs
                                      without EX/PX; 0 none) */

@@ -6,7 +6,7 @@
  *
  * A job is run by one worker thread at a time, in the order asked for; the
  * rest wait in a queue. The worker attaches the store with a handle of its
- * own (SHMKV_RDONLY: it only reads) and touches nothing the loop owns: what
+ * own (SHMKV_RDONLY, but for a check) and touches nothing the loop owns: what
  * it needs is copied into the job when it is queued (the snapshot's path,
  * the pattern, the output limit), and what it produces (a status, an error
  * text, a reply body in an evbuffer only it uses until it is done) is read
@@ -98,7 +98,10 @@ static void check_reply(struct shmkv *kv, struct evbuffer *out)
 static void job_run(struct job *j)
 {
     struct shmkv *kv = NULL;
-    int rc = shmkv_open(j->store_key, SHMKV_RDONLY, &kv);
+    /* A check takes the write lock's read side, which only writers may:
+     * the others only read. */
+    int rc =
+        shmkv_open(j->store_key, j->kind == JOB_CHECK ? 0 : SHMKV_RDONLY, &kv);
     if (rc != 0) {
         snprintf(j->err, sizeof j->err, "cannot attach the store: %s: %s",
                  shmkv_strerror(rc), shmkv_last_error());

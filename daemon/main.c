@@ -140,10 +140,12 @@ static int store_open(struct daemon *d)
     int rc = shmkv_create(&o, &d->kv);
     if (rc == 0) {
         log_info("created store %s: %llu bytes, max key %u, max value %u, "
-                 "eviction %s",
+                 "eviction %s, mode 0%o, group %s",
                  d->cfg.store_key, (unsigned long long)d->cfg.store_size,
                  d->cfg.max_key_bytes, d->cfg.max_value_bytes,
-                 d->cfg.eviction == SHMKV_EVICT_LRU ? "lru" : "noeviction");
+                 d->cfg.eviction == SHMKV_EVICT_LRU ? "lru" : "noeviction",
+                 d->cfg.store_mode,
+                 d->cfg.store_group[0] ? d->cfg.store_group : "shmkvd's own");
         return 0;
     }
     if (rc != SHMKV_EEXIST) {

@@ -44,7 +44,7 @@ extern "C" {
 #define SHMKV_VERSION_STRING "0.1.0"
 /* The store layout this library reads and writes: a store of another
  * layout is refused with SHMKV_EVERSION. */
-#define SHMKV_LAYOUT_VERSION 5u
+#define SHMKV_LAYOUT_VERSION 6u
 
 /* An open handle on a store. */
 typedef struct shmkv shmkv_t;
@@ -113,13 +113,16 @@ struct shmkv_options {
     /* Bytes for the index and the value arena, 1 MiB to 64 GiB; rounded up
      * to whole pages. Default 64 MiB. */
     uint64_t size_bytes;
-    /* Permission bits of the segments (low 9 bits, as a file's mode; the
-     * execute bits mean nothing); the liveness semaphores get them too.
-     * Default 0600. A read-only client still needs write permission: it
-     * writes its read claim and raises its semaphore. */
+    /* Permission bits of the store (low 9 bits, as a file's mode; the
+     * execute bits mean nothing), for its owner, its group and everyone
+     * else: read and write make a writer, read alone a reader, which
+     * attaches what others trust read-only and writes only its own part
+     * (the reader segment and semaphores, which get write wherever the
+     * mode has read). Default 0600. */
     unsigned mode;
-    /* Group of the segments (a gid), so that members can attach with a
-     * mode such as 0660; -1 (the default) keeps the creator's group. */
+    /* Group of the store's segments and semaphores (a gid), for a mode
+     * such as 0640 (the group reads) or 0660 (it writes); -1 (the default)
+     * keeps the creator's group. */
     int64_t gid;
     /* Expected number of entries, for sizing the hash index. 0 chooses one
      * entry per SHMKV_DEFAULT_ENTRY_BYTES of size_bytes. */
@@ -201,10 +204,11 @@ int shmkv_mark_closed(struct shmkv *kv);
 /* Attaching */
 
 #define SHMKV_RDONLY                                                           \
-    0x1 /* attach the data read-only (SHM_RDONLY): writes                      \
-           through this handle return SHMKV_ERDONLY, and a                     \
-           stray write in this process faults here                             \
-           instead of corrupting the store */
+    0x1 /* open as a reader: everything others trust is                        \
+           attached read-only (SHM_RDONLY), writes through                     \
+           this handle return SHMKV_ERDONLY, and a stray                       \
+           write in this process faults here instead of                        \
+           corrupting the store */
 
 /* Attaches an existing store. where is one of:
  *   "key:0x5eed0001" or "0x5eed0001"  a System V key as a number,
@@ -213,6 +217,11 @@ int shmkv_mark_closed(struct shmkv *kv);
  * Errors: SHMKV_ENOSTORE (nothing at that key), SHMKV_EACCES,
  * SHMKV_ENOTSHMKV, SHMKV_EVERSION, SHMKV_ECLOSED, SHMKV_ECONFIG,
  * SHMKV_ECLIENTS.
+ *
+ * A process the store's permissions let read but not write (a reader: see
+ * the README's access model) gets a read-only handle, as if it had asked
+ * for SHMKV_RDONLY; shmkv_readonly() tells. SHMKV_EACCES if it may not
+ * even read.
  *
  * The handle follows the store at its key: when its owner closes it (a
  * shmkvd restart, say), the handle's calls return SHMKV_ECLOSED while the
@@ -226,6 +235,10 @@ int shmkv_open(const char *where, int flags, struct shmkv **out);
 /* Detaches and frees the handle. Ends an open read section first. Does not
  * remove the store. Accepts NULL. */
 void shmkv_close(struct shmkv *kv);
+
+/* 1 if the handle is read-only (SHMKV_RDONLY, or a reader of the store), 0
+ * if it may write, SHMKV_EINVAL for NULL. */
+int shmkv_readonly(const struct shmkv *kv);
 
 /* Sets how long calls through this handle may wait, in milliseconds: a
  * write for the lock, for readers and for a recovery, in all. 0 restores

@@ -5,11 +5,12 @@
  *
  * A small store is built once (entries of several sizes, some with TTLs,
  * some deleted so that the free lists and limbo are not empty) and its
- * control and data segments copied aside. Each input restores those bytes,
- * then damages them as it says: a sequence of records, each naming a
- * region (the control header, the client slots and locks, the data
- * header with the intent, the index, the limbo ring and the undo log, the
- * arena), an offset in it, and a change (a byte, a word of 0xff or 0, a
+ * control, reader and data segments copied aside. Each input restores
+ * those bytes, then damages them as it says: a sequence of records, each
+ * naming a region (the control header, the locks, writer slots and pins,
+ * the data header with the intent, the index, the limbo ring and the undo
+ * log, the arena, the reader segment's client slots and recency cells),
+ * an offset in it, and a change (a byte, a word of 0xff or 0, a
  * small increment). Then it runs every kind of call on the damaged store:
  * a fresh attach, gets in a read section (each value handed out must lie
  * inside the data segment), get_copy, ttl, foreach (likewise),
@@ -46,11 +47,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 static struct shmkv *kv;
 static const char *store_key;
 static char key_spec[32];
-static unsigned char *ctl_copy, *data_copy;
-static size_t ctl_bytes, data_bytes;
-static unsigned char *ctl_live, *data_live;
+static unsigned char *ctl_copy, *data_copy, *reader_copy;
+static size_t ctl_bytes, data_bytes, reader_bytes;
+static unsigned char *ctl_live, *data_live, *reader_live;
 /* What to remove by id when the store cannot be removed by its key. */
-static int ctl_id = -1, data_id = -1, sem_ids[SEM_SETS_MAX] = {-1, -1, -1, -1};
+static int ctl_id = -1, data_id = -1, reader_id = -1,
+           sem_ids[2 * SEM_SETS_MAX] = {-1, -1, -1, -1, -1, -1, -1, -1};
 
 /* The call under way, for the report of a hang. */
 static const char *volatile stage = "";
@@ -165,20 +167,28 @@ static void build_store(void)
      * damaged generation word names another segment. */
     ctl_live = shmat(kv->ctl_shmid, NULL, 0);
     data_live = shmat(kv->data_shmid, NULL, 0);
-    if (ctl_live == (void *)-1 || data_live == (void *)-1)
+    reader_live = shmat(kv->reader_shmid, NULL, 0);
+    if (ctl_live == (void *)-1 || data_live == (void *)-1 ||
+        reader_live == (void *)-1)
         fail("cannot attach the store's segments");
     ctl_bytes = segment_size(kv->ctl_shmid);
     data_bytes = segment_size(kv->data_shmid);
+    reader_bytes = segment_size(kv->reader_shmid);
     ctl_copy = malloc(ctl_bytes);
     data_copy = malloc(data_bytes);
-    if (ctl_copy == NULL || data_copy == NULL)
+    reader_copy = malloc(reader_bytes);
+    if (ctl_copy == NULL || data_copy == NULL || reader_copy == NULL)
         fail("out of memory");
     memcpy(ctl_copy, ctl_live, ctl_bytes);
     memcpy(data_copy, data_live, data_bytes);
+    memcpy(reader_copy, reader_live, reader_bytes);
     ctl_id = kv->ctl_shmid;
     data_id = kv->data_shmid;
-    for (unsigned i = 0; i < SEM_SETS_MAX; i++)
+    reader_id = kv->reader_shmid;
+    for (unsigned i = 0; i < SEM_SETS_MAX; i++) {
         sem_ids[i] = kv->ctl->sem_ids[i];
+        sem_ids[SEM_SETS_MAX + i] = kv->ctl->rsem_ids[i];
+    }
     watchdog_start();
 }
 
@@ -188,7 +198,9 @@ static void remove_by_id(void)
         shmctl(ctl_id, IPC_RMID, NULL);
     if (data_id >= 0)
         shmctl(data_id, IPC_RMID, NULL);
-    for (unsigned i = 0; i < SEM_SETS_MAX; i++)
+    if (reader_id >= 0)
+        shmctl(reader_id, IPC_RMID, NULL);
+    for (unsigned i = 0; i < 2 * SEM_SETS_MAX; i++)
         if (sem_ids[i] >= 0)
             semctl(sem_ids[i], 0, IPC_RMID);
 }
@@ -214,13 +226,15 @@ static unsigned regions_of(struct region *r)
         (struct region){data_live, d->limbo_off, d->arena_off - d->limbo_off};
     r[n++] =
         (struct region){data_live, d->arena_off, data_bytes - d->arena_off};
+    /* What every reader may write: client slots and recency cells. */
+    r[n++] = (struct region){reader_live, 0, reader_bytes};
     return n;
 }
 
 /* Applies one record of 6 bytes: region, 3 bytes of offset, change, byte. */
 static void damage(const uint8_t *rec)
 {
-    struct region r[8];
+    struct region r[10];
     unsigned n = regions_of(r);
     const struct region *g = &r[rec[0] % n];
     if (g->len == 0)
@@ -360,6 +374,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         build_store();
     memcpy(ctl_live, ctl_copy, ctl_bytes);
     memcpy(data_live, data_copy, data_bytes);
+    memcpy(reader_live, reader_copy, reader_bytes);
     for (size_t i = 0; i + 6 <= size; i += 6)
         damage(data + i);
     alarm(HANG_S);
@@ -457,6 +472,7 @@ int main(int argc, char **argv)
     }
     memcpy(ctl_live, ctl_copy, ctl_bytes);
     memcpy(data_live, data_copy, data_bytes);
+    memcpy(reader_live, reader_copy, reader_bytes);
     watchdog_done();
     test_destroy(kv, store_key);
     printf("fuzz_store: %lu damaged stores, no crash, no hang\n", runs);

@@ -2090,7 +2090,12 @@ static void test_rdonly_handle(void **state)
     assert_int_equal(vis.count, 2);
     struct shmkv_stats st = stats_of(ro);
     assert_int_equal(st.entries, 2);
-    assert_check_clean(ro);
+    assert_int_equal(shmkv_readonly(ro), 1);
+    assert_int_equal(shmkv_readonly(s.kv), 0);
+    /* A check takes the write lock's read side: a writer's. */
+    struct shmkv_check_report report;
+    assert_rc(shmkv_check(ro, &report), SHMKV_ERDONLY);
+    assert_check_clean(s.kv);
 
     /* Every write: SHMKV_ERDONLY, the store unchanged. */
     before = stats_of(s.kv);

@@ -8,6 +8,7 @@
  */
 #include <stdarg.h>
 #include <stddef.h>
+#include <grp.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -145,6 +146,8 @@ static void assert_config_equal(const struct config *a, const struct config *b)
     assert_int_equal(a->store_size, b->store_size);
     assert_int_equal(a->store_mode, b->store_mode);
     assert_string_equal(a->store_group, b->store_group);
+    assert_string_equal(a->store_readers, b->store_readers);
+    assert_string_equal(a->store_writers, b->store_writers);
     assert_int_equal(a->store_gid, b->store_gid);
     assert_int_equal(a->max_key_bytes, b->max_key_bytes);
     assert_int_equal(a->max_value_bytes, b->max_value_bytes);
@@ -730,6 +733,53 @@ static void test_bad_mode(void **state)
     }
 }
 
+/* readers and writers become the store's mode and group; what System V
+ * permissions cannot say is refused at its line. */
+static void test_readers_and_writers(void **state)
+{
+    struct fixture *f = *state;
+    struct {
+        const char *text;
+        unsigned mode;
+        const char *group;
+    } ok[] = {
+        {"readers = none\nwriters = none", 0600, ""},
+        {"readers = all", 0644, ""},
+        {"readers = daemon", 0640, "daemon"},
+        {"writers = daemon", 0660, "daemon"},
+        {"writers = daemon\nreaders = all", 0664, "daemon"},
+        {"writers = daemon\nreaders = daemon", 0660, "daemon"},
+        {"writers = all", 0666, ""},
+        {"writers = all\nreaders = all", 0666, ""},
+        {"readers =\nwriters =\nmode = 0640\ngroup = daemon", 0640, "daemon"},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char text[256];
+        snprintf(text, sizeof text, "[store]\n%s\n", ok[i].text);
+        load_ok(f, text);
+        if (f->cfg.store_mode != ok[i].mode)
+            fail_msg("%s: mode 0%o, not 0%o", ok[i].text, f->cfg.store_mode,
+                     ok[i].mode);
+        assert_string_equal(f->cfg.store_group, ok[i].group);
+        if (ok[i].group[0] != '\0')
+            assert_int_equal(f->cfg.store_gid, getgrnam("daemon")->gr_gid);
+        else
+            assert_int_equal(f->cfg.store_gid, (gid_t)-1);
+    }
+    load_bad(f, "[store]\nwriters = daemon\nreaders = root\n", 3,
+             "readers: a store carries one group");
+    load_bad(f, "[store]\nwriters = all\nreaders = root\n", 3,
+             "with writers = all, everyone reads");
+    load_bad(f, "[store]\nreaders = all\nmode = 0640\n", 3,
+             "mode: readers and writers (line 2) already say");
+    load_bad(f, "[store]\ngroup = daemon\nwriters = daemon\n", 2,
+             "group: readers and writers (line 3) already say");
+    load_setting_bad(f, "store", "readers = no_such_group_shmkv",
+                     "readers: 'no_such_group_shmkv' is not none, all or a "
+                     "group");
+    load_setting_bad(f, "store", "writers = 4294967295", "writers: ");
+}
+
 static void test_unknown_user_or_group(void **state)
 {
     struct fixture *f = *state;
@@ -1247,6 +1297,7 @@ int main(void)
         T(test_bad_size),
         T(test_bad_mode),
         T(test_unknown_user_or_group),
+        T(test_readers_and_writers),
         T(test_bad_key),
         T(test_duplicate_setting),
         T(test_line_too_long),

@@ -53,6 +53,7 @@ struct env {
     unsigned lock_ms;        /* [daemon] lock_timeout_ms; 0: 500 */
     const char *persistence; /* more [persistence] settings; NULL:
                                 save_interval = 0 */
+    const char *access;      /* who may use the store; NULL: mode = 0666 */
     int notify_fd;
     pid_t pid;
 };
@@ -96,7 +97,7 @@ static void write_config(const char *extra)
     FILE *f = fopen(E.conf, "w");
     assert_non_null(f);
     fprintf(f,
-            "[store]\nkey = %s\nsize = %s\nmode = 0666\nmax_key_size = 64\n"
+            "[store]\nkey = %s\nsize = %s\n%s\nmax_key_size = 64\n"
             "max_value_size = %s\n\n"
             "[control]\nsocket = %s\nsocket_mode = 0666\n"
             "max_request = 128K\nidle_timeout = %u\n%s\n"
@@ -104,8 +105,9 @@ static void write_config(const char *extra)
             "load_on_start = yes\n%s\n"
             "[daemon]\nlog_level = debug\nlock_timeout_ms = %u\n"
             "housekeeping_interval_ms = 20\n%s",
-            E.key, E.size ? E.size : "8M", E.max_value ? E.max_value : "64K",
-            E.sock, E.idle ? E.idle : 5, E.control ? E.control : "", E.snap,
+            E.key, E.size ? E.size : "8M", E.access ? E.access : "mode = 0666",
+            E.max_value ? E.max_value : "64K", E.sock, E.idle ? E.idle : 5,
+            E.control ? E.control : "", E.snap,
             E.persistence ? E.persistence : "save_interval = 0\n",
             E.lock_ms ? E.lock_ms : 500, extra ? extra : "");
     fclose(f);
@@ -683,6 +685,56 @@ static void test_output_backpressure(void **state)
     assert_memory_equal(tail, "+PONG\r\n", 7);
     close(a);
     close(b);
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* readers and writers in the config: the store's segments get the modes
+ * they say, and another user is a reader: it reads in place, and its
+ * writes are refused by the library and its raw writes by the kernel. */
+static void test_config_readers(void **state)
+{
+    (void)state;
+    E.access = "readers = all\nwriters = none";
+    write_config(NULL);
+    daemon_start(false);
+    char out[256];
+    assert_int_equal(run(out, sizeof out, "redis-cli -s %s set k v", E.sock),
+                     0);
+    int32_t key;
+    assert_int_equal(shmkv_parse_key(E.key, &key), 0);
+    int id = shmget(key, 0, 0);
+    assert_true(id >= 0);
+    struct shmid_ds ds;
+    assert_int_equal(shmctl(id, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_perm.mode & 0777, 0644);
+    assert_true(log_contains("mode 0644"));
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(10);
+        struct shmkv *kv;
+        if (shmkv_open(E.key, 0, &kv) != 0)
+            _exit(11);
+        char buf[8];
+        size_t len;
+        if (shmkv_readonly(kv) != 1 ||
+            shmkv_get_copy(kv, "k", 1, buf, sizeof buf, &len) != 0 ||
+            len != 1 || buf[0] != 'v')
+            _exit(12);
+        if (shmkv_set(kv, "k", 1, "x", 1, 0, 0) != SHMKV_ERDONLY)
+            _exit(13);
+        if (shmat(id, NULL, 0) != (void *)-1 || errno != EACCES)
+            _exit(14);
+        shmkv_close(kv);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(run(out, sizeof out, "redis-cli -s %s get k", E.sock), 0);
+    assert_string_equal(out, "v\n");
     assert_int_equal(daemon_stop(), 0);
 }
 
@@ -1811,6 +1863,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_admin_refused, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_config_readers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_by_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_store_reported, setup,
                                         teardown),

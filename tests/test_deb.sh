@@ -81,7 +81,7 @@ fi
 
 # The daemon checks its config (the shmkv group exists once installed).
 conf="$stage/root/etc/shmkvd/shmkvd.conf"
-getent group shmkv >/dev/null || { sed 's|^group = shmkv$|group =|' "$conf" >"$stage/check.conf" && conf="$stage/check.conf"; }
+getent group shmkv >/dev/null || { sed 's|^readers = shmkv$|readers = none|' "$conf" >"$stage/check.conf" && conf="$stage/check.conf"; }
 "$stage/root/usr/sbin/shmkvd" --check-config -c "$conf" >"$stage/check.out" 2>&1 ||
     { cat "$stage/check.out"; fail "the packaged config does not check"; }
 layout=$(sed -n "s/.*SHMKV_LAYOUT_VERSION \([0-9]*\)u.*/\1/p" include/shmkv.h)

@@ -19,9 +19,11 @@ for f in usr/local/lib/libshmkv.a usr/local/lib/libshmkv.so.0 \
     [ -e "$stage/$f" ] || { echo "install: missing $f"; exit 1; }
 done
 # The installed config names the service's socket, a snapshot under its
-# state directory (so that a restart keeps the data) and the shmkv group.
+# state directory (so that a restart keeps the data), the shmkv group as
+# the store's readers, and no writers but the daemon's user.
 for want in 'socket = /run/shmkvd/shmkvd.sock' \
-            'snapshot = /var/lib/shmkvd/dump.shmkv' 'group = shmkv'; do
+            'snapshot = /var/lib/shmkvd/dump.shmkv' 'readers = shmkv' \
+            'writers = none'; do
     grep -qx "$want" "$stage/etc/shmkvd/shmkvd.conf" ||
         { echo "install: the installed config lacks '$want'"; exit 1; }
 done
@@ -29,7 +31,7 @@ done
 # package is installed; without it here, check the rest of the config.
 check="$stage/etc/shmkvd/shmkvd.conf"
 if ! getent group shmkv >/dev/null; then
-    sed 's|^group = shmkv$|group =|' "$check" >"$stage/check.conf"
+    sed 's|^readers = shmkv$|readers = none|' "$check" >"$stage/check.conf"
     check="$stage/check.conf"
 fi
 "$stage/usr/local/sbin/shmkvd" --check-config -c "$check" >"$stage/check.out" 2>&1 ||

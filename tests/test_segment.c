@@ -66,11 +66,21 @@ static void test_bad_sizes_refused(void **state)
     assert_null(kv);
 }
 
+/* Whether slot i's writing process is alive by both its semaphores. */
+static bool writer_alive(const struct ctl_header *c, uint32_t i)
+{
+    bool r = liveness_alive(c, LIVE_READER, i);
+    bool w = liveness_alive(c, LIVE_WRITER, i);
+    assert_true(r == w);
+    return r;
+}
+
 /* Waits up to 2 s for slot i's process to be reported dead. */
 static bool becomes_dead(const struct ctl_header *c, uint32_t i)
 {
     for (int n = 0; n < 400; n++) {
-        if (!liveness_alive(c, i))
+        if (!liveness_alive(c, LIVE_READER, i) &&
+            !liveness_alive(c, LIVE_WRITER, i))
             return true;
         usleep(5000);
     }
@@ -87,8 +97,8 @@ static void test_liveness_is_the_kernels(void **state)
     assert_int_equal(test_create(&o, &kv), 0);
     const char *key = o.key;
     const struct ctl_header *c = kv->ctl;
-    assert_true(liveness_alive(c, kv->slot_index));
-    assert_true(liveness_alive(c, liveness_owner_index(c)));
+    assert_true(writer_alive(c, kv->slot_index));
+    assert_true(liveness_alive(c, LIVE_WRITER, liveness_owner_index(c)));
 
     /* A child's handle is alive while it runs, dead once it is killed,
      * already while it is an unreaped zombie. */
@@ -110,7 +120,7 @@ static void test_liveness_is_the_kernels(void **state)
     assert_int_equal(read(to_parent[0], &index, sizeof index), sizeof index);
     assert_true(index != kv->slot_index);
     usleep(20000);
-    assert_true(liveness_alive(c, index));
+    assert_true(writer_alive(c, index));
     assert_int_equal(kill(child, SIGKILL), 0);
     assert_true(becomes_dead(c, index));
     /* Its pid is still taken (a zombie): a pid says nothing. */
@@ -126,11 +136,16 @@ static void test_liveness_is_the_kernels(void **state)
     if (child == 0)
         _exit(0);
     assert_int_equal(waitpid(child, NULL, 0), child);
-    assert_true(liveness_alive(c, h->slot_index));
+    assert_true(writer_alive(c, h->slot_index));
     /* Closing gives the slot back. */
     uint32_t hi = h->slot_index;
     shmkv_close(h);
-    assert_false(liveness_alive(c, hi));
+    assert_false(writer_alive(c, hi));
+    /* A reader holds only its reader semaphore. */
+    assert_int_equal(shmkv_open(key, SHMKV_RDONLY, &h), 0);
+    assert_true(liveness_alive(c, LIVE_READER, h->slot_index));
+    assert_false(liveness_alive(c, LIVE_WRITER, h->slot_index));
+    shmkv_close(h);
 
     /* The owner is alive: adopting the store is refused. */
     struct shmkv *adopter;

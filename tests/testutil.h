@@ -56,13 +56,17 @@ static void test_cleanup_install(void)
     signal(SIGTERM, test_on_signal);
     signal(SIGABRT, test_on_signal);
     signal(SIGSEGV, test_on_signal);
+}
+
 #ifdef CMOCKA_H_
-    /* SHMKV_TEST_FILTER=test_name (a glob) runs only the tests it names. */
+/* SHMKV_TEST_FILTER=test_name (a glob) runs only the tests it names. */
+__attribute__((constructor)) static void test_filter_from_env(void)
+{
     const char *filter = getenv("SHMKV_TEST_FILTER");
     if (filter != NULL && filter[0] != '\0')
         cmocka_set_test_filter(filter);
-#endif
 }
+#endif
 
 /* Tells tests/run.sh what this run made, so that it counts as leaked only
  * what is its own when other runs share the machine: a line appended to

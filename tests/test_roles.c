@@ -1,0 +1,718 @@
+/*
+ * Roles the kernel enforces: owner, writers, readers and outsiders, as
+ * users and groups this test creates (useradd, groupadd) and removes.
+ *
+ * - A store whose group reads (mode 0640): a member opens it and gets a
+ *   read-only handle; every write is SHMKV_ERDONLY; a raw read-write shmat
+ *   of the control or data segment is refused by the kernel (EACCES), and
+ *   so is a semop on the writer semaphores; a stray write through the
+ *   handle's mapping of the control segment faults in the reader. A user
+ *   outside the group cannot open it at all.
+ * - A store whose group writes and everyone reads (0664): a member writes,
+ *   anyone else reads only.
+ * - A reader that scribbles random bytes over everything it may write (the
+ *   reader segment, the reader semaphores) while a writer writes and an
+ *   honest reader of another uid reads: no process crashes, the honest
+ *   reader never reads a changed value without being told (SHMKV_ESTALE),
+ *   writers go on, and the store checks clean.
+ * - A reader that clears another reader's claim while its section is open
+ *   and puts it back after a writer reused memory (the one attack the
+ *   claim alone cannot see): the victim's section ends SHMKV_ESTALE
+ *   whenever what it read changed.
+ *
+ * Needs root (to create users and change to them): skipped otherwise.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "internal.h"
+#include "testutil.h"
+
+/* The accounts this run made: groups r (readers) and w (writers), users
+ * reader and reader2 (group r), writer (group w), outsider (neither). */
+struct account {
+    char name[32];
+    uid_t uid;
+    gid_t gid;
+};
+static struct account acct_reader, acct_reader2, acct_writer, acct_outsider;
+static char group_r[32], group_w[32];
+static gid_t gid_r, gid_w;
+static bool accounts_made;
+/* Children running as those accounts, killed before the accounts go. */
+static pid_t kids[8];
+static unsigned nkids;
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+static void kids_kill(void)
+{
+    for (unsigned i = 0; i < nkids; i++) {
+        if (kids[i] > 0) {
+            kill(kids[i], SIGKILL);
+            waitpid(kids[i], NULL, 0);
+        }
+    }
+    nkids = 0;
+}
+
+static void accounts_remove(void)
+{
+    if (!accounts_made || getpid() != test_owner_pid)
+        return;
+    kids_kill();
+    const struct account *all[] = {&acct_reader, &acct_reader2, &acct_writer,
+                                   &acct_outsider};
+    for (size_t i = 0; i < 4; i++)
+        if (all[i]->name[0] != '\0')
+            sh("userdel %s >/dev/null 2>&1", all[i]->name);
+    sh("groupdel %s >/dev/null 2>&1", group_r);
+    sh("groupdel %s >/dev/null 2>&1", group_w);
+    accounts_made = false;
+}
+
+static int user_make(struct account *a, const char *role, const char *group)
+{
+    snprintf(a->name, sizeof a->name, "shmkvt%d%s", (int)getpid(), role);
+    if (sh("useradd --system --no-create-home --shell /usr/sbin/nologin "
+           "%s%s %s >/dev/null 2>&1",
+           group ? "--gid " : "--user-group", group ? group : "", a->name) != 0)
+        return -1;
+    struct passwd *pw = getpwnam(a->name);
+    if (pw == NULL)
+        return -1;
+    a->uid = pw->pw_uid;
+    a->gid = pw->pw_gid;
+    return 0;
+}
+
+static int accounts_make(void)
+{
+    test_cleanup_install();
+    snprintf(group_r, sizeof group_r, "shmkvt%dr", (int)getpid());
+    snprintf(group_w, sizeof group_w, "shmkvt%dw", (int)getpid());
+    accounts_made = true;
+    atexit(accounts_remove);
+    if (sh("groupadd --system %s >/dev/null 2>&1", group_r) != 0 ||
+        sh("groupadd --system %s >/dev/null 2>&1", group_w) != 0)
+        return -1;
+    struct group *g = getgrnam(group_r);
+    if (g == NULL)
+        return -1;
+    gid_r = g->gr_gid;
+    g = getgrnam(group_w);
+    if (g == NULL)
+        return -1;
+    gid_w = g->gr_gid;
+    if (user_make(&acct_reader, "rd", group_r) != 0 ||
+        user_make(&acct_reader2, "rd2", group_r) != 0 ||
+        user_make(&acct_writer, "wr", group_w) != 0 ||
+        user_make(&acct_outsider, "out", NULL) != 0)
+        return -1;
+    return 0;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("not root: the roles tests need users of their own\n");
+        return 0;
+    }
+    if (accounts_make() != 0) {
+        accounts_remove();
+        print_message("useradd or groupadd failed\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    accounts_remove();
+    return 0;
+}
+
+static void need_root(void)
+{
+    if (geteuid() != 0)
+        skip();
+}
+
+/* In a child: becomes the account (its groups, then its ids), and dies
+ * with the test (after the change of ids, which clears that). */
+static void become(const struct account *a)
+{
+    if (initgroups(a->name, a->gid) != 0 || setgid(a->gid) != 0 ||
+        setuid(a->uid) != 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 ||
+        getppid() == 1)
+        _exit(120);
+}
+
+/* Forks a child that becomes a and runs fn(arg); returns its pid. */
+static pid_t spawn(const struct account *a, void (*fn)(void *), void *arg)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        become(a);
+        fn(arg);
+        _exit(0);
+    }
+    if (nkids < sizeof kids / sizeof kids[0])
+        kids[nkids++] = pid;
+    return pid;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int reap(pid_t pid)
+{
+    int status;
+    if (waitpid(pid, &status, 0) != pid)
+        return -1;
+    for (unsigned i = 0; i < nkids; i++)
+        if (kids[i] == pid)
+            kids[i] = 0;
+    if (WIFSIGNALED(status))
+        return 1000 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
+
+/* A store owned by root with the given mode and group. */
+static struct shmkv *store_make(unsigned mode, gid_t gid, char *where,
+                                size_t cap)
+{
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.size_bytes = 4u << 20;
+    o.mode = mode;
+    o.gid = (int64_t)gid;
+    o.reader_timeout_ms = 200;
+    o.lock_timeout_ms = 5000;
+    struct shmkv *kv;
+    assert_int_equal(test_create(&o, &kv), 0);
+    snprintf(where, cap, "%s", o.key);
+    return kv;
+}
+
+/* ---- who can do what ---- */
+
+/* A child as a reader of a 0640 store: exit 0 when everything is as the
+ * access model says, else the number of the first check that failed. */
+static int reader_checks(const char *where, int ctl_id, int data_id,
+                         int wsem_id, int rseg_id)
+{
+    struct shmkv *h;
+    if (shmkv_open(where, 0, &h) != 0)
+        return 1;
+    if (shmkv_readonly(h) != 1)
+        return 2;
+    char buf[16];
+    size_t len;
+    if (shmkv_get_copy(h, "k", 1, buf, sizeof buf, &len) != 0 || len != 5 ||
+        memcmp(buf, "value", 5) != 0)
+        return 3;
+    if (shmkv_set(h, "k", 1, "mine", 4, 0, 0) != SHMKV_ERDONLY ||
+        shmkv_del(h, "k", 1) != SHMKV_ERDONLY ||
+        shmkv_flush(h) != SHMKV_ERDONLY ||
+        shmkv_mark_closed(h) != SHMKV_ERDONLY)
+        return 4;
+    struct shmkv_check_report r;
+    if (shmkv_check(h, &r) != SHMKV_ERDONLY)
+        return 5;
+    /* The kernel: read-write attaches refused, read-only ones allowed. */
+    if (shmat(ctl_id, NULL, 0) != (void *)-1 || errno != EACCES)
+        return 6;
+    if (shmat(data_id, NULL, 0) != (void *)-1 || errno != EACCES)
+        return 7;
+    void *ro = shmat(data_id, NULL, SHM_RDONLY);
+    if (ro == (void *)-1)
+        return 8;
+    shmdt(ro);
+    struct sembuf op = {.sem_num = 0, .sem_op = 1, .sem_flg = IPC_NOWAIT};
+    if (semop(wsem_id, &op, 1) == 0 || errno != EACCES)
+        return 9;
+    /* What it writes: the reader segment. */
+    void *rw = shmat(rseg_id, NULL, 0);
+    if (rw == (void *)-1)
+        return 10;
+    shmdt(rw);
+    if (shmctl(ctl_id, IPC_RMID, NULL) == 0 || errno != EPERM)
+        return 11;
+    if (shmkv_destroy(h) != SHMKV_ERDONLY)
+        return 12;
+    shmkv_close(h);
+    return 0;
+}
+
+static sigjmp_buf fault_jump;
+static void on_fault(int sig)
+{
+    (void)sig;
+    siglongjmp(fault_jump, 1);
+}
+
+/* Whether a store into p faults. */
+static bool write_faults(volatile char *p)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_fault;
+    sigaction(SIGSEGV, &sa, NULL);
+    if (sigsetjmp(fault_jump, 1) != 0)
+        return true;
+    char was = p[0];
+    p[0] = (char)(was ^ 1);
+    p[0] = was;
+    return false;
+}
+
+/* What the children of the access tests are given. */
+struct access_ctx {
+    const char *where;
+    int ctl_id, data_id, wsem_id, rseg_id;
+};
+
+static void child_reader_checks(void *arg)
+{
+    const struct access_ctx *x = arg;
+    _exit(
+        reader_checks(x->where, x->ctl_id, x->data_id, x->wsem_id, x->rseg_id));
+}
+
+/* A stray write into the control or data segment through a reader's
+ * handle faults in the reader. */
+static void child_stray_write(void *arg)
+{
+    const struct access_ctx *x = arg;
+    struct shmkv *h;
+    if (shmkv_open(x->where, 0, &h) != 0)
+        _exit(1);
+    _exit(write_faults((volatile char *)&h->ctl->current) &&
+                  write_faults((volatile char *)h->data)
+              ? 0
+              : 2);
+}
+
+static void child_refused(void *arg)
+{
+    const struct access_ctx *x = arg;
+    struct shmkv *h;
+    _exit(shmkv_open(x->where, 0, &h) == SHMKV_EACCES ? 0 : 1);
+}
+
+static void test_group_reads(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    assert_int_equal(shmkv_set(kv, "k", 1, "value", 5, 0, 0), 0);
+    struct ctl_header *c = kv->ctl;
+    struct access_ctx x = {
+        .where = where,
+        .ctl_id = kv->ctl_shmid,
+        .data_id = CURRENT_SHMID(atomic_load(&c->current)),
+        .wsem_id = c->sem_ids[0],
+        .rseg_id = c->reader_shmid,
+    };
+    /* The modes the segments got. */
+    struct shmid_ds ds;
+    assert_int_equal(shmctl(x.ctl_id, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_perm.mode & 0777, 0640);
+    assert_int_equal(ds.shm_perm.gid, gid_r);
+    assert_int_equal(shmctl(x.data_id, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_perm.mode & 0777, 0640);
+    assert_int_equal(shmctl(x.rseg_id, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_perm.mode & 0777, 0660);
+
+    assert_int_equal(reap(spawn(&acct_reader, child_reader_checks, &x)), 0);
+    assert_int_equal(reap(spawn(&acct_reader, child_stray_write, &x)), 0);
+    assert_int_equal(reap(spawn(&acct_outsider, child_refused, &x)), 0);
+
+    /* The store is as it was; the owner writes. */
+    char buf[16];
+    size_t len;
+    assert_int_equal(shmkv_get_copy(kv, "k", 1, buf, sizeof buf, &len), 0);
+    assert_memory_equal(buf, "value", 5);
+    assert_int_equal(shmkv_set(kv, "k", 1, "owner", 5, 0, 0), 0);
+    struct shmkv_check_report r;
+    assert_int_equal(shmkv_check(kv, &r), 0);
+    test_destroy(kv, where);
+}
+
+static void child_group_writer(void *arg)
+{
+    const struct access_ctx *x = arg;
+    struct shmkv *h;
+    if (shmkv_open(x->where, 0, &h) != 0)
+        _exit(1);
+    if (shmkv_readonly(h) != 0)
+        _exit(2);
+    if (shmkv_set(h, "w", 1, "written", 7, 0, 0) != 0)
+        _exit(3);
+    struct shmkv_check_report r;
+    if (shmkv_check(h, &r) != 0)
+        _exit(4);
+    shmkv_close(h);
+    _exit(0);
+}
+
+static void child_anyone_reads(void *arg)
+{
+    const struct access_ctx *x = arg;
+    struct shmkv *h;
+    if (shmkv_open(x->where, 0, &h) != 0)
+        _exit(1);
+    char buf[16];
+    size_t len;
+    if (shmkv_readonly(h) != 1 ||
+        shmkv_get_copy(h, "w", 1, buf, sizeof buf, &len) != 0 || len != 7 ||
+        shmkv_set(h, "o", 1, "x", 1, 0, 0) != SHMKV_ERDONLY)
+        _exit(2);
+    shmkv_close(h);
+    _exit(0);
+}
+
+static void test_group_writes_all_read(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0664, gid_w, where, sizeof where);
+    struct access_ctx x = {.where = where};
+    assert_int_equal(reap(spawn(&acct_writer, child_group_writer, &x)), 0);
+    assert_int_equal(reap(spawn(&acct_outsider, child_anyone_reads, &x)), 0);
+    test_destroy(kv, where);
+}
+
+/* ---- a reader that scribbles ---- */
+
+struct shared {
+    _Atomic int stop;
+    _Atomic int ready;
+    _Atomic uint64_t sections;
+    _Atomic uint64_t stale;
+    _Atomic uint64_t silent_wrong; /* changed bytes in a section not stale */
+    _Atomic uint64_t scribbles;
+    _Atomic uint64_t attacks;
+};
+
+static struct shared *shared_map(void)
+{
+    struct shared *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(s != MAP_FAILED);
+    memset(s, 0, sizeof *s);
+    return s;
+}
+
+#define NKEYS 64u
+#define VAL_BYTES 48u
+
+/* Value `gen` of key i: its bytes say which, so a reader can tell it read
+ * what it was given. */
+static void value_make(char *v, unsigned i, uint32_t gen)
+{
+    for (unsigned j = 0; j < VAL_BYTES; j++)
+        v[j] = (char)(i * 131u + gen * 7u + j);
+}
+
+/* The writer: replaces every key again and again with same-sized values,
+ * so that retired blocks are reused as soon as no claim holds them.
+ * Returns the slowest set in ms. */
+static uint64_t writer_loop(struct shmkv *kv, struct shared *s, uint64_t run_ms)
+{
+    char key[16], v[VAL_BYTES];
+    uint64_t end = now_ms() + run_ms, slowest = 0;
+    for (uint32_t gen = 1; now_ms() < end; gen++) {
+        for (unsigned i = 0; i < NKEYS; i++) {
+            int kl = snprintf(key, sizeof key, "k%u", i);
+            value_make(v, i, gen);
+            uint64_t t0 = now_ms();
+            int rc = shmkv_set(kv, key, (size_t)kl, v, sizeof v, 0, 0);
+            uint64_t took = now_ms() - t0;
+            if (took > slowest)
+                slowest = took;
+            if (rc != 0)
+                fail_msg("set: %s: %s", shmkv_strerror(rc), shmkv_last_error());
+        }
+    }
+    atomic_store(&s->stop, 1);
+    return slowest;
+}
+
+/* An honest reader: sections that take every key's value (zero-copy),
+ * copy it, linger, then check that the bytes are still those copied. A
+ * section whose bytes changed must end SHMKV_ESTALE. */
+static void honest_reader(const char *where, struct shared *s)
+{
+    struct shmkv *h;
+    if (shmkv_open(where, 0, &h) != 0)
+        _exit(1);
+    static char copy[NKEYS][VAL_BYTES];
+    const char *ptr[NKEYS];
+    size_t lens[NKEYS];
+    char key[16];
+    atomic_fetch_add(&s->ready, 1);
+    while (!atomic_load(&s->stop)) {
+        if (shmkv_read_begin(h) != 0)
+            _exit(2);
+        unsigned got = 0;
+        for (unsigned i = 0; i < NKEYS; i++) {
+            int kl = snprintf(key, sizeof key, "k%u", i);
+            shmkv_val_t v;
+            ptr[i] = NULL;
+            if (shmkv_get(h, key, (size_t)kl, &v) != 0 || v.len != VAL_BYTES)
+                continue;
+            ptr[i] = v.data;
+            lens[i] = v.len;
+            memcpy(copy[i], v.data, v.len);
+            got++;
+        }
+        /* Long enough for writers to retire and reuse what it holds, were
+         * its claim not honoured. */
+        struct timespec linger = {0, 5000000};
+        nanosleep(&linger, NULL);
+        bool changed = false;
+        for (unsigned i = 0; i < NKEYS; i++)
+            if (ptr[i] != NULL && memcmp(ptr[i], copy[i], lens[i]) != 0)
+                changed = true;
+        int rc = shmkv_read_end(h);
+        atomic_fetch_add(&s->sections, 1);
+        if (rc == SHMKV_ESTALE)
+            atomic_fetch_add(&s->stale, 1);
+        else if (rc != 0)
+            _exit(3);
+        else if (changed)
+            atomic_fetch_add(&s->silent_wrong, 1);
+        (void)got;
+    }
+    shmkv_close(h);
+    _exit(0);
+}
+
+static uint64_t rng_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Attaches what a reader may write, through the layout. */
+static void reader_parts(const char *where, struct ctl_header **c, char **rseg)
+{
+    struct shmkv *h;
+    if (shmkv_open(where, 0, &h) != 0 || !shmkv_readonly(h))
+        _exit(10);
+    *c = h->ctl; /* read-only */
+    *rseg = shmat((*c)->reader_shmid, NULL, 0);
+    if (*rseg == (char *)-1)
+        _exit(11);
+}
+
+/* Random bytes over the whole reader segment and random values into every
+ * reader semaphore, over and over. */
+static void scribbler(const char *where, struct shared *s, uint64_t seed)
+{
+    struct ctl_header *c;
+    char *rseg;
+    reader_parts(where, &c, &rseg);
+    uint64_t bytes = c->reader_bytes;
+    uint32_t per = c->sems_per_set;
+    unsigned short *vals = calloc(per, sizeof *vals);
+    atomic_fetch_add(&s->ready, 1);
+    uint64_t x = seed | 1;
+    struct client_slot *slots = (struct client_slot *)(rseg + c->clients_off);
+    for (unsigned pass = 0; !atomic_load(&s->stop); pass++) {
+        if (pass % 2 == 0) {
+            for (uint64_t off = 0; off + 8 <= bytes; off += 8) {
+                uint64_t r = rng_next(&x);
+                memcpy(rseg + off, &r, 8);
+            }
+        } else {
+            /* Claims that look real: open sections of recent epochs, which
+             * hold memory back until revoked. */
+            uint64_t e = atomic_load(&c->epoch);
+            for (uint32_t i = 0; i < c->max_clients; i++)
+                atomic_store(&slots[i].claim,
+                             CLAIM_MAKE(e - rng_next(&x) % 4, CLAIM_ACTIVE));
+        }
+        for (uint32_t k = 0; k < SEM_SETS_MAX; k++) {
+            if (c->rsem_ids[k] < 0)
+                continue;
+            for (uint32_t j = 0; j < per; j++)
+                vals[j] = (unsigned short)(rng_next(&x) % 3);
+            union {
+                int val;
+                unsigned short *array;
+            } arg = {.array = vals};
+            semctl(c->rsem_ids[k], 0, SETALL, arg);
+        }
+        atomic_fetch_add(&s->scribbles, 1);
+    }
+    _exit(0);
+}
+
+/* Clears every other handle's open claim, waits for writers to scan and
+ * reuse, and puts the claim back. */
+static void claim_thief(const char *where, struct shared *s, uint32_t own)
+{
+    struct ctl_header *c;
+    char *rseg;
+    reader_parts(where, &c, &rseg);
+    struct client_slot *slots = (struct client_slot *)(rseg + c->clients_off);
+    atomic_fetch_add(&s->ready, 1);
+    while (!atomic_load(&s->stop)) {
+        for (uint32_t i = 0; i < c->max_clients; i++) {
+            if (i == own)
+                continue;
+            uint64_t cl = atomic_load(&slots[i].claim);
+            if (CLAIM_MODE(cl) != CLAIM_ACTIVE)
+                continue;
+            if (!atomic_compare_exchange_strong(&slots[i].claim, &cl, 0))
+                continue;
+            /* Until writers have scanned the claims (and found none here)
+             * and written on a while: then put it back, before the victim
+             * looks. */
+            uint64_t scans = atomic_load(&c->scans);
+            uint64_t give_up = now_ms() + 2;
+            while (atomic_load(&c->scans) < scans + 2 && now_ms() < give_up)
+                ;
+            struct timespec ts = {0, 300000};
+            nanosleep(&ts, NULL);
+            uint64_t zero = 0;
+            atomic_compare_exchange_strong(&slots[i].claim, &zero, cl);
+            atomic_fetch_add(&s->attacks, 1);
+        }
+    }
+    _exit(0);
+}
+
+struct attack_ctx {
+    const char *where;
+    struct shared *s;
+    uint64_t seed;
+};
+
+static void child_honest(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    honest_reader(x->where, x->s);
+}
+
+static void child_scribbler(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    scribbler(x->where, x->s, x->seed);
+}
+
+static void child_thief(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    claim_thief(x->where, x->s, UINT32_MAX);
+}
+
+static void run_attack(bool scribble, const char *what)
+{
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    uint64_t seed = test_seed(what);
+    struct shared *s = shared_map();
+    char v[VAL_BYTES], key[16];
+    for (unsigned i = 0; i < NKEYS; i++) {
+        int kl = snprintf(key, sizeof key, "k%u", i);
+        value_make(v, i, 0);
+        assert_int_equal(shmkv_set(kv, key, (size_t)kl, v, sizeof v, 0, 0), 0);
+    }
+    struct attack_ctx x = {.where = where, .s = s, .seed = seed};
+    pid_t honest = spawn(&acct_reader2, child_honest, &x);
+    pid_t attacker =
+        spawn(&acct_reader, scribble ? child_scribbler : child_thief, &x);
+    uint64_t give_up = now_ms() + 5000;
+    while (atomic_load(&s->ready) < 2 && now_ms() < give_up)
+        usleep(1000);
+    uint64_t slowest = writer_loop(kv, s, 2000);
+    int honest_rc = reap(honest), attacker_rc = reap(attacker);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    print_message(
+        "%s: %" PRIu64 " sections read, %" PRIu64 " ended stale, %" PRIu64
+        " read changed bytes unwarned; %" PRIu64 " scribbles, %" PRIu64
+        " claims stolen; %" PRIu64 " writes, slowest %" PRIu64
+        " ms (reader timeout 200 ms), %" PRIu64 " revocations\n",
+        what, atomic_load(&s->sections), atomic_load(&s->stale),
+        atomic_load(&s->silent_wrong), atomic_load(&s->scribbles),
+        atomic_load(&s->attacks), st.sets, slowest, st.revocations);
+    assert_int_equal(honest_rc, 0);
+    assert_int_equal(attacker_rc, 0);
+    assert_int_equal(atomic_load(&s->silent_wrong), 0);
+    assert_true(atomic_load(&s->sections) > 0);
+    assert_true(slowest < 2000);
+    struct shmkv_check_report r;
+    assert_int_equal(shmkv_check(kv, &r), 0);
+    munmap(s, sizeof *s);
+    test_destroy(kv, where);
+}
+
+static void test_scribbling_reader(void **state)
+{
+    (void)state;
+    run_attack(true, "scribbling reader");
+}
+
+static void test_claim_thief(void **state)
+{
+    (void)state;
+    run_attack(false, "claim thief");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_group_reads),
+        cmocka_unit_test(test_group_writes_all_read),
+        cmocka_unit_test(test_scribbling_reader),
+        cmocka_unit_test(test_claim_thief),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
