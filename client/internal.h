@@ -18,8 +18,8 @@
 #define CTL_FIXED_BYTES offsetof(struct ctl_header, owner_pid)
 struct ctl_tail {
     int64_t created_unix;
-    uint64_t locks_off, wslots_off, pins_off, reader_bytes, clients_off,
-        recency_off, recency_cells;
+    uint64_t locks_off, wclients_off, wslots_off, pins_off, reader_bytes,
+        clients_off, recency_off, recency_cells;
 };
 
 /* The data header's fixed part: every field before `entries`. */
@@ -30,9 +30,10 @@ struct shmkv {
     struct ctl_header *ctl;
     int ctl_shmid;
     struct client_slot *slot; /* this handle's client slot */
-    uint32_t slot_index;
-    bool slot_owned;  /* holds the slot's liveness semaphore(s) */
-    bool slot_writer; /* and its writer semaphore */
+    uint32_t slot_index;      /* among readers' or writers' slots */
+    uint32_t pin_index;       /* its pin's */
+    bool slot_owned;          /* holds the slot's liveness semaphore */
+    bool slot_writer;         /* a writers' slot (and writer semaphore) */
     /* Claim scans look at this handle's slot: clients_hwm, which never
      * decreases, has passed it. Until then each section says again, in
      * the reader segment, how far slots are taken (read_cover). */
@@ -337,6 +338,11 @@ static inline struct client_slot *client_slots(const struct shmkv *kv)
     return (struct client_slot *)(kv->reader_seg +
                                   kv->ctl_tail_fixed.clients_off);
 }
+static inline struct client_slot *writer_claims(const struct shmkv *kv)
+{
+    return (struct client_slot *)((char *)kv->ctl +
+                                  kv->ctl_tail_fixed.wclients_off);
+}
 static inline struct writer_slot *writer_slots(const struct shmkv *kv)
 {
     return (struct writer_slot *)((char *)kv->ctl +
@@ -346,12 +352,19 @@ static inline struct reader_header *reader_header_of(const struct shmkv *kv)
 {
     return (struct reader_header *)kv->reader_seg;
 }
-/* The slots claims scans and writers look at: clients_hwm, which only
+/* The readers' slots claims scans look at: clients_hwm, which only
  * writers raise. */
 static inline uint32_t clients_scan_limit(const struct shmkv *kv)
 {
     uint32_t n =
         atomic_load_explicit(&kv->ctl->clients_hwm, memory_order_seq_cst);
+    return n < kv->max_clients ? n : kv->max_clients;
+}
+/* The writers' slots scans and lock recovery look at. */
+static inline uint32_t writers_scan_limit(const struct shmkv *kv)
+{
+    uint32_t n =
+        atomic_load_explicit(&kv->ctl->writers_hwm, memory_order_seq_cst);
     return n < kv->max_clients ? n : kv->max_clients;
 }
 /* Raises clients_hwm to the reader segment's mark (a writer, which may

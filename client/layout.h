@@ -15,15 +15,18 @@
  *                   and the count of claim scans, counters, the event ring
  *     lock slots    LOCK_SLOTS process-shared rwlocks; the lock epoch names
  *                   the one in use (lock.c)
- *     writer slots  per client slot, a line written by that slot's writer:
+ *     writers' client slots
+ *                   one cache line per writing handle, as a reader's below,
+ *                   where no reader can touch it
+ *     writer slots  per writers' client slot, a line written by its writer:
  *                   what lock it is taking or holds, its counters
- *     pins          per client slot, written by writers scanning claims:
- *                   since when a claim holds memory back, and the claim
- *                   the last scan honoured (reclaim.c)
+ *     pins          per client slot of either kind, written by writers
+ *                   scanning claims: since when a claim holds memory back,
+ *                   and what the scans found (reclaim.c)
  *
  *   reader segment (IPC_PRIVATE, one per store; readers write it too)
- *     reader_header how far client slots have been taken
- *     client slots  one cache line per open handle: its read claim (the
+ *     reader_header how far readers' client slots have been taken
+ *     client slots  one cache line per read-only handle: its read claim (the
  *                   epoch its read section began in), its pid for display,
  *                   its own hit/miss counters
  *     recency cells uint32 LRU stamps indexed by the hash tag (lru stores)
@@ -38,12 +41,12 @@
  *                   blocks held by a compaction (compact.c)
  *
  *   semaphore sets (IPC_PRIVATE; liveness.c)
- *     reader sets: one semaphore per client slot, raised with SEM_UNDO by
- *     every handle that owns the slot; writer sets (writers only): one per
- *     client slot, raised likewise by a writing handle besides, and one
- *     for the store's owner. The kernel lowers them when the process dies,
- *     whatever its pid namespace. Lock recovery trusts only the writer
- *     sets, which no reader can change.
+ *     reader sets: one semaphore per readers' client slot, raised with
+ *     SEM_UNDO by the handle that owns the slot; writer sets (writers
+ *     only): one per writers' client slot, and one for the store's owner.
+ *     The kernel lowers them when the process dies, whatever its pid
+ *     namespace. Nothing a writer does rests on the reader sets but a
+ *     reader's liveness.
  *
  * Nothing here is a pointer: every reference is an offset from the start of
  * its segment. Integers are native-endian: a store is shared by processes on
@@ -118,7 +121,8 @@ struct lock_slot {
     _Atomic uint64_t hold_seen;
 };
 
-/* In the reader segment, written by the slot's owner (any handle). */
+/* A handle's client slot: in the reader segment for a read-only handle, in
+ * the control segment for a writing one; written by the slot's owner. */
 struct client_slot {
     /* The read claim, on the line its owner writes at every section. */
     alignas(CACHE_LINE) _Atomic uint64_t claim;
@@ -131,13 +135,14 @@ struct client_slot {
     _Atomic uint64_t stale; /* sections that ended revoked */
 };
 
-/* The reader segment's header: one past the highest client slot a handle
+/* The reader segment's header: one past the highest client slot a reader
  * has taken, which writers copy into ctl_header.clients_hwm. */
 struct reader_header {
     alignas(CACHE_LINE) _Atomic uint32_t hwm;
 };
 
-/* In the control segment, written by the writer that owns the slot. */
+/* In the control segment, beside each writers' client slot, written by the
+ * writer that owns it. */
 struct writer_slot {
     alignas(CACHE_LINE) _Atomic uint64_t lock_state;
     _Atomic int32_t pid; /* the writer's, for the log */
@@ -216,8 +221,9 @@ struct ctl_header {
     _Atomic uint32_t marks;    /* SHMKV_MARK_*, set by the owner */
     int64_t created_unix;
     uint64_t locks_off;
+    uint64_t wclients_off; /* writers' client slots */
     uint64_t wslots_off;
-    uint64_t pins_off;
+    uint64_t pins_off;     /* 2 * max_clients: readers' slots, then writers' */
     uint64_t reader_bytes; /* the reader segment's layout: */
     uint64_t clients_off;
     uint64_t recency_off;
@@ -225,9 +231,11 @@ struct ctl_header {
 
     /* The generation word readers load on every operation. */
     alignas(CACHE_LINE) _Atomic uint64_t current;
-    /* How far writers look for read claims: one past the highest client
-     * slot they have seen taken (reader_header.hwm). It never decreases. */
+    /* How far writers look for read claims: one past the highest readers'
+     * client slot they have seen taken (reader_header.hwm), and one past
+     * the highest writers' one. Neither decreases. */
     _Atomic uint32_t clients_hwm;
+    _Atomic uint32_t writers_hwm;
 
     /* The read epoch: loaded at every read section's start, advanced by
      * writers when they reclaim memory; and the number of claim scans

@@ -127,11 +127,11 @@ static int lock_user_find(const struct shmkv *kv, enum lock_user kind,
 {
     const struct ctl_header *c = kv->ctl;
     const struct writer_slot *slots = writer_slots(kv);
-    uint32_t n = clients_scan_limit(kv);
+    uint32_t n = writers_scan_limit(kv);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t st =
             atomic_load_explicit(&slots[i].lock_state, memory_order_seq_cst);
-        if (st == 0 || i == kv->slot_index)
+        if (st == 0 || (kv->slot_writer && i == kv->slot_index))
             continue;
         uint64_t e = LOCK_STATE_EPOCH(st);
         bool match = kind == USER_OF_SLOT
@@ -280,7 +280,7 @@ static void report_slow_holder(struct shmkv *kv, uint64_t epoch,
                                         acquisitions))
         return;
     const struct writer_slot *slots = writer_slots(kv);
-    uint32_t n = clients_scan_limit(kv);
+    uint32_t n = writers_scan_limit(kv);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t st = atomic_load(&slots[i].lock_state);
         if (st != 0 && LOCK_STATE_EPOCH(st) == epoch &&

@@ -94,16 +94,16 @@ void read_cover(struct shmkv *kv)
 /* How long a section's end waits for a scan in progress to finish (a
  * writer preempted in its scan): spins, then yields, then gives up. */
 #define SCAN_WAIT_SPINS 256u
-#define SCAN_WAIT_MS 10u
+#define SCAN_WAIT_MS 2u
 
 /* Whether the pin's record shows the claim of the section that began
  * before scan scans0 + 1: 1 yes, 0 no, -1 cannot tell yet. */
 static int seen_says(const struct shmkv *kv)
 {
-    uint64_t seen = atomic_load_explicit(&client_pins(kv)[kv->slot_index].seen,
+    uint64_t seen = atomic_load_explicit(&client_pins(kv)[kv->pin_index].seen,
                                          memory_order_seq_cst);
-    /* Scan numbers compared on 31 bits: a section that lasts 2^30 scans
-     * was revoked long before (limbo fills in far fewer). */
+    /* Scan numbers compared on 31 bits (read_scans_found refuses a
+     * section across 2^30 scans). */
     uint32_t first = (uint32_t)((kv->scans0 + 1) & SEEN_SCAN_MASK);
     int32_t since_first = (int32_t)((SEEN_SCAN(seen) - first) << 1) >> 1;
     if (SEEN_KEY_OF(seen) == SEEN_KEY(kv->claim))
@@ -118,6 +118,10 @@ static int seen_says(const struct shmkv *kv)
 
 bool read_scans_found(const struct shmkv *kv, uint64_t upto)
 {
+    /* Scan numbers are recorded on 31 bits: a section as long as 2^30
+     * scans cannot be told apart, and ends stale. */
+    if (upto - kv->scans0 >= (1u << 30))
+        return false;
     /* A scan that records in the pin looks at the slot, and so does every
      * later one (clients_hwm never decreases): a slot no scan has looked
      * at yet has a pin that shows no claim of its section. The pin shows
@@ -152,26 +156,44 @@ bool read_scans_found(const struct shmkv *kv, uint64_t upto)
     return seen_says(kv) == 1;
 }
 
-/* Begins a scan of the claims: raises how far scans look, then counts the
- * scan (seq_cst, before the claims' loads). Returns its number. */
-static uint64_t scan_begin(struct shmkv *kv, uint32_t *n)
+/* The claims a scan looks at: the readers' client slots, then the
+ * writers'. */
+struct claim_set {
+    struct client_slot *slots;
+    uint32_t n;
+    uint32_t pin_base; /* pin of slot i: pin_base + i */
+    enum live_kind kind;
+};
+
+/* Begins a scan of the claims: raises how far scans look at readers'
+ * slots, then counts the scan (seq_cst, before the claims' loads), then
+ * reads how far writers' slots go (raised by each writer as it takes one,
+ * before its first claim). Returns the scan's number. */
+static uint64_t scan_begin(struct shmkv *kv, struct claim_set set[2])
 {
-    *n = clients_scan_raise(kv);
-    return atomic_fetch_add_explicit(&kv->ctl->scans, 1, memory_order_seq_cst) +
-           1;
+    set[0] = (struct claim_set){client_slots(kv), clients_scan_raise(kv), 0,
+                                LIVE_READER};
+    uint64_t scan =
+        atomic_fetch_add_explicit(&kv->ctl->scans, 1, memory_order_seq_cst) + 1;
+    set[1] = (struct claim_set){writer_claims(kv), writers_scan_limit(kv),
+                                kv->max_clients, LIVE_WRITER};
+    return scan;
 }
 
 /* Ends scan `scan`: every slot's pin shows what it found. */
 static void scan_end(struct shmkv *kv, uint64_t scan)
 {
     atomic_store_explicit(&kv->ctl->scans_done, scan, memory_order_seq_cst);
+    /* What the scan recorded, before any store that acts on it (a block
+     * reused): a release store alone would let later stores pass it. */
+    atomic_thread_fence(memory_order_seq_cst);
 }
 
-/* Records in slot i's pin that scan `scan` found claim there. */
-static inline void scan_found(struct shmkv *kv, uint32_t i, uint64_t claim,
+/* Records in pin p that scan `scan` found claim there. */
+static inline void scan_found(struct shmkv *kv, uint32_t p, uint64_t claim,
                               uint64_t scan)
 {
-    _Atomic uint64_t *seen = &client_pins(kv)[i].seen;
+    _Atomic uint64_t *seen = &client_pins(kv)[p].seen;
     if (SEEN_KEY_OF(atomic_load_explicit(seen, memory_order_relaxed)) !=
         SEEN_KEY(claim))
         atomic_store_explicit(seen, SEEN_MAKE(claim, scan),
@@ -249,21 +271,23 @@ static uint32_t claims_oldest(struct shmkv *kv)
     }
     /* The unlinks before, the claims' loads after. */
     atomic_thread_fence(memory_order_seq_cst);
-    const struct client_slot *slots = client_slots(kv);
-    uint32_t n;
-    uint64_t scan = scan_begin(kv, &n);
+    struct claim_set set[2];
+    uint64_t scan = scan_begin(kv, set);
     /* How far behind now the oldest claim is: a distance, so that the
      * claims are in one order (compared pairwise on 32 bits they need not
      * be, and a chain of claims each older than the last could end newer
      * than the first). A claim ahead of now is no section's. */
     uint32_t behind = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t cl =
-            atomic_load_explicit(&slots[i].claim, memory_order_seq_cst);
-        scan_found(kv, i, cl, scan);
-        uint32_t gap = (uint32_t)now - (uint32_t)CLAIM_EPOCH(cl);
-        if (CLAIM_MODE(cl) == CLAIM_ACTIVE && gap < (1u << 31) && gap > behind)
-            behind = gap;
+    for (int k = 0; k < 2; k++) {
+        for (uint32_t i = 0; i < set[k].n; i++) {
+            uint64_t cl = atomic_load_explicit(&set[k].slots[i].claim,
+                                               memory_order_seq_cst);
+            scan_found(kv, set[k].pin_base + i, cl, scan);
+            uint32_t gap = (uint32_t)now - (uint32_t)CLAIM_EPOCH(cl);
+            if (CLAIM_MODE(cl) == CLAIM_ACTIVE && gap < (1u << 31) &&
+                gap > behind)
+                behind = gap;
+        }
     }
     scan_end(kv, scan);
     return (uint32_t)now - behind;
@@ -377,44 +401,59 @@ uint32_t limbo_take(struct shmkv *kv, uint32_t units)
     return off;
 }
 
+/* Whether claim cl holds back what was unlinked in epoch `epoch`: it is
+ * active and at most 2^31 - 1 epochs before it (on 32 bits, as limbo keeps
+ * epochs; a claim 2^31 away is no section's, and would be both before and
+ * after every epoch). */
+static inline bool claim_blocks(uint64_t cl, uint32_t epoch)
+{
+    return CLAIM_MODE(cl) == CLAIM_ACTIVE &&
+           epoch - (uint32_t)CLAIM_EPOCH(cl) < (1u << 31);
+}
+
 /* A section that began at or before the epoch a writer waits past: drop
  * it if its process is dead, start its pin, or revoke it once the pin is
- * older than the reader timeout. Returns the claim now in the slot as this
+ * older than the reader timeout. A section that holds the wait up began
+ * before the epoch passed the one waited for, so before the wait began
+ * (wait_ms): a pin starts then at the latest, however its slot's claim
+ * was moved or rewritten. Returns the claim now in the slot as this
  * decided it: revoked (no longer holding memory back) or as found. */
-static uint64_t pinned_section(struct shmkv *kv, uint32_t i, uint64_t claim,
-                               uint64_t now_ms)
+static uint64_t pinned_section(struct shmkv *kv, const struct claim_set *set,
+                               uint32_t i, uint64_t claim, uint64_t now_ms,
+                               uint64_t wait_ms)
 {
     struct ctl_header *c = kv->ctl;
-    struct client_slot *s = &client_slots(kv)[i];
+    struct client_slot *s = &set->slots[i];
     int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
     uint64_t revoked = CLAIM_MAKE(CLAIM_EPOCH(claim), CLAIM_REVOKED);
-    if (!liveness_alive(c, LIVE_READER, i)) {
+    if (!liveness_alive(c, set->kind, i)) {
         if (!atomic_compare_exchange_strong(&s->claim, &claim, revoked))
             return claim; /* changed meanwhile: looked at again */
         atomic_fetch_add(&c->dead_readers, 1);
         event_log(c, SHMKV_EVENT_DEAD_READER, pid, 0, 0);
         return revoked;
     }
-    struct client_pin *pin = &client_pins(kv)[i];
+    struct client_pin *pin = &client_pins(kv)[set->pin_base + i];
     uint64_t pinned = atomic_load_explicit(&pin->claim, memory_order_relaxed);
     if (pinned != claim) {
         atomic_store_explicit(&pin->claim, claim, memory_order_relaxed);
         /* A newer section starts a new pin; a claim older than the epoch
-         * when the pin began is no new section's. (On 32 bits, as claims
-         * are compared with the epoch waited past: a claim that blocks
-         * the wait that began the pin never starts a new one.) */
-        if (pinned == 0 || epoch_le((uint32_t)atomic_load_explicit(
-                                        &pin->epoch, memory_order_relaxed),
-                                    (uint32_t)CLAIM_EPOCH(claim))) {
-            atomic_store_explicit(&pin->since_ms, now_ms, memory_order_relaxed);
+         * when the pin began is no new section's, and keeps its time. */
+        uint32_t pin_epoch =
+            (uint32_t)atomic_load_explicit(&pin->epoch, memory_order_relaxed);
+        if (pinned == 0 ||
+            (uint32_t)CLAIM_EPOCH(claim) - pin_epoch < (1u << 31)) {
+            atomic_store_explicit(&pin->since_ms, wait_ms,
+                                  memory_order_relaxed);
             atomic_store_explicit(
                 &pin->epoch,
                 atomic_load_explicit(&c->epoch, memory_order_relaxed),
                 memory_order_relaxed);
-            return claim;
         }
     }
     uint64_t since = atomic_load_explicit(&pin->since_ms, memory_order_relaxed);
+    if (since > wait_ms)
+        since = wait_ms;
     if (now_ms - since < kv->reader_timeout_ms)
         return claim;
     if (!atomic_compare_exchange_strong(&s->claim, &claim, revoked))
@@ -422,12 +461,6 @@ static uint64_t pinned_section(struct shmkv *kv, uint32_t i, uint64_t claim,
     atomic_fetch_add(&c->revocations, 1);
     event_log(c, SHMKV_EVENT_REVOKED, pid, now_ms - since, 0);
     return revoked;
-}
-
-static inline bool claim_blocks(uint64_t cl, uint32_t epoch)
-{
-    return CLAIM_MODE(cl) == CLAIM_ACTIVE &&
-           epoch_le((uint32_t)CLAIM_EPOCH(cl), epoch);
 }
 
 int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
@@ -438,24 +471,27 @@ int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
     if (epoch_le((uint32_t)now, epoch))
         atomic_fetch_add_explicit(&c->epoch, 1, memory_order_seq_cst);
     atomic_thread_fence(memory_order_seq_cst);
-    const struct client_slot *slots = client_slots(kv);
-    uint64_t deadline = 0;
-    uint32_t blocker = 0;
+    uint64_t deadline = 0, wait_ms = 0;
+    const struct client_slot *blocker = NULL;
     for (unsigned iter = 0;; iter++) {
         bool looking = iter >= WAIT_SPINS;
         uint64_t now_ms = looking ? monotonic_ms() : 0;
+        if (looking && wait_ms == 0)
+            wait_ms = now_ms;
         bool blocked = false;
-        uint32_t n;
-        uint64_t scan = scan_begin(kv, &n);
-        for (uint32_t i = 0; i < n; i++) {
-            uint64_t cl =
-                atomic_load_explicit(&slots[i].claim, memory_order_seq_cst);
-            if (claim_blocks(cl, epoch) && looking) {
-                blocker = i;
-                cl = pinned_section(kv, i, cl, now_ms);
+        struct claim_set set[2];
+        uint64_t scan = scan_begin(kv, set);
+        for (int k = 0; k < 2; k++) {
+            for (uint32_t i = 0; i < set[k].n; i++) {
+                uint64_t cl = atomic_load_explicit(&set[k].slots[i].claim,
+                                                   memory_order_seq_cst);
+                if (claim_blocks(cl, epoch) && looking) {
+                    blocker = &set[k].slots[i];
+                    cl = pinned_section(kv, &set[k], i, cl, now_ms, wait_ms);
+                }
+                scan_found(kv, set[k].pin_base + i, cl, scan);
+                blocked |= claim_blocks(cl, epoch);
             }
-            scan_found(kv, i, cl, scan);
-            blocked |= claim_blocks(cl, epoch);
         }
         scan_end(kv, scan);
         if (!blocked)
@@ -471,11 +507,11 @@ int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
             deadline = call_deadline(kv);
         if (now_ms >= deadline)
             return set_error(SHMKV_ETIMEDOUT,
-                             "waited %u ms for a read section (client slot "
-                             "%u, pid %d) to end; it is revoked once a writer "
-                             "has waited %u ms for it",
-                             kv->timeout_ms, blocker,
-                             (int)atomic_load(&slots[blocker].pid),
+                             "waited %u ms for a read section (pid %d) to "
+                             "end; it is revoked once a writer has waited "
+                             "%u ms for it",
+                             kv->timeout_ms,
+                             blocker ? (int)atomic_load(&blocker->pid) : 0,
                              kv->reader_timeout_ms);
         struct timespec ts = {0, WAIT_SLEEP_US * 1000L};
         nanosleep(&ts, NULL);

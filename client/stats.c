@@ -65,15 +65,16 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     st->dead_readers = atomic_load(&c->dead_readers);
     st->compactions = atomic_load(&c->compactions);
     st->compacted_bytes = atomic_load(&c->compacted_bytes);
-    const struct client_slot *slots = client_slots(kv);
-    const struct writer_slot *wslots = writer_slots(kv);
-    /* Counters stay in their slots: every slot ever taken, including those
-     * writers have not looked at yet. */
+    /* Counters stay in their slots: every slot ever taken, including
+     * readers' that writers have not looked at yet. */
     uint32_t n = clients_scan_limit(kv);
     uint32_t r = atomic_load(&reader_header_of(kv)->hwm);
     if (r > n)
         n = r < kv->max_clients ? r : kv->max_clients;
-    uint8_t *alive = n > 0 ? malloc(n) : NULL;
+    uint32_t wn = writers_scan_limit(kv);
+    uint32_t most = n > wn ? n : wn;
+    uint8_t *alive = most > 0 ? malloc(most) : NULL;
+    const struct client_slot *slots = client_slots(kv);
     bool known = alive != NULL && liveness_all(c, LIVE_READER, n, alive);
     for (uint32_t i = 0; i < n; i++) {
         if (atomic_load(&slots[i].pid) != 0 && (!known || alive[i]))
@@ -81,6 +82,16 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
         st->hits += atomic_load(&slots[i].hits);
         st->misses += atomic_load(&slots[i].misses);
         st->stale_sections += atomic_load(&slots[i].stale);
+    }
+    const struct client_slot *wclaims = writer_claims(kv);
+    const struct writer_slot *wslots = writer_slots(kv);
+    known = alive != NULL && liveness_all(c, LIVE_WRITER, wn, alive);
+    for (uint32_t i = 0; i < wn; i++) {
+        if (atomic_load(&wclaims[i].pid) != 0 && (!known || alive[i]))
+            st->clients++;
+        st->hits += atomic_load(&wclaims[i].hits);
+        st->misses += atomic_load(&wclaims[i].misses);
+        st->stale_sections += atomic_load(&wclaims[i].stale);
         st->sets += atomic_load(&wslots[i].sets);
         st->deletes += atomic_load(&wslots[i].deletes);
         st->lock_waits += atomic_load(&wslots[i].lock_waits);

@@ -98,6 +98,7 @@ struct geometry {
     uint64_t nbuckets;
     uint64_t ctl_bytes;
     uint64_t locks_off;
+    uint64_t wclients_off;
     uint64_t wslots_off;
     uint64_t pins_off;
     uint64_t reader_bytes;
@@ -193,10 +194,12 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
                          (unsigned long long)g->data_bytes);
 
     g->locks_off = align_up(sizeof(struct ctl_header), CACHE_LINE);
-    g->wslots_off = g->locks_off + LOCK_SLOTS * sizeof(struct lock_slot);
+    g->wclients_off = g->locks_off + LOCK_SLOTS * sizeof(struct lock_slot);
+    g->wslots_off =
+        g->wclients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
     g->pins_off =
         g->wslots_off + (uint64_t)o->max_clients * sizeof(struct writer_slot);
-    g->ctl_bytes = round_to_pages(g->pins_off + (uint64_t)o->max_clients *
+    g->ctl_bytes = round_to_pages(g->pins_off + 2 * (uint64_t)o->max_clients *
                                                     sizeof(struct client_pin));
     g->clients_off = sizeof(struct reader_header);
     g->recency_off =
@@ -290,13 +293,18 @@ static int ctl_validate(const struct ctl_header *c, uint64_t seg_bytes)
     if (c->header_bytes != sizeof *c || c->ctl_bytes > seg_bytes ||
         c->max_clients == 0 || c->max_clients > 65536 ||
         c->locks_off < sizeof *c || c->locks_off % CACHE_LINE != 0 ||
-        c->wslots_off % CACHE_LINE != 0 || c->pins_off % 8 != 0 ||
-        c->locks_off > seg_bytes || c->wslots_off > seg_bytes ||
+        c->wclients_off % CACHE_LINE != 0 || c->wslots_off % CACHE_LINE != 0 ||
+        c->pins_off % 8 != 0 || c->locks_off > seg_bytes ||
+        c->wclients_off > seg_bytes || c->wslots_off > seg_bytes ||
         c->pins_off > seg_bytes ||
-        c->locks_off + LOCK_SLOTS * sizeof(struct lock_slot) > c->wslots_off ||
+        c->locks_off + LOCK_SLOTS * sizeof(struct lock_slot) >
+            c->wclients_off ||
+        c->wclients_off +
+                (uint64_t)c->max_clients * sizeof(struct client_slot) >
+            c->wslots_off ||
         c->wslots_off + (uint64_t)c->max_clients * sizeof(struct writer_slot) >
             c->pins_off ||
-        c->pins_off + (uint64_t)c->max_clients * sizeof(struct client_pin) >
+        c->pins_off + 2 * (uint64_t)c->max_clients * sizeof(struct client_pin) >
             seg_bytes ||
         c->reader_bytes > MAX_SIZE_BYTES ||
         c->clients_off < sizeof(struct reader_header) ||
@@ -448,6 +456,7 @@ struct ctl_tail ctl_tail_of(const struct ctl_header *c)
 {
     return (struct ctl_tail){.created_unix = c->created_unix,
                              .locks_off = c->locks_off,
+                             .wclients_off = c->wclients_off,
                              .wslots_off = c->wslots_off,
                              .pins_off = c->pins_off,
                              .reader_bytes = c->reader_bytes,
@@ -570,6 +579,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->owner_pid = (int32_t)kv->pid;
     c->created_unix = (int64_t)time(NULL);
     c->locks_off = g.locks_off;
+    c->wclients_off = g.wclients_off;
     c->wslots_off = g.wslots_off;
     c->pins_off = g.pins_off;
     c->reader_bytes = g.reader_bytes;

@@ -140,8 +140,9 @@ struct shmkv_options {
      * waits for that section before revoking it (SHMKV_ESTALE to its
      * reader), in milliseconds. Default 1000. */
     uint32_t reader_timeout_ms;
-    /* Number of client slots: how many handles may be open at once across
-     * all processes. Default 1024. */
+    /* Number of client slots of each kind: how many read-only handles, and
+     * how many writing ones, may be open at once across all processes.
+     * Default 1024. */
     uint32_t max_clients;
 };
 

@@ -738,16 +738,23 @@ static void test_open_flags_clients_closed(void **state)
     assert_rc(shmkv_open(s.key, 0, NULL), SHMKV_EINVAL);
     assert_int_equal(stats_of(s.kv).clients, 1);
 
-    /* The owner holds one of three slots. */
-    shmkv_t *a, *b, *c = NULL;
+    /* Three writers' slots, the owner's one of them, and three readers'. */
+    shmkv_t *a, *b, *c = NULL, *r[3], *extra = NULL;
     assert_ok(shmkv_open(s.key, 0, &a));
-    assert_ok(shmkv_open(s.key, SHMKV_RDONLY, &b));
+    assert_ok(shmkv_open(s.key, 0, &b));
     assert_rc(shmkv_open(s.key, 0, &c), SHMKV_ECLIENTS);
     assert_null(c);
-    assert_int_equal(stats_of(s.kv).clients, 3);
+    for (int i = 0; i < 3; i++)
+        assert_ok(shmkv_open(s.key, SHMKV_RDONLY, &r[i]));
+    assert_rc(shmkv_open(s.key, SHMKV_RDONLY, &extra), SHMKV_ECLIENTS);
+    assert_int_equal(stats_of(s.kv).clients, 6);
     shmkv_close(b);
+    shmkv_close(r[0]);
     assert_ok(shmkv_open(s.key, 0, &c));
+    assert_ok(shmkv_open(s.key, SHMKV_RDONLY, &r[0]));
     shmkv_close(c);
+    for (int i = 0; i < 3; i++)
+        shmkv_close(r[i]);
 
     /* Creating over an existing store is refused and changes nothing. */
     struct shmkv_options again;

@@ -706,6 +706,136 @@ static void test_claim_thief(void **state)
     run_attack(false, "claim thief");
 }
 
+/* ---- a reader that goes after writers ---- */
+
+/* Every reader semaphore at 1 (every readers' slot looks taken, every
+ * reader alive), the readers' mark low and high, and one claim of the epoch
+ * when it began, which holds back all writers have unlinked since, moved to
+ * another slot every 20 ms and rewritten with other high bits each time. */
+static void writer_harrier(const char *where, struct shared *s)
+{
+    struct ctl_header *c;
+    char *rseg;
+    reader_parts(where, &c, &rseg);
+    struct client_slot *slots = (struct client_slot *)(rseg + c->clients_off);
+    struct reader_header *rh = (struct reader_header *)rseg;
+    uint32_t per = c->sems_per_set;
+    unsigned short *ones = calloc(per, sizeof *ones);
+    for (uint32_t j = 0; j < per; j++)
+        ones[j] = 1;
+    atomic_fetch_add(&s->ready, 1);
+    uint64_t e0 = atomic_load(&c->epoch);
+    for (uint64_t round = 1; !atomic_load(&s->stop); round++) {
+        for (uint32_t k = 0; k < SEM_SETS_MAX; k++) {
+            if (c->rsem_ids[k] < 0)
+                continue;
+            union {
+                int val;
+                unsigned short *array;
+            } arg = {.array = ones};
+            semctl(c->rsem_ids[k], 0, SETALL, arg);
+        }
+        uint32_t at = (uint32_t)(round % c->max_clients);
+        for (uint32_t i = 0; i < c->max_clients; i++)
+            atomic_store(&slots[i].claim, 0);
+        atomic_store(&slots[at].claim,
+                     CLAIM_MAKE(e0, CLAIM_ACTIVE) + (round << 34));
+        /* Low, to hide slots from scans; high, so that every slot is
+         * scanned and the claim it moves is seen wherever it goes. */
+        atomic_store(&rh->hwm, round % 2 ? 0 : c->max_clients);
+        atomic_fetch_add(&s->attacks, 1);
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    _exit(0);
+}
+
+static void child_harrier(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    writer_harrier(x->where, x->s);
+}
+
+static void die_at_point(const char *point)
+{
+    if (strcmp(point, "set:stored") == 0)
+        raise(SIGKILL);
+}
+
+/* A writer that dies holding the write lock, in the middle of a set. */
+static void child_dying_writer(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    struct shmkv *h;
+    if (shmkv_open(x->where, 0, &h) != 0 || shmkv_readonly(h) != 0)
+        _exit(1);
+    shmkv_test_hook = die_at_point;
+    shmkv_set(h, "dying", 5, "value", 5, 0, 0);
+    _exit(2);
+}
+
+/* What a reader may write cannot keep writers out, hide a writer from the
+ * lock's recovery, or hold writes up past the reader timeout: writers
+ * open (the daemon's adoption too), a writer that died holding the lock
+ * is recovered, and every write is done within a few reader timeouts. */
+static void test_readers_cannot_stop_writers(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    struct shared *s = shared_map();
+    struct attack_ctx x = {.where = where, .s = s};
+    pid_t harrier = spawn(&acct_reader, child_harrier, &x);
+    uint64_t give_up = now_ms() + 5000;
+    while (atomic_load(&s->attacks) < 3 && now_ms() < give_up)
+        usleep(1000);
+    /* A new writer gets a slot; a new reader does not (all its kind's
+     * slots look taken). */
+    struct shmkv *w, *r = NULL;
+    assert_int_equal(shmkv_open(where, 0, &w), 0);
+    assert_int_equal(shmkv_open(where, SHMKV_RDONLY, &r), SHMKV_ECLIENTS);
+    /* A writer dies holding the lock; the next write recovers it. */
+    pid_t dying = fork();
+    assert_true(dying >= 0);
+    if (dying == 0)
+        child_dying_writer(&x);
+    int status;
+    assert_int_equal(waitpid(dying, &status, 0), dying);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    uint64_t recoveries = st.recoveries;
+    char key[16], v[VAL_BYTES];
+    uint64_t slowest = 0, end = now_ms() + 1500;
+    for (unsigned n = 0; now_ms() < end; n++) {
+        int kl = snprintf(key, sizeof key, "k%u", n % NKEYS);
+        value_make(v, n % NKEYS, n);
+        uint64_t t0 = now_ms();
+        int rc = shmkv_set(w, key, (size_t)kl, v, sizeof v, 0, 0);
+        if (rc != 0)
+            fail_msg("set: %s: %s", shmkv_strerror(rc), shmkv_last_error());
+        if (now_ms() - t0 > slowest)
+            slowest = now_ms() - t0;
+    }
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    atomic_store(&s->stop, 1);
+    assert_int_equal(reap(harrier), 0);
+    print_message("a reader harrying writers (%" PRIu64
+                  " rounds): writers open, %" PRIu64
+                  " recovery, slowest write %" PRIu64
+                  " ms (reader timeout 200 ms), %" PRIu64 " revocations\n",
+                  atomic_load(&s->attacks), st.recoveries - recoveries, slowest,
+                  st.revocations);
+    assert_int_equal(st.recoveries - recoveries, 1);
+    assert_true(slowest < 1000);
+    shmkv_close(w);
+    struct shmkv_check_report report;
+    assert_int_equal(shmkv_check(kv, &report), 0);
+    munmap(s, sizeof *s);
+    test_destroy(kv, where);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -713,6 +843,7 @@ int main(void)
         cmocka_unit_test(test_group_writes_all_read),
         cmocka_unit_test(test_scribbling_reader),
         cmocka_unit_test(test_claim_thief),
+        cmocka_unit_test(test_readers_cannot_stop_writers),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
