@@ -75,8 +75,10 @@ struct shmkv {
     uint64_t recency_mask;
 
     /* The deadline of the call in progress (CLOCK_MONOTONIC ms), 0 until
-     * it first has to wait. */
+     * it first has to wait; and when it first waited for readers, 0 until
+     * then (reset with the deadline). */
     uint64_t deadline_ms;
+    uint64_t wait_ms;
 
     bool rdonly;
     bool in_read;
@@ -154,9 +156,9 @@ uint64_t round_to_pages(uint64_t bytes);
 
 /* liveness.c: semaphores per client slot and one for the owner, raised
  * with SEM_UNDO, so that the kernel reports a process's death exactly.
- * LIVE_READER: the reader sets, which every handle holds a semaphore of
- * and readers may change; LIVE_WRITER: the writer sets (and the owner's),
- * which only writers may. */
+ * LIVE_READER: the reader sets, one semaphore per readers' client slot,
+ * which readers may change; LIVE_WRITER: the writer sets, one per writers'
+ * client slot and the owner's, which only writers may. */
 enum live_kind { LIVE_READER, LIVE_WRITER };
 /* The permission bits of what readers write (the reader segment and
  * semaphores): the store's mode with write added wherever it reads. */

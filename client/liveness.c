@@ -1,14 +1,14 @@
 /*
  * liveness.c - telling a dead process from a live one, exactly.
  *
- * Every client slot has two System V semaphores, one in the reader sets and
- * one in the writer sets, and the store's owner has one in the writer
- * sets. Every handle raises its slot's reader semaphore; a writing handle
- * raises its writer semaphore too. Readers may change the reader sets (a
- * reader raises its own), so what they say is believed only where a lie
- * costs the liar's peers a revoked section at worst (reclaim.c); the lock's
- * recovery and the owner's liveness read the writer sets, which readers
- * cannot change (their permission bits are the store's mode).
+ * Every readers' client slot has a System V semaphore in the reader sets,
+ * and every writers' client slot one in the writer sets, as has the
+ * store's owner. Readers may change the reader sets (a reader raises its
+ * own), so what they say is believed only where a lie costs the liar's
+ * peers a revoked section at worst (reclaim.c); writers' slots, the lock's
+ * recovery and the owner's liveness rest on the writer sets, which readers
+ * cannot change (their permission bits are the store's mode). A reader set
+ * has one semaphore more than it uses, so that both kinds share a geometry.
  * A handle takes its slot by one semop that waits for the semaphore to be
  * 0 (IPC_NOWAIT) and raises it with SEM_UNDO, atomically: the slot is its
  * own while the semaphore is up. When the process dies, at any

@@ -116,6 +116,28 @@ static int seen_says(const struct shmkv *kv)
     return -1;
 }
 
+/* Waits until scan `upto` has finished: true, or false after a spin and
+ * SCAN_WAIT_MS of yielding. */
+static bool scan_wait_done(const struct shmkv *kv, uint64_t upto)
+{
+    uint64_t give_up = 0;
+    for (unsigned spins = 0; atomic_load_explicit(&kv->ctl->scans_done,
+                                                  memory_order_seq_cst) < upto;
+         spins++) {
+        if (spins < SCAN_WAIT_SPINS) {
+            cpu_relax();
+            continue;
+        }
+        uint64_t now = monotonic_ms();
+        if (give_up == 0)
+            give_up = now + SCAN_WAIT_MS;
+        else if (now >= give_up)
+            return false;
+        sched_yield();
+    }
+    return true;
+}
+
 bool read_scans_found(const struct shmkv *kv, uint64_t upto)
 {
     /* Scan numbers are recorded on 31 bits: a section as long as 2^30
@@ -132,28 +154,21 @@ bool read_scans_found(const struct shmkv *kv, uint64_t upto)
      * acts on it after recording it, so after this load: after the
      * section's reads. */
     int says = seen_says(kv);
-    if (says >= 0)
-        return says == 1;
-    /* Scans run one at a time, under the write lock: once scan `upto` has
-     * finished, the pin shows what every scan up to it found. Wait for it,
-     * briefly: a writer stopped in its scan makes the section stale, not
-     * stuck. */
-    uint64_t give_up = 0;
-    for (unsigned spins = 0; atomic_load_explicit(&kv->ctl->scans_done,
-                                                  memory_order_seq_cst) < upto;
-         spins++) {
-        if (spins < SCAN_WAIT_SPINS) {
-            cpu_relax();
-            continue;
-        }
-        uint64_t now = monotonic_ms();
-        if (give_up == 0)
-            give_up = now + SCAN_WAIT_MS;
-        else if (now >= give_up)
+    if (says < 0) {
+        /* Scans run one at a time, under the write lock: once scan `upto`
+         * has finished, the pin shows what every scan up to it found.
+         * Wait for it, briefly: a writer stopped in its scan makes the
+         * section stale, not stuck. */
+        if (!scan_wait_done(kv, upto))
             return false;
-        sched_yield();
+        says = seen_says(kv);
     }
-    return seen_says(kv) == 1;
+    /* Read after the record: a section across 2^30 scans is refused, as
+     * 31-bit scan numbers cannot tell. */
+    return says == 1 &&
+           atomic_load_explicit(&kv->ctl->scans, memory_order_seq_cst) -
+                   kv->scans0 <
+               (1u << 30);
 }
 
 /* The claims a scan looks at: the readers' client slots, then the
@@ -437,12 +452,14 @@ static uint64_t pinned_section(struct shmkv *kv, const struct claim_set *set,
     uint64_t pinned = atomic_load_explicit(&pin->claim, memory_order_relaxed);
     if (pinned != claim) {
         atomic_store_explicit(&pin->claim, claim, memory_order_relaxed);
-        /* A newer section starts a new pin; a claim older than the epoch
-         * when the pin began is no new section's, and keeps its time. */
+        /* A newer section starts a new pin: one whose epoch lies between
+         * the pin's and now. Any other claim keeps the pin's time. */
         uint32_t pin_epoch =
             (uint32_t)atomic_load_explicit(&pin->epoch, memory_order_relaxed);
+        uint32_t now_epoch =
+            (uint32_t)atomic_load_explicit(&c->epoch, memory_order_relaxed);
         if (pinned == 0 ||
-            (uint32_t)CLAIM_EPOCH(claim) - pin_epoch < (1u << 31)) {
+            (uint32_t)CLAIM_EPOCH(claim) - pin_epoch <= now_epoch - pin_epoch) {
             atomic_store_explicit(&pin->since_ms, wait_ms,
                                   memory_order_relaxed);
             atomic_store_explicit(
@@ -456,10 +473,14 @@ static uint64_t pinned_section(struct shmkv *kv, const struct claim_set *set,
         since = wait_ms;
     if (now_ms - since < kv->reader_timeout_ms)
         return claim;
-    if (!atomic_compare_exchange_strong(&s->claim, &claim, revoked))
-        return claim;
-    atomic_fetch_add(&c->revocations, 1);
-    event_log(c, SHMKV_EVENT_REVOKED, pid, now_ms - since, 0);
+    /* Revoked whether or not the swap wins against a process rewriting
+     * the slot: what protects a section is what the scan records, which
+     * is now that it did not find the claim; the swap only tells its
+     * reader early. */
+    if (atomic_compare_exchange_strong(&s->claim, &claim, revoked)) {
+        atomic_fetch_add(&c->revocations, 1);
+        event_log(c, SHMKV_EVENT_REVOKED, pid, now_ms - since, 0);
+    }
     return revoked;
 }
 
@@ -471,13 +492,16 @@ int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
     if (epoch_le((uint32_t)now, epoch))
         atomic_fetch_add_explicit(&c->epoch, 1, memory_order_seq_cst);
     atomic_thread_fence(memory_order_seq_cst);
-    uint64_t deadline = 0, wait_ms = 0;
+    uint64_t deadline = 0;
     const struct client_slot *blocker = NULL;
     for (unsigned iter = 0;; iter++) {
         bool looking = iter >= WAIT_SPINS;
         uint64_t now_ms = looking ? monotonic_ms() : 0;
-        if (looking && wait_ms == 0)
-            wait_ms = now_ms;
+        /* One start for all the waits of a call: however many it makes,
+         * a section is given reader_timeout_ms from the first. */
+        if (looking && kv->wait_ms == 0)
+            kv->wait_ms = now_ms;
+        uint64_t wait_ms = kv->wait_ms;
         bool blocked = false;
         struct claim_set set[2];
         uint64_t scan = scan_begin(kv, set);
@@ -528,7 +552,10 @@ int limbo_wait(struct shmkv *kv)
     int rc = readers_wait_past(kv, oldest, true);
     if (rc != 0)
         return rc;
-    limbo_reclaim(kv, true);
+    /* No section that began at or before `oldest` is open, as the wait's
+     * last scan found (a claim rewritten since is no such section's). */
+    limbo_mark_safe(d, oldest + 1);
+    limbo_free_safe(kv, 0);
     return 0;
 }
 
@@ -542,6 +569,7 @@ int limbo_drain(struct shmkv *kv)
     int rc = readers_wait_past(kv, newest, true);
     if (rc != 0)
         return rc;
-    limbo_reclaim(kv, true);
+    limbo_mark_safe(d, newest + 1);
+    limbo_free_safe(kv, 0);
     return 0;
 }

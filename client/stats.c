@@ -87,8 +87,10 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     const struct writer_slot *wslots = writer_slots(kv);
     known = alive != NULL && liveness_all(c, LIVE_WRITER, wn, alive);
     for (uint32_t i = 0; i < wn; i++) {
-        if (atomic_load(&wclaims[i].pid) != 0 && (!known || alive[i]))
+        if (atomic_load(&wclaims[i].pid) != 0 && (!known || alive[i])) {
             st->clients++;
+            st->writers++;
+        }
         st->hits += atomic_load(&wclaims[i].hits);
         st->misses += atomic_load(&wclaims[i].misses);
         st->stale_sections += atomic_load(&wclaims[i].stale);
@@ -156,7 +158,7 @@ int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report)
         return set_error(SHMKV_ERDONLY,
                          "the handle is read-only: a check takes the write "
                          "lock's read side, which only writers may");
-    kv->deadline_ms = 0;
+    kv->deadline_ms = kv->wait_ms = 0;
     int rc = lock_take(kv, false);
     if (rc == SHMKV_ECORRUPT)
         check_problem(report, "%s", shmkv_last_error());

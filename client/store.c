@@ -930,7 +930,7 @@ int shmkv_maintain(struct shmkv *kv)
     if (rc != 0)
         return rc;
     if (!kv->rdonly) {
-        kv->deadline_ms = 0;
+        kv->deadline_ms = kv->wait_ms = 0;
         rc = lock_recover_if_dead(kv);
         if (rc == SHMKV_ERETRY)
             rc = 0;

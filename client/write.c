@@ -78,7 +78,7 @@ static int write_begin(struct shmkv *kv)
         return set_error(SHMKV_ESTATE, "a write inside a read section");
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY, "the handle is read-only");
-    kv->deadline_ms = 0;
+    kv->deadline_ms = kv->wait_ms = 0;
     int rc = lock_take(kv, true);
     if (rc == 0 && (rc = header_sane(kv)) != 0)
         lock_release(kv);

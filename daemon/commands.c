@@ -777,9 +777,10 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
         info_section(b, "Clients", &first);
         evbuffer_add_printf(b,
                             "connected_clients:%u\r\nmaxclients:%u\r\n"
-                            "attached_handles:%u\r\nmax_handles:%u\r\n",
+                            "attached_handles:%u\r\nattached_writers:%u\r\n"
+                            "max_handles:%u\r\n",
                             d->n_conns, d->cfg.max_connections, st.clients,
-                            st.max_clients);
+                            st.writers, st.max_clients);
     }
     if (section_wanted(argc, argv, "memory")) {
         info_section(b, "Memory", &first);
@@ -897,6 +898,7 @@ static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
     stat_pair(out, "lock_timeout_ms", st.lock_timeout_ms);
     stat_pair(out, "reader_timeout_ms", st.reader_timeout_ms);
     stat_pair(out, "handles", st.clients);
+    stat_pair(out, "writing_handles", st.writers);
     stat_pair(out, "max_handles", st.max_clients);
     stat_pair(out, "generation", (int64_t)st.generation);
     stat_pair(out, "uptime_s", (int64_t)(time(NULL) - d->started));

@@ -351,8 +351,10 @@ static int cmd_status(struct conn *c)
                100.0 * (double)hits / (double)(hits + misses), hits, misses);
     else
         printf("hit rate   - (no lookups yet)\n");
-    printf("clients    %" PRId64 " connections, %" PRId64 " handles attached\n",
-           stat_value(&stats, "connections"), stat_value(&stats, "handles"));
+    printf("clients    %" PRId64 " connections, %" PRId64
+           " handles attached (%" PRId64 " writing)\n",
+           stat_value(&stats, "connections"), stat_value(&stats, "handles"),
+           stat_value(&stats, "writing_handles"));
     printf("writes     %" PRId64 " sets, %" PRId64 " deletes, %" PRId64
            " evictions, %" PRId64 " expirations\n",
            stat_value(&stats, "sets"), stat_value(&stats, "deletes"),

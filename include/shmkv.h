@@ -44,7 +44,7 @@ extern "C" {
 #define SHMKV_VERSION_STRING "0.1.0"
 /* The store layout this library reads and writes: a store of another
  * layout is refused with SHMKV_EVERSION. */
-#define SHMKV_LAYOUT_VERSION 6u
+#define SHMKV_LAYOUT_VERSION 7u
 
 /* An open handle on a store. */
 typedef struct shmkv shmkv_t;
@@ -412,8 +412,9 @@ struct shmkv_stats {
     enum shmkv_eviction eviction;
     uint32_t lock_timeout_ms;
     uint32_t reader_timeout_ms;
-    uint32_t clients; /* handles attached now (live processes) */
-    uint32_t max_clients;
+    uint32_t clients;     /* handles attached now (live processes) */
+    uint32_t writers;     /* of which writing ones */
+    uint32_t max_clients; /* of each kind, read-only and writing */
     uint64_t generation;  /* data segment generation */
     int32_t owner_pid;    /* the creating process (pid) */
     int64_t created_unix; /* creation time, seconds */

@@ -836,6 +836,89 @@ static void test_readers_cannot_stop_writers(void **state)
     test_destroy(kv, where);
 }
 
+/* Claims written back as soon as a writer revokes them: one of the epoch
+ * when it began, and one 2^31 + 1 epochs after it (before and after every
+ * epoch on 32 bits), with other high bits each time; their slots alive. */
+static void claim_rewriter(const char *where, struct shared *s)
+{
+    struct ctl_header *c;
+    char *rseg;
+    reader_parts(where, &c, &rseg);
+    struct client_slot *slots = (struct client_slot *)(rseg + c->clients_off);
+    struct reader_header *rh = (struct reader_header *)rseg;
+    for (uint32_t k = 1; k <= 2; k++)
+        semctl(c->rsem_ids[k / c->sems_per_set], (int)(k % c->sems_per_set),
+               SETVAL, 1);
+    uint64_t e0 = atomic_load(&c->epoch);
+    uint64_t a = CLAIM_MAKE(e0, CLAIM_ACTIVE);
+    atomic_fetch_add(&s->ready, 1);
+    for (uint64_t n = 0; !atomic_load(&s->stop); n++) {
+        if (atomic_load(&rh->hwm) < 3)
+            atomic_store(&rh->hwm, 3);
+        if (atomic_load(&slots[1].claim) != a) {
+            atomic_store(&slots[1].claim, a);
+            atomic_fetch_add(&s->attacks, 1);
+        }
+        uint64_t cb = atomic_load(&slots[2].claim);
+        if (CLAIM_MODE(cb) != CLAIM_ACTIVE && atomic_load(&c->epoch) >= e0 + 3)
+            atomic_store(&slots[2].claim,
+                         CLAIM_MAKE((uint64_t)(uint32_t)(e0 + 0x80000001u) |
+                                        ((n & 0xfffffff) << 32),
+                                    CLAIM_ACTIVE));
+    }
+    _exit(0);
+}
+
+static void child_rewriter(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    claim_rewriter(x->where, x->s);
+}
+
+/* However fast a reader writes claims back, a write waits at most about
+ * the reader timeout, and none fails. */
+static void test_rewritten_claims(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    struct shared *s = shared_map();
+    struct attack_ctx x = {.where = where, .s = s};
+    pid_t rewriter = spawn(&acct_reader, child_rewriter, &x);
+    uint64_t give_up = now_ms() + 5000;
+    while (atomic_load(&s->ready) < 1 && now_ms() < give_up)
+        usleep(1000);
+    static char v[2000];
+    memset(v, 'x', sizeof v);
+    uint64_t slowest = 0, end = now_ms() + 2000;
+    unsigned n;
+    for (n = 0; now_ms() < end; n++) {
+        char key[16];
+        int kl = snprintf(key, sizeof key, "k%u", n % 200);
+        uint64_t t0 = now_ms();
+        int rc = shmkv_set(kv, key, (size_t)kl, v, 100 + n % 1800, 0, 0);
+        if (rc != 0)
+            fail_msg("set: %s: %s", shmkv_strerror(rc), shmkv_last_error());
+        if (now_ms() - t0 > slowest)
+            slowest = now_ms() - t0;
+    }
+    atomic_store(&s->stop, 1);
+    assert_int_equal(reap(rewriter), 0);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    print_message("claims written back %" PRIu64
+                  " times: %u writes, slowest %" PRIu64
+                  " ms (reader timeout 200 ms), %" PRIu64 " revocations\n",
+                  atomic_load(&s->attacks), n, slowest, st.revocations);
+    assert_true(slowest < 1000);
+    assert_true(st.revocations > 0);
+    struct shmkv_check_report report;
+    assert_int_equal(shmkv_check(kv, &report), 0);
+    munmap(s, sizeof *s);
+    test_destroy(kv, where);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -844,6 +927,7 @@ int main(void)
         cmocka_unit_test(test_scribbling_reader),
         cmocka_unit_test(test_claim_thief),
         cmocka_unit_test(test_readers_cannot_stop_writers),
+        cmocka_unit_test(test_rewritten_claims),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
