@@ -75,10 +75,8 @@ struct shmkv {
     uint64_t recency_mask;
 
     /* The deadline of the call in progress (CLOCK_MONOTONIC ms), 0 until
-     * it first has to wait; and when it first waited for readers, 0 until
-     * then (reset with the deadline). */
+     * it first has to wait. */
     uint64_t deadline_ms;
-    uint64_t wait_ms;
 
     bool rdonly;
     bool in_read;
@@ -90,6 +88,9 @@ struct shmkv {
     uint64_t rng;
 
     /* Below: what the read path never touches. */
+    /* When the call in progress first waited for readers, 0 until then
+     * (reset with deadline_ms). */
+    uint64_t wait_ms;
     /* The key it was opened at, and whether it follows the store there:
      * an shmkv_open handle whose store was closed attaches the next one
      * made at the key (handle_reattach), an owner's never. */
