@@ -71,7 +71,8 @@ static __attribute__((noinline, cold)) int section_stale(const struct shmkv *kv)
     return set_error(SHMKV_ESTALE,
                      "the read section was revoked: it was held past the "
                      "store's reader timeout (%u ms) while a writer needed "
-                     "memory it could see",
+                     "memory it could see, or another process changed its "
+                     "claim",
                      kv->reader_timeout_ms);
 }
 

@@ -84,7 +84,8 @@ enum shmkv_error {
     SHMKV_EOWNED = -23,    /* shmkv_adopt: the store's owner is alive */
     SHMKV_ESTALE = -24,    /* the read section was revoked: it was held
                               past the store's reader timeout while a
-                              writer needed the memory it could see.
+                              writer needed the memory it could see, or
+                              another process changed its claim.
                               Discard what the section read; end it */
     SHMKV_EFORKED = -25,   /* the handle was opened by another process
                               (this is a fork()ed child's copy) */
@@ -283,8 +284,10 @@ typedef struct shmkv_val {
  * Keep sections short: a writer that needs the memory a section may see
  * waits for it at most the store's reader timeout, then revokes it. A
  * revoked section's next shmkv_get and its shmkv_read_end return
- * SHMKV_ESTALE: discard what it read. The memory stays mapped, so reading
- * it never faults. Returns SHMKV_ESTATE if a section is already open. */
+ * SHMKV_ESTALE: discard what it read. So does the shmkv_read_end of a
+ * section whose claim another process changed (a reader can write other
+ * readers' claims, never what they read). The memory stays mapped, so
+ * reading it never faults. Returns SHMKV_ESTATE if a section is already open. */
 int shmkv_read_begin(struct shmkv *kv);
 
 /* Looks key up inside a read section. On success val->data points at the
