@@ -556,6 +556,10 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
         rc = segment_attach(ctl_id, false, (void **)&c, &seg_bytes);
     if (rc != 0)
         goto fail;
+    /* Before any way out: what the failure path removes by id. */
+    c->reader_shmid = -1;
+    for (uint32_t i = 0; i < SEM_SETS_MAX; i++)
+        c->sem_ids[i] = c->rsem_ids[i] = -1;
 
     c->layout_version = LAYOUT_VERSION;
     c->header_bytes = sizeof *c;
@@ -590,7 +594,6 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
 
     /* Readers write their client slots there: the mode's read bits with
      * write added. */
-    c->reader_shmid = -1;
     rc = segment_create(IPC_PRIVATE, g.reader_bytes, reader_mode(opts->mode),
                         &c->reader_shmid);
     if (rc == 0)

@@ -287,7 +287,8 @@ typedef struct shmkv_val {
  * SHMKV_ESTALE: discard what it read. So does the shmkv_read_end of a
  * section whose claim another process changed (a reader can write other
  * readers' claims, never what they read). The memory stays mapped, so
- * reading it never faults. Returns SHMKV_ESTATE if a section is already open. */
+ * reading it never faults. Returns SHMKV_ESTATE if a section is already open.
+ */
 int shmkv_read_begin(struct shmkv *kv);
 
 /* Looks key up inside a read section. On success val->data points at the
