@@ -620,7 +620,9 @@ static void roles_to_mode(struct parse *p)
     int wl = c->store_writers[0] ? line_of(p, "writers") : 0;
     if (rl == 0 && wl == 0)
         return;
-    int ml = line_of(p, "mode") ? line_of(p, "mode") : line_of(p, "group");
+    /* An empty group, like an empty readers, says nothing. */
+    int gl = c->store_group[0] ? line_of(p, "group") : 0;
+    int ml = line_of(p, "mode") ? line_of(p, "mode") : gl;
     if (ml != 0) {
         problem(p, ml,
                 "%s: readers and writers (line %d) already say who may use "
@@ -646,9 +648,9 @@ static void roles_to_mode(struct parse *p)
         if (!r_all && !r_none && (resolve_group(r, &rg) != 0 || rg != wg)) {
             problem(p, rl,
                     "readers: a store carries one group, and writers = %s "
-                    "has it: readers may be all or none (or writers none "
-                    "and readers %s)",
-                    w, r);
+                    "has it: readers may be all, none or %s (or writers "
+                    "none and readers %s)",
+                    w, w, r);
             return;
         }
         mode = r_all ? 0664 : 0660;
@@ -659,6 +661,11 @@ static void roles_to_mode(struct parse *p)
         return;
     }
     c->store_mode = mode;
+    /* Readers use the socket too: it gets the store's group, and when
+     * everyone may read, everyone may connect, unless socket_mode says
+     * otherwise. */
+    if (line_of(p, "socket_mode") == 0 && (w_all || r_all))
+        c->socket_mode = 0666;
     snprintf(c->store_group, sizeof c->store_group, "%s", group);
     c->store_gid = (gid_t)-1;
     if (group[0] != '\0')

@@ -88,12 +88,19 @@ static void conn_open(struct conn *c, const char *path)
         die(EXIT_USAGE, "socket path too long: %s", path);
     strcpy(addr.sun_path, path);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0)
+    if (c->fd < 0 ||
+        connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        if (errno == EACCES)
+            die(EXIT_ERROR,
+                "cannot connect to %s: %s (the socket's mode and group, "
+                "socket_mode and the store's group, leave this user out)",
+                path, strerror(errno));
         die(EXIT_ERROR, "cannot connect to %s: %s (is shmkvd running?%s)", path,
             strerror(errno),
             path[0] == '/' ? ""
                            : " a relative socket path is taken from the "
                              "current directory, as shmkvd does");
+    }
     c->start = c->end = 0;
 }
 

@@ -768,6 +768,17 @@ static void test_readers_and_writers(void **state)
     }
     load_bad(f, "[store]\nwriters = daemon\nreaders = root\n", 3,
              "readers: a store carries one group");
+    /* Readers use the socket: with everyone reading, everyone connects,
+     * unless socket_mode is given. */
+    load_ok(f, "[store]\nreaders = all\n");
+    assert_int_equal(f->cfg.socket_mode, 0666);
+    load_ok(f, "[store]\nreaders = daemon\n");
+    assert_int_equal(f->cfg.socket_mode, 0660);
+    load_ok(f, "[store]\nreaders = all\n[control]\nsocket_mode = 0600\n");
+    assert_int_equal(f->cfg.socket_mode, 0600);
+    /* An empty group line, as the sample has, says nothing. */
+    load_ok(f, "[store]\nreaders = all\ngroup =\n");
+    assert_int_equal(f->cfg.store_mode, 0644);
     load_bad(f, "[store]\nwriters = all\nreaders = root\n", 3,
              "with writers = all, everyone reads");
     load_bad(f, "[store]\nreaders = all\nmode = 0640\n", 3,
