@@ -427,7 +427,7 @@ static void test_group_writes_all_read(void **state)
 
 struct shared {
     _Atomic int stop;
-    _Atomic int ready;
+    _Atomic uint64_t ready;
     _Atomic uint64_t sections;
     _Atomic uint64_t stale;
     _Atomic uint64_t silent_wrong; /* changed bytes in a section not stale */
@@ -455,6 +455,27 @@ static void value_make(char *v, unsigned i, uint32_t gen)
         v[j] = (char)(i * 131u + gen * 7u + j);
 }
 
+/* Sets key to val, failing the test on an error; *slowest keeps the
+ * longest a set took, in ms. */
+static void set_timed(struct shmkv *kv, const char *key, size_t klen,
+                      const void *val, size_t vlen, uint64_t *slowest)
+{
+    uint64_t t0 = now_ms();
+    int rc = shmkv_set(kv, key, klen, val, vlen, 0, 0);
+    if (rc != 0)
+        fail_msg("set: %s: %s", shmkv_strerror(rc), shmkv_last_error());
+    if (now_ms() - t0 > *slowest)
+        *slowest = now_ms() - t0;
+}
+
+/* Waits up to 5 s for *n to reach want. */
+static void wait_count(_Atomic uint64_t *n, uint64_t want)
+{
+    uint64_t give_up = now_ms() + 5000;
+    while (atomic_load(n) < want && now_ms() < give_up)
+        usleep(1000);
+}
+
 /* The writer: replaces every key again and again with same-sized values,
  * so that retired blocks are reused as soon as no claim holds them.
  * Returns the slowest set in ms. */
@@ -466,13 +487,7 @@ static uint64_t writer_loop(struct shmkv *kv, struct shared *s, uint64_t run_ms)
         for (unsigned i = 0; i < NKEYS; i++) {
             int kl = snprintf(key, sizeof key, "k%u", i);
             value_make(v, i, gen);
-            uint64_t t0 = now_ms();
-            int rc = shmkv_set(kv, key, (size_t)kl, v, sizeof v, 0, 0);
-            uint64_t took = now_ms() - t0;
-            if (took > slowest)
-                slowest = took;
-            if (rc != 0)
-                fail_msg("set: %s: %s", shmkv_strerror(rc), shmkv_last_error());
+            set_timed(kv, key, (size_t)kl, v, sizeof v, &slowest);
         }
     }
     atomic_store(&s->stop, 1);
@@ -668,9 +683,7 @@ static void run_attack(bool scribble, const char *what)
     pid_t honest = spawn(&acct_reader2, child_honest, &x);
     pid_t attacker =
         spawn(&acct_reader, scribble ? child_scribbler : child_thief, &x);
-    uint64_t give_up = now_ms() + 5000;
-    while (atomic_load(&s->ready) < 2 && now_ms() < give_up)
-        usleep(1000);
+    wait_count(&s->ready, 2);
     uint64_t slowest = writer_loop(kv, s, 2000);
     int honest_rc = reap(honest), attacker_rc = reap(attacker);
     struct shmkv_stats st;
@@ -787,9 +800,7 @@ static void test_readers_cannot_stop_writers(void **state)
     struct shared *s = shared_map();
     struct attack_ctx x = {.where = where, .s = s};
     pid_t harrier = spawn(&acct_reader, child_harrier, &x);
-    uint64_t give_up = now_ms() + 5000;
-    while (atomic_load(&s->attacks) < 3 && now_ms() < give_up)
-        usleep(1000);
+    wait_count(&s->attacks, 3);
     /* A new writer gets a slot; a new reader does not (all its kind's
      * slots look taken). */
     struct shmkv *w, *r = NULL;
@@ -811,12 +822,7 @@ static void test_readers_cannot_stop_writers(void **state)
     for (unsigned n = 0; now_ms() < end; n++) {
         int kl = snprintf(key, sizeof key, "k%u", n % NKEYS);
         value_make(v, n % NKEYS, n);
-        uint64_t t0 = now_ms();
-        int rc = shmkv_set(w, key, (size_t)kl, v, sizeof v, 0, 0);
-        if (rc != 0)
-            fail_msg("set: %s: %s", shmkv_strerror(rc), shmkv_last_error());
-        if (now_ms() - t0 > slowest)
-            slowest = now_ms() - t0;
+        set_timed(w, key, (size_t)kl, v, sizeof v, &slowest);
     }
     assert_int_equal(shmkv_stats(kv, &st), 0);
     atomic_store(&s->stop, 1);
@@ -886,9 +892,7 @@ static void test_rewritten_claims(void **state)
     struct shared *s = shared_map();
     struct attack_ctx x = {.where = where, .s = s};
     pid_t rewriter = spawn(&acct_reader, child_rewriter, &x);
-    uint64_t give_up = now_ms() + 5000;
-    while (atomic_load(&s->ready) < 1 && now_ms() < give_up)
-        usleep(1000);
+    wait_count(&s->ready, 1);
     static char v[2000];
     memset(v, 'x', sizeof v);
     uint64_t slowest = 0, end = now_ms() + 2000;
@@ -896,12 +900,7 @@ static void test_rewritten_claims(void **state)
     for (n = 0; now_ms() < end; n++) {
         char key[16];
         int kl = snprintf(key, sizeof key, "k%u", n % 200);
-        uint64_t t0 = now_ms();
-        int rc = shmkv_set(kv, key, (size_t)kl, v, 100 + n % 1800, 0, 0);
-        if (rc != 0)
-            fail_msg("set: %s: %s", shmkv_strerror(rc), shmkv_last_error());
-        if (now_ms() - t0 > slowest)
-            slowest = now_ms() - t0;
+        set_timed(kv, key, (size_t)kl, v, 100 + n % 1800, &slowest);
     }
     atomic_store(&s->stop, 1);
     assert_int_equal(reap(rewriter), 0);
