@@ -789,8 +789,8 @@ static void child_dying_writer(void *arg)
 
 /* What a reader may write cannot keep writers out, hide a writer from the
  * lock's recovery, or hold writes up past the reader timeout: writers
- * open (the daemon's adoption too), a writer that died holding the lock
- * is recovered, and every write is done within a few reader timeouts. */
+ * open, a writer that died holding the lock is recovered, and every write
+ * is done within a few reader timeouts. */
 static void test_readers_cannot_stop_writers(void **state)
 {
     (void)state;
