@@ -128,6 +128,8 @@ struct config {
     bool tables;       /* the throughput tables (not --liveness-only) */
     bool liveness;     /* the liveness figures (not --no-liveness) */
     bool big;          /* recovery at 3 GiB too */
+    bool huge;         /* --huge: the stores on huge pages */
+    bool resize;       /* --resize: resize figures for each store size */
     bool quick;        /* --quick: liveness at small sizes, briefly */
 };
 
@@ -159,6 +161,11 @@ static void usage(FILE *f)
         "            death at 32 MiB and 1 GiB\n"
         "  --liveness-only  only those\n"
         "  --big     the recovery figures at 3 GiB too\n"
+        "  --huge    make the stores of huge pages (SHM_HUGETLB; the pool,\n"
+        "            vm.nr_hugepages, must hold them)\n"
+        "  --resize  for each store size, also the time to double the\n"
+        "            store online and to halve it back, and the slowest\n"
+        "            set of a process setting meanwhile\n"
         "  -V        also print every repetition's figure\n"
         "  -h        this help\n");
 }
@@ -245,6 +252,8 @@ static void parse_args(int argc, char **argv, struct config *cfg)
         {"no-liveness", no_argument, NULL, 'N'},
         {"liveness-only", no_argument, NULL, 'L'},
         {"big", no_argument, NULL, 'B'},
+        {"huge", no_argument, NULL, 'H'},
+        {"resize", no_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -318,6 +327,12 @@ static void parse_args(int argc, char **argv, struct config *cfg)
             break;
         case 'B':
             cfg->big = true;
+            break;
+        case 'H':
+            cfg->huge = true;
+            break;
+        case 'R':
+            cfg->resize = true;
             break;
         case 'V':
             cfg->verbose = true;
@@ -1088,6 +1103,8 @@ static void store_create(const struct config *cfg, uint64_t nkeys)
         o.max_key_bytes = (uint32_t)cfg->klen;
     if (cfg->vlen > (1u << 20))
         o.max_value_bytes = (uint32_t)cfg->vlen;
+    if (cfg->huge)
+        o.huge_pages = SHMKV_HUGE_YES;
     if (o.size_bytes > (64ull << 30))
         fail("%" PRIu64 " keys of %zu+%zu bytes need %" PRIu64
              " bytes: over shmkv's 64 GiB limit",
@@ -1707,6 +1724,53 @@ static void live_recovery(const struct config *cfg, uint64_t size_bytes)
     store_drop();
 }
 
+/* Online resize: the filled store doubled and halved back while a process
+ * sets, against the same setting with no resize. */
+static void resize_bench(const struct config *cfg, uint64_t nkeys)
+{
+    live = mmap(NULL, sizeof *live, PROT_READ | PROT_WRITE,
+                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (live == MAP_FAILED)
+        fail("mmap: %s", strerror(errno));
+    struct shmkv_stats st;
+    if (shmkv_stats(store_handle, &st) != 0)
+        fail("stats: %s", shmkv_last_error());
+    uint64_t size = st.data_bytes;
+    double seconds = 0.5 + (double)nkeys * 6e-7;
+    double base_worst;
+    double base_rate = live_set_rate(cfg, nkeys, seconds, &base_worst);
+    printf("  online resize, %" PRIu64 " keys, a process setting meanwhile "
+           "(alone: %.2fM sets/s, slowest %.2f ms):\n",
+           nkeys, base_rate / 1e6, base_worst);
+    static const char *what[] = {"double", "halve back"};
+    for (int i = 0; i < 2; i++) {
+        uint64_t target = i == 0 ? size * 2 : size;
+        live->ops = live->ns = live->worst_ns = 0;
+        pid_t pid = live_fork();
+        if (pid == 0)
+            live_setter(cfg, nkeys, seconds + 1.0);
+        usleep(200000);
+        double t0 = now_s();
+        int rc = shmkv_resize(store_handle, target, 0, NULL, NULL);
+        double took = now_s() - t0;
+        if (rc != 0)
+            fail_store("shmkv_resize", rc);
+        int status = live_reap(pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            fail("the setting child failed (status %d)", status);
+        double rate = live->ns ? (double)live->ops * 1e9 / (double)live->ns : 0;
+        printf("    %-10s to %6.1f MiB: %7.1f ms; the setter: %.2fM sets/s, "
+               "slowest %.2f ms\n",
+               what[i], (double)target / (1 << 20), took * 1e3, rate / 1e6,
+               (double)live->worst_ns / 1e6);
+    }
+    struct shmkv_check_report rep;
+    if (shmkv_check(store_handle, &rep) != 0)
+        fail("check after the resizes: %s", rep.first_problem);
+    munmap(live, sizeof *live);
+    live = NULL;
+}
+
 static void liveness_bench(const struct config *cfg)
 {
     live = mmap(NULL, sizeof *live, PROT_READ | PROT_WRITE,
@@ -1775,9 +1839,10 @@ int main(int argc, char **argv)
         struct stream stream;
         if (stream_make(&stream, nkeys, cfg.klen) != 0)
             fail("out of memory for the op stream");
-        printf("\nstore %s: %" PRIu64 " bytes of segments, filled and "
-               "checked in %.2f s\n",
-               store_key, st.segment_bytes, now_s() - t0);
+        printf("\nstore %s: %" PRIu64 " bytes of segments, data on %" PRIu64
+               " kB pages, filled and checked in %.2f s\n",
+               store_key, st.segment_bytes, st.data_page_bytes >> 10,
+               now_s() - t0);
 
         uint64_t private_total = 0;
         for (unsigned pi = 0; pi < cfg.nprocs; pi++) {
@@ -1811,6 +1876,8 @@ int main(int argc, char **argv)
         print_store_counters(store_handle);
         if (rc != 0)
             fail_store("shmkv_check", rc);
+        if (cfg.resize)
+            resize_bench(&cfg, nkeys);
         stream_free(&stream);
         store_drop();
     }

@@ -68,6 +68,10 @@ const char *shmkv_strerror(int err)
         return "read section was revoked: discard what it read";
     case SHMKV_EFORKED:
         return "handle belongs to another process (fork)";
+    case SHMKV_EBUSY:
+        return "another resize is under way";
+    case SHMKV_EAGAIN:
+        return "interrupted: try again";
     default:
         return "unknown error";
     }

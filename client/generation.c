@@ -15,8 +15,8 @@
 
 #include "internal.h"
 
-static int data_validate(const struct shmkv *kv, const struct data_header *d,
-                         uint64_t bytes, uint32_t gen)
+int data_validate(const struct shmkv *kv, const struct data_header *d,
+                  uint64_t bytes, uint32_t gen)
 {
     if (bytes < sizeof *d || memcmp(d->magic, DATA_MAGIC, 8) != 0 ||
         d->layout_version != LAYOUT_VERSION)
@@ -34,6 +34,7 @@ static int data_validate(const struct shmkv *kv, const struct data_header *d,
         d->arena_units > bytes / UNIT_BYTES)
         return set_error(SHMKV_ENOTSHMKV, "data segment header is damaged");
     if (d->generation != gen || d->data_bytes > bytes || d->nbuckets < 2 ||
+        d->page_bytes == 0 || (d->page_bytes & (d->page_bytes - 1)) ||
         d->index_off % CACHE_LINE != 0 || d->limbo_off % 8 != 0 ||
         d->undo_off % 8 != 0 || d->arena_off % UNIT_BYTES != 0 ||
         d->index_off < sizeof *d ||
@@ -47,8 +48,8 @@ static int data_validate(const struct shmkv *kv, const struct data_header *d,
     return 0;
 }
 
-static void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
-                             uint64_t current)
+void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
+                      uint64_t current)
 {
     kv->data = d;
     kv->data_shmid = shmid;

@@ -97,6 +97,12 @@ struct shmkv {
     key_t key;
     bool reattach;
 
+    /* The segment an online resize is filling, as this writer attached it
+     * to apply its own changes there too (resize.c), and when it last
+     * looked whether that resize's resizer lives. */
+    struct shmkv *rs;
+    uint64_t rs_checked_ms;
+
     /* This handle's writer slot (NULL for a reader). */
     struct writer_slot *wslot;
 
@@ -148,7 +154,12 @@ void cpu_relax(void);
 
 /* segment.c: System V keys and segments */
 int key_from_where(const char *where, key_t *out);
-int segment_create(key_t key, uint64_t bytes, unsigned mode, int *shmid_out);
+/* huge: SHM_HUGETLB, bytes a whole number of huge pages (errors name
+ * vm.nr_hugepages or vm.hugetlb_shm_group). */
+int segment_create(key_t key, uint64_t bytes, unsigned mode, bool huge,
+                   int *shmid_out);
+/* The huge page size (Hugepagesize in /proc/meminfo), 0 if none. */
+uint64_t huge_page_bytes(void);
 int segment_attach(int shmid, bool rdonly, void **addr_out,
                    uint64_t *bytes_out);
 int segment_set_group(int shmid, int64_t gid);
@@ -293,6 +304,32 @@ void op_end(struct shmkv *kv);
 uint32_t intent_repair(struct shmkv *kv);
 uint64_t undo_bytes_for(void);
 
+/* resize.c: writes made during an online resize are made in its segment
+ * too; after an entry (at unit offset off) was published, after one was
+ * unlinked, after a flush. Under the write lock; each costs one load when
+ * no resize is under way. */
+void resize_mirror(struct shmkv *kv, uint32_t off, bool removed);
+void resize_mirror_flush(struct shmkv *kv);
+static inline bool resize_copying(const struct shmkv *kv)
+{
+    return __builtin_expect(
+        atomic_load_explicit(&kv->ctl->resize_state, memory_order_relaxed) ==
+            RESIZE_COPYING,
+        0);
+}
+/* Gives up the resize under way, for a reason logged as the
+ * SHMKV_EVENT_RESIZE_ABORTED event's detail; under the write lock. */
+#define RESIZE_WHY_WRITER_DIED 1u /* maybe halfway through both segments */
+#define RESIZE_WHY_RESIZER_DIED 2u
+#define RESIZE_WHY_FULL 3u   /* the live data grew past the new size */
+#define RESIZE_WHY_ATTACH 4u /* a writer could not attach the segment */
+void resize_abort_locked(struct shmkv *kv, unsigned why);
+/* Under the write lock: gives up a resize whose resizer died, and removes
+ * its segment if this process may. Rate-limited per handle. */
+void resize_tend(struct shmkv *kv);
+/* Detaches the handle's view of a resize's segment. */
+void resize_detach(struct shmkv *kv);
+
 /* write.c: what intent_repair runs to finish an operation */
 void op_finish(struct shmkv *kv);
 /* Publishes word (an entry at a new block) at the index slot (bucket,
@@ -433,6 +470,12 @@ void event_log(struct ctl_header *c, uint32_t type, int32_t pid,
 
 /* generation.c */
 int generation_refresh(struct shmkv *kv);
+/* A data segment of bytes at gen, checked before anything steers by it;
+ * and a handle bound to one (generation.c). */
+int data_validate(const struct shmkv *kv, const struct data_header *d,
+                  uint64_t bytes, uint32_t gen);
+void handle_bind_data(struct shmkv *kv, struct data_header *d, int shmid,
+                      uint64_t current);
 /* The same, at the start of a call: a handle that follows its key
  * (kv->reattach) moves to the new store there first if its own was
  * closed. Never where the call holds something of the old store. */
@@ -450,7 +493,16 @@ int ctl_intact(const struct shmkv *kv);
 int handle_reattach(struct shmkv *kv);
 struct ctl_tail ctl_tail_of(const struct ctl_header *c);
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
-                      int *shmid_out, struct data_header **out);
+                      uint64_t bytes, uint64_t entries, int *shmid_out,
+                      struct data_header **out);
+
+/* The index's highest load, in percent of its slots. */
+#define MAX_LOAD_PERCENT 95u
+/* How long shmkv_maintain waits for the write lock. */
+#define MAINTAIN_WAIT_MS 5u
+uint64_t buckets_for_entries(uint64_t entries);
+void data_layout(struct data_header *d, uint64_t data_bytes, uint64_t nbuckets,
+                 uint32_t max_key_bytes);
 
 /* Reports one inconsistency found by a check pass. */
 void check_problem(struct shmkv_check_report *r, const char *fmt, ...)

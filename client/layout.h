@@ -78,6 +78,12 @@
 #define CURRENT_MAKE(gen, shmid)                                               \
     ((((uint64_t)(gen)&0x7fffffffull) << 32) | (uint32_t)(shmid))
 
+/* ctl_header.resize_state */
+#define RESIZE_NONE 0u
+#define RESIZE_CREATING 1u /* the resizer is making its segment */
+#define RESIZE_COPYING 2u  /* resize_shmid is being filled: writers mirror */
+#define RESIZE_ABORTED 3u  /* given up: resize_shmid (if >= 0) to remove */
+
 /* ctl_header.lock_word: epoch << 1 | installing. The epoch names the lock
  * in use (slot epoch % LOCK_SLOTS); installing is set while a recovery
  * replaces it (lock.c). */
@@ -197,7 +203,8 @@ struct ctl_header {
     uint32_t header_bytes;
     uint64_t ctl_bytes;
     uint64_t page_bytes;
-    uint64_t data_bytes; /* size of each data segment */
+    uint64_t data_bytes; /* the first data segment's size: each records
+                            its own, which a resize changes */
     uint64_t max_entries;
     /* Random at creation, and copied into every data segment of the store:
      * a handle attaches only a data segment of its own store, whatever
@@ -215,10 +222,10 @@ struct ctl_header {
     int32_t sem_ids[SEM_SETS_MAX];  /* writer liveness semaphores, -1: none */
     int32_t rsem_ids[SEM_SETS_MAX]; /* reader liveness semaphores */
     int32_t reader_shmid;           /* the reader segment */
-    uint32_t reserved0;
-    _Atomic int32_t owner_pid; /* for display: liveness is the owner's
-                                  semaphore */
-    _Atomic uint32_t marks;    /* SHMKV_MARK_*, set by the owner */
+    uint32_t huge_pages;            /* SHMKV_HUGE_*, for every data segment */
+    _Atomic int32_t owner_pid;      /* for display: liveness is the owner's
+                                       semaphore */
+    _Atomic uint32_t marks;         /* SHMKV_MARK_*, set by the owner */
     int64_t created_unix;
     uint64_t locks_off;
     uint64_t wclients_off; /* writers' client slots */
@@ -252,6 +259,23 @@ struct ctl_header {
      * recoverer that died (lock.c). */
     alignas(CACHE_LINE) pthread_mutex_t recover_mutex;
 
+    /* An online resize (resize.c): its state (RESIZE_*), the data segment
+     * it fills and that segment's generation, its resizer (a writers'
+     * slot, for liveness; the pid for display and for finding a segment
+     * it made but had not named yet), the size it makes, and how many of
+     * the old index's buckets it has copied. Written under the write
+     * lock; writers read resize_state on every change they make. */
+    alignas(CACHE_LINE) _Atomic uint32_t resize_state;
+    _Atomic int32_t resize_shmid;
+    _Atomic int32_t resize_from; /* the segment it replaces */
+    _Atomic uint32_t resize_why; /* RESIZE_WHY_*, once given up */
+    _Atomic uint64_t resize_gen;
+    _Atomic uint32_t resize_slot;
+    _Atomic int32_t resize_pid;
+    _Atomic uint64_t resize_bytes;
+    _Atomic uint64_t resize_done;
+    _Atomic uint64_t resize_total;
+
     /* Counters written by writers; they survive generations. */
     alignas(CACHE_LINE) _Atomic uint64_t evictions;
     _Atomic uint64_t expirations;
@@ -260,6 +284,7 @@ struct ctl_header {
     _Atomic uint64_t dead_readers;
     _Atomic uint64_t compactions;     /* windows of the arena packed */
     _Atomic uint64_t compacted_bytes; /* entry bytes moved doing so */
+    _Atomic uint64_t resizes;         /* online resizes completed */
 
     /* LRU clock: advanced by writers, copied into recency cells. */
     alignas(CACHE_LINE) _Atomic uint32_t lru_clock;
@@ -314,7 +339,8 @@ struct data_header {
     uint64_t generation;
     uint64_t store_nonce; /* the store's (ctl_header.store_nonce) */
     uint64_t data_bytes;
-    uint64_t seed; /* XXH3 seed of this generation's index */
+    uint64_t page_bytes; /* the system's page size, or the huge page size */
+    uint64_t seed;       /* XXH3 seed of this generation's index */
     uint64_t index_off;
     uint64_t nbuckets;
     uint64_t max_load; /* entries the index accepts */

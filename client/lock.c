@@ -206,6 +206,9 @@ static int lock_recover(struct shmkv *kv, uint64_t seen)
     }
     TEST_POINT("recover:holders-gone");
     uint32_t repaired = intent_repair(kv);
+    /* The dead writer may have changed one segment of a resize under way
+     * and not the other. */
+    resize_abort_locked(kv, RESIZE_WHY_WRITER_DIED);
     TEST_POINT("recover:repaired");
     uint64_t next = epoch + 1;
     /* Not a slot a live process may still touch: it waits in an old lock,

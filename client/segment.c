@@ -145,13 +145,81 @@ uint64_t round_to_pages(uint64_t bytes)
     return (bytes + p - 1) / p * p;
 }
 
-int segment_create(key_t key, uint64_t bytes, unsigned mode, int *shmid_out)
+/* A number of kB from a /proc/meminfo line "name: N kB", 0 if absent. */
+static uint64_t meminfo_value(const char *name)
 {
-    int id = shmget(key, (size_t)bytes, IPC_CREAT | IPC_EXCL | (mode & 0777));
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (f == NULL)
+        return 0;
+    char line[256];
+    size_t n = strlen(name);
+    uint64_t v = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, name, n) == 0 && line[n] == ':') {
+            v = strtoull(line + n + 1, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+uint64_t huge_page_bytes(void)
+{
+    return meminfo_value("Hugepagesize") * 1024u;
+}
+
+/* Why a huge-page segment could not be made: the pool or the permission,
+ * each named by its sysctl. */
+static int huge_error(int err, uint64_t bytes)
+{
+    uint64_t hp = huge_page_bytes();
+    if (err == ENOMEM || err == ENOSPC)
+        return set_error(
+            SHMKV_ENOMEM,
+            "the huge page pool is short: a %llu-byte segment needs %llu "
+            "huge pages of %llu kB and %llu are free (HugePages_Free in "
+            "/proc/meminfo); raise vm.nr_hugepages",
+            (unsigned long long)bytes,
+            (unsigned long long)(hp ? (bytes + hp - 1) / hp : 0),
+            (unsigned long long)(hp / 1024),
+            (unsigned long long)meminfo_value("HugePages_Free"));
+    if (err == EPERM) {
+        char gid[32] = "?";
+        FILE *f = fopen("/proc/sys/vm/hugetlb_shm_group", "re");
+        if (f != NULL) {
+            if (fgets(gid, sizeof gid, f) == NULL)
+                strcpy(gid, "?");
+            gid[strcspn(gid, "\n")] = '\0';
+            fclose(f);
+        }
+        return set_error(SHMKV_EACCES,
+                         "this process may not make huge-page segments: it "
+                         "needs CAP_IPC_LOCK, or membership in the group "
+                         "vm.hugetlb_shm_group names (now gid %s)",
+                         gid);
+    }
+    if (err == EINVAL && huge_page_bytes() == 0)
+        return set_error(SHMKV_EINVAL,
+                         "this kernel has no huge pages (no Hugepagesize in "
+                         "/proc/meminfo)");
+    errno = err;
+    return set_errno_error(SHMKV_ESYS, "shmget(SHM_HUGETLB)");
+}
+
+int segment_create(key_t key, uint64_t bytes, unsigned mode, bool huge,
+                   int *shmid_out)
+{
+    int flags = IPC_CREAT | IPC_EXCL | (int)(mode & 0777);
+    if (huge)
+        flags |= SHM_HUGETLB;
+    int id = shmget(key, (size_t)bytes, flags);
     if (id >= 0) {
         *shmid_out = id;
         return 0;
     }
+    if (huge && errno != EEXIST)
+        return huge_error(errno, bytes);
     switch (errno) {
     case EEXIST:
         return set_error(SHMKV_EEXIST, "a segment already exists at key 0x%08x",

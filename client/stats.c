@@ -57,7 +57,10 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
         st->bytes_free ? 1.0 - (double)st->largest_free / (double)st->bytes_free
                        : 0.0;
     st->index_slots = d->nbuckets * BUCKET_SLOTS;
-    st->segment_bytes = c->ctl_bytes + c->reader_bytes + c->data_bytes;
+    st->segment_bytes = c->ctl_bytes + c->reader_bytes + kv->data_bytes;
+    st->data_bytes = kv->data_bytes;
+    st->data_page_bytes = d->page_bytes;
+    st->huge_pages = (enum shmkv_huge_pages)c->huge_pages;
     st->evictions = atomic_load(&c->evictions);
     st->expirations = atomic_load(&c->expirations);
     st->recoveries = atomic_load(&c->recoveries);
@@ -65,6 +68,13 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     st->dead_readers = atomic_load(&c->dead_readers);
     st->compactions = atomic_load(&c->compactions);
     st->compacted_bytes = atomic_load(&c->compacted_bytes);
+    st->resizes = atomic_load(&c->resizes);
+    if (atomic_load(&c->resize_state) == RESIZE_COPYING ||
+        atomic_load(&c->resize_state) == RESIZE_CREATING) {
+        st->resize_to_bytes = atomic_load(&c->resize_bytes);
+        st->resize_done = atomic_load(&c->resize_done);
+        st->resize_total = atomic_load(&c->resize_total);
+    }
     /* Counters stay in their slots: every slot ever taken, including
      * readers' that writers have not looked at yet. */
     uint32_t n = clients_scan_limit(kv);

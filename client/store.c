@@ -31,7 +31,6 @@
 #define MIN_SIZE_BYTES (1ull << 20)
 #define MAX_SIZE_BYTES (64ull << 30)
 #define DEFAULT_SIZE_BYTES (64ull << 20)
-#define MAX_LOAD_PERCENT 95u
 #define MAX_RECENCY_CELLS (1ull << 24)
 #define DEFAULT_MAX_KEY_BYTES 250u
 #define DEFAULT_MAX_VALUE_BYTES (1u << 20)
@@ -73,7 +72,7 @@ static bool is_prime(uint64_t n)
 
 /* Buckets for `entries` at the target load: a prime, so that the index's
  * double-hashing probe sequences visit every bucket. */
-static uint64_t buckets_for_entries(uint64_t entries)
+uint64_t buckets_for_entries(uint64_t entries)
 {
     uint64_t n =
         (entries * 100 + BUCKET_SLOTS * INDEX_TARGET_LOAD_PERCENT - 1) /
@@ -110,8 +109,8 @@ struct geometry {
 /* Lays out a data segment's regions in *d: header, index, limbo ring, undo
  * log, arena, and past the arena's end sentinel room for a key, so that a
  * reader comparing a key at any block stays inside the segment. */
-static void data_layout(struct data_header *d, uint64_t data_bytes,
-                        uint64_t nbuckets, uint32_t max_key_bytes)
+void data_layout(struct data_header *d, uint64_t data_bytes, uint64_t nbuckets,
+                 uint32_t max_key_bytes)
 {
     d->data_bytes = data_bytes;
     d->nbuckets = nbuckets;
@@ -179,7 +178,21 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
         return set_error(SHMKV_EINVAL, "max clients %u: must be 1 to 65536",
                          o->max_clients);
 
+    if ((unsigned)o->huge_pages > SHMKV_HUGE_YES)
+        return set_error(SHMKV_EINVAL,
+                         "huge pages setting %d: must be no, "
+                         "try or yes",
+                         (int)o->huge_pages);
     g->data_bytes = round_to_pages(o->size_bytes);
+    if (o->huge_pages != SHMKV_HUGE_NO) {
+        uint64_t hp = huge_page_bytes();
+        if (hp == 0 && o->huge_pages == SHMKV_HUGE_YES)
+            return set_error(SHMKV_EINVAL, "this kernel has no huge pages "
+                                           "(no Hugepagesize in "
+                                           "/proc/meminfo)");
+        if (hp != 0)
+            g->data_bytes = (g->data_bytes + hp - 1) / hp * hp;
+    }
     uint64_t entries = o->max_entries;
     if (entries == 0)
         entries = g->data_bytes / SHMKV_DEFAULT_ENTRY_BYTES;
@@ -215,17 +228,19 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
     return 0;
 }
 
-/* Lays out a fresh (zero-filled) data segment as generation gen. */
+/* Lays out a fresh (zero-filled) data segment of bytes as generation gen,
+ * its index sized for entries. */
 static void data_init(struct data_header *d, const struct ctl_header *c,
-                      uint32_t gen, uint64_t seed)
+                      uint32_t gen, uint64_t seed, uint64_t bytes,
+                      uint64_t entries, uint64_t page)
 {
     d->layout_version = LAYOUT_VERSION;
     d->header_bytes = sizeof *d;
     d->generation = gen;
     d->store_nonce = c->store_nonce;
     d->seed = seed;
-    data_layout(d, c->data_bytes, buckets_for_entries(c->max_entries),
-                c->max_key_bytes);
+    d->page_bytes = page;
+    data_layout(d, bytes, buckets_for_entries(entries), c->max_key_bytes);
     d->max_load = d->nbuckets * BUCKET_SLOTS * MAX_LOAD_PERCENT / 100;
     arena_init(d);
     memcpy(d->magic, DATA_MAGIC, sizeof d->magic);
@@ -246,25 +261,33 @@ int segment_set_group(int shmid, int64_t gid)
     return 0;
 }
 
-/* Creates, attaches and initialises a new data segment for generation gen.
- * The caller owns the returned segment's removal. */
+/* Creates, attaches and initialises a new data segment of bytes for
+ * generation gen, with huge pages as the store's setting says. The caller
+ * owns the returned segment's removal. */
 int data_segment_make(struct ctl_header *c, uint32_t gen, uint64_t seed,
-                      int *shmid_out, struct data_header **out)
+                      uint64_t bytes, uint64_t entries, int *shmid_out,
+                      struct data_header **out)
 {
     int shmid;
-    int rc = segment_create(IPC_PRIVATE, c->data_bytes, c->mode, &shmid);
+    bool huge = c->huge_pages != SHMKV_HUGE_NO;
+    int rc = segment_create(IPC_PRIVATE, bytes, c->mode, huge, &shmid);
+    if (rc != 0 && huge && c->huge_pages == SHMKV_HUGE_TRY) {
+        huge = false;
+        rc = segment_create(IPC_PRIVATE, bytes, c->mode, false, &shmid);
+    }
     if (rc != 0)
         return rc;
     void *addr;
-    uint64_t bytes;
+    uint64_t seg_bytes;
     rc = segment_set_group(shmid, c->gid);
     if (rc == 0)
-        rc = segment_attach(shmid, false, &addr, &bytes);
+        rc = segment_attach(shmid, false, &addr, &seg_bytes);
     if (rc != 0) {
         shmctl(shmid, IPC_RMID, NULL);
         return rc;
     }
-    data_init(addr, c, gen, seed);
+    data_init(addr, c, gen, seed, bytes, entries,
+              huge ? huge_page_bytes() : page_bytes());
     *shmid_out = shmid;
     *out = addr;
     return 0;
@@ -482,6 +505,7 @@ static void handle_free(struct shmkv *kv)
     if (kv == NULL)
         return;
     registry_remove(kv);
+    resize_detach(kv);
     if (kv->ctl != NULL && !kv->forked) {
         lock_release(kv);
         client_slot_release(kv);
@@ -518,6 +542,15 @@ static void ctl_remove_all(struct ctl_header *c, int ctl_id)
     uint64_t cur = atomic_fetch_or(&c->current, CURRENT_CLOSED);
     if ((cur & ~CURRENT_CLOSED) != 0)
         shmctl(CURRENT_SHMID(cur), IPC_RMID, NULL);
+    /* A resize's segment: its resizer, if it lives, finds the store
+     * closed and stops. */
+    if (atomic_load(&c->resize_state) != RESIZE_NONE) {
+        int32_t ids[2] = {atomic_load(&c->resize_shmid),
+                          atomic_load(&c->resize_from)};
+        for (int i = 0; i < 2; i++)
+            if (ids[i] >= 0)
+                shmctl(ids[i], IPC_RMID, NULL);
+    }
     if (c->reader_shmid >= 0)
         shmctl(c->reader_shmid, IPC_RMID, NULL);
     liveness_remove(c);
@@ -548,7 +581,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     struct data_header *d = NULL;
     uint64_t seg_bytes;
     bool sems = false;
-    rc = segment_create(key, g.ctl_bytes, opts->mode, &ctl_id);
+    rc = segment_create(key, g.ctl_bytes, opts->mode, false, &ctl_id);
     if (rc != 0)
         goto fail;
     rc = segment_set_group(ctl_id, opts->gid);
@@ -579,6 +612,7 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->reader_timeout_ms = opts->reader_timeout_ms;
     c->max_clients = opts->max_clients;
     c->mode = opts->mode;
+    c->huge_pages = (uint32_t)opts->huge_pages;
     c->gid = opts->gid;
     c->owner_pid = (int32_t)kv->pid;
     c->created_unix = (int64_t)time(NULL);
@@ -591,11 +625,13 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->recency_off = g.recency_off;
     c->recency_cells = g.recency_cells;
     atomic_store(&c->epoch, 1);
+    atomic_store(&c->resize_shmid, -1);
+    atomic_store(&c->resize_from, -1);
 
     /* Readers write their client slots there: the mode's read bits with
      * write added. */
     rc = segment_create(IPC_PRIVATE, g.reader_bytes, reader_mode(opts->mode),
-                        &c->reader_shmid);
+                        false, &c->reader_shmid);
     if (rc == 0)
         rc = segment_set_group(c->reader_shmid, opts->gid);
     if (rc != 0)
@@ -620,7 +656,8 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     uint64_t seed;
     if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
         seed = kv->rng * 0xff51afd7ed558ccdull;
-    rc = data_segment_make(c, 1, seed, &data_id, &d);
+    rc = data_segment_make(c, 1, seed, c->data_bytes, c->max_entries, &data_id,
+                           &d);
     if (rc != 0)
         goto fail;
     shmdt(d);
@@ -937,6 +974,17 @@ int shmkv_maintain(struct shmkv *kv)
         rc = lock_recover_if_dead(kv);
         if (rc == SHMKV_ERETRY)
             rc = 0;
+    }
+    /* A resize whose resizer died: given up, its segment removed (by the
+     * owner, which may remove it). A brief wait at most for the lock. */
+    if (rc == 0 && !kv->rdonly &&
+        atomic_load(&kv->ctl->resize_state) != RESIZE_NONE) {
+        kv->wait_ms = 0;
+        kv->deadline_ms = monotonic_ms() + MAINTAIN_WAIT_MS;
+        if (lock_take(kv, true) == 0) {
+            resize_tend(kv);
+            lock_release(kv);
+        }
     }
     client_slots_reap(kv);
     return rc;

@@ -82,6 +82,11 @@ static int write_begin(struct shmkv *kv)
     int rc = lock_take(kv, true);
     if (rc == 0 && (rc = header_sane(kv)) != 0)
         lock_release(kv);
+    if (rc == 0 && __builtin_expect(atomic_load_explicit(
+                                        &kv->ctl->resize_state,
+                                        memory_order_relaxed) != RESIZE_NONE,
+                                    0))
+        resize_tend(kv);
     return rc;
 }
 
@@ -147,6 +152,7 @@ void entry_publish(struct shmkv *kv, uint64_t hash, uint64_t bucket,
     op_finish(kv);
     TEST_POINT("set:finished");
     op_end(kv);
+    resize_mirror(kv, SLOT_OFF(word), false);
 }
 
 /* Unpublishes the entry at pos: one operation. */
@@ -168,6 +174,7 @@ static int entry_remove(struct shmkv *kv, uint64_t hash,
     op_finish(kv);
     TEST_POINT("remove:finished");
     op_end(kv);
+    resize_mirror(kv, pos->off, true);
     return 0;
 }
 
@@ -617,6 +624,7 @@ int shmkv_expire(struct shmkv *kv, const void *key, size_t klen, uint32_t ttl_s)
         /* One aligned 32-bit store: readers see the old or new TTL. */
         LOGGED_SET(d, e->u.entry.expire_unix, expire);
         op_end(kv);
+        resize_mirror(kv, pos.off, false);
     }
     write_end(kv);
     return rc;
@@ -704,6 +712,7 @@ int shmkv_flush(struct shmkv *kv)
     op_begin(kv, WRITE_OP_FLUSH);
     flush_index(kv);
     op_end(kv);
+    resize_mirror_flush(kv);
     /* Rebuilt now if no section is open; else by the next write that
      * needs memory. */
     flush_settle(kv, false);

@@ -795,12 +795,23 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             "largest_free_block:%" PRIu64 "\r\nfragmentation:%.4f\r\n"
             "compactions:%" PRIu64 "\r\ncompacted_bytes:%" PRIu64 "\r\n"
             "segment_bytes:%" PRIu64 "\r\nindex_slots:%" PRIu64 "\r\n"
-            "max_key_size:%u\r\nmax_value_size:%u\r\n",
+            "max_key_size:%u\r\nmax_value_size:%u\r\n"
+            "data_segment_bytes:%" PRIu64 "\r\nmax_size:%" PRIu64 "\r\n"
+            "huge_pages:%s\r\npage_bytes:%" PRIu64 "\r\n"
+            "resizes:%" PRIu64 "\r\nresize_in_progress:%d\r\n"
+            "resize_to_bytes:%" PRIu64 "\r\nresize_done_buckets:%" PRIu64
+            "\r\nresize_total_buckets:%" PRIu64 "\r\n",
             st.bytes_used, h1, st.bytes_capacity, h2,
             st.eviction == SHMKV_EVICT_LRU ? "allkeys-lru" : "noeviction",
             st.bytes_free, st.bytes_limbo, st.largest_free, st.fragmentation,
             st.compactions, st.compacted_bytes, st.segment_bytes,
-            st.index_slots, st.max_key_bytes, st.max_value_bytes);
+            st.index_slots, st.max_key_bytes, st.max_value_bytes, st.data_bytes,
+            d->cfg.max_size,
+            st.huge_pages == SHMKV_HUGE_YES   ? "yes"
+            : st.huge_pages == SHMKV_HUGE_TRY ? "try"
+                                              : "no",
+            st.data_page_bytes, st.resizes, st.resize_to_bytes != 0,
+            st.resize_to_bytes, st.resize_done, st.resize_total);
     }
     if (section_wanted(argc, argv, "persistence")) {
         info_section(b, "Persistence", &first);
@@ -868,7 +879,7 @@ static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
         return;
     }
     /* A flat list of name, value pairs, as CONFIG GET replies. */
-    resp_array(out, 2 * 34);
+    resp_array(out, 2 * 42);
     stat_pair(out, "entries", (int64_t)st.entries);
     stat_pair(out, "entries_with_ttl", (int64_t)st.entries_with_ttl);
     stat_pair(out, "bytes_used", (int64_t)st.bytes_used);
@@ -907,6 +918,14 @@ static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
     stat_pair(out, "commands_total", (int64_t)d->commands_total);
     stat_pair(out, "max_key_bytes", st.max_key_bytes);
     stat_pair(out, "max_value_bytes", st.max_value_bytes);
+    stat_pair(out, "data_bytes", (int64_t)st.data_bytes);
+    stat_pair(out, "data_page_bytes", (int64_t)st.data_page_bytes);
+    stat_pair(out, "huge_pages", (int64_t)st.huge_pages);
+    stat_pair(out, "resizes", (int64_t)st.resizes);
+    stat_pair(out, "resize_to_bytes", (int64_t)st.resize_to_bytes);
+    stat_pair(out, "resize_done", (int64_t)st.resize_done);
+    stat_pair(out, "resize_total", (int64_t)st.resize_total);
+    stat_pair(out, "max_size", (int64_t)d->cfg.max_size);
 }
 
 static void cmd_shmkv_check(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -998,12 +1017,59 @@ static void config_pair(struct evbuffer *body, size_t *n, const char *pattern,
     (*n)++;
 }
 
+/* Resizes the store to the size in arg, online, on the worker thread: the
+ * reply comes when it is done. Admin peers only. */
+static void resize_request(struct conn *c, const struct resp_arg *arg,
+                           const char *why, struct evbuffer *out)
+{
+    if (!c->admin) {
+        resp_error(out, "NOPERM resizing the store is for admin users "
+                        "(admin_users, admin_groups)");
+        return;
+    }
+    char text[32];
+    uint64_t bytes;
+    if (arg->len == 0 || arg->len >= sizeof text) {
+        resp_error(out, "ERR the size is not a size (a number of bytes, "
+                        "with an optional K, M, G or T)");
+        return;
+    }
+    memcpy(text, arg->data, arg->len);
+    text[arg->len] = '\0';
+    if (config_parse_size(text, &bytes) != 0 || bytes < (1u << 20) ||
+        bytes > (64ull << 30)) {
+        resp_errorf(out,
+                    "ERR '%s' is not a store size: a number of bytes, with "
+                    "an optional K, M, G or T, from 1M to 64G",
+                    text);
+        return;
+    }
+    if (jobs_resize_pending(c->d)) {
+        resp_error(out, "BUSY a resize is under way (see INFO memory)");
+        return;
+    }
+    if (!job_queue_resize(c->d, c, bytes, why))
+        resp_error(out, "ERR out of memory");
+}
+
+static void cmd_shmkv_resize(struct conn *c, size_t argc, struct resp_arg *argv,
+                             struct evbuffer *out)
+{
+    (void)argc;
+    resize_request(c, &argv[1], "SHMKV.RESIZE", out);
+}
+
 static void cmd_config(struct conn *c, size_t argc, struct resp_arg *argv,
                        struct evbuffer *out)
 {
     if (arg_is(&argv[1], "SET")) {
-        resp_error(out, "ERR CONFIG SET is not supported: edit the config "
-                        "file and reload (SIGHUP, systemctl reload shmkvd)");
+        if (argc == 4 && arg_is(&argv[2], "maxmemory")) {
+            resize_request(c, &argv[3], "CONFIG SET maxmemory", out);
+            return;
+        }
+        resp_error(out, "ERR CONFIG SET takes maxmemory only (it resizes the "
+                        "store online); for the rest, edit the config file "
+                        "and reload (SIGHUP, systemctl reload shmkvd)");
         return;
     }
     if (arg_is(&argv[1], "RESETSTAT")) {
@@ -1030,7 +1096,11 @@ static void cmd_config(struct conn *c, size_t argc, struct resp_arg *argv,
         char pattern[256];
         snprintf(pattern, sizeof pattern, "%.*s",
                  (int)(argv[a].len < 255 ? argv[a].len : 255), argv[a].data);
-        snprintf(v, sizeof v, "%" PRIu64, cfg->store_size);
+        struct shmkv_stats st;
+        uint64_t size = cfg->store_size;
+        if (shmkv_stats(c->d->kv, &st) == 0)
+            size = st.data_bytes;
+        snprintf(v, sizeof v, "%" PRIu64, size);
         config_pair(body, &n, pattern, "maxmemory", v);
         config_pair(body, &n, pattern, "maxmemory-policy",
                     cfg->eviction == SHMKV_EVICT_LRU ? "allkeys-lru"
@@ -1216,12 +1286,15 @@ static const struct command commands[] = {
      "pattern: matching keys (walks the whole store)"},
     {"INFO", -1, 0, cmd_info,
      "[section]: server, clients, memory, persistence, stats, keyspace"},
-    {"CONFIG", -2, 0, cmd_config, "GET pattern: settings"},
+    {"CONFIG", -2, 0, cmd_config,
+     "GET pattern: settings; SET maxmemory size: resize (admin)"},
     {"CLIENT", -2, 0, cmd_client, "LIST | INFO | ID | SETNAME | GETNAME"},
     {"COMMAND", -1, 0, cmd_command, "[COUNT | INFO name ... | DOCS]"},
     {"SHMKV.STATS", 1, 0, cmd_shmkv_stats, "store statistics, name/value"},
     {"SHMKV.CHECK", 1, CMD_ADMIN, cmd_shmkv_check,
      "check the store's structure (writers wait meanwhile)"},
+    {"SHMKV.RESIZE", 2, CMD_ADMIN, cmd_shmkv_resize,
+     "size: grow or shrink the store online; replies when done"},
     {"SET", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_set,
      "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]"},
     {"MSET", -3, CMD_WRITES | CMD_WAITS | CMD_KEYVALS, cmd_mset,

@@ -36,6 +36,7 @@ enum kind {
     K_USERS,    /* user names or uids */
     K_GROUPS,   /* group names or gids */
     K_ROLE,     /* none | all | a group name or gid */
+    K_HUGE,     /* no | try | yes */
 };
 
 struct setting {
@@ -62,6 +63,9 @@ static const struct setting settings[] = {
     {"store", "eviction", K_EVICTION, FIELD(eviction), 0, 0},
     {"store", "default_ttl", K_UINT, FIELD(default_ttl_s), 0, UINT32_MAX},
     {"store", "max_handles", K_UINT, FIELD(max_handles), 1, 65536},
+    {"store", "huge_pages", K_HUGE, FIELD(huge_pages), 0, 0},
+    {"store", "max_size", K_SIZE, FIELD(max_size), 0, 64ull << 30},
+    {"store", "grow_at", K_UINT, FIELD(grow_at_percent), 50, 99},
     {"control", "socket", K_PATH, FIELD(socket_path), 1, 0},
     {"control", "socket_mode", K_MODE, FIELD(socket_mode), 0, 0777},
     {"control", "admin_users", K_USERS, FIELD(admin_uids), 0, 0},
@@ -102,6 +106,9 @@ void config_defaults(struct config *cfg)
     cfg->eviction = SHMKV_EVICT_NONE;
     cfg->default_ttl_s = 0;
     cfg->max_handles = 1024;
+    cfg->huge_pages = SHMKV_HUGE_NO;
+    cfg->max_size = 0;
+    cfg->grow_at_percent = 90;
     snprintf(cfg->socket_path, sizeof cfg->socket_path,
              "/run/shmkvd/shmkvd.sock");
     cfg->socket_mode = 0660;
@@ -524,6 +531,19 @@ static int apply(struct parse *p, const struct setting *st, const char *value)
             return -1;
         }
         return 0;
+    case K_HUGE:
+        if (strcmp(value, "no") == 0) {
+            p->cfg->huge_pages = SHMKV_HUGE_NO;
+        } else if (strcmp(value, "try") == 0) {
+            p->cfg->huge_pages = SHMKV_HUGE_TRY;
+        } else if (strcmp(value, "yes") == 0) {
+            p->cfg->huge_pages = SHMKV_HUGE_YES;
+        } else {
+            problem(p, p->line, "huge_pages: '%s' is not no, try or yes",
+                    value);
+            return -1;
+        }
+        return 0;
     case K_LOGLEVEL:
         for (int l = LOG_LEVEL_ERROR; l <= LOG_LEVEL_DEBUG; l++) {
             if (strcasecmp(value, log_level_name((enum log_level)l)) == 0) {
@@ -677,6 +697,12 @@ static void cross_check(struct parse *p)
 {
     struct config *c = p->cfg;
     roles_to_mode(p);
+    if (c->max_size != 0 && c->max_size < c->store_size)
+        problem(p, line_of(p, "max_size"),
+                "max_size %" PRIu64 " is under size %" PRIu64
+                ": the store could never grow (leave max_size empty or 0 "
+                "for a store that does not grow)",
+                c->max_size, c->store_size);
     if (c->max_value_bytes > c->store_size / 4)
         problem(p, line_of(p, "max_value_size"),
                 "max_value_size %" PRIu32
@@ -789,6 +815,15 @@ void config_print(const struct config *c, FILE *out)
             c->eviction == SHMKV_EVICT_LRU ? "lru" : "noeviction");
     fprintf(out, "default_ttl = %" PRIu32 "\nmax_handles = %" PRIu32 "\n",
             c->default_ttl_s, c->max_handles);
+    fprintf(out, "huge_pages = %s\n",
+            c->huge_pages == SHMKV_HUGE_YES   ? "yes"
+            : c->huge_pages == SHMKV_HUGE_TRY ? "try"
+                                              : "no");
+    if (c->max_size == 0)
+        fprintf(out, "max_size = 0 ; the store does not grow by itself\n");
+    else
+        print_size(out, "max_size", c->max_size);
+    fprintf(out, "grow_at = %" PRIu32 "\n", c->grow_at_percent);
     fprintf(out, "\n[control]\nsocket = %s\nsocket_mode = 0%o\n",
             c->socket_path, c->socket_mode);
     print_ids(out, "admin_users", c->admin_uids, c->n_admin_uids, true);
@@ -831,7 +866,6 @@ int config_restart_needed(const struct config *old, const struct config *new_,
         bool differs;
     } fixed[] = {
         {"key", !same_key(old->store_key, new_->store_key)},
-        {"size", old->store_size != new_->store_size},
         {"mode", old->store_mode != new_->store_mode},
         {"group", old->store_gid != new_->store_gid},
         {"max_key_size", old->max_key_bytes != new_->max_key_bytes},
@@ -839,6 +873,7 @@ int config_restart_needed(const struct config *old, const struct config *new_,
         {"max_entries", old->max_entries != new_->max_entries},
         {"eviction", old->eviction != new_->eviction},
         {"max_handles", old->max_handles != new_->max_handles},
+        {"huge_pages", old->huge_pages != new_->huge_pages},
         {"socket", strcmp(old->socket_path, new_->socket_path) != 0},
         {"socket_mode", old->socket_mode != new_->socket_mode},
         {"lock_timeout_ms", old->lock_timeout_ms != new_->lock_timeout_ms},

@@ -48,6 +48,9 @@ struct config {
     uint32_t default_ttl_s;       /* default_ttl = 0 (seconds; for socket SETs
                                      without EX/PX; 0 none) */
     uint32_t max_handles;         /* max_handles = 1024 (client slots) */
+    enum shmkv_huge_pages huge_pages; /* huge_pages = no | try | yes */
+    uint64_t max_size;        /* max_size = 0 (grow up to; 0: never grow) */
+    uint32_t grow_at_percent; /* grow_at = 90 (% of arena or index used) */
 
     /* [control] */
     char socket_path[108];            /* socket = /run/shmkvd/shmkvd.sock */

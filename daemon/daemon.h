@@ -77,6 +77,8 @@ struct conn {
 enum stop_save { STOP_SAVE_CONFIG, STOP_SAVE, STOP_NOSAVE };
 
 struct daemon {
+    time_t grow_after; /* max_size: no automatic growth before then (a
+                          growth failed) */
     struct config cfg;
     struct shmkv *kv;         /* the owner's handle */
     bool adopted;             /* the store was left by a dead daemon */
@@ -165,11 +167,19 @@ enum job_kind {
     JOB_PERIODIC_SAVE, /* save_interval: likewise */
     JOB_KEYS,          /* KEYS pattern */
     JOB_CHECK,         /* SHMKV.CHECK */
+    JOB_RESIZE,        /* SHMKV.RESIZE, CONFIG SET maxmemory, max_size */
 };
 int jobs_init(struct daemon *d);
 /* Queues a job; c (NULL: none) waits for its reply. False: out of memory. */
 bool job_queue(struct daemon *d, struct conn *c, enum job_kind kind,
                const char *pattern, size_t pattern_len);
+/* Queues an online resize of the store to bytes; c (NULL: none) waits
+ * for its reply; why names who asked, for the log. False: out of
+ * memory. */
+bool job_queue_resize(struct daemon *d, struct conn *c, uint64_t bytes,
+                      const char *why);
+/* True while a resize is running or waits to. */
+bool jobs_resize_pending(const struct daemon *d);
 /* True while a save is running or waits to. */
 bool jobs_save_pending(const struct daemon *d);
 /* A number that changes with every change to the store's data (sets,

@@ -46,7 +46,11 @@ struct job {
     uint64_t changes; /* the saves: store_changes() when queued */
     char *pattern;    /* JOB_KEYS */
     size_t pattern_len;
-    size_t limit; /* JOB_KEYS: the largest reply body */
+    size_t limit;   /* JOB_KEYS: the largest reply body */
+    uint64_t bytes; /* JOB_RESIZE: the size asked for */
+    char why[64];   /* JOB_RESIZE: who asked */
+    /* JOB_RESIZE, the worker's: when it began and last logged progress */
+    double started_s, logged_s;
     /* Output, written by the worker. */
     int rc; /* 0, or -1 with err */
     char err[512];
@@ -95,13 +99,62 @@ static void check_reply(struct shmkv *kv, struct evbuffer *out)
     }
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A resize's progress, logged every few seconds once it has taken one. */
+static void resize_progress(void *arg, uint64_t done, uint64_t total)
+{
+    struct job *j = arg;
+    double now = now_s();
+    if (now - j->started_s < 1.0 || now - j->logged_s < 2.0 || done == total)
+        return;
+    j->logged_s = now;
+    log_info("resize to %" PRIu64 " bytes: %.0f%% copied (%" PRIu64
+             " of %" PRIu64 " index buckets) in %.1f s",
+             j->bytes, 100.0 * (double)done / (double)(total ? total : 1), done,
+             total, now - j->started_s);
+}
+
+static void resize_run(struct shmkv *kv, struct job *j)
+{
+    struct shmkv_stats before, after;
+    if (shmkv_stats(kv, &before) != 0)
+        memset(&before, 0, sizeof before);
+    log_info("resizing the store from %" PRIu64 " to %" PRIu64 " bytes (%s)",
+             before.data_bytes, j->bytes, j->why);
+    j->started_s = j->logged_s = now_s();
+    int rc = shmkv_resize(kv, j->bytes, 0, resize_progress, j);
+    if (rc != 0) {
+        snprintf(j->err, sizeof j->err, "resize to %" PRIu64 " bytes: %s",
+                 j->bytes, shmkv_last_error());
+        j->rc = -1;
+        log_warning("%s", j->err);
+        return;
+    }
+    if (shmkv_stats(kv, &after) != 0)
+        memset(&after, 0, sizeof after);
+    j->count = after.entries;
+    log_info("resized the store to %" PRIu64 " bytes in %.1f s: %" PRIu64
+             " entries, %.1f%% of the arena used",
+             after.data_bytes, now_s() - j->started_s, after.entries,
+             after.bytes_capacity ? 100.0 * (double)after.bytes_used /
+                                        (double)after.bytes_capacity
+                                  : 0.0);
+}
+
 static void job_run(struct job *j)
 {
     struct shmkv *kv = NULL;
-    /* A check takes the write lock's read side, which only writers may:
-     * the others only read. */
-    int rc =
-        shmkv_open(j->store_key, j->kind == JOB_CHECK ? 0 : SHMKV_RDONLY, &kv);
+    /* A check takes the write lock's read side and a resize writes, which
+     * only writers may: the others only read. */
+    int rc = shmkv_open(
+        j->store_key,
+        j->kind == JOB_CHECK || j->kind == JOB_RESIZE ? 0 : SHMKV_RDONLY, &kv);
     if (rc != 0) {
         snprintf(j->err, sizeof j->err, "cannot attach the store: %s: %s",
                  shmkv_strerror(rc), shmkv_last_error());
@@ -110,6 +163,8 @@ static void job_run(struct job *j)
     }
     if (j->kind == JOB_CHECK) {
         check_reply(kv, j->body);
+    } else if (j->kind == JOB_RESIZE) {
+        resize_run(kv, j);
     } else if (j->kind == JOB_KEYS) {
         rc = shmkv_foreach(kv, keys_visit, j);
         if (rc != 0 && !j->overflow) {
@@ -203,6 +258,8 @@ static void job_deliver(struct daemon *d, struct job *j)
         if (j->rc == 0)
             d->changes_at_save = j->changes;
     }
+    if (j->kind == JOB_RESIZE && j->rc != 0 && strcmp(j->why, "max_size") == 0)
+        d->grow_after = time(NULL) + 60;
     struct conn *c = j->conn;
     if (c != NULL) {
         c->job = NULL;
@@ -265,6 +322,48 @@ bool jobs_save_pending(const struct daemon *d)
     return false;
 }
 
+bool jobs_resize_pending(const struct daemon *d)
+{
+    const struct job *j = d->job_running;
+    if (j != NULL && j->kind == JOB_RESIZE)
+        return true;
+    for (j = d->jobs_head; j != NULL; j = j->next)
+        if (j->kind == JOB_RESIZE)
+            return true;
+    return false;
+}
+
+static void job_enqueue(struct daemon *d, struct conn *c, struct job *j)
+{
+    j->conn = c;
+    if (c != NULL)
+        c->job = j;
+    if (d->jobs_tail != NULL)
+        d->jobs_tail->next = j;
+    else
+        d->jobs_head = j;
+    d->jobs_tail = j;
+    jobs_start_next(d);
+}
+
+bool job_queue_resize(struct daemon *d, struct conn *c, uint64_t bytes,
+                      const char *why)
+{
+    struct job *j = calloc(1, sizeof *j);
+    if (j == NULL)
+        return false;
+    j->kind = JOB_RESIZE;
+    j->bytes = bytes;
+    snprintf(j->why, sizeof j->why, "%s", why);
+    j->store_key = strdup(d->cfg.store_key);
+    if (j->store_key == NULL) {
+        job_free(j);
+        return false;
+    }
+    job_enqueue(d, c, j);
+    return true;
+}
+
 bool job_queue(struct daemon *d, struct conn *c, enum job_kind kind,
                const char *pattern, size_t pattern_len)
 {
@@ -297,15 +396,7 @@ bool job_queue(struct daemon *d, struct conn *c, enum job_kind kind,
         /* Counted before the walk: a change during it counts as unsaved. */
         j->changes = store_changes(d);
     }
-    j->conn = c;
-    if (c != NULL)
-        c->job = j;
-    if (d->jobs_tail != NULL)
-        d->jobs_tail->next = j;
-    else
-        d->jobs_head = j;
-    d->jobs_tail = j;
-    jobs_start_next(d);
+    job_enqueue(d, c, j);
     return true;
 }
 

@@ -93,6 +93,22 @@ static void store_events_log(struct daemon *d)
                             (int)e->pid, e->detail == 4 ? "read" : "write",
                             (unsigned long long)e->duration_ms);
                 break;
+            case SHMKV_EVENT_RESIZE_ABORTED: {
+                static const char *const why[] = {
+                    "", "a writer died during it", "its resizer died",
+                    "the store's data grew past the new size",
+                    "a writer could not attach the new segment"};
+                log_warning("the resize by pid %d was given up: %s; the "
+                            "store is as it was",
+                            (int)e->pid, e->detail < 5 ? why[e->detail] : "?");
+                break;
+            }
+            case SHMKV_EVENT_RESIZED:
+                log_info("store event: pid %d's resize to %llu bytes ended "
+                         "after %llu ms",
+                         (int)e->pid, (unsigned long long)e->detail,
+                         (unsigned long long)e->duration_ms);
+                break;
             default:
                 log_info("store event %u about pid %d", (unsigned)e->type,
                          (int)e->pid);
@@ -130,6 +146,7 @@ static void store_options(const struct config *cfg, struct shmkv_options *o)
     o->lock_timeout_ms = cfg->lock_timeout_ms;
     o->reader_timeout_ms = cfg->reader_timeout_ms;
     o->max_clients = cfg->max_handles;
+    o->huge_pages = cfg->huge_pages;
 }
 
 /* Creates the store, or adopts one a dead daemon left. */
@@ -188,13 +205,12 @@ static int store_open(struct daemon *d)
     log_warning("adopted the store at %s left by a shmkvd that died: %llu "
                 "entries kept",
                 d->cfg.store_key, (unsigned long long)st.entries);
-    /* The data segment is the index (64-byte buckets of 7 slots) and the
-     * arena, give or take its header and page rounding. */
-    uint64_t data_bytes = st.bytes_capacity + st.index_slots / 7 * 64;
-    uint64_t slack = d->cfg.store_size / 64 + (64u << 10);
-    if (data_bytes + slack < d->cfg.store_size ||
-        data_bytes > d->cfg.store_size + slack ||
-        st.max_value_bytes != d->cfg.max_value_bytes ||
+    if (st.data_bytes != d->cfg.store_size)
+        log_info("the adopted store is %llu bytes (size says %llu): it keeps "
+                 "its size; `shmkvctl resize` changes it online",
+                 (unsigned long long)st.data_bytes,
+                 (unsigned long long)d->cfg.store_size);
+    if (st.max_value_bytes != d->cfg.max_value_bytes ||
         st.max_key_bytes != d->cfg.max_key_bytes ||
         st.eviction != d->cfg.eviction || st.max_clients != d->cfg.max_handles)
         log_warning("the adopted store keeps the settings it was created "
@@ -302,6 +318,39 @@ static void periodic_save(struct daemon *d)
         log_warning("save_interval: no memory for a background save");
 }
 
+/* max_size: grows the store, doubling it up to max_size, once its arena
+ * or its index is grow_at percent full, so that writes find room before
+ * they would evict or be refused. A growth that failed is tried again a
+ * minute later (jobs.c). */
+static void auto_grow(struct daemon *d)
+{
+    if (d->cfg.max_size == 0 || time(NULL) < d->grow_after ||
+        jobs_resize_pending(d))
+        return;
+    struct shmkv_stats st;
+    if (shmkv_stats(d->kv, &st) != 0 || st.data_bytes >= d->cfg.max_size)
+        return;
+    double arena = st.bytes_capacity
+                       ? (double)st.bytes_used / (double)st.bytes_capacity
+                       : 0.0;
+    double index = st.index_slots
+                       ? (double)st.entries / ((double)st.index_slots * 0.95)
+                       : 0.0;
+    double fill = arena > index ? arena : index;
+    if (fill * 100.0 < (double)d->cfg.grow_at_percent)
+        return;
+    uint64_t next = st.data_bytes * 2;
+    if (next > d->cfg.max_size)
+        next = d->cfg.max_size;
+    log_info("the store's %s is %.0f%% full (grow_at %u): growing it to "
+             "%llu bytes (max_size %llu)",
+             arena >= index ? "arena" : "index", fill * 100.0,
+             d->cfg.grow_at_percent, (unsigned long long)next,
+             (unsigned long long)d->cfg.max_size);
+    if (!job_queue_resize(d, NULL, next, "max_size"))
+        log_warning("max_size: no memory to queue the resize");
+}
+
 /* Active expiry, Redis-style: scan a slice; while slices keep finding
  * expired keys (over a quarter of the budget), scan another, up to
  * EXPIRE_TICK_BUDGET slices a tick. */
@@ -334,6 +383,8 @@ static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
     }
     store_events_log(d);
     periodic_save(d);
+    if (rt.ticks % 5 == 0)
+        auto_grow(d);
     uint64_t every =
         5000 / (d->cfg.housekeeping_ms ? d->cfg.housekeeping_ms : 1000) + 1;
     if (rt.ticks++ % every == 0)
@@ -386,6 +437,15 @@ static void reload(struct daemon *d)
     applied.log_level = next.log_level;
     applied.housekeeping_ms = next.housekeeping_ms;
     applied.expire_slots_per_tick = next.expire_slots_per_tick;
+    applied.max_size = next.max_size;
+    applied.grow_at_percent = next.grow_at_percent;
+    d->grow_after = 0;
+    if (next.store_size != d->cfg.store_size) {
+        applied.store_size = next.store_size;
+        if (!job_queue_resize(d, NULL, next.store_size, "reload: size"))
+            log_warning("reload: no memory to queue the resize to the new "
+                        "size");
+    }
     d->cfg = applied;
     log_set_level(d->cfg.log_level);
     control_apply_config(d);

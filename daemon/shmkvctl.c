@@ -17,7 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -73,6 +75,8 @@ static void usage(FILE *out)
             "  flush                     remove every key\n"
             "  save                      write the snapshot\n"
             "  check                     check the store's structure\n"
+            "  resize SIZE               grow or shrink the store online "
+            "(K, M, G suffixes)\n"
             "  shutdown [--save|--nosave]  stop shmkvd\n"
             "  stats [--json]            every statistic\n"
             "exit codes: 0 ok, 1 not found, 2 usage, 3 error\n",
@@ -315,6 +319,60 @@ static void human(uint64_t n, char *buf, size_t cap)
     snprintf(buf, cap, u == 0 ? "%.0f%s" : "%.1f%s", v, units[u]);
 }
 
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Asks shmkvd to resize the store; while it works, prints its progress
+ * (read over a second connection) every second on stderr. */
+static int cmd_resize(struct conn *c, const char *socket_path, const char *size)
+{
+    const char *v[] = {"SHMKV.RESIZE", size};
+    conn_send(c, 2, v, (size_t[]){strlen(v[0]), strlen(v[1])});
+    double t0 = mono_s();
+    for (;;) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        if (c->end > c->start || poll(&p, 1, 1000) == 1)
+            break;
+        struct conn *q = calloc(1, sizeof *q);
+        if (q == NULL)
+            continue;
+        conn_open(q, socket_path);
+        struct reply st;
+        const char *sv[] = {"SHMKV.STATS"};
+        command(q, &st, 1, sv, NULL);
+        int64_t done = stat_value(&st, "resize_done");
+        int64_t total = stat_value(&st, "resize_total");
+        if (total > 0)
+            fprintf(stderr,
+                    "resizing: %.0f%% (%" PRId64 " of %" PRId64
+                    " index buckets copied, %.0f s)\n",
+                    100.0 * (double)done / (double)total, done, total,
+                    mono_s() - t0);
+        reply_free(&st);
+        close(q->fd);
+        free(q);
+    }
+    struct reply r;
+    if (!reply_read(c, &r))
+        die(EXIT_ERROR, "shmkvd closed the connection");
+    exit_on_error_reply(&r);
+    reply_free(&r);
+    struct reply st;
+    const char *sv[] = {"SHMKV.STATS"};
+    command(c, &st, 1, sv, NULL);
+    exit_on_error_reply(&st);
+    char now[32];
+    human((uint64_t)stat_value(&st, "data_bytes"), now, sizeof now);
+    printf("resized to %s in %.2f s (%" PRId64 " entries)\n", now,
+           mono_s() - t0, stat_value(&st, "entries"));
+    reply_free(&st);
+    return EXIT_OK;
+}
+
 static int cmd_status(struct conn *c)
 {
     struct reply info, stats;
@@ -353,6 +411,20 @@ static int cmd_status(struct conn *c)
     printf("compaction %" PRId64 " windows packed, %" PRId64 " bytes moved\n",
            stat_value(&stats, "compactions"),
            stat_value(&stats, "compacted_bytes"));
+    char seg[32], page[32], grow[32] = "never";
+    human((uint64_t)stat_value(&stats, "data_bytes"), seg, sizeof seg);
+    human((uint64_t)stat_value(&stats, "data_page_bytes"), page, sizeof page);
+    if (stat_value(&stats, "max_size") > 0)
+        human((uint64_t)stat_value(&stats, "max_size"), grow, sizeof grow);
+    printf("size       %s data segment on %s pages, %" PRId64
+           " resizes, grows up to %s\n",
+           seg, page, stat_value(&stats, "resizes"), grow);
+    if (stat_value(&stats, "resize_total") > 0)
+        printf("resizing   to %" PRId64 " bytes: %" PRId64 " of %" PRId64
+               " index buckets copied\n",
+               stat_value(&stats, "resize_to_bytes"),
+               stat_value(&stats, "resize_done"),
+               stat_value(&stats, "resize_total"));
     if (hits + misses > 0)
         printf("hit rate   %.1f%% (%" PRIu64 " hits, %" PRIu64 " misses)\n",
                100.0 * (double)hits / (double)(hits + misses), hits, misses);
@@ -552,6 +624,10 @@ int main(int argc, char **argv)
         const char *v[] = {"SHMKV.CHECK"};
         conn_open(&c, t.socket_path);
         return simple(&c, 1, v);
+    }
+    if (strcmp(cmd, "resize") == 0 && nargs == 1) {
+        conn_open(&c, t.socket_path);
+        return cmd_resize(&c, t.socket_path, args[0]);
     }
     if (strcmp(cmd, "status") == 0 && nargs == 0) {
         conn_open(&c, t.socket_path);

@@ -44,7 +44,7 @@ extern "C" {
 #define SHMKV_VERSION_STRING "0.1.0"
 /* The store layout this library reads and writes: a store of another
  * layout is refused with SHMKV_EVERSION. */
-#define SHMKV_LAYOUT_VERSION 7u
+#define SHMKV_LAYOUT_VERSION 8u
 
 /* An open handle on a store. */
 typedef struct shmkv shmkv_t;
@@ -89,6 +89,9 @@ enum shmkv_error {
                               Discard what the section read; end it */
     SHMKV_EFORKED = -25,   /* the handle was opened by another process
                               (this is a fork()ed child's copy) */
+    SHMKV_EBUSY = -26,     /* shmkv_resize: another resize is under way */
+    SHMKV_EAGAIN = -27,    /* shmkv_resize: a writer died during it and
+                              it was given up; the store is as it was */
 };
 
 /* Returns a static, human-readable description of an error code. */
@@ -102,6 +105,18 @@ enum shmkv_eviction {
                              with SHMKV_ENOSPC and nothing else changes */
     SHMKV_EVICT_LRU = 1,  /* "lru": evict approximately least recently used
                              entries (expired ones first) to make room */
+};
+
+/* Whether the data segment (index and values) is made of huge pages
+ * (SHM_HUGETLB): fewer TLB misses on a large store, memory that is never
+ * swapped, taken from the kernel's pool (vm.nr_hugepages). */
+enum shmkv_huge_pages {
+    SHMKV_HUGE_NO = 0,  /* ordinary pages */
+    SHMKV_HUGE_TRY = 1, /* huge pages if the pool and permissions allow,
+                           else ordinary ones (shmkv_stats says which) */
+    SHMKV_HUGE_YES = 2, /* huge pages or fail: SHMKV_ENOMEM when the pool
+                           is short, SHMKV_EACCES when the process may not
+                           use it; the message names the sysctl */
 };
 
 /* Bytes of store per expected entry when max_entries is 0. */
@@ -145,6 +160,10 @@ struct shmkv_options {
      * how many writing ones, may be open at once across all processes.
      * Default 1024. */
     uint32_t max_clients;
+    /* Huge pages for the data segment; with them size_bytes is rounded up
+     * to whole huge pages. Default SHMKV_HUGE_NO. Resizes keep the
+     * store's choice. */
+    enum shmkv_huge_pages huge_pages;
 };
 
 /* Fills *opts with the defaults above (key NULL). */
@@ -377,17 +396,22 @@ struct shmkv_stats {
     /* contents */
     uint64_t entries;
     uint64_t entries_with_ttl;
-    uint64_t bytes_used;     /* arena bytes held by entries (with headers) */
-    uint64_t bytes_free;     /* arena bytes free */
-    uint64_t bytes_limbo;    /* arena bytes of entries deleted or replaced
-                                and not yet free: a read section that
-                                began before may still see them; used +
-                                free + limbo = capacity */
-    uint64_t bytes_capacity; /* arena size */
-    uint64_t largest_free;   /* the largest block that could be stored */
-    double fragmentation;    /* 1 - largest_free / bytes_free (0 = none) */
-    uint64_t index_slots;    /* hash index capacity */
-    uint64_t segment_bytes;  /* both segments, as the kernel sees them */
+    uint64_t bytes_used;      /* arena bytes held by entries (with headers) */
+    uint64_t bytes_free;      /* arena bytes free */
+    uint64_t bytes_limbo;     /* arena bytes of entries deleted or replaced
+                                 and not yet free: a read section that
+                                 began before may still see them; used +
+                                 free + limbo = capacity */
+    uint64_t bytes_capacity;  /* arena size */
+    uint64_t largest_free;    /* the largest block that could be stored */
+    double fragmentation;     /* 1 - largest_free / bytes_free (0 = none) */
+    uint64_t index_slots;     /* hash index capacity */
+    uint64_t segment_bytes;   /* all its segments, as the kernel sees them */
+    uint64_t data_bytes;      /* the data segment's size: what shmkv_resize
+                                 changes */
+    uint64_t data_page_bytes; /* its page size: the system's, or the huge
+                                 page size when huge pages back it */
+    enum shmkv_huge_pages huge_pages; /* the store's setting */
     /* counters since the store was created */
     uint64_t hits;
     uint64_t misses;
@@ -410,6 +434,12 @@ struct shmkv_stats {
                                  larger than any free block could be
                                  stored */
     uint64_t compacted_bytes; /* entry bytes moved by compactions */
+    uint64_t resizes;         /* online resizes completed */
+    /* An online resize under way: the size it makes (0: none), and the
+     * buckets of the index copied so far out of all. */
+    uint64_t resize_to_bytes;
+    uint64_t resize_done;
+    uint64_t resize_total;
     /* layout and limits */
     uint32_t max_key_bytes;
     uint32_t max_value_bytes;
@@ -423,6 +453,27 @@ struct shmkv_stats {
     int32_t owner_pid;    /* the creating process (pid) */
     int64_t created_unix; /* creation time, seconds */
 };
+
+/* Grows or shrinks the store online to size_bytes (index and values;
+ * rounded up to whole pages, huge ones if the store uses them), its index
+ * sized for max_entries (0: as many per byte as now). A new data segment
+ * is filled from the current one in slices of about a millisecond under
+ * the write lock, while every write made meanwhile is applied to both;
+ * then it replaces the current one in one store. Readers go on throughout
+ * and follow at their next read section; values already handed out stay
+ * valid until their section ends. progress, if not NULL, is called after
+ * each slice with the old index's buckets copied and their total.
+ *
+ * Only a process that can remove the store's segments may resize it (the
+ * owner's uid, or root): SHMKV_EACCES otherwise (ask shmkvd: `shmkvctl
+ * resize`). SHMKV_ENOSPC if the new size cannot hold the live entries, or
+ * if they grew past it meanwhile (the store is then left as it was);
+ * SHMKV_EBUSY if another resize is under way; SHMKV_EAGAIN if a writer
+ * died during it (the store is left as it was: try again). A resizer that
+ * dies leaves its segment to the next writer, which removes it. */
+int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
+                 void (*progress)(void *arg, uint64_t done, uint64_t total),
+                 void *arg);
 
 /* Fills *stats in a read section of its own. */
 int shmkv_stats(struct shmkv *kv, struct shmkv_stats *stats);
@@ -450,19 +501,27 @@ int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report);
  * it in a small ring in the store. */
 
 enum shmkv_event_type {
-    SHMKV_EVENT_REVOKED = 1,     /* a read section held past the reader
-                                    timeout was revoked; duration_ms: how
-                                    long a writer had waited for it */
-    SHMKV_EVENT_DEAD_READER = 2, /* a dead process's read section was
-                                    dropped */
-    SHMKV_EVENT_RECOVERED = 3,   /* a write lock a dead process held (or
-                                    damaged while waiting for it) was
-                                    replaced; detail: the kind of write
-                                    repaired, 0 for none; duration_ms: how
-                                    long the recovery took */
-    SHMKV_EVENT_SLOW_WRITER = 4, /* a writer held the write lock longer
-                                    than the reader timeout; duration_ms:
-                                    how long a waiter had waited */
+    SHMKV_EVENT_REVOKED = 1,        /* a read section held past the reader
+                                       timeout was revoked; duration_ms: how
+                                       long a writer had waited for it */
+    SHMKV_EVENT_DEAD_READER = 2,    /* a dead process's read section was
+                                       dropped */
+    SHMKV_EVENT_RECOVERED = 3,      /* a write lock a dead process held (or
+                                       damaged while waiting for it) was
+                                       replaced; detail: the kind of write
+                                       repaired, 0 for none; duration_ms: how
+                                       long the recovery took */
+    SHMKV_EVENT_SLOW_WRITER = 4,    /* a writer held the write lock longer
+                                       than the reader timeout; duration_ms:
+                                       how long a waiter had waited */
+    SHMKV_EVENT_RESIZE_ABORTED = 5, /* an online resize was given up; pid:
+                                       its resizer; detail: why (1 a
+                                       writer died during it, 2 the
+                                       resizer died, 3 the new size filled
+                                       up, 4 its segment could not be
+                                       attached) */
+    SHMKV_EVENT_RESIZED = 6,        /* a resize ended: detail: the new
+                                       size; duration_ms: how long it took */
 };
 
 struct shmkv_event {

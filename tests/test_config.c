@@ -1135,7 +1135,10 @@ static void test_restart_needed(void **state)
         const char *section, *line, *name; /* name NULL: reloadable */
     } changes[] = {
         {"store", "key = 0x5eed0099", "key"},
-        {"store", "size = 128M", "size"},
+        {"store", "size = 128M", NULL},
+        {"store", "huge_pages = try", "huge_pages"},
+        {"store", "max_size = 1G", NULL},
+        {"store", "grow_at = 80", NULL},
         {"store", "mode = 0600", "mode"},
         {"store", "group = daemon", "group"},
         {"store", "max_key_size = 100", "max_key_size"},
@@ -1178,13 +1181,14 @@ static void test_restart_needed(void **state)
     load_ok(f, "[store]\nkey = 0x5eed0099\nsize = 128M\nmode = 0600\n"
                "group = daemon\nmax_key_size = 100\nmax_value_size = 2M\n"
                "max_entries = 1000\neviction = lru\ndefault_ttl = 5\n"
-               "max_handles = 16\n"
+               "max_handles = 16\nhuge_pages = yes\n"
                "[control]\nsocket = /tmp/other.sock\nsocket_mode = 0666\n"
                "idle_timeout = 1\n"
                "[daemon]\nlock_timeout_ms = 100\nlog_level = error\n");
     static const char all[] =
-        "key, size, mode, group, max_key_size, max_value_size, max_entries, "
-        "eviction, max_handles, socket, socket_mode, lock_timeout_ms";
+        "key, mode, group, max_key_size, max_value_size, max_entries, "
+        "eviction, max_handles, huge_pages, socket, socket_mode, "
+        "lock_timeout_ms";
     assert_int_equal(config_restart_needed(&old, &f->cfg, buf, sizeof buf), 12);
     assert_string_equal(buf, all);
     assert_int_equal(config_restart_needed(&old, &old, buf, sizeof buf), 0);

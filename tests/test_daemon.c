@@ -505,6 +505,16 @@ static void test_non_admin_refused(void **state)
         sock_exchange(fd, check, sizeof check - 1, out, sizeof out, 1, &closed);
         if (strncmp(out, "-NOPERM", 7) != 0)
             _exit(15);
+        const char resize[] = "SHMKV.RESIZE 16M\r\n";
+        sock_exchange(fd, resize, sizeof resize - 1, out, sizeof out, 1,
+                      &closed);
+        if (strncmp(out, "-NOPERM", 7) != 0)
+            _exit(16);
+        const char maxmem[] = "CONFIG SET maxmemory 16M\r\n";
+        sock_exchange(fd, maxmem, sizeof maxmem - 1, out, sizeof out, 1,
+                      &closed);
+        if (strncmp(out, "-NOPERM", 7) != 0)
+            _exit(17);
         const char get[] = "GET x\r\n";
         sock_exchange(fd, get, sizeof get - 1, out, sizeof out, 5, &closed);
         if (strcmp(out, "$-1\r\n") != 0)
@@ -1803,19 +1813,137 @@ static void test_bad_config_refused(void **state)
     write_config(NULL);
 }
 
+/* Waits until INFO memory holds want; false after timeout_ms. */
+static bool info_wait(const char *want, int timeout_ms)
+{
+    char out[4096];
+    for (int waited = 0; waited < timeout_ms; waited += 50) {
+        run(out, sizeof out, "redis-cli -s %s info memory", E.sock);
+        if (strstr(out, want) != NULL)
+            return true;
+        usleep(50000);
+    }
+    print_message("no '%s' in INFO memory after %d ms:\n%s", want, timeout_ms,
+                  out);
+    run(out, sizeof out, "grep -v debug %s | tail -n 20", E.log);
+    print_message("shmkvd's log:\n%s", out);
+    return false;
+}
+
+/* shmkvctl resize and CONFIG SET maxmemory resize the store online; a
+ * handle opened before keeps working; a size that cannot hold the data
+ * and other CONFIG SET parameters are refused. */
+static void test_resize_online(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.key, 0, &kv), 0);
+    char key[32], val[200];
+    memset(val, 'v', sizeof val);
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        assert_int_equal(shmkv_set(kv, key, strlen(key), val, sizeof val, 0, 0),
+                         0);
+    }
+    char out[4096];
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s resize 24M", shmkvctl_path, E.conf), 0);
+    print_message("shmkvctl resize: %s", out);
+    assert_non_null(strstr(out, "resized to 24.0M"));
+    assert_int_equal(run(out, sizeof out,
+                         "redis-cli -s %s config set maxmemory 12M", E.sock),
+                     0);
+    assert_string_equal(out, "OK\n");
+    run(out, sizeof out, "redis-cli -s %s config get maxmemory", E.sock);
+    assert_string_equal(out, "maxmemory\n12582912\n");
+    run(out, sizeof out, "redis-cli -s %s config set maxmemory 1M", E.sock);
+    print_message("a shrink too far: %s", out);
+    assert_non_null(strstr(out, "cannot hold"));
+    run(out, sizeof out, "redis-cli -s %s config set maxmemory lots", E.sock);
+    assert_non_null(strstr(out, "not a store size"));
+    run(out, sizeof out, "redis-cli -s %s config set maxclients 5", E.sock);
+    assert_non_null(strstr(out, "maxmemory only"));
+    run(out, sizeof out, "redis-cli -s %s info memory", E.sock);
+    assert_non_null(strstr(out, "resizes:2\r"));
+    assert_non_null(strstr(out, "data_segment_bytes:12582912\r"));
+    /* The handle opened at 8M follows. */
+    for (int i = 0; i < 20000; i += 97) {
+        snprintf(key, sizeof key, "k%d", i);
+        size_t len = 0;
+        char got[sizeof val];
+        assert_int_equal(
+            shmkv_get_copy(kv, key, strlen(key), got, sizeof got, &len), 0);
+        assert_int_equal(len, sizeof val);
+    }
+    assert_int_equal(shmkv_set(kv, "after", 5, "1", 1, 0, 0), 0);
+    shmkv_close(kv);
+    run(out, sizeof out, "grep -c 'resized the store to' %s", E.log);
+    assert_int_equal(atoi(out), 2);
+    run(out, sizeof out, "%s -c %s status", shmkvctl_path, E.conf);
+    assert_non_null(strstr(out, "12.0M data segment"));
+    assert_int_equal(daemon_stop(), 0);
+}
+
+/* max_size: the store doubles once it is grow_at percent full, up to
+ * max_size. */
+static void test_grows_by_itself(void **state)
+{
+    (void)state;
+    E.access = "mode = 0666\nmax_size = 32M\ngrow_at = 50";
+    write_config(NULL);
+    daemon_start(false);
+    struct shmkv *kv;
+    assert_int_equal(shmkv_open(E.key, 0, &kv), 0);
+    char key[32], val[2000];
+    memset(val, 'g', sizeof val);
+    for (int i = 0; i < 2200; i++) {
+        snprintf(key, sizeof key, "g%d", i);
+        assert_int_equal(shmkv_set(kv, key, strlen(key), val, sizeof val, 0, 0),
+                         0);
+    }
+    assert_true(info_wait("data_segment_bytes:16777216", 5000));
+    char out[512];
+    run(out, sizeof out, "grep -c 'growing it to 16777216' %s", E.log);
+    assert_int_equal(atoi(out), 1);
+    /* And again, up to max_size and no further. */
+    for (int i = 2200; i < 6000; i++) {
+        snprintf(key, sizeof key, "g%d", i);
+        assert_int_equal(shmkv_set(kv, key, strlen(key), val, sizeof val, 0, 0),
+                         0);
+    }
+    assert_true(info_wait("data_segment_bytes:33554432", 5000));
+    for (int i = 0; i < 6000; i += 7) {
+        snprintf(key, sizeof key, "g%d", i);
+        size_t len = 0;
+        assert_int_equal(shmkv_get_copy(kv, key, strlen(key), NULL, 0, &len),
+                         SHMKV_ENOBUFS);
+        assert_int_equal(len, sizeof val);
+    }
+    shmkv_close(kv);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_sighup_reload(void **state)
 {
     (void)state;
     daemon_start(false);
-    /* A run-time setting applies; a store setting needs a restart. */
+    /* A run-time setting applies, a new size resizes the store online, and
+     * a store setting needs a restart. */
     write_config("expire_slots_per_tick = 100\n");
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "sed -i 's/^size = 8M/size = 16M/' %s", E.conf);
+    snprintf(cmd, sizeof cmd,
+             "sed -i 's/^size = 8M/size = 16M/; s/^max_key_size = 64/"
+             "max_key_size = 60/' %s",
+             E.conf);
     assert_int_equal(system(cmd), 0);
     kill(E.pid, SIGHUP);
     assert_true(notify_wait("READY=1", 3000));
     char out[512];
-    run(out, sizeof out, "grep -c 'need a restart: .*size' %s", E.log);
+    run(out, sizeof out, "grep -c 'need a restart: .*max_key_size' %s", E.log);
+    assert_true(atoi(out) >= 1);
+    assert_true(info_wait("data_segment_bytes:16777216", 5000));
+    run(out, sizeof out, "grep -c 'resized the store to 16777216' %s", E.log);
     assert_true(atoi(out) >= 1);
     run(out, sizeof out, "redis-cli -s %s ping", E.sock);
     assert_string_equal(out, "PONG\n");
@@ -1910,6 +2038,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_config_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resize_online, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grows_by_itself, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry_reclaims_unread_keys, setup,
                                         teardown),
     };

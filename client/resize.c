@@ -1,0 +1,642 @@
+/*
+ * resize.c - growing or shrinking a store while it is used.
+ *
+ * A data segment cannot change size, so a resize makes a new one and
+ * moves the store into it:
+ *
+ *   creating  under the write lock the resizer checks that the live data
+ *             fits the new size and notes itself (RESIZE_CREATING, its
+ *             pid and writers' slot); then, without the lock, it makes
+ *             the segment, empty, as the next generation.
+ *   copying   under the lock it names the segment (RESIZE_COPYING). From
+ *             then on every writer that changes an entry in the current
+ *             segment makes the same change, by key, in the new one
+ *             (resize_mirror, called under the lock after each change).
+ *             The resizer walks the current index in slices of about a
+ *             millisecond, each under the lock, and copies every live
+ *             entry the new segment does not hold yet: one it holds was
+ *             put there by a writer, and is as new as the current one.
+ *   switch    in the last slice, with every bucket copied, it stores the
+ *             new generation word: readers and writers follow at their
+ *             next call (generation.c), and the old segment is removed,
+ *             to vanish when the last process still reading it detaches.
+ *
+ * The new segment has no reader before the switch, so it needs neither
+ * limbo nor undo log: a block replaced there is freed at once. Nor does a
+ * death in it need repairing: a writer that dies under the lock, maybe
+ * halfway through a change to either segment, is recovered in the current
+ * one (intent.c), and the resize is given up (RESIZE_ABORTED): the
+ * resizer removes its segment and returns SHMKV_EAGAIN. A resizer that
+ * dies is noticed by the next writer (resize_tend), which gives the
+ * resize up and removes the segment, finding it, if it was not named yet,
+ * by its creator's pid and size in /proc/sysvipc/shm.
+ *
+ * Only a process that may remove the store's segments resizes it (the
+ * owner's uid, or root), and it gives the new segment to the store's
+ * owner and group, so that the owner can always remove everything.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/random.h>
+#include <sys/shm.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hash.h"
+#include "table.h"
+
+/* How long one slice of the copy holds the write lock, and the pause
+ * after it that lets writers in. */
+#define RESIZE_SLICE_MS 1u
+#define RESIZE_GAP_US 100
+/* How often a writer that sees a resize under way asks whether its
+ * resizer lives. */
+#define RESIZE_TEND_MS 200u
+/* The share of the new arena the live data may fill when the resize
+ * begins: the rest is for what writers add while it runs. */
+#define RESIZE_FILL_PERCENT 95u
+
+/* True if slot word s names an entry whose key and value lie inside the
+ * arena of the segment kv is bound to. */
+static bool entry_sane(const struct shmkv *kv, uint64_t s)
+{
+    if (SLOT_OFF(s) == 0 || !slot_in_arena(kv, s))
+        return false;
+    const struct block *e = block_at(kv->data, SLOT_OFF(s));
+    if (e->klen == 0 || e->klen > kv->max_key_bytes)
+        return false;
+    const char *end = entry_key(e) + e->klen;
+    return (ptrdiff_t)e->u.entry.vlen <= kv->read_end - end;
+}
+
+/* Puts a copy of entry src (from the current segment) into the segment rs
+ * is bound to, replacing the key's entry there; skip_present: leave a key
+ * the segment holds already. SHMKV_ENOSPC if it does not fit. */
+static int shadow_put(struct shmkv *rs, const struct block *src,
+                      bool skip_present)
+{
+    struct data_header *d = rs->data;
+    const char *key = entry_key(src);
+    size_t klen = src->klen, vlen = src->u.entry.vlen;
+    uint64_t hash = key_hash(key, klen, rs->seed);
+    struct table_pos pos;
+    table_find(rs, hash, key, klen, &pos);
+    if (pos.off != 0 && skip_present)
+        return 0;
+    if (pos.off == 0 && d->entries >= d->max_load)
+        return SHMKV_ENOSPC;
+    uint32_t units = entry_units(klen, vlen);
+    op_begin(rs, WRITE_OP_GENERIC);
+    uint32_t off = arena_alloc(d, units);
+    if (off == 0) {
+        op_end(rs);
+        return SHMKV_ENOSPC;
+    }
+    struct block *e = block_at(d, off);
+    e->klen = (uint16_t)klen;
+    e->u.entry.vlen = (uint32_t)vlen;
+    e->u.entry.expire_unix = src->u.entry.expire_unix;
+    memcpy((char *)(e + 1), key, klen + vlen);
+    uint64_t word = SLOT_MAKE(hash_tag(hash), off);
+    int64_t ttl = e->u.entry.expire_unix != 0 ? 1 : 0;
+    if (pos.off != 0) {
+        if (block_at(d, pos.off)->u.entry.expire_unix != 0)
+            ttl--;
+        atomic_store_explicit(&rs->buckets[pos.bucket].slot[pos.slot], word,
+                              memory_order_relaxed);
+        arena_free(d, pos.off);
+    } else {
+        uint64_t bucket;
+        unsigned slot;
+        if (table_insert_prepare(rs, hash, &bucket, &slot) != 0) {
+            arena_free(d, off);
+            op_end(rs);
+            return SHMKV_ENOSPC;
+        }
+        atomic_store_explicit(&rs->buckets[bucket].slot[slot], word,
+                              memory_order_relaxed);
+        d->entries++;
+    }
+    d->ttl_entries += (uint64_t)ttl;
+    op_end(rs);
+    return 0;
+}
+
+/* Removes key from the segment rs is bound to, if there. */
+static void shadow_del(struct shmkv *rs, const char *key, size_t klen)
+{
+    struct data_header *d = rs->data;
+    uint64_t hash = key_hash(key, klen, rs->seed);
+    struct table_pos pos;
+    table_find(rs, hash, key, klen, &pos);
+    if (pos.off == 0)
+        return;
+    op_begin(rs, WRITE_OP_GENERIC);
+    atomic_store_explicit(&rs->buckets[pos.bucket].slot[pos.slot], 0,
+                          memory_order_relaxed);
+    table_remove_counts(rs, hash, pos.bucket);
+    if (block_at(d, pos.off)->u.entry.expire_unix != 0)
+        d->ttl_entries--;
+    arena_free(d, pos.off);
+    d->entries--;
+    op_end(rs);
+}
+
+void resize_detach(struct shmkv *kv)
+{
+    if (kv->rs == NULL)
+        return;
+    shmdt(kv->rs->data);
+    free(kv->rs);
+    kv->rs = NULL;
+}
+
+/* This writer's view of the segment the resize under way fills, attached
+ * on first use; NULL if it cannot be attached or is not sane. */
+static struct shmkv *shadow_of(struct shmkv *kv)
+{
+    const struct ctl_header *c = kv->ctl;
+    int shmid = atomic_load_explicit(&c->resize_shmid, memory_order_relaxed);
+    uint64_t gen = atomic_load_explicit(&c->resize_gen, memory_order_relaxed);
+    if (kv->rs != NULL && kv->rs->data_shmid == shmid && kv->rs->gen == gen)
+        return kv->rs;
+    resize_detach(kv);
+    void *addr;
+    uint64_t bytes;
+    if (segment_attach(shmid, false, &addr, &bytes) != 0)
+        return NULL;
+    struct shmkv *rs = malloc(sizeof *rs);
+    if (rs == NULL || data_validate(kv, addr, bytes, (uint32_t)gen) != 0) {
+        free(rs);
+        shmdt(addr);
+        return NULL;
+    }
+    *rs = *kv;
+    rs->rs = NULL;
+    handle_bind_data(rs, addr, shmid, CURRENT_MAKE(gen, shmid));
+    kv->rs = rs;
+    return rs;
+}
+
+static void resize_clear(struct ctl_header *c)
+{
+    atomic_store(&c->resize_why, 0);
+    atomic_store(&c->resize_shmid, -1);
+    atomic_store(&c->resize_from, -1);
+    atomic_store(&c->resize_pid, 0);
+    atomic_store(&c->resize_bytes, 0);
+    atomic_store(&c->resize_done, 0);
+    atomic_store(&c->resize_total, 0);
+    atomic_store(&c->resize_state, RESIZE_NONE);
+}
+
+void resize_abort_locked(struct shmkv *kv, unsigned why)
+{
+    struct ctl_header *c = kv->ctl;
+    uint32_t st = atomic_load(&c->resize_state);
+    if (st != RESIZE_CREATING && st != RESIZE_COPYING)
+        return;
+    atomic_store(&c->resize_why, why);
+    atomic_store(&c->resize_state, RESIZE_ABORTED);
+    event_log(c, SHMKV_EVENT_RESIZE_ABORTED, atomic_load(&c->resize_pid), 0,
+              why);
+}
+
+/* True if this writer is on the segment being filled: a resizer that died
+ * after the switch left the state behind (resize_tend clears it). */
+static bool on_new_segment(const struct shmkv *kv)
+{
+    return kv->data_shmid == atomic_load(&kv->ctl->resize_shmid);
+}
+
+void resize_mirror(struct shmkv *kv, uint32_t off, bool removed)
+{
+    if (!resize_copying(kv) || on_new_segment(kv))
+        return;
+    struct shmkv *rs = shadow_of(kv);
+    if (rs == NULL) {
+        resize_abort_locked(kv, RESIZE_WHY_ATTACH);
+        return;
+    }
+    uint64_t s = SLOT_MAKE(0, off);
+    if (!entry_sane(kv, s))
+        return; /* damage: the check pass reports it */
+    const struct block *e = block_at(kv->data, off);
+    if (removed) {
+        shadow_del(rs, entry_key(e), e->klen);
+    } else if (shadow_put(rs, e, false) != 0) {
+        /* The live data grew past the new size. */
+        resize_abort_locked(kv, RESIZE_WHY_FULL);
+    }
+}
+
+void resize_mirror_flush(struct shmkv *kv)
+{
+    if (!resize_copying(kv) || on_new_segment(kv))
+        return;
+    struct shmkv *rs = shadow_of(kv);
+    if (rs == NULL) {
+        resize_abort_locked(kv, RESIZE_WHY_ATTACH);
+        return;
+    }
+    op_begin(rs, WRITE_OP_GENERIC);
+    flush_index(rs);
+    arena_reset(rs);
+    op_end(rs);
+}
+
+/* The segments a resizer that died made and did not name: IPC_PRIVATE,
+ * created by its pid, of the size it was making, attached by no one. */
+static void orphans_remove(int32_t pid, uint64_t bytes)
+{
+    if (pid <= 0)
+        return;
+    FILE *f = fopen("/proc/sysvipc/shm", "re");
+    if (f == NULL)
+        return;
+    char line[512];
+    if (fgets(line, sizeof line, f) == NULL) { /* the column names */
+        fclose(f);
+        return;
+    }
+    while (fgets(line, sizeof line, f) != NULL) {
+        long long key, size, cpid, lpid, nattch;
+        int id;
+        unsigned perms;
+        if (sscanf(line, "%lld %d %o %lld %lld %lld %lld", &key, &id, &perms,
+                   &size, &cpid, &lpid, &nattch) != 7)
+            continue;
+        if (key == 0 && cpid == pid && (uint64_t)size == bytes && nattch == 0)
+            shmctl(id, IPC_RMID, NULL);
+    }
+    fclose(f);
+}
+
+/* Removes what a resize whose resizer died left, if this process may;
+ * true if the store is free of it. A resizer that died after its switch
+ * had made the new segment the store's: then the old one is removed. */
+static bool resize_reap(struct shmkv *kv)
+{
+    struct ctl_header *c = kv->ctl;
+    int shmid = atomic_load(&c->resize_shmid);
+    uint64_t cur = atomic_load(&c->current);
+    if (shmid >= 0 && !(cur & CURRENT_CLOSED) && CURRENT_SHMID(cur) == shmid) {
+        int from = atomic_load(&c->resize_from);
+        if (from >= 0 && shmctl(from, IPC_RMID, NULL) != 0 && errno != EINVAL &&
+            errno != EIDRM)
+            return false;
+        atomic_fetch_add(&c->resizes, 1);
+        resize_detach(kv);
+        resize_clear(c);
+        return true;
+    }
+    if (shmid >= 0) {
+        if (shmctl(shmid, IPC_RMID, NULL) != 0 && errno != EINVAL &&
+            errno != EIDRM)
+            return false; /* not ours to remove: the owner will */
+    } else {
+        orphans_remove(atomic_load(&c->resize_pid),
+                       atomic_load(&c->resize_bytes));
+    }
+    resize_detach(kv);
+    resize_clear(c);
+    return true;
+}
+
+/* True while the resizer holds the writers' slot it noted: its liveness
+ * semaphore says it lives, and the slot is still its own. */
+static bool resizer_alive(const struct shmkv *kv)
+{
+    const struct ctl_header *c = kv->ctl;
+    uint32_t slot = atomic_load(&c->resize_slot);
+    if (slot >= c->max_clients)
+        return false;
+    const struct client_slot *s = writer_claims(kv) + slot;
+    return atomic_load(&s->pid) == atomic_load(&c->resize_pid) &&
+           liveness_alive(c, LIVE_WRITER, slot);
+}
+
+void resize_tend(struct shmkv *kv)
+{
+    struct ctl_header *c = kv->ctl;
+    uint32_t st = atomic_load_explicit(&c->resize_state, memory_order_relaxed);
+    if (st == RESIZE_NONE)
+        return;
+    /* A resize under way is looked at now and then; one given up at once,
+     * until its resizer or another process removed what it left. */
+    uint64_t now = monotonic_ms();
+    if (st != RESIZE_ABORTED && now - kv->rs_checked_ms < RESIZE_TEND_MS)
+        return;
+    kv->rs_checked_ms = now;
+    bool alive = resizer_alive(kv);
+    if (st != RESIZE_ABORTED && alive)
+        return;
+    uint64_t cur = atomic_load(&c->current);
+    bool switched = !(cur & CURRENT_CLOSED) &&
+                    CURRENT_SHMID(cur) == atomic_load(&c->resize_shmid);
+    if (st != RESIZE_ABORTED && !switched)
+        resize_abort_locked(kv, RESIZE_WHY_RESIZER_DIED);
+    /* The resizer removes its own segment when it lives; when it died,
+     * whoever may does. */
+    if (!alive)
+        resize_reap(kv);
+}
+
+/* True if this process may remove the store's segments. */
+static bool may_remove(const struct shmkv *kv, uid_t *owner)
+{
+    struct shmid_ds ds;
+    if (shmctl(kv->ctl_shmid, IPC_STAT, &ds) != 0)
+        return false;
+    *owner = ds.shm_perm.uid;
+    uid_t me = geteuid();
+    return me == 0 || me == ds.shm_perm.uid || me == ds.shm_perm.cuid;
+}
+
+/* Gives a segment the store's owner and group. */
+static int segment_give(int shmid, uid_t uid, int64_t gid)
+{
+    struct shmid_ds ds;
+    if (shmctl(shmid, IPC_STAT, &ds) != 0)
+        return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT)");
+    ds.shm_perm.uid = uid;
+    if (gid >= 0)
+        ds.shm_perm.gid = (gid_t)gid;
+    if (shmctl(shmid, IPC_SET, &ds) != 0)
+        return set_errno_error(SHMKV_ESYS, "giving the new segment to the "
+                                           "store's owner");
+    return 0;
+}
+
+/* The size and index a resize to size_bytes for max_entries makes, and
+ * whether the live data fits them: *d gets the new layout. */
+static int resize_plan(struct shmkv *kv, uint64_t *bytes, uint64_t *entries,
+                       struct data_header *plan)
+{
+    const struct ctl_header *c = kv->ctl;
+    const struct data_header *d = kv->data;
+    uint64_t page = c->huge_pages != SHMKV_HUGE_NO && huge_page_bytes() != 0
+                        ? huge_page_bytes()
+                        : page_bytes();
+    *bytes = (*bytes + page - 1) / page * page;
+    if (*entries == 0) {
+        /* As many per byte as the store was made with. */
+        unsigned __int128 e = (unsigned __int128)c->max_entries * *bytes;
+        *entries = (uint64_t)(e / (c->data_bytes ? c->data_bytes : 1));
+        if (*entries == 0)
+            *entries = 1;
+    }
+    memset(plan, 0, sizeof *plan);
+    data_layout(plan, *bytes, buckets_for_entries(*entries), c->max_key_bytes);
+    plan->max_load = plan->nbuckets * BUCKET_SLOTS * MAX_LOAD_PERCENT / 100;
+    if (plan->arena_off > *bytes / 2)
+        return set_error(SHMKV_EINVAL,
+                         "an index for %llu entries would take over half of "
+                         "%llu bytes",
+                         (unsigned long long)*entries,
+                         (unsigned long long)*bytes);
+    uint64_t limbo = d->flush_epoch != 0 ? d->used_units : d->limbo_units;
+    uint64_t live = d->used_units > limbo ? d->used_units - limbo : 0;
+    if (d->entries > plan->max_load ||
+        live > plan->arena_units / 100 * RESIZE_FILL_PERCENT)
+        return set_error(
+            SHMKV_ENOSPC,
+            "a store of %llu bytes cannot hold what this one "
+            "holds now: %llu entries (it takes %llu) in %llu "
+            "bytes (it has room for %llu)",
+            (unsigned long long)*bytes, (unsigned long long)d->entries,
+            (unsigned long long)plan->max_load,
+            (unsigned long long)(live * UNIT_BYTES),
+            (unsigned long long)(plan->arena_units / 100 * RESIZE_FILL_PERCENT *
+                                 UNIT_BYTES));
+    return 0;
+}
+
+/* Copies buckets [from, to) of the current index into rs; the first error
+ * (SHMKV_ENOSPC) stops it. */
+static int copy_buckets(struct shmkv *kv, struct shmkv *rs, uint64_t from,
+                        uint64_t to)
+{
+    uint32_t now = clock_unix();
+    for (uint64_t b = from; b < to; b++) {
+        for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+            uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
+                                              memory_order_relaxed);
+            if (!entry_sane(kv, s))
+                continue;
+            const struct block *e = block_at(kv->data, SLOT_OFF(s));
+            uint32_t at = e->u.entry.expire_unix;
+            if (at != 0 && at <= now)
+                continue;
+            int rc = shadow_put(rs, e, true);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+/* Ends the resize under way, ours, after its last slice: the new segment
+ * becomes the store's. */
+static void resize_switch(struct shmkv *kv, struct shmkv *rs, uint64_t ms)
+{
+    struct ctl_header *c = kv->ctl;
+    int old = kv->data_shmid;
+    atomic_store_explicit(&c->current, CURRENT_MAKE(rs->gen, rs->data_shmid),
+                          memory_order_seq_cst);
+    TEST_POINT("resize:switched");
+    shmctl(old, IPC_RMID, NULL);
+    TEST_POINT("resize:removed");
+    resize_clear(c);
+    atomic_fetch_add(&c->resizes, 1);
+    event_log(c, SHMKV_EVENT_RESIZED, (int32_t)kv->pid, ms, rs->data_bytes);
+}
+
+/* Waits a little between slices, so that writers get the lock. */
+static void slice_gap(void)
+{
+    struct timespec ts = {0, RESIZE_GAP_US * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Under the write lock: the resize we began is still ours to go on with
+ * (else it was given up: SHMKV_EAGAIN, or SHMKV_ENOSPC if a writer found
+ * the new size full). */
+static int still_ours(struct shmkv *kv, uint32_t want, int shmid)
+{
+    struct ctl_header *c = kv->ctl;
+    if (atomic_load(&c->resize_state) == want &&
+        atomic_load(&c->resize_pid) == (int32_t)kv->pid &&
+        (shmid < 0 || atomic_load(&c->resize_shmid) == shmid))
+        return 0;
+    if (atomic_load(&c->resize_state) == RESIZE_ABORTED &&
+        atomic_load(&c->resize_why) == RESIZE_WHY_FULL)
+        return set_error(SHMKV_ENOSPC,
+                         "the store's live data grew past the new size "
+                         "during the resize; the store is as it was");
+    return set_error(SHMKV_EAGAIN,
+                     "the resize was given up: a writer died during it; "
+                     "the store is as it was (try again)");
+}
+
+int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
+                 void (*progress)(void *arg, uint64_t done, uint64_t total),
+                 void *arg)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->forked)
+        return refuse_forked(kv);
+    if (kv->rdonly)
+        return set_error(SHMKV_ERDONLY, "the handle is read-only");
+    if (kv->in_read)
+        return set_error(SHMKV_ESTATE, "a resize inside a read section");
+    if (size_bytes < (1u << 20) || size_bytes > (64ull << 30))
+        return set_error(SHMKV_EINVAL,
+                         "size %llu bytes: must be 1 MiB to 64 GiB",
+                         (unsigned long long)size_bytes);
+    uid_t owner = 0;
+    if (!may_remove(kv, &owner))
+        return set_error(SHMKV_EACCES,
+                         "only the store's owner (uid %u) or root may resize "
+                         "it: ask shmkvd (shmkvctl resize)",
+                         (unsigned)owner);
+    struct ctl_header *c = kv->ctl;
+    uint64_t started = monotonic_ms();
+
+    /* Plan it, and note ourselves. */
+    kv->deadline_ms = kv->wait_ms = 0;
+    int rc = lock_take(kv, true);
+    if (rc != 0)
+        return rc;
+    c = kv->ctl;
+    kv->rs_checked_ms = 0;
+    resize_tend(kv);
+    if (atomic_load(&c->resize_state) != RESIZE_NONE) {
+        int32_t pid = atomic_load(&c->resize_pid);
+        lock_release(kv);
+        return set_error(SHMKV_EBUSY, "a resize is under way (pid %d)",
+                         (int)pid);
+    }
+    uint64_t bytes = size_bytes, entries = max_entries;
+    struct data_header plan;
+    rc = resize_plan(kv, &bytes, &entries, &plan);
+    if (rc != 0) {
+        lock_release(kv);
+        return rc;
+    }
+    uint32_t gen = kv->gen + 1;
+    if (gen > 0x7fffffffu) {
+        lock_release(kv);
+        return set_error(SHMKV_ELIMIT, "the store has used every generation "
+                                       "number");
+    }
+    atomic_store(&c->resize_pid, (int32_t)kv->pid);
+    atomic_store(&c->resize_slot, kv->slot_index);
+    atomic_store(&c->resize_bytes, bytes);
+    atomic_store(&c->resize_gen, gen);
+    atomic_store(&c->resize_shmid, -1);
+    atomic_store(&c->resize_done, 0);
+    atomic_store(&c->resize_total, kv->nbuckets);
+    atomic_store(&c->resize_state, RESIZE_CREATING);
+    lock_release(kv);
+
+    /* Make the segment, outside the lock: zeroing it takes a while. */
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = handle_random(kv) * 0xff51afd7ed558ccdull;
+    int shmid = -1;
+    struct data_header *nd = NULL;
+    rc = data_segment_make(c, gen, seed, bytes, entries, &shmid, &nd);
+    TEST_POINT("resize:created");
+    if (rc == 0) {
+        shmdt(nd);
+        rc = segment_give(shmid, owner, c->gid);
+    }
+
+    /* Name it: writers apply their changes to it from now on. */
+    kv->deadline_ms = kv->wait_ms = 0;
+    int lrc = lock_take(kv, true);
+    if (lrc != 0) {
+        if (shmid >= 0)
+            shmctl(shmid, IPC_RMID, NULL);
+        return lrc; /* the state is left to resize_tend: we no longer
+                       hold a slot a live resizer would */
+    }
+    if (rc == 0)
+        rc = still_ours(kv, RESIZE_CREATING, -1);
+    if (rc != 0) {
+        if (shmid >= 0)
+            shmctl(shmid, IPC_RMID, NULL);
+        if (atomic_load(&c->resize_pid) == (int32_t)kv->pid)
+            resize_clear(c);
+        lock_release(kv);
+        return rc;
+    }
+    atomic_store(&c->resize_from, kv->data_shmid);
+    atomic_store(&c->resize_shmid, shmid);
+    atomic_store(&c->resize_state, RESIZE_COPYING);
+    TEST_POINT("resize:named");
+
+    /* Copy in slices, switch in the last. */
+    uint64_t next = 0;
+    for (;;) {
+        struct shmkv *rs = shadow_of(kv);
+        if (rs == NULL) {
+            resize_abort_locked(kv, RESIZE_WHY_ATTACH);
+            rc = set_error(SHMKV_ESYS, "the new segment cannot be attached");
+            break;
+        }
+        uint64_t t0 = monotonic_ms();
+        uint64_t total = kv->nbuckets;
+        while (next < total) {
+            uint64_t to = next + 64 < total ? next + 64 : total;
+            rc = copy_buckets(kv, rs, next, to);
+            if (rc != 0)
+                break;
+            next = to;
+            if (monotonic_ms() - t0 >= RESIZE_SLICE_MS)
+                break;
+        }
+        if (rc != 0) {
+            resize_abort_locked(kv, RESIZE_WHY_FULL);
+            rc = set_error(SHMKV_ENOSPC,
+                           "the store's live data grew past %llu bytes "
+                           "during the resize; the store is as it was",
+                           (unsigned long long)bytes);
+            break;
+        }
+        atomic_store(&c->resize_done, next);
+        TEST_POINT("resize:slice");
+        if (next == total) {
+            resize_switch(kv, rs, monotonic_ms() - started);
+            resize_detach(kv);
+            lock_release(kv);
+            if (progress != NULL)
+                progress(arg, total, total);
+            return 0;
+        }
+        lock_release(kv);
+        if (progress != NULL)
+            progress(arg, next, total);
+        slice_gap();
+        kv->deadline_ms = kv->wait_ms = 0;
+        rc = lock_take(kv, true);
+        if (rc != 0)
+            return rc; /* resize_tend gives it up if we die or stop */
+        rc = still_ours(kv, RESIZE_COPYING, shmid);
+        if (rc != 0)
+            break;
+    }
+    /* Given up: remove what we made. */
+    if (atomic_load(&c->resize_pid) == (int32_t)kv->pid) {
+        shmctl(shmid, IPC_RMID, NULL);
+        resize_detach(kv);
+        resize_clear(c);
+    }
+    lock_release(kv);
+    return rc;
+}
