@@ -153,7 +153,8 @@ install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
 	    $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/shmkvd $(DESTDIR)$(UNITDIR) \
 	    $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR) \
-	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man5 \
+	    $(DESTDIR)$(MANDIR)/man8
 	install -m 644 $(BUILD)/libshmkv.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(BUILD)/libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/
 	ln -sf libshmkv.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libshmkv.so
@@ -175,6 +176,7 @@ install: all
 	install -m 644 systemd/shmkv.sysusers $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf
 	install -m 644 README.md CHANGELOG.md LICENSE $(DESTDIR)$(DOCDIR)/
 	install -m 644 man/shmkvctl.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 man/libshmkv.3 $(DESTDIR)$(MANDIR)/man3/
 	install -m 644 man/shmkvd.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 644 man/shmkvd.8 $(DESTDIR)$(MANDIR)/man8/
 
@@ -183,7 +185,8 @@ uninstall:
 	      $(DESTDIR)$(INCLUDEDIR)/shmkv.h $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc \
 	      $(DESTDIR)$(SBINDIR)/shmkvd $(DESTDIR)$(BINDIR)/shmkvctl \
 	      $(DESTDIR)$(UNITDIR)/shmkvd.service $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf \
-	      $(DESTDIR)$(MANDIR)/man1/shmkvctl.1 $(DESTDIR)$(MANDIR)/man5/shmkvd.conf.5 \
+	      $(DESTDIR)$(MANDIR)/man1/shmkvctl.1 $(DESTDIR)$(MANDIR)/man3/libshmkv.3 \
+	      $(DESTDIR)$(MANDIR)/man5/shmkvd.conf.5 \
 	      $(DESTDIR)$(MANDIR)/man8/shmkvd.8
 	rm -rf $(DESTDIR)$(DOCDIR)
 

@@ -48,8 +48,8 @@
 #include "hash.h"
 #include "table.h"
 
-/* How long one slice of the copy holds the write lock, and the pause
- * after it that lets writers in. */
+/* How long one slice of the copy holds the write lock, and the shortest
+ * pause after it when writers wait. */
 #define RESIZE_SLICE_MS 1u
 #define RESIZE_GAP_US 100
 /* How often a writer that sees a resize under way asks whether its
@@ -61,6 +61,13 @@
 
 /* True if slot word s names an entry whose key and value lie inside the
  * arena of the segment kv is bound to. */
+static uint64_t monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static bool entry_sane(const struct shmkv *kv, uint64_t s)
 {
     if (SLOT_OFF(s) == 0 || !slot_in_arena(kv, s))
@@ -416,12 +423,41 @@ static int resize_plan(struct shmkv *kv, uint64_t *bytes, uint64_t *entries,
 }
 
 /* Copies buckets [from, to) of the current index into rs; the first error
- * (SHMKV_ENOSPC) stops it. */
+ * (SHMKV_ENOSPC) stops it. The walk is a pipeline: the bucket PF_BUCKET
+ * ahead is asked for, the entries of the one PF_ENTRY ahead, and the new
+ * index's buckets for those of the one PF_TARGET ahead, so that their
+ * cache misses overlap the copying of this one. */
+#define PF_BUCKET 8u
+#define PF_ENTRY 4u
+#define PF_TARGET 2u
 static int copy_buckets(struct shmkv *kv, struct shmkv *rs, uint64_t from,
                         uint64_t to)
 {
     uint32_t now = clock_unix();
     for (uint64_t b = from; b < to; b++) {
+        if (b + PF_BUCKET < to)
+            __builtin_prefetch(&kv->buckets[b + PF_BUCKET]);
+        if (b + PF_ENTRY < to) {
+            const struct bucket *ahead = &kv->buckets[b + PF_ENTRY];
+            for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+                uint64_t s =
+                    atomic_load_explicit(&ahead->slot[i], memory_order_relaxed);
+                if (SLOT_OFF(s) != 0 && slot_in_arena(kv, s))
+                    __builtin_prefetch(block_at(kv->data, SLOT_OFF(s)));
+            }
+        }
+        if (b + PF_TARGET < to) {
+            const struct bucket *ahead = &kv->buckets[b + PF_TARGET];
+            for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+                uint64_t s =
+                    atomic_load_explicit(&ahead->slot[i], memory_order_relaxed);
+                if (!entry_sane(kv, s))
+                    continue;
+                const struct block *e = block_at(kv->data, SLOT_OFF(s));
+                uint64_t h = key_hash(entry_key(e), e->klen, rs->seed);
+                __builtin_prefetch(&rs->buckets[table_home(rs->nbuckets, h)]);
+            }
+        }
         for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
             uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
                                               memory_order_relaxed);
@@ -437,6 +473,22 @@ static int copy_buckets(struct shmkv *kv, struct shmkv *rs, uint64_t from,
         }
     }
     return 0;
+}
+
+/* True if a writer waits for the write lock now. */
+static bool writers_waiting(const struct shmkv *kv)
+{
+    const struct writer_slot *w = writer_slots(kv);
+    uint32_t n = atomic_load(&kv->ctl->writers_hwm);
+    if (n > kv->ctl->max_clients)
+        n = kv->ctl->max_clients;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t st =
+            atomic_load_explicit(&w[i].lock_state, memory_order_relaxed);
+        if (LOCK_STATE_MODE(st) == LOCK_WAIT_WRITE && &w[i] != kv->wslot)
+            return true;
+    }
+    return false;
 }
 
 /* Ends the resize under way, ours, after its last slice: the new segment
@@ -455,10 +507,15 @@ static void resize_switch(struct shmkv *kv, struct shmkv *rs, uint64_t ms)
     event_log(c, SHMKV_EVENT_RESIZED, (int32_t)kv->pid, ms, rs->data_bytes);
 }
 
-/* Waits a little between slices, so that writers get the lock. */
-static void slice_gap(void)
+/* Between slices: when writers wait, as long as the slice took, so that
+ * they get the lock half of the time; else at once. */
+static void slice_gap(bool writers, uint64_t slice_us)
 {
-    struct timespec ts = {0, RESIZE_GAP_US * 1000L};
+    if (!writers)
+        return;
+    if (slice_us < RESIZE_GAP_US)
+        slice_us = RESIZE_GAP_US;
+    struct timespec ts = {0, (long)slice_us * 1000L};
     nanosleep(&ts, NULL);
 }
 
@@ -553,6 +610,9 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
     rc = data_segment_make(c, gen, seed, bytes, entries, &shmid, &nd);
     TEST_POINT("resize:created");
     if (rc == 0) {
+        /* Its pages made now, not by the slices under the lock. */
+        for (uint64_t at = 0; at < bytes; at += nd->page_bytes)
+            ((volatile char *)nd)[at] = ((volatile char *)nd)[at];
         shmdt(nd);
         rc = segment_give(shmid, owner, c->gid);
     }
@@ -590,17 +650,18 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
             rc = set_error(SHMKV_ESYS, "the new segment cannot be attached");
             break;
         }
-        uint64_t t0 = monotonic_ms();
+        uint64_t t0 = monotonic_us();
         uint64_t total = kv->nbuckets;
         while (next < total) {
-            uint64_t to = next + 64 < total ? next + 64 : total;
+            uint64_t to = next + 256 < total ? next + 256 : total;
             rc = copy_buckets(kv, rs, next, to);
             if (rc != 0)
                 break;
             next = to;
-            if (monotonic_ms() - t0 >= RESIZE_SLICE_MS)
+            if (monotonic_us() - t0 >= RESIZE_SLICE_MS * 1000u)
                 break;
         }
+        uint64_t slice_us = monotonic_us() - t0;
         if (rc != 0) {
             resize_abort_locked(kv, RESIZE_WHY_FULL);
             rc = set_error(SHMKV_ENOSPC,
@@ -615,14 +676,18 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
             resize_switch(kv, rs, monotonic_ms() - started);
             resize_detach(kv);
             lock_release(kv);
+            /* Let go of the old segment now: it is freed once the last
+             * process attached to it has followed. */
+            generation_refresh(kv);
             if (progress != NULL)
                 progress(arg, total, total);
             return 0;
         }
+        bool waiting = writers_waiting(kv);
         lock_release(kv);
         if (progress != NULL)
             progress(arg, next, total);
-        slice_gap();
+        slice_gap(waiting, slice_us);
         kv->deadline_ms = kv->wait_ms = 0;
         rc = lock_take(kv, true);
         if (rc != 0)

@@ -174,16 +174,18 @@ uint64_t huge_page_bytes(void)
 static int huge_error(int err, uint64_t bytes)
 {
     uint64_t hp = huge_page_bytes();
+    uint64_t free_pages = meminfo_value("HugePages_Free");
+    uint64_t rsvd = meminfo_value("HugePages_Rsvd");
+    uint64_t avail = free_pages > rsvd ? free_pages - rsvd : 0;
     if (err == ENOMEM || err == ENOSPC)
         return set_error(
             SHMKV_ENOMEM,
             "the huge page pool is short: a %llu-byte segment needs %llu "
-            "huge pages of %llu kB and %llu are free (HugePages_Free in "
-            "/proc/meminfo); raise vm.nr_hugepages",
+            "huge pages of %llu kB and %llu are free (HugePages_Free less "
+            "HugePages_Rsvd in /proc/meminfo); raise vm.nr_hugepages",
             (unsigned long long)bytes,
             (unsigned long long)(hp ? (bytes + hp - 1) / hp : 0),
-            (unsigned long long)(hp / 1024),
-            (unsigned long long)meminfo_value("HugePages_Free"));
+            (unsigned long long)(hp / 1024), (unsigned long long)avail);
     if (err == EPERM) {
         char gid[32] = "?";
         FILE *f = fopen("/proc/sys/vm/hugetlb_shm_group", "re");

@@ -13,7 +13,8 @@ for f in usr/local/lib/libshmkv.a usr/local/lib/libshmkv.so.0 \
          usr/local/include/shmkv.h usr/local/lib/pkgconfig/shmkv.pc \
          usr/local/sbin/shmkvd usr/local/bin/shmkvctl etc/shmkvd/shmkvd.conf \
          lib/systemd/system/shmkvd.service usr/lib/sysusers.d/shmkv.conf \
-         usr/local/share/man/man1/shmkvctl.1 usr/local/share/man/man5/shmkvd.conf.5 \
+         usr/local/share/man/man1/shmkvctl.1 usr/local/share/man/man3/libshmkv.3 \
+         usr/local/share/man/man5/shmkvd.conf.5 \
          usr/local/share/man/man8/shmkvd.8 usr/local/share/doc/shmkv/LICENSE \
          usr/local/share/doc/shmkv/CHANGELOG.md; do
     [ -e "$stage/$f" ] || { echo "install: missing $f"; exit 1; }

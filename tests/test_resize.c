@@ -542,7 +542,7 @@ static void fill_during(void *arg, uint64_t done, uint64_t total)
     struct filler *f = arg;
     /* This handle is the resizer's: between slices it may write. */
     char key[32], val[VALUE_BYTES];
-    for (int i = 0; i < 2000; i++, f->written++) {
+    for (int i = 0; i < 30000; i++, f->written++) {
         snprintf(key, sizeof key, "f%u", f->written);
         value_of(val, key, 0);
         if (shmkv_set(f->kv, key, strlen(key), val, VALUE_BYTES, 0, 0) != 0)
