@@ -327,6 +327,8 @@ void resize_abort_locked(struct shmkv *kv, unsigned why);
 /* Under the write lock: gives up a resize whose resizer died, and removes
  * its segment if this process may. Rate-limited per handle. */
 void resize_tend(struct shmkv *kv);
+/* True if shmid is a data segment of the store with this nonce. */
+bool data_segment_of_store(int shmid, uint64_t nonce);
 /* Detaches the handle's view of a resize's segment. */
 void resize_detach(struct shmkv *kv);
 

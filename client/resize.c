@@ -255,9 +255,35 @@ void resize_mirror_flush(struct shmkv *kv)
     op_end(rs);
 }
 
+bool data_segment_of_store(int shmid, uint64_t nonce)
+{
+    void *addr = shmat(shmid, NULL, SHM_RDONLY);
+    if (addr == (void *)-1)
+        return false;
+    struct shmid_ds ds;
+    const struct data_header *d = addr;
+    bool ours = shmctl(shmid, IPC_STAT, &ds) == 0 &&
+                ds.shm_segsz >= sizeof *d &&
+                d->layout_version == LAYOUT_VERSION && d->store_nonce == nonce;
+    shmdt(addr);
+    return ours;
+}
+
+/* Removes segment shmid if it is a data segment of this store (the ids the
+ * control header names are checked first: a damaged header must not make
+ * a writer remove another store's segment). */
+static int remove_ours(const struct shmkv *kv, int shmid)
+{
+    if (shmid < 0 || !data_segment_of_store(shmid, kv->store_nonce))
+        return 0;
+    return shmctl(shmid, IPC_RMID, NULL);
+}
+
 /* The segments a resizer that died made and did not name: IPC_PRIVATE,
- * created by its pid, of the size it was making, attached by no one. */
-static void orphans_remove(int32_t pid, uint64_t bytes)
+ * created by its pid, of the size it was making, attached by no one, and
+ * of this store. */
+static void orphans_remove(const struct shmkv *kv, int32_t pid,
+                           uint64_t bytes)
 {
     if (pid <= 0)
         return;
@@ -277,7 +303,7 @@ static void orphans_remove(int32_t pid, uint64_t bytes)
                    &size, &cpid, &lpid, &nattch) != 7)
             continue;
         if (key == 0 && cpid == pid && (uint64_t)size == bytes && nattch == 0)
-            shmctl(id, IPC_RMID, NULL);
+            remove_ours(kv, id);
     }
     fclose(f);
 }
@@ -301,11 +327,11 @@ static bool resize_reap(struct shmkv *kv)
         return true;
     }
     if (shmid >= 0) {
-        if (shmctl(shmid, IPC_RMID, NULL) != 0 && errno != EINVAL &&
-            errno != EIDRM)
+        if (shmid != kv->data_shmid && remove_ours(kv, shmid) != 0 &&
+            errno != EINVAL && errno != EIDRM)
             return false; /* not ours to remove: the owner will */
     } else {
-        orphans_remove(atomic_load(&c->resize_pid),
+        orphans_remove(kv, atomic_load(&c->resize_pid),
                        atomic_load(&c->resize_bytes));
     }
     resize_detach(kv);

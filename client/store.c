@@ -548,7 +548,8 @@ static void ctl_remove_all(struct ctl_header *c, int ctl_id)
         int32_t ids[2] = {atomic_load(&c->resize_shmid),
                           atomic_load(&c->resize_from)};
         for (int i = 0; i < 2; i++)
-            if (ids[i] >= 0)
+            if (ids[i] >= 0 && ids[i] != CURRENT_SHMID(cur) &&
+                data_segment_of_store(ids[i], c->store_nonce))
                 shmctl(ids[i], IPC_RMID, NULL);
     }
     if (c->reader_shmid >= 0)
