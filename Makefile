@@ -106,9 +106,9 @@ test: deps $(TEST_BINS) $(FUZZ_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl $(BUILD)/
 test-sanitize: deps
 	$(MAKE) BUILD=build-san CFLAGS="-O1 -g $(SANFLAGS)" test
 
-# `make torture`: the kill torture (readers, writers and recoverers
-# SIGKILLed every few milliseconds) for TORTURE_S seconds; make test runs
-# it for 30. Replay a failure with SHMKV_TEST_SEED=<the seed it printed>.
+# `make torture`: the kill torture (readers, writers, recoverers and a
+# resizer SIGKILLed every few milliseconds) for TORTURE_S seconds; make
+# test runs it for 30. Replay a failure with SHMKV_TEST_SEED=<the seed it printed>.
 TORTURE_S ?= 600
 torture: deps $(BUILD)/tests/test_torture
 	SHMKV_TORTURE_S=$(TORTURE_S) $(BUILD)/tests/test_torture

@@ -282,8 +282,7 @@ static int remove_ours(const struct shmkv *kv, int shmid)
 /* The segments a resizer that died made and did not name: IPC_PRIVATE,
  * created by its pid, of the size it was making, attached by no one, and
  * of this store. */
-static void orphans_remove(const struct shmkv *kv, int32_t pid,
-                           uint64_t bytes)
+static void orphans_remove(const struct shmkv *kv, int32_t pid, uint64_t bytes)
 {
     if (pid <= 0)
         return;

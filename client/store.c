@@ -983,6 +983,7 @@ int shmkv_maintain(struct shmkv *kv)
         kv->wait_ms = 0;
         kv->deadline_ms = monotonic_ms() + MAINTAIN_WAIT_MS;
         if (lock_take(kv, true) == 0) {
+            kv->rs_checked_ms = 0;
             resize_tend(kv);
             lock_release(kv);
         }

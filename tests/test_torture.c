@@ -68,6 +68,8 @@ struct torture {
     _Atomic uint64_t writes;
     _Atomic uint64_t reads_checked;
     _Atomic uint64_t sections_revoked;
+    _Atomic uint64_t resizes;     /* completed */
+    _Atomic uint64_t resizes_off; /* given up: a writer died during one */
     _Atomic uint64_t failures;
     _Atomic int failure_claimed;
     char first_failure[256];
@@ -261,12 +263,42 @@ static void reader_main(struct torture *t, const char *where, uint64_t seed)
     }
 }
 
+/* Resizes the store back and forth between its size and half as much
+ * again, for ever. A resize a writer's death interrupts is tried again. */
+static void resizer_main(struct torture *t, const char *where,
+                         uint64_t base_bytes)
+{
+    test_record("pid %d", (int)getpid()); /* it makes segments */
+    struct shmkv *kv;
+    if (shmkv_open(where, 0, &kv) != 0)
+        _exit(2);
+    for (unsigned i = 0;; i++) {
+        uint64_t size = i % 2 == 0 ? base_bytes + base_bytes / 2 : base_bytes;
+        int rc = shmkv_resize(kv, size, 0, NULL, NULL);
+        if (rc == 0) {
+            atomic_fetch_add(&t->resizes, 1);
+        } else if (rc == SHMKV_EAGAIN || rc == SHMKV_EBUSY) {
+            atomic_fetch_add(&t->resizes_off, 1);
+            usleep(1000);
+        } else {
+            fail_child(t, "resizer: %s (%s)", shmkv_strerror(rc),
+                       shmkv_last_error());
+            _exit(3);
+        }
+    }
+}
+
+/* The resizer's slot, past the writers' and readers'. */
+#define RESIZER CHILDREN
+
 static pid_t spawn(struct torture *t, unsigned slot, const char *where,
-                   uint64_t seed)
+                   uint64_t seed, uint64_t store_bytes)
 {
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        if (slot == RESIZER)
+            resizer_main(t, where, store_bytes);
         if (slot < WRITERS)
             writer_main(t, slot, where, seed);
         reader_main(t, where, seed);
@@ -345,7 +377,7 @@ static void ballast_check(struct shmkv *kv, unsigned n)
  * store is first filled and punched (ballast_fill) so that the writers'
  * sets compact it while they and the readers are killed. */
 static void run_torture(const char *what, unsigned seconds,
-                        uint64_t store_bytes, bool ballast)
+                        uint64_t store_bytes, bool ballast, bool resizing)
 {
     uint64_t seed = test_seed(what);
     struct shmkv_options o;
@@ -366,10 +398,11 @@ static void run_torture(const char *what, unsigned seconds,
     assert_true(t != MAP_FAILED);
     memset(t, 0, sizeof *t);
 
-    pid_t child[CHILDREN];
+    pid_t child[CHILDREN + 1];
+    unsigned nchild = CHILDREN + (resizing ? 1u : 0u);
     uint64_t rng = seed;
-    for (unsigned i = 0; i < CHILDREN; i++)
-        child[i] = spawn(t, i, where, rng = mix64(rng));
+    for (unsigned i = 0; i < nchild; i++)
+        child[i] = spawn(t, i, where, rng = mix64(rng), store_bytes);
     size_t cap = 1u << 20, kills = 0;
     uint64_t *gap_us = malloc(cap * sizeof *gap_us);
     assert_non_null(gap_us);
@@ -378,7 +411,7 @@ static void run_torture(const char *what, unsigned seconds,
     while (now_us() < end && atomic_load(&t->failures) == 0) {
         rng = mix64(rng);
         usleep((useconds_t)(2000 + rng % 18000));
-        unsigned victim = (unsigned)((rng >> 32) % CHILDREN);
+        unsigned victim = (unsigned)((rng >> 32) % nchild);
         kill(child[victim], SIGKILL);
         reap_killed(t, child[victim]);
         /* The next write after the kill, timed. */
@@ -392,12 +425,15 @@ static void run_torture(const char *what, unsigned seconds,
         if (kills < cap)
             gap_us[kills] = took;
         kills++;
-        child[victim] = spawn(t, victim, where, rng = mix64(rng));
+        child[victim] = spawn(t, victim, where, rng = mix64(rng), store_bytes);
     }
-    for (unsigned i = 0; i < CHILDREN; i++) {
+    for (unsigned i = 0; i < nchild; i++) {
         kill(child[i], SIGKILL);
         reap_killed(t, child[i]);
     }
+    /* What a resizer killed last left: the owner's housekeeping removes
+     * it. */
+    assert_int_equal(shmkv_maintain(kv), 0);
     if (atomic_load(&t->failures) > 0)
         fail_msg("%" PRIu64 " failures; first: %s", atomic_load(&t->failures),
                  t->first_failure);
@@ -448,6 +484,15 @@ static void run_torture(const char *what, unsigned seconds,
     qsort(gap_us, n, sizeof *gap_us, cmp_u64);
     uint64_t median = n ? gap_us[n / 2] : 0, p99 = n ? gap_us[n * 99 / 100] : 0,
              worst = n ? gap_us[n - 1] : 0;
+    if (resizing) {
+        print_message("%" PRIu64 " resizes done, %" PRIu64
+                      " given up or refused while another was cleaned up; "
+                      "generation %" PRIu64 "\n",
+                      atomic_load(&t->resizes), atomic_load(&t->resizes_off),
+                      st.generation);
+        assert_true(atomic_load(&t->resizes) > 0);
+        assert_int_equal(st.resize_to_bytes, 0);
+    }
     if (ballast) {
         ballast_check(kv, ballast_n);
         print_message("%u ballast values kept their bytes through %" PRIu64
@@ -481,7 +526,17 @@ static unsigned torture_seconds(void)
 static void test_kill_torture(void **state)
 {
     (void)state;
-    run_torture("kill torture", torture_seconds(), 16u << 20, false);
+    run_torture("kill torture", torture_seconds(), 16u << 20, false, false);
+}
+
+/* The same while a resizer grows and shrinks the store over and over, and
+ * is killed too. A third as long. */
+static void test_kill_torture_resizing(void **state)
+{
+    (void)state;
+    unsigned s = torture_seconds() / 3;
+    run_torture("kill torture, resizing", s > 0 ? s : 1, 16u << 20, false,
+                true);
 }
 
 /* The same on a 6 MiB store punched full of small holes: the writers'
@@ -491,7 +546,8 @@ static void test_kill_torture_compacting(void **state)
 {
     (void)state;
     unsigned s = torture_seconds() / 3;
-    run_torture("kill torture, compacting", s > 0 ? s : 1, 6u << 20, true);
+    run_torture("kill torture, compacting", s > 0 ? s : 1, 6u << 20, true,
+                false);
 }
 
 int main(void)
@@ -499,6 +555,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kill_torture),
         cmocka_unit_test(test_kill_torture_compacting),
+        cmocka_unit_test(test_kill_torture_resizing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
