@@ -24,6 +24,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -643,6 +644,41 @@ static void test_huge_pages(void **state)
         print_message("the kernel would not raise vm.nr_hugepages\n");
         return;
     }
+    /* A process outside vm.hugetlb_shm_group, without CAP_IPC_LOCK and
+     * with no memlock allowance, is refused with the sysctl named. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit none = {0, 0};
+        if (setrlimit(RLIMIT_MEMLOCK, &none) != 0 || setgid(65534) != 0 ||
+            setuid(65534) != 0)
+            _exit(10);
+        struct shmkv_options u;
+        shmkv_options_init(&u);
+        u.size_bytes = 8u << 20;
+        u.huge_pages = SHMKV_HUGE_YES;
+        char key[32];
+        snprintf(key, sizeof key, "key:0x5b%04x%02x",
+                 (unsigned)getpid() & 0xffffu, 0xeeu);
+        u.key = key;
+        struct shmkv *h;
+        int rc = shmkv_create(&u, &h);
+        if (rc == 0) {
+            shmkv_destroy(h);
+            _exit(11);
+        }
+        printf("outside the group: %s\n", shmkv_last_error());
+        fflush(stdout);
+        _exit(rc == SHMKV_EACCES &&
+                      strstr(shmkv_last_error(), "vm.hugetlb_shm_group")
+                  ? 0
+                  : 12);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("the process outside the group: status 0x%x", status);
+
     o.huge_pages = SHMKV_HUGE_YES;
     assert_int_equal(test_create(&o, &kv), 0);
     char where[32];
