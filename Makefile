@@ -16,7 +16,8 @@ MANDIR ?= $(PREFIX)/share/man
 CC ?= cc
 BUILD ?= build
 DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config redis-tools \
-	debhelper dpkg-dev
+	debhelper dpkg-dev python3-dev python3-venv python3-pip python3-setuptools python3-wheel \
+	python3-pytest python3-redis
 PKGS := libxxhash inih
 DAEMON_PKGS := libevent inih libxxhash
 
@@ -45,7 +46,8 @@ FUZZ_TIME ?= 60
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 SOVERSION := 0
 
-.PHONY: deb all deps run test test-sanitize torture bench fuzz install uninstall clean format lint
+.PHONY: deb all deps run test test-sanitize torture bench fuzz install uninstall clean format lint \
+	python python-bench
 
 all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkvd $(BUILD)/shmkvctl \
 	$(BUILD)/shmkv-bench
@@ -102,6 +104,20 @@ $(BUILD)/shmkv-bench: bench/shmkv-bench.c $(BUILD)/libshmkv.a
 
 test: deps $(TEST_BINS) $(FUZZ_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl $(BUILD)/shmkv-bench
 	@BUILD=$(BUILD) EXAMPLE_CFLAGS="$(CFLAGS)" sh tests/run.sh $(TEST_BINS) $(FUZZ_BINS) $(TEST_SCRIPTS)
+
+# `make python`: the Python package (bindings/python) built and installed
+# into a virtual environment of Debian's python3 at $(BUILD)/pyenv, which
+# also sees Debian's pytest and redis-py; tests/test_python.sh does the
+# same and runs its tests.
+PYTHON ?= /usr/bin/python3
+python: deps
+	$(PYTHON) -m venv --system-site-packages $(BUILD)/pyenv
+	$(BUILD)/pyenv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation \
+	    --no-deps ./bindings/python
+
+# `make python-bench`: the classic traversal benchmark (bindings/python).
+python-bench: python $(BUILD)/shmkvd
+	cd $(BUILD) && pyenv/bin/python ../bindings/python/bench_traverse.py --shmkvd ./shmkvd
 
 test-sanitize: deps
 	$(MAKE) BUILD=build-san CFLAGS="-O1 -g $(SANFLAGS)" test
@@ -203,7 +219,8 @@ deb:
 	@ls $(BUILD)/deb/*.deb
 
 format:
-	clang-format -i include/*.h client/*.[ch] daemon/*.[ch] tests/*.[ch] bench/*.c
+	clang-format -i include/*.h client/*.[ch] daemon/*.[ch] tests/*.[ch] bench/*.c \
+	    bindings/python/shmkv/*.c
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \

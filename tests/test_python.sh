@@ -1,0 +1,22 @@
+#!/bin/sh
+# Builds the Python package (bindings/python) into a virtual environment of
+# Debian's python3, with `pip install` as a user would, and runs its pytest
+# suite: the API, zero-copy lifetimes, errors, threads, fork and spawn, a
+# store made by shmkvd, and the README's Python example as printed.
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD:-build}
+py=${PYTHON:-/usr/bin/python3}
+venv="$top/$build/pyenv"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$py" -m venv --system-site-packages "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
+    --no-deps "$top/bindings/python"
+# From elsewhere than the sources, so that the installed package is the one
+# imported.
+cd "$work"
+SHMKVD="$top/$build/shmkvd" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    "$top/bindings/python/tests"
+echo "python: passed"
