@@ -310,13 +310,8 @@ static PyObject *store_new_object(const char *where, int flags, int owner)
     StoreObject *s = PyObject_New(StoreObject, &StoreType);
     if (s == NULL)
         return NULL;
-    size_t n = strlen(where) + 1;
-    s->where = PyMem_RawMalloc(n);
-    if (s->where == NULL) {
-        Py_DECREF(s);
-        return PyErr_NoMemory();
-    }
-    memcpy(s->where, where, n);
+    /* Every field set before anything can fail: dealloc reads them. */
+    s->where = NULL;
     s->flags = flags;
     s->closed = 0;
     s->owner = owner;
@@ -324,6 +319,13 @@ static PyObject *store_new_object(const char *where, int flags, int owner)
     s->recs = NULL;
     s->last = NULL;
     s->last_tid = 0;
+    size_t n = strlen(where) + 1;
+    s->where = PyMem_RawMalloc(n);
+    if (s->where == NULL) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
+    memcpy(s->where, where, n);
     return (PyObject *)s;
 }
 
