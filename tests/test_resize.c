@@ -572,6 +572,102 @@ static void test_grown_past_new_size(void **state)
     test_destroy(kv, where);
 }
 
+/* An lru store resized back and forth while a writer overfills it: the
+ * evictions in the current segment are made in the new one too, and every
+ * entry the store holds after is whole and of its key. */
+static void self_value(char *buf, size_t len, uint32_t k, uint32_t version)
+{
+    memcpy(buf, &k, 4);
+    memcpy(buf + 4, &version, 4);
+    for (size_t i = 8; i < len; i++)
+        buf[i] = (char)(k * 31 + version * 7 + i);
+}
+
+static int self_check(void *ctx, const void *key, size_t klen, const void *val,
+                      size_t vlen, int64_t ttl_s)
+{
+    (void)ttl_s;
+    unsigned *bad = ctx;
+    uint32_t k, version;
+    char want[512], name[32];
+    if (vlen < 8 || vlen > sizeof want) {
+        (*bad)++;
+        return 0;
+    }
+    memcpy(&k, val, 4);
+    memcpy(&version, (const char *)val + 4, 4);
+    snprintf(name, sizeof name, "e%u", k);
+    self_value(want, vlen, k, version);
+    if (klen != strlen(name) || memcmp(key, name, klen) != 0 ||
+        memcmp(val, want, vlen) != 0)
+        (*bad)++;
+    return 0;
+}
+
+static void test_resize_while_evicting(void **state)
+{
+    (void)state;
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.size_bytes = 8u << 20;
+    o.eviction = SHMKV_EVICT_LRU;
+    o.mode = 0600;
+    struct shmkv *kv;
+    assert_int_equal(test_create(&o, &kv), 0);
+    char where[32];
+    snprintf(where, sizeof where, "%s", o.key);
+    _Atomic int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                             MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(stop != MAP_FAILED);
+    *stop = 0;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        struct shmkv *h;
+        if (shmkv_open(where, 0, &h) != 0)
+            _exit(2);
+        char key[32], val[512];
+        for (uint32_t v = 1; !atomic_load(stop); v++) {
+            uint32_t k = (v * 2654435761u) % 200000u;
+            size_t len = 64 + (v % 7) * 64;
+            snprintf(key, sizeof key, "e%u", k);
+            self_value(val, len, k, v);
+            int rc = shmkv_set(h, key, strlen(key), val, len, 0, 0);
+            if (rc != 0 && rc != SHMKV_ENOSPC)
+                _exit(3);
+        }
+        shmkv_close(h);
+        _exit(0);
+    }
+    kids[nkids++] = pid;
+    usleep(200000); /* full, and evicting */
+    for (int i = 0; i < 6; i++) {
+        int rc =
+            shmkv_resize(kv, i % 2 == 0 ? 12u << 20 : 8u << 20, 0, NULL, NULL);
+        if (rc != 0 && rc != SHMKV_ENOSPC)
+            fail_msg("resize %d: %s", i, shmkv_last_error());
+    }
+    atomic_store(stop, 1);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    nkids = 0;
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    unsigned bad = 0;
+    assert_int_equal(shmkv_foreach(kv, self_check, &bad), 0);
+    print_message("%" PRIu64 " entries after %" PRIu64 " resizes and %" PRIu64
+                  " evictions: %u wrong\n",
+                  st.entries, st.resizes, st.evictions, bad);
+    assert_int_equal(bad, 0);
+    assert_true(st.evictions > 0 && st.resizes > 0);
+    assert_clean(kv);
+    assert_int_equal(private_segments_of(getpid()), 0);
+    munmap(stop, 4096);
+    test_destroy(kv, where);
+}
+
 /* huge_pages = yes with no pool: a clear error naming the sysctl; try:
  * ordinary pages; with a pool: huge pages, kept by a resize. The pool is
  * the machine's: the test raises it only as root, and puts it back. */
@@ -704,6 +800,7 @@ int main(void)
         cmocka_unit_test(test_resizer_killed),
         cmocka_unit_test(test_writer_killed_during_resize),
         cmocka_unit_test(test_grown_past_new_size),
+        cmocka_unit_test_teardown(test_resize_while_evicting, kids_stop),
         cmocka_unit_test_teardown(test_huge_pages, pool_restore),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
