@@ -91,10 +91,13 @@ void read_cover(struct shmkv *kv)
         ;
 }
 
-/* How long a section's end waits for a scan in progress to finish (a
- * writer preempted in its scan): spins, then yields, then gives up. */
+/* How long a section's end waits for a scan in progress to finish: spins,
+ * then yields, then gives up. A writer preempted in its scan runs again
+ * within a few scheduler slices, several milliseconds on a loaded machine
+ * (2 ms made sections end stale under load with no writer at fault); one
+ * stopped makes the section stale after this long, never stuck. */
 #define SCAN_WAIT_SPINS 256u
-#define SCAN_WAIT_MS 2u
+#define SCAN_WAIT_MS 20u
 
 /* Whether the pin's record shows the claim of the section that began
  * before scan scans0 + 1: 1 yes, 0 no, -1 cannot tell yet. */
