@@ -28,8 +28,9 @@ raises BufferError to say so. Copy what must outlive the block with
 ``bytes(view)``. Hold a section briefly: one held past the store's reader
 timeout while a writer needs its memory is revoked (Stale).
 
-Threads and processes: a Store may be used from any number of threads;
-each thread gets its own libshmkv handle, opened on its first call. A
+Threads and processes: a Store may be used from many threads; each
+thread gets its own libshmkv handle, opened on its first call, which
+holds one of the store's client slots until the thread ends. A
 child made by ``fork()`` (multiprocessing's fork start method) opens its
 own handles on its first call; a Store passed to a ``spawn`` child is
 pickled as what it was opened by, and attaches there. Calls that may wait

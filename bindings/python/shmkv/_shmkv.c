@@ -158,23 +158,28 @@ static void after_fork_child(void)
     fork_gen++;
 }
 
+/* A thread's handles: an object kept in a threading.local, so that it is
+ * freed, and its handles closed, when the thread ends (a thread's client
+ * slot is given back then, and a new thread reusing its id never finds
+ * them). The module's TSS key finds it fast. */
 struct thread_list {
-    struct thread_rec *head;
+    PyObject_HEAD struct thread_rec *head;
 };
 
 struct thread_rec {
     shmkv_t *kv;
-    uint64_t serial;  /* the Store's */
-    uint64_t forkgen; /* fork_gen when opened */
-    int busy;         /* calls on it with the GIL let go */
-    int in_section;   /* a read section of this thread is open on it */
-    int detached;     /* a closing section owns it (SectionObject) */
+    uint64_t serial;           /* the Store's */
+    uint64_t forkgen;          /* fork_gen when opened */
+    int busy;                  /* calls on it with the GIL let go */
+    int in_section;            /* a read section of this thread is open on it */
+    int detached;              /* a closing section owns it (ExporterObject) */
+    struct StoreObject *store; /* whose list holds it */
     struct thread_list *tl;
     struct thread_rec *next_in_thread;
     struct thread_rec *next_in_store;
 };
 
-typedef struct {
+typedef struct StoreObject {
     PyObject_HEAD char *where;
     int flags; /* SHMKV_RDONLY */
     int closed;
@@ -185,16 +190,25 @@ typedef struct {
     struct thread_rec *last;
 } StoreObject;
 
+static PyObject *thread_local; /* a threading.local: .handles */
+static PyTypeObject ThreadListType;
+
 static struct thread_list *thread_list_get(void)
 {
     struct thread_list *tl = PyThread_tss_get(&thread_key);
-    if (tl == NULL) {
-        tl = PyMem_RawCalloc(1, sizeof *tl);
-        if (tl == NULL || PyThread_tss_set(&thread_key, tl) != 0) {
-            PyMem_RawFree(tl);
-            PyErr_NoMemory();
-            return NULL;
-        }
+    if (tl != NULL)
+        return tl;
+    tl = PyObject_New(struct thread_list, &ThreadListType);
+    if (tl == NULL)
+        return NULL;
+    tl->head = NULL;
+    int rc = PyObject_SetAttrString(thread_local, "handles", (PyObject *)tl);
+    Py_DECREF(tl); /* the thread-local holds it */
+    if (rc != 0)
+        return NULL;
+    if (PyThread_tss_set(&thread_key, tl) != 0) {
+        PyErr_NoMemory();
+        return NULL;
     }
     return tl;
 }
@@ -224,14 +238,50 @@ static void rec_free(StoreObject *s, struct thread_rec *rec)
 /* Takes rec out of its thread's list: a closing section keeps it. */
 static void rec_detach(StoreObject *s, struct thread_rec *rec)
 {
+    if (rec->detached)
+        return;
     struct thread_rec **p = &rec->tl->head;
     while (*p != NULL && *p != rec)
         p = &(*p)->next_in_thread;
     if (*p == rec)
         *p = rec->next_in_thread;
     rec->detached = 1;
+    rec->tl = NULL;
     if (s->last == rec)
         s->last = NULL;
+}
+
+/* A thread ended: its handles are closed, but one a section or a call
+ * still uses, which its user frees. */
+static void thread_list_dealloc(struct thread_list *tl)
+{
+    if (PyThread_tss_is_created(&thread_key) &&
+        PyThread_tss_get(&thread_key) == tl)
+        PyThread_tss_set(&thread_key, NULL);
+    while (tl->head != NULL) {
+        struct thread_rec *r = tl->head;
+        if (r->busy || r->in_section)
+            rec_detach(r->store, r);
+        else
+            rec_free(r->store, r);
+    }
+    PyObject_Free(tl);
+}
+
+static PyTypeObject ThreadListType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmkv._ThreadHandles",
+    .tp_basicsize = sizeof(struct thread_list),
+    .tp_dealloc = (destructor)thread_list_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A thread's libshmkv handles, closed when the thread ends.",
+};
+
+/* Frees r if nothing uses it any more and it is to go: its Store was
+ * closed, or its thread ended or it was left to a closing section. */
+static void rec_release_if_done(StoreObject *s, struct thread_rec *r)
+{
+    if (r->busy == 0 && !r->in_section && (s->closed || r->detached))
+        rec_free(s, r);
 }
 
 /* This thread's handle on s, opened if it has none yet. */
@@ -252,8 +302,12 @@ static struct thread_rec *rec_get(StoreObject *s)
         if (r->serial == s->serial)
             break;
     if (r != NULL && r->forkgen != fork_gen) {
-        /* The parent's, inherited by fork(): freed here, never used. */
-        rec_free(s, r);
+        /* The parent's, inherited by fork(): never used here; freed now,
+         * or by the section that still holds it. */
+        if (r->in_section || r->busy)
+            rec_detach(s, r);
+        else
+            rec_free(s, r);
         r = NULL;
     }
     if (r == NULL) {
@@ -280,6 +334,7 @@ static struct thread_rec *rec_get(StoreObject *s)
         r->kv = kv;
         r->serial = s->serial;
         r->forkgen = fork_gen;
+        r->store = s;
         r->tl = tl;
         r->next_in_thread = tl->head;
         tl->head = r;
@@ -296,8 +351,7 @@ static struct thread_rec *rec_get(StoreObject *s)
 static void rec_done(StoreObject *s, struct thread_rec *r)
 {
     r->busy--;
-    if (s->closed && r->busy == 0 && !r->in_section)
-        rec_free(s, r);
+    rec_release_if_done(s, r);
 }
 
 /* ---- Store ---- */
@@ -370,12 +424,14 @@ static PyObject *store_exit(StoreObject *s, PyObject *args)
     Py_RETURN_FALSE;
 }
 
-/* Looks key up in a section of its own (or the thread's open one) and
- * returns its value as bytes; NULL with KeyError if absent (raise_missing)
- * or with the error. */
+/* Looks key up in a section of its own (or the thread's open one): its
+ * value as bytes (copy), or Py_True (no copy) if only whether it is there
+ * is asked; NULL with KeyError if absent (raise_missing), or with the
+ * error, or with none (*found 0). */
 static PyObject *lookup_bytes(StoreObject *s, PyObject *keyobj,
-                              int raise_missing, int *found)
+                              int raise_missing, int *found, int copy)
 {
+    *found = 0;
     struct thread_rec *r = rec_get(s);
     if (r == NULL)
         return NULL;
@@ -383,6 +439,9 @@ static PyObject *lookup_bytes(StoreObject *s, PyObject *keyobj,
     if (key_get(keyobj, &k) != 0)
         return NULL;
     PyObject *out = NULL;
+    /* Busy: the copy allocates, which may run code that closes the Store;
+     * the handle then goes when this is done. */
+    r->busy++;
     for (int attempt = 0;; attempt++) {
         int own = !r->in_section;
         int rc = own ? shmkv_read_begin(r->kv) : 0;
@@ -392,19 +451,26 @@ static PyObject *lookup_bytes(StoreObject *s, PyObject *keyobj,
         }
         shmkv_val_t v;
         rc = shmkv_get(r->kv, k.data, (size_t)k.len, &v);
-        if (rc == 0)
-            out = PyBytes_FromStringAndSize(v.data, (Py_ssize_t)v.len);
+        if (rc == 0) {
+            if (copy) {
+                out = PyBytes_FromStringAndSize(v.data, (Py_ssize_t)v.len);
+            } else {
+                out = Py_True;
+                Py_INCREF(out);
+            }
+        }
         int end = own ? shmkv_read_end(r->kv) : 0;
         if (end == SHMKV_ESTALE && own && attempt < 3) {
             Py_CLEAR(out);
             continue; /* revoked while it copied: look again */
         }
-        if (rc == SHMKV_ENOTFOUND) {
-            *found = 0;
+        if (rc == SHMKV_ENOTFOUND || (rc == SHMKV_E2BIG && !copy)) {
             if (raise_missing)
                 PyErr_SetObject(PyExc_KeyError, keyobj);
         } else if (rc != 0) {
             raise_rc(rc);
+        } else if (out == NULL) {
+            /* the copy failed: its error is set */
         } else if (end != 0) {
             Py_CLEAR(out);
             raise_rc(end);
@@ -413,6 +479,7 @@ static PyObject *lookup_bytes(StoreObject *s, PyObject *keyobj,
         }
         break;
     }
+    rec_done(s, r);
     key_put(&k);
     return out;
 }
@@ -420,21 +487,19 @@ static PyObject *lookup_bytes(StoreObject *s, PyObject *keyobj,
 static PyObject *store_getitem(StoreObject *s, PyObject *key)
 {
     int found;
-    return lookup_bytes(s, key, 1, &found);
+    return lookup_bytes(s, key, 1, &found, 1);
 }
 
-static PyObject *store_get(StoreObject *s, PyObject *const *args,
-                           Py_ssize_t nargs)
+static PyObject *store_get(StoreObject *s, PyObject *args, PyObject *kw)
 {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+    static char *names[] = {"key", "default", NULL};
+    PyObject *key, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get", names, &key, &dflt))
         return NULL;
-    }
     int found = 0;
-    PyObject *v = lookup_bytes(s, args[0], 0, &found);
+    PyObject *v = lookup_bytes(s, key, 0, &found, 1);
     if (v != NULL || PyErr_Occurred())
         return v;
-    PyObject *dflt = nargs == 2 ? args[1] : Py_None;
     Py_INCREF(dflt);
     return dflt;
 }
@@ -442,7 +507,7 @@ static PyObject *store_get(StoreObject *s, PyObject *const *args,
 static int store_contains(StoreObject *s, PyObject *key)
 {
     int found = 0;
-    PyObject *v = lookup_bytes(s, key, 0, &found);
+    PyObject *v = lookup_bytes(s, key, 0, &found, 0);
     if (v == NULL && PyErr_Occurred())
         return -1;
     Py_XDECREF(v);
@@ -578,10 +643,12 @@ static PyObject *store_incr(StoreObject *s, PyObject *args, PyObject *kw)
     return PyLong_FromLongLong(result);
 }
 
-static PyObject *store_expire(StoreObject *s, PyObject *args)
+static PyObject *store_expire(StoreObject *s, PyObject *args, PyObject *kw)
 {
+    static char *names[] = {"key", "ttl", NULL};
     PyObject *key, *ttlobj;
-    if (!PyArg_ParseTuple(args, "OO:expire", &key, &ttlobj))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:expire", names, &key,
+                                     &ttlobj))
         return NULL;
     uint32_t ttl;
     if (ttlobj == Py_None)
@@ -792,19 +859,33 @@ static PyObject *store_walk(StoreObject *s, int items)
     struct thread_rec *r = rec_get(s);
     if (r == NULL)
         return NULL;
-    struct walk w = {PyList_New(0), items};
-    if (w.list == NULL)
-        return NULL;
-    int rc = shmkv_foreach(r->kv, walk_visit, &w);
-    if (PyErr_Occurred()) {
-        Py_DECREF(w.list);
-        return NULL;
+    r->busy++; /* the visits allocate: see lookup_bytes */
+    PyObject *out = NULL;
+    for (int attempt = 0;; attempt++) {
+        struct walk w = {PyList_New(0), items};
+        if (w.list == NULL)
+            break;
+        int rc = shmkv_foreach(r->kv, walk_visit, &w);
+        if (PyErr_Occurred()) {
+            Py_DECREF(w.list);
+            break;
+        }
+        /* A resize replaced the data segment during the walk: walk the
+         * new one. */
+        if (rc == SHMKV_ESTALE && attempt < 10) {
+            Py_DECREF(w.list);
+            continue;
+        }
+        if (rc != 0) {
+            Py_DECREF(w.list);
+            raise_rc(rc);
+            break;
+        }
+        out = w.list;
+        break;
     }
-    if (rc != 0) {
-        Py_DECREF(w.list);
-        return raise_rc(rc);
-    }
-    return w.list;
+    rec_done(s, r);
+    return out;
 }
 
 static PyObject *store_keys(StoreObject *s, PyObject *unused)
@@ -832,15 +913,22 @@ static PyObject *store_iter(StoreObject *s)
 static PyObject *store_resize(StoreObject *s, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"size", "max_entries", NULL};
-    unsigned long long size, entries = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "K|K:resize", names, &size,
+    Py_ssize_t size, entries = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "n|n:resize", names, &size,
                                      &entries))
         return NULL;
+    if (size < 0 || entries < 0) {
+        PyErr_SetString(error_class[-SHMKV_EINVAL],
+                        "resize: size and max_entries are not negative");
+        return NULL;
+    }
     struct thread_rec *r = rec_get(s);
     if (r == NULL)
         return NULL;
     int rc;
-    HANDLE_CALL(s, r, rc, shmkv_resize(r->kv, size, entries, NULL, NULL));
+    HANDLE_CALL(
+        s, r, rc,
+        shmkv_resize(r->kv, (uint64_t)size, (uint64_t)entries, NULL, NULL));
     if (rc != 0)
         return raise_rc(rc);
     Py_RETURN_NONE;
@@ -862,13 +950,14 @@ static PyObject *store_destroy(StoreObject *s, PyObject *unused)
                         "destroy() inside a read section");
         return NULL;
     }
-    /* shmkv_destroy frees the handle; the rec goes without closing it. */
+    /* shmkv_destroy frees the handle when it succeeds; the rec then goes
+     * without closing it. */
     int rc = shmkv_destroy(r->kv);
+    if (rc != 0)
+        return raise_rc(rc);
     r->kv = NULL;
     rec_free(s, r);
     store_close_all(s);
-    if (rc != 0)
-        return raise_rc(rc);
     Py_RETURN_NONE;
 }
 
@@ -910,7 +999,8 @@ static PyObject *store_reduce(StoreObject *s, PyObject *unused)
 static PyObject *store_read(StoreObject *s, PyObject *unused);
 
 static PyMethodDef store_methods[] = {
-    {"get", (PyCFunction)(void (*)(void))store_get, METH_FASTCALL,
+    {"get", (PyCFunction)(void (*)(void))store_get,
+     METH_VARARGS | METH_KEYWORDS,
      "get(key, default=None): the value as bytes, or default"},
     {"set", (PyCFunction)(void (*)(void))store_set,
      METH_VARARGS | METH_KEYWORDS,
@@ -921,7 +1011,8 @@ static PyMethodDef store_methods[] = {
     {"incr", (PyCFunction)(void (*)(void))store_incr,
      METH_VARARGS | METH_KEYWORDS,
      "incr(key, delta=1): the counter's new value (created at 0)"},
-    {"expire", (PyCFunction)store_expire, METH_VARARGS,
+    {"expire", (PyCFunction)(void (*)(void))store_expire,
+     METH_VARARGS | METH_KEYWORDS,
      "expire(key, ttl): set the key's TTL in seconds (None: none); False "
      "if absent"},
     {"ttl", (PyCFunction)store_ttl, METH_O,
@@ -995,6 +1086,7 @@ typedef struct {
     PyObject_HEAD StoreObject *store;
     struct thread_rec *rec;
     int state;
+    int end_rc;         /* what ending the claim returned */
     Py_ssize_t exports; /* buffers of its values alive */
     const char *pending;
     Py_ssize_t pending_len;
@@ -1015,9 +1107,9 @@ static int exporter_finish(ExporterObject *e)
     int rc = shmkv_read_end(r->kv);
     r->in_section = 0;
     e->state = SEC_DONE;
+    e->end_rc = rc;
     e->rec = NULL;
-    if (r->detached || e->store->closed)
-        rec_free(e->store, r);
+    rec_release_if_done(e->store, r);
     return rc;
 }
 
@@ -1079,6 +1171,7 @@ static PyObject *store_read(StoreObject *s, PyObject *unused)
     e->store = s;
     e->rec = NULL;
     e->state = SEC_NEW;
+    e->end_rc = 0;
     e->exports = 0;
     e->pending = NULL;
     e->pending_len = 0;
@@ -1131,34 +1224,47 @@ static Py_ssize_t section_end(SectionObject *sec, int *rc)
 {
     ExporterObject *e = sec->exp;
     *rc = 0;
+    /* From here no lookup goes through it, whatever the releases below
+     * run (a weakref callback); the last buffer to go ends the claim. */
+    e->state = SEC_CLOSING;
+    PyObject *views = sec->views;
+    sec->views = NULL;
     PyObject *saved_type, *saved_value, *saved_tb;
     PyErr_Fetch(&saved_type, &saved_value, &saved_tb);
-    Py_ssize_t n = sec->views != NULL ? PyList_GET_SIZE(sec->views) : 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *mv = PyList_GET_ITEM(sec->views, i);
+    Py_ssize_t n = views != NULL ? PyList_GET_SIZE(views) : 0;
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(views); i++) {
+        PyObject *mv = PyList_GET_ITEM(views, i);
         if (Py_REFCNT(mv) == 1)
             continue; /* only here: it goes with the list */
+        Py_INCREF(mv);
         PyObject *res = PyObject_CallMethod(mv, "release", NULL);
         if (res == NULL)
             PyErr_Clear(); /* a buffer taken from it: it lives on */
         Py_XDECREF(res);
+        Py_DECREF(mv);
     }
-    Py_CLEAR(sec->views);
+    Py_XDECREF(views);
     PyErr_Restore(saved_type, saved_value, saved_tb);
+    if (e->state == SEC_DONE) {
+        *rc = e->end_rc;
+        return 0;
+    }
     if (e->exports == 0) {
         *rc = exporter_finish(e);
         return 0;
     }
-    e->state = SEC_CLOSING;
     rec_detach(e->store, e->rec);
     return e->exports;
 }
 
 static PyObject *section_exit(SectionObject *sec, PyObject *args)
 {
+    PyObject *type = Py_None, *value = Py_None, *tb = Py_None;
+    if (!PyArg_UnpackTuple(args, "__exit__", 0, 3, &type, &value, &tb))
+        return NULL;
     if (sec->exp->state != SEC_OPEN)
         Py_RETURN_FALSE;
-    int no_exception = PyTuple_GET_ITEM(args, 0) == Py_None;
+    int no_exception = type == Py_None;
     int rc;
     Py_ssize_t alive = section_end(sec, &rc);
     if (!no_exception)
@@ -1181,21 +1287,26 @@ static PyObject *section_exit(SectionObject *sec, PyObject *args)
  * stays about as long as its views alive. */
 static void section_prune(SectionObject *sec)
 {
-    Py_ssize_t n = PyList_GET_SIZE(sec->views), kept = 0;
+    PyObject *old = sec->views;
+    PyObject *kept = PyList_New(0);
+    if (kept == NULL) {
+        PyErr_Clear(); /* pruning is an economy: skipped */
+        return;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(old);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *mv = PyList_GET_ITEM(sec->views, i);
-        if (Py_REFCNT(mv) == 1) {
-            Py_DECREF(mv);
-        } else {
-            PyList_SET_ITEM(sec->views, kept, mv);
-            kept++;
+        PyObject *mv = PyList_GET_ITEM(old, i);
+        if (Py_REFCNT(mv) > 1 && PyList_Append(kept, mv) != 0) {
+            PyErr_Clear();
+            Py_DECREF(kept);
+            return;
         }
     }
-    /* The slots past kept hold nothing now. */
-    for (Py_ssize_t i = kept; i < n; i++)
-        PyList_SET_ITEM(sec->views, i, NULL);
-    PyList_SetSlice(sec->views, kept, n, NULL);
-    sec->kept = kept;
+    /* The section is whole again before the dropped views go, which may
+     * run code that looks values up. */
+    sec->views = kept;
+    sec->kept = PyList_GET_SIZE(kept);
+    Py_DECREF(old);
 }
 
 static int section_open(SectionObject *sec)
@@ -1244,8 +1355,11 @@ static PyObject *section_view(SectionObject *sec, PyObject *keyobj)
             return (PyObject *)last;
         }
     }
-    if (n >= 2 * sec->kept + 64)
+    if (n >= 2 * sec->kept + 64) {
         section_prune(sec);
+        if (!section_open(sec))
+            return NULL; /* ended by code the pruning ran */
+    }
     e->pending = v.data;
     e->pending_len = (Py_ssize_t)v.len;
     PyObject *mv = PyMemoryView_FromObject((PyObject *)e);
@@ -1267,17 +1381,15 @@ static PyObject *section_getitem(SectionObject *sec, PyObject *key)
     return mv;
 }
 
-static PyObject *section_get(SectionObject *sec, PyObject *const *args,
-                             Py_ssize_t nargs)
+static PyObject *section_get(SectionObject *sec, PyObject *args, PyObject *kw)
 {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+    static char *names[] = {"key", "default", NULL};
+    PyObject *key, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get", names, &key, &dflt))
         return NULL;
-    }
-    PyObject *mv = section_view(sec, args[0]);
+    PyObject *mv = section_view(sec, key);
     if (mv != NULL || PyErr_Occurred())
         return mv;
-    PyObject *dflt = nargs == 2 ? args[1] : Py_None;
     Py_INCREF(dflt);
     return dflt;
 }
@@ -1292,7 +1404,7 @@ static int section_contains(SectionObject *sec, PyObject *key)
     shmkv_val_t v;
     int rc = shmkv_get(sec->exp->rec->kv, k.data, (size_t)k.len, &v);
     key_put(&k);
-    if (rc == SHMKV_ENOTFOUND)
+    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
         return 0;
     if (rc != 0) {
         raise_rc(rc);
@@ -1303,18 +1415,19 @@ static int section_contains(SectionObject *sec, PyObject *key)
 
 static PyObject *section_get_many(SectionObject *sec, PyObject *keys)
 {
-    PyObject *seq = PySequence_Fast(keys, "get_many takes a sequence of keys");
+    /* A tuple of its own: the lookups allocate, which may run code that
+     * changes the caller's list. */
+    PyObject *seq = PySequence_Tuple(keys);
     if (seq == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     PyObject *out = PyList_New(n);
     if (out == NULL) {
         Py_DECREF(seq);
         return NULL;
     }
-    PyObject **items = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *mv = section_view(sec, items[i]);
+        PyObject *mv = section_view(sec, PyTuple_GET_ITEM(seq, i));
         if (mv == NULL) {
             if (PyErr_Occurred()) {
                 Py_DECREF(out);
@@ -1343,7 +1456,8 @@ static void section_dealloc(SectionObject *sec)
 }
 
 static PyMethodDef section_methods[] = {
-    {"get", (PyCFunction)(void (*)(void))section_get, METH_FASTCALL,
+    {"get", (PyCFunction)(void (*)(void))section_get,
+     METH_VARARGS | METH_KEYWORDS,
      "get(key, default=None): a read-only memoryview of the value, valid "
      "until the section ends, or default"},
     {"get_many", (PyCFunction)section_get_many, METH_O,
@@ -1414,15 +1528,37 @@ static PyObject *mod_create(PyObject *self, PyObject *args, PyObject *kw)
     struct shmkv_options o;
     shmkv_options_init(&o);
     const char *key, *eviction = "noeviction", *huge = "no";
-    unsigned long long size = o.size_bytes, entries = 0;
-    unsigned int mode = o.mode, max_key = 0, max_value = 0;
-    unsigned int lock_ms = o.lock_timeout_ms, reader_ms = o.reader_timeout_ms;
-    unsigned int clients = o.max_clients;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|$KIKIIsIIIs:create", names,
+    /* Numbers taken as Python ints and checked: a value past a field's
+     * range is an error, never a wrapped one. */
+    Py_ssize_t size = (Py_ssize_t)o.size_bytes, entries = 0, mode = o.mode;
+    Py_ssize_t max_key = 0, max_value = 0, lock_ms = o.lock_timeout_ms;
+    Py_ssize_t reader_ms = o.reader_timeout_ms, clients = o.max_clients;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|$nnnnnsnnns:create", names,
                                      &key, &size, &mode, &entries, &max_key,
                                      &max_value, &eviction, &lock_ms,
                                      &reader_ms, &clients, &huge))
         return NULL;
+    const struct {
+        const char *name;
+        Py_ssize_t v, max;
+    } ranges[] = {
+        {"size", size, PY_SSIZE_T_MAX},
+        {"mode", mode, 0777},
+        {"max_entries", entries, PY_SSIZE_T_MAX},
+        {"max_key_size", max_key, UINT32_MAX},
+        {"max_value_size", max_value, UINT32_MAX},
+        {"lock_timeout_ms", lock_ms, UINT32_MAX},
+        {"reader_timeout_ms", reader_ms, UINT32_MAX},
+        {"max_clients", clients, UINT32_MAX},
+    };
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+        if (ranges[i].v < 0 || ranges[i].v > ranges[i].max) {
+            PyErr_Format(error_class[-SHMKV_EINVAL],
+                         "%s %zd: out of range (0 to %zd)", ranges[i].name,
+                         ranges[i].v, ranges[i].max);
+            return NULL;
+        }
+    }
     if (strcmp(eviction, "noeviction") == 0)
         o.eviction = SHMKV_EVICT_NONE;
     else if (strcmp(eviction, "lru") == 0 ||
@@ -1445,14 +1581,14 @@ static PyObject *mod_create(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     o.key = key;
-    o.size_bytes = size;
-    o.mode = mode;
-    o.max_entries = entries;
-    o.max_key_bytes = max_key;
-    o.max_value_bytes = max_value;
-    o.lock_timeout_ms = lock_ms;
-    o.reader_timeout_ms = reader_ms;
-    o.max_clients = clients;
+    o.size_bytes = (uint64_t)size;
+    o.mode = (unsigned)mode;
+    o.max_entries = (uint64_t)entries;
+    o.max_key_bytes = (uint32_t)max_key;
+    o.max_value_bytes = (uint32_t)max_value;
+    o.lock_timeout_ms = (uint32_t)lock_ms;
+    o.reader_timeout_ms = (uint32_t)reader_ms;
+    o.max_clients = (uint32_t)clients;
     shmkv_t *kv;
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = shmkv_create(&o, &kv);
@@ -1473,6 +1609,7 @@ static PyObject *mod_create(PyObject *self, PyObject *args, PyObject *kw)
     r->kv = kv;
     r->serial = s->serial;
     r->forkgen = fork_gen;
+    r->store = s;
     r->tl = tl;
     r->next_in_thread = tl->head;
     tl->head = r;
@@ -1482,11 +1619,11 @@ static PyObject *mod_create(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)s;
 }
 
-static PyObject *mod_remove(PyObject *self, PyObject *arg)
+static PyObject *mod_remove(PyObject *self, PyObject *args)
 {
     (void)self;
-    const char *where = PyUnicode_AsUTF8(arg);
-    if (where == NULL)
+    const char *where;
+    if (!PyArg_ParseTuple(args, "s:remove", &where))
         return NULL;
     int rc = shmkv_remove(where);
     if (rc != 0)
@@ -1511,7 +1648,7 @@ static PyMethodDef module_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "create(key, *, size=64 MiB, ...): a new "
      "store this process owns"},
-    {"remove", (PyCFunction)mod_remove, METH_O,
+    {"remove", (PyCFunction)mod_remove, METH_VARARGS,
      "remove(where): remove a store by key or config"},
     {"strerror", (PyCFunction)mod_strerror, METH_O,
      "strerror(code): the name of an error code"},
@@ -1571,7 +1708,14 @@ static int add_errors(PyObject *m)
 PyMODINIT_FUNC PyInit__shmkv(void)
 {
     if (PyType_Ready(&StoreType) < 0 || PyType_Ready(&SectionType) < 0 ||
-        PyType_Ready(&ExporterType) < 0)
+        PyType_Ready(&ExporterType) < 0 || PyType_Ready(&ThreadListType) < 0)
+        return NULL;
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (threading == NULL)
+        return NULL;
+    thread_local = PyObject_CallMethod(threading, "local", NULL);
+    Py_DECREF(threading);
+    if (thread_local == NULL)
         return NULL;
     if (!PyThread_tss_is_created(&thread_key) &&
         PyThread_tss_create(&thread_key) != 0)
