@@ -102,6 +102,7 @@ struct shmkv {
      * looked whether that resize's resizer lives. */
     struct shmkv *rs;
     uint64_t rs_checked_ms;
+    bool in_resize; /* in shmkv_resize, past noting itself */
 
     /* This handle's writer slot (NULL for a reader). */
     struct writer_slot *wslot;
@@ -321,8 +322,9 @@ static inline bool resize_copying(const struct shmkv *kv)
  * SHMKV_EVENT_RESIZE_ABORTED event's detail; under the write lock. */
 #define RESIZE_WHY_WRITER_DIED 1u /* maybe halfway through both segments */
 #define RESIZE_WHY_RESIZER_DIED 2u
-#define RESIZE_WHY_FULL 3u   /* the live data grew past the new size */
-#define RESIZE_WHY_ATTACH 4u /* a writer could not attach the segment */
+#define RESIZE_WHY_FULL 3u      /* the live data grew past the new size */
+#define RESIZE_WHY_ATTACH 4u    /* a writer could not attach the segment */
+#define RESIZE_WHY_CANCELLED 5u /* its progress callback said stop */
 void resize_abort_locked(struct shmkv *kv, unsigned why);
 /* Under the write lock: gives up a resize whose resizer died, and removes
  * its segment if this process may. Rate-limited per handle. */

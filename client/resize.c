@@ -206,6 +206,12 @@ void resize_abort_locked(struct shmkv *kv, unsigned why)
     uint32_t st = atomic_load(&c->resize_state);
     if (st != RESIZE_CREATING && st != RESIZE_COPYING)
         return;
+    /* Switched already: its resizer died before saying so; the resize
+     * stands (resize_reap finishes it). */
+    uint64_t cur = atomic_load(&c->current);
+    if (st == RESIZE_COPYING && !(cur & CURRENT_CLOSED) &&
+        CURRENT_SHMID(cur) == atomic_load(&c->resize_shmid))
+        return;
     atomic_store(&c->resize_why, why);
     atomic_store(&c->resize_state, RESIZE_ABORTED);
     event_log(c, SHMKV_EVENT_RESIZE_ABORTED, atomic_load(&c->resize_pid), 0,
@@ -269,6 +275,19 @@ bool data_segment_of_store(int shmid, uint64_t nonce)
     return ours;
 }
 
+/* True if shmid's header was never written: a data segment its maker died
+ * before laying out. */
+static bool segment_blank(int shmid)
+{
+    void *addr = shmat(shmid, NULL, SHM_RDONLY);
+    if (addr == (void *)-1)
+        return false;
+    const struct data_header *d = addr;
+    bool blank = d->layout_version == 0 && d->store_nonce == 0;
+    shmdt(addr);
+    return blank;
+}
+
 /* Removes segment shmid if it is a data segment of this store (the ids the
  * control header names are checked first: a damaged header must not make
  * a writer remove another store's segment). */
@@ -281,19 +300,21 @@ static int remove_ours(const struct shmkv *kv, int shmid)
 
 /* The segments a resizer that died made and did not name: IPC_PRIVATE,
  * created by its pid, of the size it was making, attached by no one, and
- * of this store. */
-static void orphans_remove(const struct shmkv *kv, int32_t pid, uint64_t bytes)
+ * of this store (or never laid out). False if one is left that this
+ * process may not remove. */
+static bool orphans_remove(const struct shmkv *kv, int32_t pid, uint64_t bytes)
 {
     if (pid <= 0)
-        return;
+        return true;
     FILE *f = fopen("/proc/sysvipc/shm", "re");
     if (f == NULL)
-        return;
+        return true;
     char line[512];
     if (fgets(line, sizeof line, f) == NULL) { /* the column names */
         fclose(f);
-        return;
+        return true;
     }
+    bool all = true;
     while (fgets(line, sizeof line, f) != NULL) {
         long long key, size, cpid, lpid, nattch;
         int id;
@@ -301,10 +322,15 @@ static void orphans_remove(const struct shmkv *kv, int32_t pid, uint64_t bytes)
         if (sscanf(line, "%lld %d %o %lld %lld %lld %lld", &key, &id, &perms,
                    &size, &cpid, &lpid, &nattch) != 7)
             continue;
-        if (key == 0 && cpid == pid && (uint64_t)size == bytes && nattch == 0)
-            remove_ours(kv, id);
+        if (key != 0 || cpid != pid || (uint64_t)size != bytes || nattch != 0)
+            continue;
+        if ((data_segment_of_store(id, kv->store_nonce) || segment_blank(id)) &&
+            shmctl(id, IPC_RMID, NULL) != 0 && errno != EINVAL &&
+            errno != EIDRM)
+            all = false;
     }
     fclose(f);
+    return all;
 }
 
 /* Removes what a resize whose resizer died left, if this process may;
@@ -317,7 +343,7 @@ static bool resize_reap(struct shmkv *kv)
     uint64_t cur = atomic_load(&c->current);
     if (shmid >= 0 && !(cur & CURRENT_CLOSED) && CURRENT_SHMID(cur) == shmid) {
         int from = atomic_load(&c->resize_from);
-        if (from >= 0 && shmctl(from, IPC_RMID, NULL) != 0 && errno != EINVAL &&
+        if (from != shmid && remove_ours(kv, from) != 0 && errno != EINVAL &&
             errno != EIDRM)
             return false;
         atomic_fetch_add(&c->resizes, 1);
@@ -329,9 +355,9 @@ static bool resize_reap(struct shmkv *kv)
         if (shmid != kv->data_shmid && remove_ours(kv, shmid) != 0 &&
             errno != EINVAL && errno != EIDRM)
             return false; /* not ours to remove: the owner will */
-    } else {
-        orphans_remove(kv, atomic_load(&c->resize_pid),
-                       atomic_load(&c->resize_bytes));
+    } else if (!orphans_remove(kv, atomic_load(&c->resize_pid),
+                               atomic_load(&c->resize_bytes))) {
+        return false; /* not ours to remove: the owner will */
     }
     resize_detach(kv);
     resize_clear(c);
@@ -346,6 +372,11 @@ static bool resizer_alive(const struct shmkv *kv)
     uint32_t slot = atomic_load(&c->resize_slot);
     if (slot >= c->max_clients)
         return false;
+    /* This handle's own slot: a resize of its is alive only while it runs
+     * (one that could not take the lock back gave up and left it). */
+    if (kv->slot_writer && slot == kv->slot_index &&
+        atomic_load(&c->resize_pid) == (int32_t)kv->pid)
+        return kv->in_resize;
     const struct client_slot *s = writer_claims(kv) + slot;
     return atomic_load(&s->pid) == atomic_load(&c->resize_pid) &&
            liveness_alive(c, LIVE_WRITER, slot);
@@ -357,10 +388,11 @@ void resize_tend(struct shmkv *kv)
     uint32_t st = atomic_load_explicit(&c->resize_state, memory_order_relaxed);
     if (st == RESIZE_NONE)
         return;
-    /* A resize under way is looked at now and then; one given up at once,
-     * until its resizer or another process removed what it left. */
+    /* Looked at now and then (shmkv_maintain and shmkv_resize at once):
+     * it costs system calls, and a writer that may not remove what a
+     * dead resizer left leaves it to the owner. */
     uint64_t now = monotonic_ms();
-    if (st != RESIZE_ABORTED && now - kv->rs_checked_ms < RESIZE_TEND_MS)
+    if (kv->rs_checked_ms != 0 && now - kv->rs_checked_ms < RESIZE_TEND_MS)
         return;
     kv->rs_checked_ms = now;
     bool alive = resizer_alive(kv);
@@ -377,26 +409,27 @@ void resize_tend(struct shmkv *kv)
         resize_reap(kv);
 }
 
-/* True if this process may remove the store's segments. */
-static bool may_remove(const struct shmkv *kv, uid_t *owner)
+/* True if this process may remove the store's segments; *owner and *group
+ * get the control segment's. */
+static bool may_remove(const struct shmkv *kv, uid_t *owner, gid_t *group)
 {
     struct shmid_ds ds;
     if (shmctl(kv->ctl_shmid, IPC_STAT, &ds) != 0)
         return false;
     *owner = ds.shm_perm.uid;
+    *group = ds.shm_perm.gid;
     uid_t me = geteuid();
     return me == 0 || me == ds.shm_perm.uid || me == ds.shm_perm.cuid;
 }
 
-/* Gives a segment the store's owner and group. */
-static int segment_give(int shmid, uid_t uid, int64_t gid)
+/* Gives a segment the store's owner and group (the control segment's). */
+static int segment_give(int shmid, uid_t uid, gid_t gid)
 {
     struct shmid_ds ds;
     if (shmctl(shmid, IPC_STAT, &ds) != 0)
         return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT)");
     ds.shm_perm.uid = uid;
-    if (gid >= 0)
-        ds.shm_perm.gid = (gid_t)gid;
+    ds.shm_perm.gid = gid;
     if (shmctl(shmid, IPC_SET, &ds) != 0)
         return set_errno_error(SHMKV_ESYS, "giving the new segment to the "
                                            "store's owner");
@@ -414,6 +447,12 @@ static int resize_plan(struct shmkv *kv, uint64_t *bytes, uint64_t *entries,
                         ? huge_page_bytes()
                         : page_bytes();
     *bytes = (*bytes + page - 1) / page * page;
+    if (*entries > *bytes / UNIT_BYTES)
+        return set_error(SHMKV_EINVAL,
+                         "max entries %llu: more than one per 16 bytes of "
+                         "%llu",
+                         (unsigned long long)*entries,
+                         (unsigned long long)*bytes);
     if (*entries == 0) {
         /* As many per byte as the store was made with. */
         unsigned __int128 e = (unsigned __int128)c->max_entries * *bytes;
@@ -432,7 +471,7 @@ static int resize_plan(struct shmkv *kv, uint64_t *bytes, uint64_t *entries,
                          (unsigned long long)*bytes);
     uint64_t limbo = d->flush_epoch != 0 ? d->used_units : d->limbo_units;
     uint64_t live = d->used_units > limbo ? d->used_units - limbo : 0;
-    if (d->entries > plan->max_load ||
+    if (d->entries > plan->max_load / 100 * RESIZE_FILL_PERCENT ||
         live > plan->arena_units / 100 * RESIZE_FILL_PERCENT)
         return set_error(
             SHMKV_ENOSPC,
@@ -518,18 +557,24 @@ static bool writers_waiting(const struct shmkv *kv)
 
 /* Ends the resize under way, ours, after its last slice: the new segment
  * becomes the store's. */
-static void resize_switch(struct shmkv *kv, struct shmkv *rs, uint64_t ms)
+static bool resize_switch(struct shmkv *kv, struct shmkv *rs, uint64_t ms)
 {
     struct ctl_header *c = kv->ctl;
     int old = kv->data_shmid;
-    atomic_store_explicit(&c->current, CURRENT_MAKE(rs->gen, rs->data_shmid),
-                          memory_order_seq_cst);
+    /* From the word this handle is on, and only from it: a close sets its
+     * bit without the lock, and must not be undone. */
+    uint64_t want = kv->current;
+    if (!atomic_compare_exchange_strong_explicit(
+            &c->current, &want, CURRENT_MAKE(rs->gen, rs->data_shmid),
+            memory_order_seq_cst, memory_order_seq_cst))
+        return false;
     TEST_POINT("resize:switched");
     shmctl(old, IPC_RMID, NULL);
     TEST_POINT("resize:removed");
     resize_clear(c);
     atomic_fetch_add(&c->resizes, 1);
     event_log(c, SHMKV_EVENT_RESIZED, (int32_t)kv->pid, ms, rs->data_bytes);
+    return true;
 }
 
 /* Between slices: when writers wait, as long as the slice took, so that
@@ -540,7 +585,10 @@ static void slice_gap(bool writers, uint64_t slice_us)
         return;
     if (slice_us < RESIZE_GAP_US)
         slice_us = RESIZE_GAP_US;
-    struct timespec ts = {0, (long)slice_us * 1000L};
+    if (slice_us > 100000u)
+        slice_us = 100000u;
+    struct timespec ts = {(time_t)(slice_us / 1000000u),
+                          (long)(slice_us % 1000000u) * 1000L};
     nanosleep(&ts, NULL);
 }
 
@@ -564,8 +612,41 @@ static int still_ours(struct shmkv *kv, uint32_t want, int shmid)
                      "the store is as it was (try again)");
 }
 
+/* Takes the write lock again during a resize, on the same store: a
+ * timeout is tried again a few times (a resize left half-done holds every
+ * writer to mirroring), the store closed or replaced is an error. */
+static int relock(struct shmkv *kv, const struct ctl_header *c)
+{
+    int rc;
+    for (int attempt = 0;; attempt++) {
+        kv->deadline_ms = kv->wait_ms = 0;
+        rc = lock_take(kv, true);
+        if (rc == 0 && kv->ctl != c) {
+            /* Re-attached to another store at the key: ours is gone. */
+            lock_release(kv);
+            return set_error(SHMKV_ECLOSED,
+                             "the store was closed during the resize");
+        }
+        if (rc != SHMKV_ETIMEDOUT || attempt == 3)
+            return rc;
+    }
+}
+
+/* Removes the segment a resize made and forgets the resize, if it is still
+ * this handle's; under the lock. */
+static void resize_drop(struct shmkv *kv, int shmid)
+{
+    struct ctl_header *c = kv->ctl;
+    if (shmid >= 0)
+        shmctl(shmid, IPC_RMID, NULL);
+    resize_detach(kv);
+    if (atomic_load(&c->resize_pid) == (int32_t)kv->pid &&
+        atomic_load(&c->resize_slot) == kv->slot_index)
+        resize_clear(c);
+}
+
 int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
-                 void (*progress)(void *arg, uint64_t done, uint64_t total),
+                 int (*progress)(void *arg, uint64_t done, uint64_t total),
                  void *arg)
 {
     if (kv == NULL)
@@ -581,12 +662,12 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
                          "size %llu bytes: must be 1 MiB to 64 GiB",
                          (unsigned long long)size_bytes);
     uid_t owner = 0;
-    if (!may_remove(kv, &owner))
+    gid_t group = 0;
+    if (!may_remove(kv, &owner, &group))
         return set_error(SHMKV_EACCES,
                          "only the store's owner (uid %u) or root may resize "
                          "it: ask shmkvd (shmkvctl resize)",
                          (unsigned)owner);
-    struct ctl_header *c = kv->ctl;
     uint64_t started = monotonic_ms();
 
     /* Plan it, and note ourselves. */
@@ -594,9 +675,9 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
     int rc = lock_take(kv, true);
     if (rc != 0)
         return rc;
-    c = kv->ctl;
+    struct ctl_header *c = kv->ctl;
     kv->rs_checked_ms = 0;
-    resize_tend(kv);
+    resize_tend(kv); /* a dead resizer's, or one of ours left half-done */
     if (atomic_load(&c->resize_state) != RESIZE_NONE) {
         int32_t pid = atomic_load(&c->resize_pid);
         lock_release(kv);
@@ -616,6 +697,7 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
         return set_error(SHMKV_ELIMIT, "the store has used every generation "
                                        "number");
     }
+    kv->in_resize = true;
     atomic_store(&c->resize_pid, (int32_t)kv->pid);
     atomic_store(&c->resize_slot, kv->slot_index);
     atomic_store(&c->resize_bytes, bytes);
@@ -633,31 +715,28 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
     int shmid = -1;
     struct data_header *nd = NULL;
     rc = data_segment_make(c, gen, seed, bytes, entries, &shmid, &nd);
-    TEST_POINT("resize:created");
     if (rc == 0) {
+        rc = segment_give(shmid, owner, group);
+        TEST_POINT("resize:created");
         /* Its pages made now, not by the slices under the lock. */
-        for (uint64_t at = 0; at < bytes; at += nd->page_bytes)
+        for (uint64_t at = 0; rc == 0 && at < bytes; at += nd->page_bytes)
             ((volatile char *)nd)[at] = ((volatile char *)nd)[at];
         shmdt(nd);
-        rc = segment_give(shmid, owner, c->gid);
     }
 
     /* Name it: writers apply their changes to it from now on. */
-    kv->deadline_ms = kv->wait_ms = 0;
-    int lrc = lock_take(kv, true);
+    int lrc = relock(kv, c);
     if (lrc != 0) {
         if (shmid >= 0)
             shmctl(shmid, IPC_RMID, NULL);
-        return lrc; /* the state is left to resize_tend: we no longer
-                       hold a slot a live resizer would */
+        kv->in_resize = false; /* a live writer gives the state up */
+        return lrc;
     }
     if (rc == 0)
         rc = still_ours(kv, RESIZE_CREATING, -1);
     if (rc != 0) {
-        if (shmid >= 0)
-            shmctl(shmid, IPC_RMID, NULL);
-        if (atomic_load(&c->resize_pid) == (int32_t)kv->pid)
-            resize_clear(c);
+        resize_drop(kv, shmid);
+        kv->in_resize = false;
         lock_release(kv);
         return rc;
     }
@@ -678,7 +757,7 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
         uint64_t t0 = monotonic_us();
         uint64_t total = kv->nbuckets;
         while (next < total) {
-            uint64_t to = next + 256 < total ? next + 256 : total;
+            uint64_t to = next + 16 < total ? next + 16 : total;
             rc = copy_buckets(kv, rs, next, to);
             if (rc != 0)
                 break;
@@ -698,8 +777,13 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
         atomic_store(&c->resize_done, next);
         TEST_POINT("resize:slice");
         if (next == total) {
-            resize_switch(kv, rs, monotonic_ms() - started);
+            if (!resize_switch(kv, rs, monotonic_ms() - started)) {
+                rc = set_error(SHMKV_ECLOSED,
+                               "the store was closed during the resize");
+                break;
+            }
             resize_detach(kv);
+            kv->in_resize = false;
             lock_release(kv);
             /* Let go of the old segment now: it is freed once the last
              * process attached to it has followed. */
@@ -710,23 +794,32 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
         }
         bool waiting = writers_waiting(kv);
         lock_release(kv);
-        if (progress != NULL)
-            progress(arg, next, total);
+        if (progress != NULL && progress(arg, next, total) != 0) {
+            rc = set_error(SHMKV_EAGAIN, "the resize was cancelled; the "
+                                         "store is as it was");
+            if (relock(kv, c) != 0)
+                break; /* left to resize_tend */
+            resize_abort_locked(kv, RESIZE_WHY_CANCELLED);
+            resize_drop(kv, shmid);
+            kv->in_resize = false;
+            lock_release(kv);
+            return rc;
+        }
         slice_gap(waiting, slice_us);
-        kv->deadline_ms = kv->wait_ms = 0;
-        rc = lock_take(kv, true);
-        if (rc != 0)
-            return rc; /* resize_tend gives it up if we die or stop */
+        rc = relock(kv, c);
+        if (rc != 0) {
+            kv->in_resize = false; /* a live writer gives the state up */
+            return rc;
+        }
         rc = still_ours(kv, RESIZE_COPYING, shmid);
         if (rc != 0)
             break;
     }
-    /* Given up: remove what we made. */
-    if (atomic_load(&c->resize_pid) == (int32_t)kv->pid) {
-        shmctl(shmid, IPC_RMID, NULL);
-        resize_detach(kv);
-        resize_clear(c);
+    if (kv->lock != NULL) {
+        /* Given up: remove what we made. */
+        resize_drop(kv, shmid);
+        lock_release(kv);
     }
-    lock_release(kv);
+    kv->in_resize = false;
     return rc;
 }

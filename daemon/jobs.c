@@ -25,6 +25,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,7 @@ struct job {
     char why[64];   /* JOB_RESIZE: who asked */
     /* JOB_RESIZE, the worker's: when it began and last logged progress */
     double started_s, logged_s;
+    _Atomic int cancel; /* set by the loop when shmkvd stops */
     /* Output, written by the worker. */
     int rc; /* 0, or -1 with err */
     char err[512];
@@ -106,18 +108,22 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* A resize's progress, logged every few seconds once it has taken one. */
-static void resize_progress(void *arg, uint64_t done, uint64_t total)
+/* A resize's progress, logged every few seconds once it has taken one;
+ * nonzero when shmkvd is stopping, which cancels it. */
+static int resize_progress(void *arg, uint64_t done, uint64_t total)
 {
     struct job *j = arg;
+    if (atomic_load(&j->cancel))
+        return 1;
     double now = now_s();
     if (now - j->started_s < 1.0 || now - j->logged_s < 2.0 || done == total)
-        return;
+        return 0;
     j->logged_s = now;
     log_info("resize to %" PRIu64 " bytes: %.0f%% copied (%" PRIu64
              " of %" PRIu64 " index buckets) in %.1f s",
              j->bytes, 100.0 * (double)done / (double)(total ? total : 1), done,
              total, now - j->started_s);
+    return 0;
 }
 
 static void resize_run(struct shmkv *kv, struct job *j)
@@ -411,6 +417,8 @@ void job_detach(struct conn *c)
 void jobs_stop(struct daemon *d)
 {
     if (d->job_running != NULL) {
+        /* A resize stops at its next slice; a save runs to its end. */
+        atomic_store(&d->job_running->cancel, 1);
         log_info("waiting for a background job to finish");
         pthread_join(d->job_thread, NULL);
         struct job *j = d->job_running;

@@ -462,7 +462,8 @@ struct shmkv_stats {
  * then it replaces the current one in one store. Readers go on throughout
  * and follow at their next read section; values already handed out stay
  * valid until their section ends. progress, if not NULL, is called after
- * each slice with the old index's buckets copied and their total.
+ * each slice with the old index's buckets copied and their total; if it
+ * returns nonzero the resize stops, the store as it was (SHMKV_EAGAIN).
  *
  * Only a process that can remove the store's segments may resize it (the
  * owner's uid, or root): SHMKV_EACCES otherwise (ask shmkvd: `shmkvctl
@@ -472,7 +473,7 @@ struct shmkv_stats {
  * died during it (the store is left as it was: try again). A resizer that
  * dies leaves its segment to the next writer, which removes it. */
 int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
-                 void (*progress)(void *arg, uint64_t done, uint64_t total),
+                 int (*progress)(void *arg, uint64_t done, uint64_t total),
                  void *arg);
 
 /* Fills *stats in a read section of its own. */
@@ -519,7 +520,7 @@ enum shmkv_event_type {
                                        writer died during it, 2 the
                                        resizer died, 3 the new size filled
                                        up, 4 its segment could not be
-                                       attached) */
+                                       attached, 5 it was cancelled) */
     SHMKV_EVENT_RESIZED = 6,        /* a resize ended: detail: the new
                                        size; duration_ms: how long it took */
 };

@@ -268,13 +268,14 @@ struct progress_log {
     uint64_t last_done, total;
 };
 
-static void on_progress(void *arg, uint64_t done, uint64_t total)
+static int on_progress(void *arg, uint64_t done, uint64_t total)
 {
     struct progress_log *p = arg;
     assert_true(done >= p->last_done && done <= total);
     p->calls++;
     p->last_done = done;
     p->total = total;
+    return 0;
 }
 
 /* Grows 8 MiB to 32 MiB and shrinks it to 12 MiB, then to 6 MiB, while a
@@ -442,8 +443,10 @@ static void test_resizer_killed(void **state)
         if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
             fail_msg("resizer at %s #%u was not killed (status 0x%x)",
                      kills[k].point, kills[k].at, status);
-        /* The next write tends the resize the dead process left. */
+        /* The next write (a recovery if it died holding the lock) and the
+         * owner's housekeeping, as shmkvd's tick, tend what it left. */
         assert_int_equal(shmkv_set(kv, "after", 5, "x", 1, 0, 0), 0);
+        assert_int_equal(shmkv_maintain(kv), 0);
         struct shmkv_stats st;
         assert_int_equal(shmkv_stats(kv, &st), 0);
         bool done = st.generation != before.generation;
@@ -479,13 +482,13 @@ struct killer {
     bool done;
 };
 
-static void kill_a_writer(void *arg, uint64_t done, uint64_t total)
+static int kill_a_writer(void *arg, uint64_t done, uint64_t total)
 {
     (void)done;
     (void)total;
     struct killer *k = arg;
     if (k->done)
-        return;
+        return 0;
     k->done = true;
     pid_t pid = fork();
     if (pid == 0) {
@@ -503,6 +506,7 @@ static void kill_a_writer(void *arg, uint64_t done, uint64_t total)
     }
     int status;
     waitpid(pid, &status, 0);
+    return 0;
 }
 
 static void test_writer_killed_during_resize(void **state)
@@ -529,6 +533,78 @@ static void test_writer_killed_during_resize(void **state)
     test_destroy(kv, where);
 }
 
+/* A resize its progress callback cancels leaves the store as it was, and
+ * nothing behind. */
+static int cancel_second(void *arg, uint64_t done, uint64_t total)
+{
+    (void)done;
+    (void)total;
+    unsigned *calls = arg;
+    return ++*calls >= 2;
+}
+
+static void test_cancelled(void **state)
+{
+    (void)state;
+    char where[32];
+    struct shmkv *kv = make_store(8u << 20, where, sizeof where);
+    fill_static(kv, STATIC_KEYS);
+    unsigned calls = 0;
+    assert_int_equal(shmkv_resize(kv, 16u << 20, 0, cancel_second, &calls),
+                     SHMKV_EAGAIN);
+    assert_int_equal(calls, 2);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    assert_int_equal(st.generation, 1);
+    assert_int_equal(st.data_bytes, 8u << 20);
+    assert_int_equal(private_segments_of(getpid()), 0);
+    verify_static(kv, STATIC_KEYS);
+    assert_clean(kv);
+    assert_int_equal(shmkv_resize(kv, 16u << 20, 0, NULL, NULL), 0);
+    test_destroy(kv, where);
+}
+
+/* The owner closes the store while another handle resizes it: the close
+ * stands (the resize never switches a closed store back open), and
+ * removing the store removes the resize's segment too. */
+struct closer {
+    struct shmkv *owner;
+    bool done;
+};
+
+static int close_store(void *arg, uint64_t done, uint64_t total)
+{
+    (void)done;
+    (void)total;
+    struct closer *c = arg;
+    if (!c->done) {
+        c->done = true;
+        assert_int_equal(shmkv_mark_closed(c->owner), 0);
+    }
+    return 0;
+}
+
+static void test_closed_during_resize(void **state)
+{
+    (void)state;
+    char where[32];
+    struct shmkv *kv = make_store(8u << 20, where, sizeof where);
+    fill_static(kv, STATIC_KEYS);
+    struct shmkv *h;
+    assert_int_equal(shmkv_open(where, 0, &h), 0);
+    struct closer c = {.owner = kv};
+    int rc = shmkv_resize(h, 16u << 20, 0, close_store, &c);
+    print_message("a resize of a store closed under it: %s (%s)\n",
+                  shmkv_strerror(rc), shmkv_last_error());
+    assert_true(c.done);
+    assert_int_equal(rc, SHMKV_ECLOSED);
+    assert_true(atomic_load(&kv->ctl->current) & CURRENT_CLOSED);
+    assert_int_equal(shmkv_set(h, "k", 1, "v", 1, 0, 0), SHMKV_ECLOSED);
+    shmkv_close(h);
+    test_destroy(kv, where);
+    assert_int_equal(private_segments_of(getpid()), 0);
+}
+
 /* Writes during a resize that fill the new size give it up with
  * SHMKV_ENOSPC, and the store keeps them all. */
 struct filler {
@@ -536,7 +612,7 @@ struct filler {
     uint32_t written;
 };
 
-static void fill_during(void *arg, uint64_t done, uint64_t total)
+static int fill_during(void *arg, uint64_t done, uint64_t total)
 {
     (void)done;
     (void)total;
@@ -549,6 +625,7 @@ static void fill_during(void *arg, uint64_t done, uint64_t total)
         if (shmkv_set(f->kv, key, strlen(key), val, VALUE_BYTES, 0, 0) != 0)
             break;
     }
+    return 0;
 }
 
 static void test_grown_past_new_size(void **state)
@@ -800,6 +877,8 @@ int main(void)
         cmocka_unit_test(test_resizer_killed),
         cmocka_unit_test(test_writer_killed_during_resize),
         cmocka_unit_test(test_grown_past_new_size),
+        cmocka_unit_test(test_cancelled),
+        cmocka_unit_test(test_closed_during_resize),
         cmocka_unit_test_teardown(test_resize_while_evicting, kids_stop),
         cmocka_unit_test_teardown(test_huge_pages, pool_restore),
     };
