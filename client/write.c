@@ -87,6 +87,10 @@ static int write_begin(struct shmkv *kv)
                                         memory_order_relaxed) != RESIZE_NONE,
                                     0))
         resize_tend(kv);
+    /* The segment a resize filled, once it switched or was given up: let
+     * go of it, so that an old generation is not kept by writers. */
+    if (rc == 0 && __builtin_expect(kv->rs != NULL, 0) && !resize_copying(kv))
+        resize_detach(kv);
     return rc;
 }
 

@@ -543,6 +543,22 @@ static int cancel_second(void *arg, uint64_t done, uint64_t total)
     return ++*calls >= 2;
 }
 
+struct mirror_seen {
+    struct shmkv *h;
+    bool mirrored; /* h held the new segment after a write */
+};
+
+static int write_through(void *arg, uint64_t done, uint64_t total)
+{
+    (void)done;
+    (void)total;
+    struct mirror_seen *m = arg;
+    assert_int_equal(shmkv_set(m->h, "during", 6, "y", 1, 0, 0), 0);
+    if (m->h->rs != NULL)
+        m->mirrored = true;
+    return 0;
+}
+
 static void test_cancelled(void **state)
 {
     (void)state;
@@ -560,7 +576,15 @@ static void test_cancelled(void **state)
     assert_int_equal(private_segments_of(getpid()), 0);
     verify_static(kv, STATIC_KEYS);
     assert_clean(kv);
-    assert_int_equal(shmkv_resize(kv, 16u << 20, 0, NULL, NULL), 0);
+    /* A writer that mirrored into the next resize's segment lets go of it
+     * at its first write after the switch. */
+    struct mirror_seen m = {0};
+    assert_int_equal(shmkv_open(where, 0, &m.h), 0);
+    assert_int_equal(shmkv_resize(kv, 16u << 20, 0, write_through, &m), 0);
+    assert_true(m.mirrored);
+    assert_int_equal(shmkv_set(m.h, "after", 5, "x", 1, 0, 0), 0);
+    assert_null(m.h->rs);
+    shmkv_close(m.h);
     test_destroy(kv, where);
 }
 
