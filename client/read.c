@@ -299,6 +299,79 @@ int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s)
 /* Index slots a foreach visits per read section. */
 #define FOREACH_SLOTS_PER_SECTION 512u
 
+/* A scan cursor: the next bucket, and the low bits of the generation it
+ * counts buckets of (0 is the start, and the end). */
+#define SCAN_BUCKET_BITS 40
+#define SCAN_GEN_MASK 0xfffffu
+#define SCAN_MAKE(gen, bucket)                                                 \
+    ((((uint64_t)(gen)&SCAN_GEN_MASK) << SCAN_BUCKET_BITS) | (bucket))
+
+/* Visits the live entries of buckets [from, to) in the open section; the
+ * visitor's nonzero result, or an error for a damaged entry. */
+static int visit_buckets(struct shmkv *kv, uint64_t from, uint64_t to,
+                         shmkv_visit_fn fn, void *ctx)
+{
+    int64_t now = clock_unix();
+    for (uint64_t b = from; b < to; b++) {
+        for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
+            uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
+                                              memory_order_acquire);
+            if (SLOT_OFF(s) == 0 || !slot_in_arena(kv, s))
+                continue;
+            const struct block *e = block_at(kv->data, SLOT_OFF(s));
+            if (e->klen == 0 || e->klen > kv->max_key_bytes ||
+                !entry_in_bounds(kv, e, e->klen))
+                return entry_out_of_bounds(kv);
+            int64_t ttl = 0;
+            if (e->u.entry.expire_unix != 0) {
+                ttl = (int64_t)e->u.entry.expire_unix - now;
+                if (ttl <= 0)
+                    continue;
+            }
+            int rc = fn(ctx, entry_key(e), e->klen, entry_value(e),
+                        e->u.entry.vlen, ttl);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int shmkv_scan(struct shmkv *kv, uint64_t *cursor, size_t count,
+               shmkv_visit_fn fn, void *ctx)
+{
+    if (kv == NULL || cursor == NULL || fn == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle, cursor or visitor");
+    if (kv->in_read)
+        return set_error(SHMKV_ESTATE, "shmkv_scan inside a read section");
+    for (int attempt = 0;; attempt++) {
+        int rc = shmkv_read_begin(kv);
+        if (rc != 0)
+            return rc;
+        uint64_t c = *cursor;
+        uint64_t from = c & ((1ull << SCAN_BUCKET_BITS) - 1);
+        /* Buckets of another generation (a resize came between steps)
+         * mean nothing in this one: the walk starts over. */
+        if (c != 0 && ((c >> SCAN_BUCKET_BITS) != (kv->gen & SCAN_GEN_MASK) ||
+                       from >= kv->nbuckets))
+            from = 0;
+        uint64_t n = (count + BUCKET_SLOTS - 1) / BUCKET_SLOTS;
+        if (n == 0)
+            n = 1;
+        uint64_t to = from + n < kv->nbuckets ? from + n : kv->nbuckets;
+        rc = visit_buckets(kv, from, to, fn, ctx);
+        int end = shmkv_read_end(kv);
+        if (rc != 0)
+            return rc;
+        if (end == SHMKV_ESTALE && attempt < 3)
+            continue; /* revoked: what it visited may have changed */
+        if (end != 0)
+            return end;
+        *cursor = to == kv->nbuckets ? 0 : SCAN_MAKE(kv->gen, to);
+        return 0;
+    }
+}
+
 int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
 {
     if (kv == NULL || fn == NULL)

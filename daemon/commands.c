@@ -719,6 +719,103 @@ static void cmd_keys(struct conn *c, size_t argc, struct resp_arg *argv,
         resp_error(out, "ERR out of memory");
 }
 
+/* SCAN's step: the keys its pattern and type match. */
+struct scan_step {
+    const struct resp_arg *pattern; /* NULL: every key */
+    struct evbuffer *keys;
+    size_t n;
+};
+
+static int scan_visit(void *arg, const void *key, size_t klen, const void *val,
+                      size_t vlen, int64_t ttl_s)
+{
+    (void)val;
+    (void)vlen;
+    (void)ttl_s;
+    struct scan_step *st = arg;
+    if (st->pattern != NULL &&
+        !glob_match(st->pattern->data, st->pattern->len, key, klen))
+        return 0;
+    resp_bulk(st->keys, key, klen);
+    st->n++;
+    return 0;
+}
+
+/* SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: one bounded step of
+ * shmkv_scan in the event loop (no lock: a read section), as Redis's. */
+#define SCAN_COUNT_MAX 100000
+static void cmd_scan(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    char buf[32];
+    if (argv[1].len == 0 || argv[1].len >= sizeof buf) {
+        resp_error(out, "ERR invalid cursor");
+        return;
+    }
+    memcpy(buf, argv[1].data, argv[1].len);
+    buf[argv[1].len] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long long cursor = strtoull(buf, &end, 10);
+    if (errno != 0 || *end != '\0' || buf[0] == '-') {
+        resp_error(out, "ERR invalid cursor");
+        return;
+    }
+    struct scan_step st = {NULL, NULL, 0};
+    int64_t count = 10;
+    bool strings = true;
+    for (size_t i = 2; i < argc; i += 2) {
+        if (i + 1 >= argc) {
+            resp_error(out, "ERR syntax error");
+            return;
+        }
+        if (arg_is(&argv[i], "MATCH")) {
+            st.pattern = &argv[i + 1];
+        } else if (arg_is(&argv[i], "COUNT")) {
+            if (!arg_int64(&argv[i + 1], &count) || count < 1) {
+                resp_error(out, count < 1 ? "ERR syntax error"
+                                          : "ERR value is not an integer or "
+                                            "out of range");
+                return;
+            }
+            if (count > SCAN_COUNT_MAX)
+                count = SCAN_COUNT_MAX; /* a step stays short */
+        } else if (arg_is(&argv[i], "TYPE")) {
+            /* Every value is a string: another type matches nothing. */
+            strings = arg_is(&argv[i + 1], "string");
+        } else {
+            resp_error(out, "ERR syntax error");
+            return;
+        }
+    }
+    size_t most = 2 * (size_t)c->d->max_key_bytes + 2;
+    if (most < KEYS_PATTERN_MIN_LIMIT)
+        most = KEYS_PATTERN_MIN_LIMIT;
+    if (st.pattern != NULL && st.pattern->len > most) {
+        resp_errorf(out, "ERR pattern too long (at most %zu bytes)", most);
+        return;
+    }
+    st.keys = evbuffer_new();
+    if (st.keys == NULL) {
+        resp_error(out, "ERR out of memory");
+        return;
+    }
+    uint64_t next = cursor;
+    int rc = shmkv_scan(c->d->kv, &next, (size_t)count, scan_visit, &st);
+    if (rc != 0) {
+        evbuffer_free(st.keys);
+        reply_store_error(out, rc);
+        return;
+    }
+    resp_array(out, 2);
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)next);
+    resp_bulk_str(out, buf);
+    resp_array(out, strings ? st.n : 0);
+    if (strings)
+        evbuffer_add_buffer(out, st.keys);
+    evbuffer_free(st.keys);
+}
+
 /* ---- INFO and stats ---- */
 
 static void info_section(struct evbuffer *b, const char *title, bool *first)
@@ -1284,6 +1381,9 @@ static const struct command commands[] = {
     {"DBSIZE", 1, 0, cmd_dbsize, "number of keys"},
     {"KEYS", 2, CMD_ADMIN, cmd_keys,
      "pattern: matching keys (walks the whole store)"},
+    {"SCAN", -2, 0, cmd_scan,
+     "cursor [MATCH pattern] [COUNT n] [TYPE type]: a bounded step of a "
+     "walk over the keys"},
     {"INFO", -1, 0, cmd_info,
      "[section]: server, clients, memory, persistence, stats, keyspace"},
     {"CONFIG", -2, 0, cmd_config,

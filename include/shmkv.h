@@ -389,6 +389,18 @@ typedef int (*shmkv_visit_fn)(void *ctx, const void *key, size_t klen,
  * changed under it). */
 int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx);
 
+/* One step of a walk that a caller resumes, as Redis's SCAN: visits the
+ * live entries of about `count` index slots (at least one bucket) from
+ * *cursor on, in one read section, then sets *cursor to where the next
+ * step starts, 0 once the walk is over (start it with 0). Every entry
+ * present for the whole walk is visited at least once, and entries
+ * added or removed meanwhile may or may not be; an entry may be visited
+ * twice when the data segment was replaced (a resize) during the walk,
+ * which then starts over. Returns 0, an error, or the visitor's nonzero
+ * result (*cursor then still says where this step began). */
+int shmkv_scan(struct shmkv *kv, uint64_t *cursor, size_t count,
+               shmkv_visit_fn fn, void *ctx);
+
 /* ---------------------------------------------------------------------- */
 /* Statistics and checking */
 

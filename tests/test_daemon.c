@@ -1885,6 +1885,46 @@ static void test_resize_online(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* SCAN: redis-cli --scan and redis-py's scan_iter see every key, MATCH and
+ * TYPE filter, COUNT bounds a step, a bad cursor or option is an error. */
+static void test_scan_with_clients(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    char out[4096];
+    assert_int_equal(
+        run(out, sizeof out,
+            "for i in $(seq 1 3000); do echo \"SET k$i v$i\"; done | "
+            "redis-cli -s %s > /dev/null",
+            E.sock),
+        0);
+    run(out, sizeof out, "redis-cli -s %s --scan | sort -u | wc -l", E.sock);
+    assert_int_equal(atoi(out), 3000);
+    run(out, sizeof out, "redis-cli -s %s --scan --pattern 'k2*' | wc -l",
+        E.sock);
+    assert_int_equal(atoi(out), 1111);
+    run(out, sizeof out,
+        "/usr/bin/python3 -c \"import redis; "
+        "r = redis.Redis(unix_socket_path='%s'); "
+        "print(len(set(r.scan_iter(count=50))), "
+        "len(list(r.scan_iter(match='k1*', _type='string'))), "
+        "len(list(r.scan_iter(_type='list'))))\"",
+        E.sock);
+    print_message("redis-py scan_iter: %s", out);
+    assert_string_equal(out, "3000 1111 0\n");
+    /* One step does about COUNT slots of work, however many keys match. */
+    run(out, sizeof out, "redis-cli -s %s scan 0 count 7 | tail -n +2 | wc -l",
+        E.sock);
+    assert_true(atoi(out) <= 7);
+    run(out, sizeof out, "redis-cli -s %s scan nope", E.sock);
+    assert_non_null(strstr(out, "invalid cursor"));
+    run(out, sizeof out, "redis-cli -s %s scan 0 count 0", E.sock);
+    assert_non_null(strstr(out, "syntax error"));
+    run(out, sizeof out, "redis-cli -s %s scan 0 bogus 1", E.sock);
+    assert_non_null(strstr(out, "syntax error"));
+    assert_int_equal(daemon_stop(), 0);
+}
+
 /* max_size: the store doubles once it is grow_at percent full, up to
  * max_size. */
 static void test_grows_by_itself(void **state)
@@ -2039,6 +2079,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resize_online, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_with_clients, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_grows_by_itself, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry_reclaims_unread_keys, setup,
                                         teardown),

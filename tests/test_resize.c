@@ -2,7 +2,7 @@
  * Online resize tests (client/resize.c): a store grown and shrunk while a
  * reader and a writer in other processes use it, a shrink that cannot hold
  * the live data, a resizer killed at each step, a writer killed during a
- * resize, and huge pages.
+ * resize, huge pages, and shmkv_scan's walks across writes and a resize.
  *
  * What must hold: no get fails and none reads a wrong byte (through
  * zero-copy pointers held across the switch too), every acknowledged write
@@ -769,6 +769,96 @@ static void test_resize_while_evicting(void **state)
     test_destroy(kv, where);
 }
 
+/* shmkv_scan: every key present for the whole walk is visited at least
+ * once, in bounded steps, across writes and a resize in the middle of the
+ * walk (after which the walk starts over). */
+struct scan_seen {
+    unsigned char *seen; /* per static key */
+    unsigned others;
+    unsigned stop_at; /* 0: never */
+    unsigned visits;
+};
+
+static int scan_mark(void *ctx, const void *key, size_t klen, const void *val,
+                     size_t vlen, int64_t ttl_s)
+{
+    (void)val;
+    (void)vlen;
+    (void)ttl_s;
+    struct scan_seen *ss = ctx;
+    char name[32];
+    if (klen >= sizeof name)
+        return 0;
+    memcpy(name, key, klen);
+    name[klen] = '\0';
+    unsigned i;
+    if (sscanf(name, "s%u", &i) == 1 && i < STATIC_KEYS)
+        ss->seen[i] = 1;
+    else
+        ss->others++;
+    if (++ss->visits == ss->stop_at)
+        return 55;
+    return 0;
+}
+
+static void test_scan(void **state)
+{
+    (void)state;
+    char where[32];
+    struct shmkv *kv = make_store(8u << 20, where, sizeof where);
+    fill_static(kv, STATIC_KEYS);
+    struct scan_seen ss = {.seen = calloc(STATIC_KEYS, 1)};
+    assert_non_null(ss.seen);
+    uint64_t cursor = 0;
+    unsigned steps = 0;
+    do {
+        assert_int_equal(shmkv_scan(kv, &cursor, 100, scan_mark, &ss), 0);
+        steps++;
+    } while (cursor != 0);
+    for (unsigned i = 0; i < STATIC_KEYS; i++)
+        if (!ss.seen[i])
+            fail_msg("s%u not visited by a quiet walk", i);
+    print_message("a walk of %u keys took %u steps of 100 slots\n", STATIC_KEYS,
+                  steps);
+    assert_true(steps > 100);
+
+    /* Writes and a resize during the walk. */
+    memset(ss.seen, 0, STATIC_KEYS);
+    cursor = 0;
+    steps = 0;
+    char key[32];
+    do {
+        assert_int_equal(shmkv_scan(kv, &cursor, 100, scan_mark, &ss), 0);
+        if (++steps == 50) {
+            for (unsigned i = 0; i < 1000; i++) {
+                snprintf(key, sizeof key, "s%u", i);
+                assert_int_equal(shmkv_del(kv, key, strlen(key)), 0);
+                snprintf(key, sizeof key, "n%u", i);
+                assert_int_equal(shmkv_set(kv, key, strlen(key), "v", 1, 0, 0),
+                                 0);
+            }
+        }
+        if (steps == 200)
+            assert_int_equal(shmkv_resize(kv, 16u << 20, 0, NULL, NULL), 0);
+    } while (cursor != 0);
+    for (unsigned i = 1000; i < STATIC_KEYS; i++)
+        if (!ss.seen[i])
+            fail_msg("s%u, present for the whole walk, not visited", i);
+
+    /* A visitor's nonzero result is returned, and the cursor stays. */
+    ss.visits = 0;
+    ss.stop_at = 3;
+    cursor = 0;
+    assert_int_equal(shmkv_scan(kv, &cursor, 1000, scan_mark, &ss), 55);
+    assert_int_equal(cursor, 0);
+    assert_int_equal(shmkv_scan(kv, NULL, 10, scan_mark, &ss), SHMKV_EINVAL);
+    assert_int_equal(shmkv_read_begin(kv), 0);
+    assert_int_equal(shmkv_scan(kv, &cursor, 10, scan_mark, &ss), SHMKV_ESTATE);
+    assert_int_equal(shmkv_read_end(kv), 0);
+    free(ss.seen);
+    test_destroy(kv, where);
+}
+
 /* huge_pages = yes with no pool: a clear error naming the sysctl; try:
  * ordinary pages; with a pool: huge pages, kept by a resize. The pool is
  * the machine's: the test raises it only as root, and puts it back. */
@@ -902,6 +992,7 @@ int main(void)
         cmocka_unit_test(test_writer_killed_during_resize),
         cmocka_unit_test(test_grown_past_new_size),
         cmocka_unit_test(test_cancelled),
+        cmocka_unit_test(test_scan),
         cmocka_unit_test(test_closed_during_resize),
         cmocka_unit_test_teardown(test_resize_while_evicting, kids_stop),
         cmocka_unit_test_teardown(test_huge_pages, pool_restore),
