@@ -67,8 +67,14 @@ static void usage(FILE *out)
             "commands:\n"
             "  status                    a summary: uptime, entries, memory, "
             "hit rate, clients\n"
-            "  get KEY                   print the value (read from shared "
-            "memory)\n"
+            "  get [--raw] KEY           print the value (read from shared "
+            "memory);\n"
+            "                            --raw: its bytes alone, no newline\n"
+            "  mget KEY [KEY ...]        values, a line each (absent: empty)\n"
+            "  keys [PATTERN]            every key (matching a glob), a line "
+            "each\n"
+            "  ttl KEY                   seconds to live, or none\n"
+            "  expire KEY SECONDS        set a key's TTL\n"
             "  set KEY VALUE [--ttl S]   store a value\n"
             "  del KEY [KEY ...]         remove keys\n"
             "  incr KEY [BY]             add to a counter, print the result\n"
@@ -78,6 +84,8 @@ static void usage(FILE *out)
             "  resize SIZE               grow or shrink the store online "
             "(K, M, G suffixes)\n"
             "  shutdown [--save|--nosave]  stop shmkvd\n"
+            "  remove                    remove the store a dead shmkvd left\n"
+            "  (\"--\" before keys that start with '-')\n"
             "  stats [--json]            every statistic\n"
             "exit codes: 0 ok, 1 not found, 2 usage, 3 error\n",
             CONFIG_DEFAULT_PATH);
@@ -373,6 +381,58 @@ static int cmd_resize(struct conn *c, const char *socket_path, const char *size)
     return EXIT_OK;
 }
 
+/* keys [PATTERN]: every key (matching PATTERN), one a line, by SCAN. */
+static int cmd_keys(struct conn *c, const char *pattern)
+{
+    char cursor[32] = "0";
+    unsigned long long found = 0;
+    do {
+        const char *v[6] = {"SCAN", cursor, "COUNT", "1000", "MATCH", pattern};
+        struct reply r;
+        command(c, &r, pattern != NULL ? 6 : 4, v, NULL);
+        exit_on_error_reply(&r);
+        if (r.n != 2 || r.elems[0].str == NULL)
+            die(EXIT_ERROR, "shmkvd gave SCAN an unexpected reply");
+        snprintf(cursor, sizeof cursor, "%s", r.elems[0].str);
+        const struct reply *keys = &r.elems[1];
+        for (size_t i = 0; i < keys->n; i++) {
+            fwrite(keys->elems[i].str, 1, keys->elems[i].len, stdout);
+            putchar('\n');
+            found++;
+        }
+        reply_free(&r);
+    } while (strcmp(cursor, "0") != 0);
+    return found > 0 ? EXIT_OK : EXIT_NOTFOUND;
+}
+
+/* remove: removes a store whose shmkvd died (its segments outlive it, the
+ * data segment without a key of its own); refused while shmkvd lives. */
+static int cmd_remove(const struct target *t)
+{
+    if (!t->have_config)
+        die(EXIT_USAGE, "remove needs the config (-c), which says where the "
+                        "store is");
+    struct shmkv *kv;
+    int rc = shmkv_adopt(t->cfg.store_key, &kv);
+    if (rc == SHMKV_ENOSTORE) {
+        fprintf(stderr, "shmkvctl: no store at %s\n", t->cfg.store_key);
+        return EXIT_NOTFOUND;
+    }
+    if (rc == SHMKV_EOWNED)
+        die(EXIT_ERROR,
+            "the store at %s is owned by a live shmkvd: stop it "
+            "(shmkvctl shutdown) rather than remove its store",
+            t->cfg.store_key);
+    if (rc != 0)
+        die(EXIT_ERROR, "cannot take the store at %s over: %s: %s",
+            t->cfg.store_key, shmkv_strerror(rc), shmkv_last_error());
+    rc = shmkv_destroy(kv);
+    if (rc != 0)
+        die(EXIT_ERROR, "removing the store: %s", shmkv_strerror(rc));
+    printf("removed the store at %s\n", t->cfg.store_key);
+    return EXIT_OK;
+}
+
 static int cmd_status(struct conn *c)
 {
     struct reply info, stats;
@@ -466,7 +526,7 @@ static int cmd_stats(struct conn *c, bool json)
 }
 
 /* Reads a key through shared memory. */
-static int cmd_get(struct target *t, struct conn *c, const char *key)
+static int cmd_get(struct target *t, struct conn *c, const char *key, bool raw)
 {
     char where[4096];
     if (t->have_config) {
@@ -493,7 +553,8 @@ static int cmd_get(struct target *t, struct conn *c, const char *key)
         rc = shmkv_get(kv, key, strlen(key), &v);
         if (rc == 0) {
             fwrite(v.data, 1, v.len, stdout);
-            putchar('\n');
+            if (!raw)
+                putchar('\n');
         }
         shmkv_read_end(kv);
     }
@@ -560,6 +621,19 @@ int main(int argc, char **argv)
     const char *cmd = argv[optind];
     char **args = argv + optind + 1;
     int nargs = argc - optind - 1;
+    /* get's --raw, then an optional "--": what follows are keys and
+     * values, even those that start with '-'. */
+    bool raw = false;
+    if (strcmp(cmd, "get") == 0 && nargs >= 1 &&
+        strcmp(args[0], "--raw") == 0) {
+        raw = true;
+        args++;
+        nargs--;
+    }
+    if (nargs >= 1 && strcmp(args[0], "--") == 0) {
+        args++;
+        nargs--;
+    }
     target_load(&t);
     struct conn c;
     for (int i = 0; i < nargs; i++)
@@ -571,7 +645,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "get") == 0 && nargs == 1) {
         if (!t.have_config)
             conn_open(&c, t.socket_path);
-        return cmd_get(&t, &c, args[0]);
+        return cmd_get(&t, &c, args[0], raw);
     }
     if (strcmp(cmd, "set") == 0 && (nargs == 2 || nargs == 4)) {
         const char *v[5] = {"SET", args[0], args[1], "EX", NULL};
@@ -589,19 +663,88 @@ int main(int argc, char **argv)
         conn_open(&c, t.socket_path);
         return simple(&c, n, v);
     }
-    if (strcmp(cmd, "del") == 0 && nargs >= 1 && nargs < 15) {
-        const char *v[16] = {"DEL"};
-        for (int i = 0; i < nargs; i++)
+    if ((strcmp(cmd, "del") == 0 || strcmp(cmd, "mget") == 0) && nargs >= 1) {
+        bool del = cmd[0] == 'd';
+        const char **v = calloc((size_t)nargs + 1, sizeof *v);
+        size_t *lens = calloc((size_t)nargs + 1, sizeof *lens);
+        if (v == NULL || lens == NULL)
+            die(EXIT_ERROR, "out of memory");
+        v[0] = del ? "DEL" : "MGET";
+        lens[0] = strlen(v[0]);
+        for (int i = 0; i < nargs; i++) {
             v[i + 1] = args[i];
+            lens[i + 1] = strlen(args[i]);
+        }
         conn_open(&c, t.socket_path);
+        conn_send(&c, nargs + 1, v, lens);
         struct reply r;
-        command(&c, &r, nargs + 1, v, NULL);
+        if (!reply_read(&c, &r))
+            die(EXIT_ERROR, "shmkvd closed the connection");
         exit_on_error_reply(&r);
-        printf("%" PRId64 "\n", r.integer);
-        int status = r.integer > 0 ? EXIT_OK : EXIT_NOTFOUND;
+        int status = EXIT_OK;
+        if (del) {
+            printf("%" PRId64 "\n", r.integer);
+            status = r.integer > 0 ? EXIT_OK : EXIT_NOTFOUND;
+        } else {
+            /* A value a line; an absent key an empty line and exit 1. */
+            for (size_t i = 0; i < r.n; i++) {
+                if (r.elems[i].null)
+                    status = EXIT_NOTFOUND;
+                else
+                    fwrite(r.elems[i].str, 1, r.elems[i].len, stdout);
+                putchar('\n');
+            }
+        }
         reply_free(&r);
+        free(v);
+        free(lens);
         return status;
     }
+    if (strcmp(cmd, "keys") == 0 && nargs <= 1) {
+        conn_open(&c, t.socket_path);
+        return cmd_keys(&c, nargs == 1 ? args[0] : NULL);
+    }
+    if (strcmp(cmd, "ttl") == 0 && nargs == 1) {
+        const char *v[2] = {"TTL", args[0]};
+        conn_open(&c, t.socket_path);
+        struct reply r;
+        command(&c, &r, 2, v, NULL);
+        exit_on_error_reply(&r);
+        int64_t ttl = r.integer;
+        reply_free(&r);
+        if (ttl == -2) {
+            fprintf(stderr, "shmkvctl: %s: not found\n", args[0]);
+            return EXIT_NOTFOUND;
+        }
+        if (ttl == -1)
+            printf("none\n");
+        else
+            printf("%" PRId64 "\n", ttl);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "expire") == 0 && nargs == 2) {
+        char *end;
+        long long s_ = strtoll(args[1], &end, 10);
+        if (*end != '\0' || s_ <= 0)
+            die(EXIT_USAGE,
+                "expire: SECONDS must be a positive number, not "
+                "'%s'",
+                args[1]);
+        const char *v[3] = {"EXPIRE", args[0], args[1]};
+        conn_open(&c, t.socket_path);
+        struct reply r;
+        command(&c, &r, 3, v, NULL);
+        exit_on_error_reply(&r);
+        int64_t done = r.integer;
+        reply_free(&r);
+        if (done == 0) {
+            fprintf(stderr, "shmkvctl: %s: not found\n", args[0]);
+            return EXIT_NOTFOUND;
+        }
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "remove") == 0 && nargs == 0)
+        return cmd_remove(&t);
     if (strcmp(cmd, "incr") == 0 && (nargs == 1 || nargs == 2)) {
         char *end;
         if (nargs == 2 && (strtoll(args[1], &end, 10), *end != '\0'))
@@ -656,6 +799,7 @@ int main(int argc, char **argv)
         if (reply_read(&c, &r))
             exit_on_error_reply(&r);
         reply_free(&r);
+        printf("shmkvd stopped\n");
         return EXIT_OK;
     }
 bad_usage:

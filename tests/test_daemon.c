@@ -1925,6 +1925,68 @@ static void test_scan_with_clients(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* shmkvctl's key and value commands: keys that start with '-' after
+ * "--", binary values with get --raw, del and mget of many keys, keys by
+ * pattern, ttl and expire, shutdown saying so, and remove, which refuses
+ * a live daemon's store and removes a dead one's. */
+static void test_shmkvctl_commands(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    char out[4096];
+    const char *ctl = shmkvctl_path;
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s set -- -dash v1", ctl, E.conf), 0);
+    run(out, sizeof out, "%s -c %s get -- -dash", ctl, E.conf);
+    assert_string_equal(out, "v1\n");
+    run(out, sizeof out, "printf 'bin\\0ary' | redis-cli -s %s -x set b",
+        E.sock);
+    run(out, sizeof out, "%s -c %s get --raw b | od -An -c | tr -d ' \\n'", ctl,
+        E.conf);
+    assert_string_equal(out, "bin\\0ary");
+    run(out, sizeof out,
+        "for i in $(seq 1 40); do echo \"SET m$i $i\"; done | redis-cli -s %s "
+        ">/dev/null; %s -c %s mget m1 absent m40",
+        E.sock, ctl, E.conf);
+    assert_string_equal(out, "1\n\n40\n");
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s mget m1 absent", ctl, E.conf), 1);
+    run(out, sizeof out, "%s -c %s keys 'm3*' | sort | tr '\\n' ' '", ctl,
+        E.conf);
+    assert_string_equal(out, "m3 m30 m31 m32 m33 m34 m35 m36 m37 m38 m39 ");
+    run(out, sizeof out, "%s -c %s ttl m1", ctl, E.conf);
+    assert_string_equal(out, "none\n");
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s expire m1 100", ctl, E.conf), 0);
+    run(out, sizeof out, "%s -c %s ttl m1", ctl, E.conf);
+    assert_true(atoi(out) >= 99 && atoi(out) <= 100);
+    assert_int_equal(run(out, sizeof out, "%s -c %s ttl absent", ctl, E.conf),
+                     1);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s expire absent 5", ctl, E.conf), 1);
+    run(out, sizeof out, "%s -c %s del $(seq -f 'm%%g' 1 40) 2>&1", ctl,
+        E.conf);
+    assert_string_equal(out, "40\n");
+    /* remove: refused while shmkvd lives, done once it died. */
+    assert_int_equal(run(out, sizeof out, "%s -c %s remove 2>&1", ctl, E.conf),
+                     3);
+    assert_non_null(strstr(out, "owned by a live shmkvd"));
+    kill(E.pid, SIGKILL);
+    waitpid(E.pid, NULL, 0);
+    E.pid = 0;
+    assert_true(segment_exists());
+    assert_int_equal(run(out, sizeof out, "%s -c %s remove", ctl, E.conf), 0);
+    assert_false(segment_exists());
+    assert_int_equal(run(out, sizeof out, "%s -c %s remove 2>&1", ctl, E.conf),
+                     1);
+    daemon_start(false);
+    assert_int_equal(
+        run(out, sizeof out, "%s -c %s shutdown --nosave", ctl, E.conf), 0);
+    assert_string_equal(out, "shmkvd stopped\n");
+    waitpid(E.pid, NULL, 0);
+    E.pid = 0;
+}
+
 /* max_size: the store doubles once it is grow_at percent full, up to
  * max_size. */
 static void test_grows_by_itself(void **state)
@@ -2080,6 +2142,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resize_online, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_with_clients, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_shmkvctl_commands, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_grows_by_itself, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry_reclaims_unread_keys, setup,
