@@ -719,8 +719,11 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
         rc = segment_give(shmid, owner, group);
         TEST_POINT("resize:created");
         /* Its pages made now, not by the slices under the lock. */
-        for (uint64_t at = 0; rc == 0 && at < bytes; at += nd->page_bytes)
-            ((volatile char *)nd)[at] = ((volatile char *)nd)[at];
+        for (uint64_t at = 0; rc == 0 && at < bytes; at += nd->page_bytes) {
+            volatile char *page = (volatile char *)nd + at;
+            char was = *page;
+            *page = was; /* a write: the page made, not the zero page */
+        }
         shmdt(nd);
     }
 
