@@ -555,6 +555,120 @@ static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
         reply_applied(out, rc);
 }
 
+/* SETEX key seconds value, PSETEX key ms value: SET key value EX|PX n. */
+static void cmd_setex(struct conn *c, size_t argc, struct resp_arg *argv,
+                      struct evbuffer *out)
+{
+    (void)argc;
+    int64_t n;
+    if (!arg_int64(&argv[2], &n)) {
+        resp_error(out, "ERR value is not an integer or out of range");
+        return;
+    }
+    if (n <= 0) {
+        resp_errorf(out, "ERR invalid expire time in '%s' command",
+                    c->last_command);
+        return;
+    }
+    bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
+    struct resp_arg set[5] = {
+        {"SET", 3}, argv[1], argv[3], {ms ? "PX" : "EX", 2}, argv[2]};
+    cmd_set(c, 5, set, out);
+}
+
+/* SETNX key value: 1 if it set the key, 0 if the key existed. */
+static void cmd_setnx(struct conn *c, size_t argc, struct resp_arg *argv,
+                      struct evbuffer *out)
+{
+    (void)argc;
+    int rc = shmkv_set(c->d->kv, argv[1].data, argv[1].len, argv[2].data,
+                       argv[2].len, c->d->cfg.default_ttl_s, SHMKV_NX);
+    if (parked_on(c, rc, true))
+        return;
+    if (rc == 0 || rc == SHMKV_EEXIST)
+        resp_int(out, rc == 0);
+    else
+        reply_store_error(out, rc);
+}
+
+/* STRLEN key: the value's length, 0 if absent. */
+static void cmd_strlen(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    (void)argc;
+    size_t len = 0;
+    int rc = shmkv_get_copy(c->d->kv, argv[1].data, argv[1].len, NULL, 0, &len);
+    if (rc == 0 || rc == SHMKV_ENOBUFS)
+        resp_int(out, (int64_t)len);
+    else if (rc == SHMKV_ENOTFOUND)
+        resp_int(out, 0);
+    else
+        reply_store_error(out, rc);
+}
+
+/* EXPIREAT key unix-s, PEXPIREAT key unix-ms: EXPIRE to an absolute time;
+ * one past deletes the key, as Redis. */
+static void cmd_expireat(struct conn *c, size_t argc, struct resp_arg *argv,
+                         struct evbuffer *out)
+{
+    (void)argc;
+    int64_t at;
+    if (!arg_int64(&argv[2], &at)) {
+        resp_error(out, "ERR value is not an integer or out of range");
+        return;
+    }
+    bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
+    int64_t ttl;
+    if (!ttl_from_arg(at, ms, true, &ttl) || ttl > TTL_MAX_S) {
+        resp_errorf(out, "ERR invalid expire time in '%s' command",
+                    c->last_command);
+        return;
+    }
+    int rc = ttl <= 0 ? shmkv_del(c->d->kv, argv[1].data, argv[1].len)
+                      : shmkv_expire(c->d->kv, argv[1].data, argv[1].len,
+                                     (uint32_t)ttl);
+    if (!parked_on(c, rc, true))
+        reply_applied(out, rc);
+}
+
+/* EXPIRETIME key, PEXPIRETIME key: when the key expires (Unix time), -1
+ * if it has no TTL, -2 if it is absent. */
+static void cmd_expiretime(struct conn *c, size_t argc, struct resp_arg *argv,
+                           struct evbuffer *out)
+{
+    (void)argc;
+    int64_t ttl;
+    int rc = shmkv_ttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
+    bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
+    if (rc == SHMKV_ENOTFOUND)
+        resp_int(out, -2);
+    else if (rc != 0)
+        reply_store_error(out, rc);
+    else if (ttl < 0)
+        resp_int(out, -1);
+    else {
+        int64_t at = (int64_t)time(NULL) + ttl;
+        resp_int(out, ms ? at * 1000 : at);
+    }
+}
+
+/* TIME: the server's time, seconds and microseconds. */
+static void cmd_time(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)c;
+    (void)argc;
+    (void)argv;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char buf[32];
+    resp_array(out, 2);
+    snprintf(buf, sizeof buf, "%lld", (long long)ts.tv_sec);
+    resp_bulk_str(out, buf);
+    snprintf(buf, sizeof buf, "%ld", ts.tv_nsec / 1000);
+    resp_bulk_str(out, buf);
+}
+
 static void cmd_persist(struct conn *c, size_t argc, struct resp_arg *argv,
                         struct evbuffer *out)
 {
@@ -1378,6 +1492,13 @@ static const struct command commands[] = {
     {"TYPE", 2, CMD_KEY1, cmd_type, "key: string or none"},
     {"TTL", 2, CMD_KEY1, cmd_ttl, "key: seconds to live, -1 none, -2 absent"},
     {"PTTL", 2, CMD_KEY1, cmd_ttl, "key: as TTL, in milliseconds"},
+    {"EXPIRETIME", 2, CMD_KEY1, cmd_expiretime,
+     "key: when it expires, Unix seconds; -1 no TTL, -2 absent"},
+    {"PEXPIRETIME", 2, CMD_KEY1, cmd_expiretime,
+     "key: as EXPIRETIME, in milliseconds"},
+    {"STRLEN", 2, CMD_KEY1, cmd_strlen, "key: the value's length"},
+    {"TOUCH", -2, CMD_KEYS, cmd_exists, "key [key ...]: how many exist"},
+    {"TIME", 1, 0, cmd_time, "the server's time: seconds, microseconds"},
     {"DBSIZE", 1, 0, cmd_dbsize, "number of keys"},
     {"KEYS", 2, CMD_ADMIN, cmd_keys,
      "pattern: matching keys (walks the whole store)"},
@@ -1414,6 +1535,16 @@ static const struct command commands[] = {
      "key ms (rounded up to seconds)"},
     {"PERSIST", 2, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_persist,
      "key: remove its TTL"},
+    {"SETEX", 4, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_setex,
+     "key seconds value: SET with EX"},
+    {"PSETEX", 4, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_setex,
+     "key ms value: SET with PX"},
+    {"SETNX", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_setnx,
+     "key value: set if absent; 1 if it did"},
+    {"EXPIREAT", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expireat,
+     "key unix-seconds"},
+    {"PEXPIREAT", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expireat,
+     "key unix-ms (rounded up to seconds)"},
     {"FLUSHALL", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "remove every key"},
     {"FLUSHDB", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "as FLUSHALL"},
     {"SAVE", 1, CMD_WRITES, cmd_save,

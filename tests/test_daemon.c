@@ -1925,6 +1925,60 @@ static void test_scan_with_clients(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* SETEX, PSETEX, SETNX, STRLEN, EXPIREAT, PEXPIREAT, EXPIRETIME,
+ * PEXPIRETIME, TOUCH and TIME answer as Redis's do. */
+static void test_string_commands(void **state)
+{
+    (void)state;
+    daemon_start(false);
+    char out[1024];
+    const char *r = "redis-cli";
+#define RC(...) run(out, sizeof out, __VA_ARGS__)
+    RC("%s -s %s setex a 100 va", r, E.sock);
+    assert_string_equal(out, "OK\n");
+    RC("%s -s %s ttl a", r, E.sock);
+    assert_string_equal(out, "100\n");
+    RC("%s -s %s psetex b 1500 vb", r, E.sock);
+    RC("%s -s %s ttl b", r, E.sock);
+    assert_string_equal(out, "2\n"); /* whole seconds, rounded up */
+    RC("%s -s %s setex a 0 v", r, E.sock);
+    assert_non_null(strstr(out, "invalid expire time in 'setex'"));
+    RC("%s -s %s setnx a x", r, E.sock);
+    assert_string_equal(out, "0\n");
+    RC("%s -s %s setnx c x", r, E.sock);
+    assert_string_equal(out, "1\n");
+    RC("%s -s %s get a", r, E.sock);
+    assert_string_equal(out, "va\n");
+    RC("%s -s %s strlen a", r, E.sock);
+    assert_string_equal(out, "2\n");
+    RC("%s -s %s strlen absent", r, E.sock);
+    assert_string_equal(out, "0\n");
+    long long now = (long long)time(NULL);
+    RC("%s -s %s expireat a %lld", r, E.sock, now + 50);
+    assert_string_equal(out, "1\n");
+    RC("%s -s %s expiretime a", r, E.sock);
+    long long at = atoll(out);
+    assert_true(at >= now + 49 && at <= now + 51);
+    RC("%s -s %s pexpiretime a", r, E.sock);
+    assert_true(atoll(out) >= (now + 49) * 1000);
+    RC("%s -s %s expiretime c", r, E.sock);
+    assert_string_equal(out, "-1\n");
+    RC("%s -s %s expiretime absent", r, E.sock);
+    assert_string_equal(out, "-2\n");
+    RC("%s -s %s pexpireat c %lld", r, E.sock, now * 1000 - 5000);
+    assert_string_equal(out, "1\n"); /* in the past: deleted */
+    RC("%s -s %s exists c", r, E.sock);
+    assert_string_equal(out, "0\n");
+    RC("%s -s %s expireat absent %lld", r, E.sock, now + 50);
+    assert_string_equal(out, "0\n");
+    RC("%s -s %s touch a b absent", r, E.sock);
+    assert_string_equal(out, "2\n");
+    RC("%s -s %s time", r, E.sock);
+    assert_true(atoll(out) >= now && atoll(out) <= now + 5);
+#undef RC
+    assert_int_equal(daemon_stop(), 0);
+}
+
 /* shmkvctl's key and value commands: keys that start with '-' after
  * "--", binary values with get --raw, del and mget of many keys, keys by
  * pattern, ttl and expire, shutdown saying so, and remove, which refuses
@@ -2145,6 +2199,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_shmkvctl_commands, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_string_commands, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grows_by_itself, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry_reclaims_unread_keys, setup,
                                         teardown),
