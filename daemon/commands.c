@@ -618,8 +618,8 @@ static void cmd_expireat(struct conn *c, size_t argc, struct resp_arg *argv,
         return;
     }
     bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
-    int64_t ttl;
-    if (!ttl_from_arg(at, ms, true, &ttl) || ttl > TTL_MAX_S) {
+    int64_t ttl = 0; /* a time at or before the epoch has passed */
+    if (at > 0 && (!ttl_from_arg(at, ms, true, &ttl) || ttl > TTL_MAX_S)) {
         resp_errorf(out, "ERR invalid expire time in '%s' command",
                     c->last_command);
         return;

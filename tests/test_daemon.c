@@ -1971,6 +1971,11 @@ static void test_string_commands(void **state)
     assert_string_equal(out, "0\n");
     RC("%s -s %s expireat absent %lld", r, E.sock, now + 50);
     assert_string_equal(out, "0\n");
+    RC("%s -s %s setnx d x", r, E.sock);
+    RC("%s -s %s expireat d 0", r, E.sock);
+    assert_string_equal(out, "1\n"); /* the epoch has passed too */
+    RC("%s -s %s exists d", r, E.sock);
+    assert_string_equal(out, "0\n");
     RC("%s -s %s touch a b absent", r, E.sock);
     assert_string_equal(out, "2\n");
     RC("%s -s %s time", r, E.sock);
