@@ -687,6 +687,10 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
     uint64_t bytes = size_bytes, entries = max_entries;
     struct data_header plan;
     rc = resize_plan(kv, &bytes, &entries, &plan);
+    if (rc == 0 && bytes == kv->data_bytes && plan.nbuckets == kv->nbuckets) {
+        lock_release(kv); /* already that size: nothing to copy */
+        return 0;
+    }
     if (rc != 0) {
         lock_release(kv);
         return rc;

@@ -1071,10 +1071,13 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
     evbuffer_free(b);
 }
 
-static void stat_pair(struct evbuffer *out, const char *name, int64_t v)
+/* Adds a name/value pair to out and counts it in *n. */
+static void stat_pair(struct evbuffer *out, size_t *n, const char *name,
+                      int64_t v)
 {
     resp_bulk_str(out, name);
     resp_int(out, v);
+    (*n)++;
 }
 
 static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -1090,53 +1093,63 @@ static void cmd_shmkv_stats(struct conn *c, size_t argc, struct resp_arg *argv,
         return;
     }
     /* A flat list of name, value pairs, as CONFIG GET replies. */
-    resp_array(out, 2 * 42);
-    stat_pair(out, "entries", (int64_t)st.entries);
-    stat_pair(out, "entries_with_ttl", (int64_t)st.entries_with_ttl);
-    stat_pair(out, "bytes_used", (int64_t)st.bytes_used);
-    stat_pair(out, "bytes_free", (int64_t)st.bytes_free);
-    stat_pair(out, "bytes_limbo", (int64_t)st.bytes_limbo);
-    stat_pair(out, "bytes_capacity", (int64_t)st.bytes_capacity);
-    stat_pair(out, "largest_free", (int64_t)st.largest_free);
-    stat_pair(out, "fragmentation_ppm",
+    /* The pairs go to a buffer first, so that the header counts them. */
+    struct evbuffer *pairs = evbuffer_new();
+    if (pairs == NULL) {
+        resp_error(out, "ERR out of memory");
+        return;
+    }
+    size_t npairs = 0;
+    stat_pair(pairs, &npairs, "entries", (int64_t)st.entries);
+    stat_pair(pairs, &npairs, "entries_with_ttl", (int64_t)st.entries_with_ttl);
+    stat_pair(pairs, &npairs, "bytes_used", (int64_t)st.bytes_used);
+    stat_pair(pairs, &npairs, "bytes_free", (int64_t)st.bytes_free);
+    stat_pair(pairs, &npairs, "bytes_limbo", (int64_t)st.bytes_limbo);
+    stat_pair(pairs, &npairs, "bytes_capacity", (int64_t)st.bytes_capacity);
+    stat_pair(pairs, &npairs, "largest_free", (int64_t)st.largest_free);
+    stat_pair(pairs, &npairs, "fragmentation_ppm",
               (int64_t)(st.fragmentation * 1e6 + 0.5));
-    stat_pair(out, "compactions", (int64_t)st.compactions);
-    stat_pair(out, "compacted_bytes", (int64_t)st.compacted_bytes);
-    stat_pair(out, "index_slots", (int64_t)st.index_slots);
-    stat_pair(out, "segment_bytes", (int64_t)st.segment_bytes);
-    stat_pair(out, "hits", (int64_t)st.hits);
-    stat_pair(out, "misses", (int64_t)st.misses);
-    stat_pair(out, "sets", (int64_t)st.sets);
-    stat_pair(out, "deletes", (int64_t)st.deletes);
-    stat_pair(out, "evictions", (int64_t)st.evictions);
-    stat_pair(out, "expirations", (int64_t)st.expirations);
-    stat_pair(out, "lock_waits", (int64_t)st.lock_waits);
-    stat_pair(out, "lock_timeouts", (int64_t)st.lock_timeouts);
-    stat_pair(out, "recoveries", (int64_t)st.recoveries);
-    stat_pair(out, "revocations", (int64_t)st.revocations);
-    stat_pair(out, "dead_readers", (int64_t)st.dead_readers);
-    stat_pair(out, "stale_sections", (int64_t)st.stale_sections);
-    stat_pair(out, "commands_parked", (int64_t)d->commands_parked);
-    stat_pair(out, "lock_timeout_ms", st.lock_timeout_ms);
-    stat_pair(out, "reader_timeout_ms", st.reader_timeout_ms);
-    stat_pair(out, "handles", st.clients);
-    stat_pair(out, "writing_handles", st.writers);
-    stat_pair(out, "max_handles", st.max_clients);
-    stat_pair(out, "generation", (int64_t)st.generation);
-    stat_pair(out, "uptime_s", (int64_t)(time(NULL) - d->started));
-    stat_pair(out, "connections", d->n_conns);
-    stat_pair(out, "connections_total", (int64_t)d->connections_total);
-    stat_pair(out, "commands_total", (int64_t)d->commands_total);
-    stat_pair(out, "max_key_bytes", st.max_key_bytes);
-    stat_pair(out, "max_value_bytes", st.max_value_bytes);
-    stat_pair(out, "data_bytes", (int64_t)st.data_bytes);
-    stat_pair(out, "data_page_bytes", (int64_t)st.data_page_bytes);
-    stat_pair(out, "huge_pages", (int64_t)st.huge_pages);
-    stat_pair(out, "resizes", (int64_t)st.resizes);
-    stat_pair(out, "resize_to_bytes", (int64_t)st.resize_to_bytes);
-    stat_pair(out, "resize_done", (int64_t)st.resize_done);
-    stat_pair(out, "resize_total", (int64_t)st.resize_total);
-    stat_pair(out, "max_size", (int64_t)d->cfg.max_size);
+    stat_pair(pairs, &npairs, "compactions", (int64_t)st.compactions);
+    stat_pair(pairs, &npairs, "compacted_bytes", (int64_t)st.compacted_bytes);
+    stat_pair(pairs, &npairs, "index_slots", (int64_t)st.index_slots);
+    stat_pair(pairs, &npairs, "segment_bytes", (int64_t)st.segment_bytes);
+    stat_pair(pairs, &npairs, "hits", (int64_t)st.hits);
+    stat_pair(pairs, &npairs, "misses", (int64_t)st.misses);
+    stat_pair(pairs, &npairs, "sets", (int64_t)st.sets);
+    stat_pair(pairs, &npairs, "deletes", (int64_t)st.deletes);
+    stat_pair(pairs, &npairs, "evictions", (int64_t)st.evictions);
+    stat_pair(pairs, &npairs, "expirations", (int64_t)st.expirations);
+    stat_pair(pairs, &npairs, "lock_waits", (int64_t)st.lock_waits);
+    stat_pair(pairs, &npairs, "lock_timeouts", (int64_t)st.lock_timeouts);
+    stat_pair(pairs, &npairs, "recoveries", (int64_t)st.recoveries);
+    stat_pair(pairs, &npairs, "revocations", (int64_t)st.revocations);
+    stat_pair(pairs, &npairs, "dead_readers", (int64_t)st.dead_readers);
+    stat_pair(pairs, &npairs, "stale_sections", (int64_t)st.stale_sections);
+    stat_pair(pairs, &npairs, "commands_parked", (int64_t)d->commands_parked);
+    stat_pair(pairs, &npairs, "lock_timeout_ms", st.lock_timeout_ms);
+    stat_pair(pairs, &npairs, "reader_timeout_ms", st.reader_timeout_ms);
+    stat_pair(pairs, &npairs, "handles", st.clients);
+    stat_pair(pairs, &npairs, "writing_handles", st.writers);
+    stat_pair(pairs, &npairs, "max_handles", st.max_clients);
+    stat_pair(pairs, &npairs, "generation", (int64_t)st.generation);
+    stat_pair(pairs, &npairs, "uptime_s", (int64_t)(time(NULL) - d->started));
+    stat_pair(pairs, &npairs, "connections", d->n_conns);
+    stat_pair(pairs, &npairs, "connections_total",
+              (int64_t)d->connections_total);
+    stat_pair(pairs, &npairs, "commands_total", (int64_t)d->commands_total);
+    stat_pair(pairs, &npairs, "max_key_bytes", st.max_key_bytes);
+    stat_pair(pairs, &npairs, "max_value_bytes", st.max_value_bytes);
+    stat_pair(pairs, &npairs, "data_bytes", (int64_t)st.data_bytes);
+    stat_pair(pairs, &npairs, "data_page_bytes", (int64_t)st.data_page_bytes);
+    stat_pair(pairs, &npairs, "huge_pages", (int64_t)st.huge_pages);
+    stat_pair(pairs, &npairs, "resizes", (int64_t)st.resizes);
+    stat_pair(pairs, &npairs, "resize_to_bytes", (int64_t)st.resize_to_bytes);
+    stat_pair(pairs, &npairs, "resize_done", (int64_t)st.resize_done);
+    stat_pair(pairs, &npairs, "resize_total", (int64_t)st.resize_total);
+    stat_pair(pairs, &npairs, "max_size", (int64_t)d->cfg.max_size);
+    resp_array(out, 2 * npairs);
+    evbuffer_add_buffer(out, pairs);
+    evbuffer_free(pairs);
 }
 
 static void cmd_shmkv_check(struct conn *c, size_t argc, struct resp_arg *argv,

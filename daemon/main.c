@@ -163,6 +163,20 @@ static int store_open(struct daemon *d)
                  d->cfg.eviction == SHMKV_EVICT_LRU ? "lru" : "noeviction",
                  d->cfg.store_mode,
                  d->cfg.store_group[0] ? d->cfg.store_group : "shmkvd's own");
+        struct shmkv_stats st;
+        long page = sysconf(_SC_PAGESIZE);
+        bool huge = false;
+        if (d->cfg.huge_pages != SHMKV_HUGE_NO && shmkv_stats(d->kv, &st) == 0)
+            huge = st.data_page_bytes > (uint64_t)page;
+        if (d->cfg.huge_pages != SHMKV_HUGE_NO)
+            log_msg(huge ? LOG_LEVEL_INFO : LOG_LEVEL_WARNING,
+                    "huge_pages = %s: the store is on %llu kB pages%s",
+                    d->cfg.huge_pages == SHMKV_HUGE_YES ? "yes" : "try",
+                    (unsigned long long)(huge ? st.data_page_bytes >> 10
+                                              : (uint64_t)page >> 10),
+                    huge ? ""
+                         : " (the huge page pool could not hold it: see "
+                           "vm.nr_hugepages)");
         return 0;
     }
     if (rc != SHMKV_EEXIST) {

@@ -1882,6 +1882,12 @@ static void test_resize_online(void **state)
     assert_int_equal(atoi(out), 2);
     run(out, sizeof out, "%s -c %s status", shmkvctl_path, E.conf);
     assert_non_null(strstr(out, "12.0M data segment"));
+    /* SHMKV.STATS's array holds every pair: the next reply is the PING's. */
+    run(out, sizeof out,
+        "printf 'SHMKV.STATS\\nPING\\n' | redis-cli -s %s | "
+        "tail -n 1",
+        E.sock);
+    assert_string_equal(out, "PONG\n");
     assert_int_equal(daemon_stop(), 0);
 }
 
