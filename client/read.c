@@ -383,44 +383,24 @@ int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
         return rc;
     uint32_t gen = kv->gen;
     uint64_t nbuckets = kv->nbuckets;
-    int64_t now = clock_unix();
-    uint64_t b = 0;
-    unsigned visited = 0;
-    while (rc == 0 && b < nbuckets) {
-        for (unsigned i = 0; i < BUCKET_SLOTS && rc == 0; i++) {
-            uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
-                                              memory_order_acquire);
-            if (SLOT_OFF(s) == 0 || !slot_in_arena(kv, s))
-                continue;
-            const struct block *e = block_at(kv->data, SLOT_OFF(s));
-            if (e->klen == 0 || e->klen > kv->max_key_bytes ||
-                !entry_in_bounds(kv, e, e->klen)) {
-                rc = entry_out_of_bounds(kv);
-                break;
-            }
-            int64_t ttl = 0;
-            if (e->u.entry.expire_unix != 0) {
-                ttl = (int64_t)e->u.entry.expire_unix - now;
-                if (ttl <= 0)
-                    continue;
-            }
-            rc = fn(ctx, entry_key(e), e->klen, entry_value(e), e->u.entry.vlen,
-                    ttl);
-        }
-        b++;
-        visited += BUCKET_SLOTS;
-        if (rc == 0 && b < nbuckets && visited >= FOREACH_SLOTS_PER_SECTION) {
+    const uint64_t per_section =
+        (FOREACH_SLOTS_PER_SECTION + BUCKET_SLOTS - 1) / BUCKET_SLOTS;
+    for (uint64_t b = 0; rc == 0 && b < nbuckets; b += per_section) {
+        if (b > 0) {
             /* Let writers reclaim what this section held back. */
-            visited = 0;
             rc = shmkv_read_end(kv);
             if (rc == 0)
                 rc = shmkv_read_begin(kv);
             if (rc != 0)
                 return rc;
-            if (kv->gen != gen)
+            if (kv->gen != gen) {
                 rc = set_error(SHMKV_ESTALE, "the store's data segment was "
                                              "replaced during the walk");
+                break;
+            }
         }
+        uint64_t to = b + per_section < nbuckets ? b + per_section : nbuckets;
+        rc = visit_buckets(kv, b, to, fn, ctx);
     }
     int end = shmkv_read_end(kv);
     return rc != 0 ? rc : end;

@@ -225,15 +225,24 @@ static bool on_new_segment(const struct shmkv *kv)
     return kv->data_shmid == atomic_load(&kv->ctl->resize_shmid);
 }
 
-void resize_mirror(struct shmkv *kv, uint32_t off, bool removed)
+/* The segment this writer's change is to be made in too, or NULL when no
+ * resize is copying (or the resize was given up: it could not be
+ * attached). */
+static struct shmkv *mirror_target(struct shmkv *kv)
 {
     if (!resize_copying(kv) || on_new_segment(kv))
-        return;
+        return NULL;
     struct shmkv *rs = shadow_of(kv);
-    if (rs == NULL) {
+    if (rs == NULL)
         resize_abort_locked(kv, RESIZE_WHY_ATTACH);
+    return rs;
+}
+
+void resize_mirror(struct shmkv *kv, uint32_t off, bool removed)
+{
+    struct shmkv *rs = mirror_target(kv);
+    if (rs == NULL)
         return;
-    }
     uint64_t s = SLOT_MAKE(0, off);
     if (!entry_sane(kv, s))
         return; /* damage: the check pass reports it */
@@ -248,13 +257,9 @@ void resize_mirror(struct shmkv *kv, uint32_t off, bool removed)
 
 void resize_mirror_flush(struct shmkv *kv)
 {
-    if (!resize_copying(kv) || on_new_segment(kv))
+    struct shmkv *rs = mirror_target(kv);
+    if (rs == NULL)
         return;
-    struct shmkv *rs = shadow_of(kv);
-    if (rs == NULL) {
-        resize_abort_locked(kv, RESIZE_WHY_ATTACH);
-        return;
-    }
     op_begin(rs, WRITE_OP_GENERIC);
     flush_index(rs);
     arena_reset(rs);

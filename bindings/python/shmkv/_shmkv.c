@@ -213,28 +213,6 @@ static struct thread_list *thread_list_get(void)
     return tl;
 }
 
-/* Unlinks rec from its thread's and its Store's lists and frees it. */
-static void rec_free(StoreObject *s, struct thread_rec *rec)
-{
-    if (!rec->detached && rec->tl != NULL) {
-        struct thread_rec **p = &rec->tl->head;
-        while (*p != NULL && *p != rec)
-            p = &(*p)->next_in_thread;
-        if (*p == rec)
-            *p = rec->next_in_thread;
-    }
-    struct thread_rec **q = &s->recs;
-    while (*q != NULL && *q != rec)
-        q = &(*q)->next_in_store;
-    if (*q == rec)
-        *q = rec->next_in_store;
-    if (s->last == rec)
-        s->last = NULL;
-    if (rec->kv != NULL)
-        shmkv_close(rec->kv);
-    PyMem_RawFree(rec);
-}
-
 /* Takes rec out of its thread's list: a closing section keeps it. */
 static void rec_detach(StoreObject *s, struct thread_rec *rec)
 {
@@ -249,6 +227,20 @@ static void rec_detach(StoreObject *s, struct thread_rec *rec)
     rec->tl = NULL;
     if (s->last == rec)
         s->last = NULL;
+}
+
+/* Unlinks rec from its thread's and its Store's lists and frees it. */
+static void rec_free(StoreObject *s, struct thread_rec *rec)
+{
+    rec_detach(s, rec);
+    struct thread_rec **q = &s->recs;
+    while (*q != NULL && *q != rec)
+        q = &(*q)->next_in_store;
+    if (*q == rec)
+        *q = rec->next_in_store;
+    if (rec->kv != NULL)
+        shmkv_close(rec->kv);
+    PyMem_RawFree(rec);
 }
 
 /* A thread ended: its handles are closed, but one a section or a call
