@@ -212,7 +212,11 @@ static int entry_move(struct shmkv *kv, struct window *w, uint64_t hash,
 {
     struct data_header *d = kv->data;
     const struct block *old = block_at(d, pos->off);
-    uint32_t units = entry_units(old->klen, old->u.entry.vlen);
+    int64_t vlen = entry_vlen(old);
+    if (vlen < 0 || vlen > kv->max_value_bytes || old->pad > ENTRY_PAD_MAX)
+        return set_error(SHMKV_ECORRUPT, "the entry at unit %u is damaged",
+                         pos->off);
+    uint32_t units = entry_units(old->klen, (size_t)vlen);
     if (units > old->size_units)
         return set_error(SHMKV_ECORRUPT, "the entry at unit %u is damaged",
                          pos->off);
@@ -247,11 +251,12 @@ static int entry_move(struct shmkv *kv, struct window *w, uint64_t hash,
     struct block *e = block_at(d, off);
     e->klen = old->klen;
     e->u.entry = old->u.entry;
-    memcpy(e + 1, old + 1, (size_t)old->klen + old->u.entry.vlen);
+    entry_set_pad(e, old->klen, (size_t)vlen);
+    memcpy(e + 1, old + 1, (size_t)old->klen + (size_t)vlen);
     uint64_t word = atomic_load_explicit(
         &kv->buckets[pos->bucket].slot[pos->slot], memory_order_relaxed);
     entry_publish(kv, hash, pos->bucket, pos->slot, pos->off,
-                  SLOT_MAKE(SLOT_TAG(word), off), 0, 0);
+                  SLOT_MAKE(SLOT_TAG(word), off), 0, 0, 0);
     w->undrained = true;
     TEST_POINT("compact:moved");
     return 0;

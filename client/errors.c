@@ -72,6 +72,8 @@ const char *shmkv_strerror(int err)
         return "another resize is under way";
     case SHMKV_EAGAIN:
         return "interrupted: try again";
+    case SHMKV_ECHANGED:
+        return "key changed since its version was read";
     default:
         return "unknown error";
     }

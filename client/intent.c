@@ -75,9 +75,10 @@ void op_begin(struct shmkv *kv, uint32_t kind)
 
 void op_target(struct shmkv *kv, uint32_t kind, uint64_t hash, uint64_t bucket,
                unsigned slot, uint32_t old_off, uint64_t new_slot,
-               int entries_delta, int ttl_delta)
+               int entries_delta, int ttl_delta, uint64_t vcell)
 {
     struct write_intent *in = &kv->data->intent;
+    in->vcell = vcell;
     in->hash = hash;
     in->bucket = bucket;
     in->slot = slot;

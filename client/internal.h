@@ -19,7 +19,7 @@
 struct ctl_tail {
     int64_t created_unix;
     uint64_t locks_off, wclients_off, wslots_off, pins_off, reader_bytes,
-        clients_off, recency_off, recency_cells;
+        clients_off, recency_off, recency_cells, versions_off, version_cells;
 };
 
 /* The data header's fixed part: every field before `entries`. */
@@ -73,6 +73,8 @@ struct shmkv {
     bool lru;
     uint32_t *recency; /* lru only */
     uint64_t recency_mask;
+    _Atomic uint64_t *versions; /* the version cells (control segment) */
+    uint64_t version_mask;
 
     /* The deadline of the call in progress (CLOCK_MONOTONIC ms), 0 until
      * it first has to wait. */
@@ -80,11 +82,12 @@ struct shmkv {
 
     bool rdonly;
     bool in_read;
-    bool closer; /* this handle closed the store: it may still read */
-    bool owner;  /* created or adopted it: shmkv_destroy removes it */
-    bool forked; /* this is a child's copy of its parent's handle */
+    bool in_write; /* in shmkv_write_begin's section: the lock is held */
+    bool closer;   /* this handle closed the store: it may still read */
+    bool owner;    /* created or adopted it: shmkv_destroy removes it */
+    bool forked;   /* this is a child's copy of its parent's handle */
     pid_t pid;
-    uint32_t now_unix; /* 0: not read yet in this section */
+    uint64_t now_ms; /* 0: not read yet in this section */
     uint64_t rng;
 
     /* Below: what the read path never touches. */
@@ -102,7 +105,8 @@ struct shmkv {
      * looked whether that resize's resizer lives. */
     struct shmkv *rs;
     uint64_t rs_checked_ms;
-    bool in_resize; /* in shmkv_resize, past noting itself */
+    bool in_resize;   /* in shmkv_resize, past noting itself */
+    unsigned evicted; /* live entries the last write evicted */
 
     /* This handle's writer slot (NULL for a reader). */
     struct writer_slot *wslot;
@@ -145,8 +149,8 @@ int set_error(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int set_errno_error(int code, const char *what);
 
-/* read.c: seconds on the realtime clock (coarse: a vDSO read) */
-uint32_t clock_unix(void);
+/* read.c: unix time in milliseconds (the realtime clock, a vDSO read) */
+uint64_t clock_unix_ms(void);
 /* lock.c: milliseconds on CLOCK_MONOTONIC */
 uint64_t monotonic_ms(void);
 /* The deadline of the call in progress, computed on first use. */
@@ -243,6 +247,23 @@ static inline uint32_t entry_units(size_t klen, size_t vlen)
                       UNIT_BYTES);
 }
 
+/* The value's length, from the block's size, the key's length and the
+ * padding: signed, so that a damaged header gives a length a bounds check
+ * refuses rather than one that wraps. */
+static inline int64_t entry_vlen(const struct block *b)
+{
+    return (int64_t)b->size_units * UNIT_BYTES - (int64_t)sizeof(struct block) -
+           b->klen - b->pad;
+}
+
+/* Sets the padding of an entry of size_units whose key and value have
+ * klen + vlen bytes. */
+static inline void entry_set_pad(struct block *b, size_t klen, size_t vlen)
+{
+    b->pad = (uint8_t)((uint64_t)b->size_units * UNIT_BYTES -
+                       sizeof(struct block) - klen - vlen);
+}
+
 static inline const char *entry_key(const struct block *b)
 {
     return (const char *)(b + 1);
@@ -297,7 +318,7 @@ void op_begin(struct shmkv *kv, uint32_t kind);
 /* Names the slot a WRITE_OP_SET or WRITE_OP_REMOVE is about to publish. */
 void op_target(struct shmkv *kv, uint32_t kind, uint64_t hash, uint64_t bucket,
                unsigned slot, uint32_t old_off, uint64_t new_slot,
-               int entries_delta, int ttl_delta);
+               int entries_delta, int ttl_delta, uint64_t vcell);
 void op_published(struct shmkv *kv);
 void op_end(struct shmkv *kv);
 /* Completes or undoes what a dead writer left; returns the kind of
@@ -338,10 +359,11 @@ void resize_detach(struct shmkv *kv);
 void op_finish(struct shmkv *kv);
 /* Publishes word (an entry at a new block) at the index slot (bucket,
  * slot), retiring old_off to limbo: the end of a WRITE_OP_SET operation
- * whose block is prepared. */
+ * whose block is prepared. vcell: the key's version cell to bump (0: the
+ * same data moved, no change to the key). */
 void entry_publish(struct shmkv *kv, uint64_t hash, uint64_t bucket,
                    unsigned slot, uint32_t old_off, uint64_t word,
-                   int entries_delta, int ttl_delta);
+                   int entries_delta, int ttl_delta, uint64_t vcell);
 void flush_index(struct shmkv *kv);
 void arena_reset(struct shmkv *kv);
 

@@ -23,6 +23,10 @@
  *     pins          per client slot of either kind, written by writers
  *                   scanning claims: since when a claim holds memory back,
  *                   and what the scans found (reclaim.c)
+ *     version cells uint64 counters indexed by a hash of the key that does
+ *                   not change with the generation: a write bumps its
+ *                   key's cell once it is published (write.c); what
+ *                   shmkv_cas and WATCH compare
  *
  *   reader segment (IPC_PRIVATE, one per store; readers write it too)
  *     reader_header how far readers' client slots have been taken
@@ -235,6 +239,8 @@ struct ctl_header {
     uint64_t clients_off;
     uint64_t recency_off;
     uint64_t recency_cells; /* a power of two */
+    uint64_t versions_off;  /* the version cells (control segment) */
+    uint64_t version_cells; /* a power of two */
 
     /* The generation word readers load on every operation. */
     alignas(CACHE_LINE) _Atomic uint64_t current;
@@ -325,6 +331,7 @@ struct write_intent {
     uint64_t new_slot; /* the slot's word once published */
     int32_t entries_delta;
     int32_t ttl_delta;
+    uint64_t vcell; /* the version cell to bump once published, + 1; 0 none */
 };
 
 struct undo_rec {
@@ -411,6 +418,7 @@ _Static_assert(sizeof(struct bucket) == CACHE_LINE, "bucket is a line");
  * entry: header, key bytes, value bytes. A free block keeps its free-list
  * links in the same header and repeats its size in its last 4 bytes, so a
  * following block can find its start when they merge. */
+#define ENTRY_PAD_MAX (2u * UNIT_BYTES - 1u)
 #define BLOCK_USED 0x1u
 #define BLOCK_PREV_FREE 0x2u
 #define BLOCK_SENTINEL 0x4u
@@ -419,12 +427,16 @@ _Static_assert(sizeof(struct bucket) == CACHE_LINE, "bucket is a line");
 struct block {
     uint32_t size_units;
     uint8_t flags;
-    uint8_t reserved;
+    /* entry: the bytes after the value up to the block's end (under 2
+     * units, as a block is handed out at most 1 unit larger than asked),
+     * which gives the value's length (entry_vlen, internal.h) */
+    uint8_t pad;
     uint16_t klen; /* entry: key length; free: unused */
     union {
         struct {
-            uint32_t vlen;
-            uint32_t expire_unix; /* 0: never */
+            /* Unix time in milliseconds, 0: never; one aligned word, so
+             * that a reader sees an expiry changed in place whole. */
+            uint64_t expire_ms;
         } entry;
         struct {
             uint32_t next; /* unit offsets in the free list, 0 none */

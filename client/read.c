@@ -22,21 +22,23 @@
 #include "hash.h"
 #include "table.h"
 
-uint32_t clock_unix(void)
+uint64_t clock_unix_ms(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    return (uint32_t)ts.tv_sec;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* Read once a section, when the first entry with an expiry is met: a
+ * section's gets agree on what has expired. */
 static inline bool entry_expired(struct shmkv *kv, const struct block *e)
 {
-    uint32_t at = e->u.entry.expire_unix;
+    uint64_t at = e->u.entry.expire_ms;
     if (at == 0)
         return false;
-    if (kv->now_unix == 0)
-        kv->now_unix = clock_unix();
-    return at <= kv->now_unix;
+    if (kv->now_ms == 0)
+        kv->now_ms = clock_unix_ms();
+    return at <= kv->now_ms;
 }
 
 /* Records a use of the key with this hash for the LRU approximation. */
@@ -61,7 +63,7 @@ int shmkv_read_begin(struct shmkv *kv)
     if (rc != 0)
         return rc;
     kv->in_read = true;
-    kv->now_unix = 0;
+    kv->now_ms = 0;
     return 0;
 }
 
@@ -111,7 +113,8 @@ static inline bool entry_in_bounds(const struct shmkv *kv,
     /* A signed comparison: a key that runs past read_end (an entry at the
      * arena's end, damaged) leaves no room, not a huge one. */
     const char *value = entry_key(e) + klen;
-    return (ptrdiff_t)e->u.entry.vlen <= kv->read_end - value;
+    int64_t vlen = entry_vlen(e);
+    return vlen >= 0 && vlen <= kv->read_end - value;
 }
 
 /* The lookup inside a read section, arguments already checked: the live
@@ -126,7 +129,7 @@ lookup_hashed(struct shmkv *kv, uint64_t hash, const void *key, size_t klen)
         slot_count(&kv->slot->misses);
         return NULL;
     }
-    if (__builtin_expect(e->u.entry.expire_unix != 0, 0) &&
+    if (__builtin_expect(e->u.entry.expire_ms != 0, 0) &&
         entry_expired(kv, e)) {
         slot_count(&kv->slot->misses);
         return NULL;
@@ -216,7 +219,7 @@ __attribute__((flatten)) int shmkv_get(struct shmkv *kv, const void *key,
      * line to arrive before the value's line (often the next one) could
      * be asked for. */
     val->data = entry_key(e) + klen;
-    val->len = e->u.entry.vlen;
+    val->len = (size_t)entry_vlen(e);
     return 0;
 }
 
@@ -225,7 +228,8 @@ struct entry_copy {
     void *buf;
     size_t cap;
     size_t vlen;
-    uint32_t expire_unix;
+    uint64_t expire_ms;
+    uint64_t *version; /* if not NULL, the key's, read before the lookup */
 };
 
 /* Looks key up in the open section, or in one of its own; copies what c
@@ -237,23 +241,31 @@ static int lookup_copy(struct shmkv *kv, const void *key, size_t klen,
     int rc = check_key(kv, key, klen);
     if (rc != 0)
         return rc;
+    if (kv->forked)
+        return refuse_forked(kv);
     uint64_t hash = key_hash(key, klen, kv->seed);
-    bool own_section = !kv->in_read;
+    /* In a write section the lock keeps every entry in place: no claim. */
+    bool locked = kv->in_write;
+    bool own_section = !kv->in_read && !locked;
     for (int attempt = 0;; attempt++) {
         if (own_section) {
             rc = section_begin_for(kv, key, klen, &hash);
             if (rc != 0)
                 return rc;
+        } else if (locked) {
+            kv->now_ms = 0;
         } else if (!read_claim_valid(kv)) {
             return section_stale(kv);
         }
+        if (c->version != NULL)
+            *c->version = version_load(kv, version_cell(kv, key, klen));
         const struct block *e = lookup_call(kv, hash, key, klen);
         rc = e == NULL ? SHMKV_ENOTFOUND : 0;
         if (rc == 0 && !entry_in_bounds(kv, e, klen))
             rc = entry_out_of_bounds(kv);
         if (rc == 0) {
-            c->vlen = e->u.entry.vlen;
-            c->expire_unix = e->u.entry.expire_unix;
+            c->vlen = (size_t)entry_vlen(e);
+            c->expire_ms = e->u.entry.expire_ms;
             if (c->vlen > c->cap)
                 rc = SHMKV_ENOBUFS;
             else if (c->vlen > 0 && c->buf != NULL)
@@ -281,18 +293,66 @@ int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
     return rc;
 }
 
+int shmkv_version(struct shmkv *kv, const void *key, size_t klen,
+                  uint64_t *version)
+{
+    if (kv == NULL || version == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or result");
+    struct entry_copy c = {.cap = SIZE_MAX, .version = version};
+    return lookup_copy(kv, key, klen, &c);
+}
+
+int shmkv_get_versioned(struct shmkv *kv, const void *key, size_t klen,
+                        shmkv_val_t *val, uint64_t *version)
+{
+    if (kv == NULL || version == NULL || val == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle, value or version");
+    if (!kv->in_read)
+        return set_error(SHMKV_ESTATE,
+                         "shmkv_get_versioned outside a read section");
+    if (check_key(kv, key, klen) != 0)
+        return get_refused(kv, key, klen, val);
+    /* Before the lookup: a write the lookup saw bumped it after it
+     * published (write.c), so this is the same version or an older one. */
+    *version = version_load(kv, version_cell(kv, key, klen));
+    return shmkv_get(kv, key, klen, val);
+}
+
+/* When key expires: unix milliseconds, -1 for never. */
+int shmkv_pexpiretime(struct shmkv *kv, const void *key, size_t klen,
+                      int64_t *at_ms)
+{
+    if (kv == NULL || at_ms == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or result");
+    struct entry_copy c = {.cap = SIZE_MAX};
+    int rc = lookup_copy(kv, key, klen, &c);
+    if (rc == 0)
+        *at_ms = c.expire_ms == 0 ? -1 : (int64_t)c.expire_ms;
+    return rc;
+}
+
+int shmkv_pttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_ms)
+{
+    if (kv == NULL || ttl_ms == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or result");
+    int64_t at;
+    int rc = shmkv_pexpiretime(kv, key, klen, &at);
+    if (rc == 0) {
+        *ttl_ms = at < 0 ? -1 : at - (int64_t)clock_unix_ms();
+        if (*ttl_ms == 0 || *ttl_ms < -1)
+            *ttl_ms = 0; /* found, so not expired when it was looked at */
+    }
+    return rc;
+}
+
 int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s)
 {
     if (kv == NULL || ttl_s == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or result");
-    struct entry_copy c = {.cap = SIZE_MAX};
-    int rc = lookup_copy(kv, key, klen, &c);
-    if (rc == 0) {
-        uint32_t at = c.expire_unix;
-        *ttl_s = at == 0 ? -1 : (int64_t)at - (int64_t)clock_unix();
-        if (*ttl_s == 0)
-            *ttl_s = 1; /* not yet expired: at least part of a second */
-    }
+    int64_t ms;
+    int rc = shmkv_pttl(kv, key, klen, &ms);
+    if (rc == 0)
+        *ttl_s = ms < 0 ? -1 : (ms + 500) / 1000; /* rounded, as Redis */
     return rc;
 }
 
@@ -306,12 +366,19 @@ int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s)
 #define SCAN_MAKE(gen, bucket)                                                 \
     ((((uint64_t)(gen)&SCAN_GEN_MASK) << SCAN_BUCKET_BITS) | (bucket))
 
+/* A visitor of either kind: with the TTL in seconds or in milliseconds. */
+struct visitor {
+    shmkv_visit_fn fn;
+    shmkv_visit_ms_fn fn_ms;
+    void *ctx;
+};
+
 /* Visits the live entries of buckets [from, to) in the open section; the
  * visitor's nonzero result, or an error for a damaged entry. */
 static int visit_buckets(struct shmkv *kv, uint64_t from, uint64_t to,
-                         shmkv_visit_fn fn, void *ctx)
+                         const struct visitor *v)
 {
-    int64_t now = clock_unix();
+    int64_t now = (int64_t)clock_unix_ms();
     for (uint64_t b = from; b < to; b++) {
         for (unsigned i = 0; i < BUCKET_SLOTS; i++) {
             uint64_t s = atomic_load_explicit(&kv->buckets[b].slot[i],
@@ -323,13 +390,17 @@ static int visit_buckets(struct shmkv *kv, uint64_t from, uint64_t to,
                 !entry_in_bounds(kv, e, e->klen))
                 return entry_out_of_bounds(kv);
             int64_t ttl = 0;
-            if (e->u.entry.expire_unix != 0) {
-                ttl = (int64_t)e->u.entry.expire_unix - now;
-                if (ttl <= 0)
+            uint64_t at = e->u.entry.expire_ms;
+            if (at != 0) {
+                if (at > INT64_MAX || (int64_t)at <= now)
                     continue;
+                ttl = (int64_t)at - now;
             }
-            int rc = fn(ctx, entry_key(e), e->klen, entry_value(e),
-                        e->u.entry.vlen, ttl);
+            int rc = v->fn_ms != NULL
+                         ? v->fn_ms(v->ctx, entry_key(e), e->klen,
+                                    entry_value(e), (size_t)entry_vlen(e), ttl)
+                         : v->fn(v->ctx, entry_key(e), e->klen, entry_value(e),
+                                 (size_t)entry_vlen(e), (ttl + 999) / 1000);
             if (rc != 0)
                 return rc;
         }
@@ -337,10 +408,10 @@ static int visit_buckets(struct shmkv *kv, uint64_t from, uint64_t to,
     return 0;
 }
 
-int shmkv_scan(struct shmkv *kv, uint64_t *cursor, size_t count,
-               shmkv_visit_fn fn, void *ctx)
+static int scan_step(struct shmkv *kv, uint64_t *cursor, size_t count,
+                     const struct visitor *v)
 {
-    if (kv == NULL || cursor == NULL || fn == NULL)
+    if (kv == NULL || cursor == NULL || (v->fn == NULL && v->fn_ms == NULL))
         return set_error(SHMKV_EINVAL, "NULL handle, cursor or visitor");
     if (kv->in_read)
         return set_error(SHMKV_ESTATE, "shmkv_scan inside a read section");
@@ -359,7 +430,7 @@ int shmkv_scan(struct shmkv *kv, uint64_t *cursor, size_t count,
         if (n == 0)
             n = 1;
         uint64_t to = from + n < kv->nbuckets ? from + n : kv->nbuckets;
-        rc = visit_buckets(kv, from, to, fn, ctx);
+        rc = visit_buckets(kv, from, to, v);
         int end = shmkv_read_end(kv);
         if (rc != 0)
             return rc;
@@ -372,12 +443,27 @@ int shmkv_scan(struct shmkv *kv, uint64_t *cursor, size_t count,
     }
 }
 
-int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
+int shmkv_scan(struct shmkv *kv, uint64_t *cursor, size_t count,
+               shmkv_visit_fn fn, void *ctx)
 {
-    if (kv == NULL || fn == NULL)
+    struct visitor v = {.fn = fn, .ctx = ctx};
+    return scan_step(kv, cursor, count, &v);
+}
+
+int shmkv_scan_ms(struct shmkv *kv, uint64_t *cursor, size_t count,
+                  shmkv_visit_ms_fn fn, void *ctx)
+{
+    struct visitor v = {.fn_ms = fn, .ctx = ctx};
+    return scan_step(kv, cursor, count, &v);
+}
+
+static int walk(struct shmkv *kv, const struct visitor *v)
+{
+    if (kv == NULL || (v->fn == NULL && v->fn_ms == NULL))
         return set_error(SHMKV_EINVAL, "NULL handle or visitor");
-    if (kv->in_read)
-        return set_error(SHMKV_ESTATE, "shmkv_foreach inside a read section");
+    if (kv->in_read || kv->in_write)
+        return set_error(SHMKV_ESTATE,
+                         "shmkv_foreach inside a read or write section");
     int rc = shmkv_read_begin(kv);
     if (rc != 0)
         return rc;
@@ -400,8 +486,70 @@ int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
             }
         }
         uint64_t to = b + per_section < nbuckets ? b + per_section : nbuckets;
-        rc = visit_buckets(kv, b, to, fn, ctx);
+        rc = visit_buckets(kv, b, to, v);
     }
     int end = shmkv_read_end(kv);
     return rc != 0 ? rc : end;
+}
+
+int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx)
+{
+    struct visitor v = {.fn = fn, .ctx = ctx};
+    return walk(kv, &v);
+}
+
+int shmkv_foreach_ms(struct shmkv *kv, shmkv_visit_ms_fn fn, void *ctx)
+{
+    struct visitor v = {.fn_ms = fn, .ctx = ctx};
+    return walk(kv, &v);
+}
+
+struct random_pick {
+    void *buf;
+    size_t cap;
+    size_t *klen;
+    int rc;
+};
+
+static int random_visit(void *ctx, const void *key, size_t klen,
+                        const void *val, size_t vlen, int64_t ttl_ms)
+{
+    (void)val;
+    (void)vlen;
+    (void)ttl_ms;
+    struct random_pick *p = ctx;
+    *p->klen = klen;
+    if (klen > p->cap) {
+        p->rc = SHMKV_ENOBUFS;
+    } else {
+        memcpy(p->buf, key, klen);
+        p->rc = 0;
+    }
+    return 1; /* the first live one */
+}
+
+int shmkv_random_key(struct shmkv *kv, void *buf, size_t cap, size_t *klen)
+{
+    if (kv == NULL || klen == NULL || (buf == NULL && cap > 0))
+        return set_error(SHMKV_EINVAL, "NULL handle, buffer or length");
+    if (kv->in_read)
+        return set_error(SHMKV_ESTATE,
+                         "shmkv_random_key inside a read section");
+    struct random_pick p = {
+        .buf = buf, .cap = cap, .klen = klen, .rc = SHMKV_ENOTFOUND};
+    struct visitor v = {.fn_ms = random_visit, .ctx = &p};
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0)
+        return rc;
+    /* From a random bucket to the end, then from the start to it. */
+    uint64_t start = handle_random(kv) % kv->nbuckets;
+    rc = visit_buckets(kv, start, kv->nbuckets, &v);
+    if (rc == 0)
+        rc = visit_buckets(kv, 0, start, &v);
+    int end = shmkv_read_end(kv);
+    if (rc < 0)
+        return rc;
+    if (end != 0)
+        return end;
+    return p.rc;
 }

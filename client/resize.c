@@ -76,7 +76,9 @@ static bool entry_sane(const struct shmkv *kv, uint64_t s)
     if (e->klen == 0 || e->klen > kv->max_key_bytes)
         return false;
     const char *end = entry_key(e) + e->klen;
-    return (ptrdiff_t)e->u.entry.vlen <= kv->read_end - end;
+    int64_t vlen = entry_vlen(e);
+    return vlen >= 0 && vlen <= kv->max_value_bytes &&
+           vlen <= kv->read_end - end;
 }
 
 /* Puts a copy of entry src (from the current segment) into the segment rs
@@ -87,7 +89,7 @@ static int shadow_put(struct shmkv *rs, const struct block *src,
 {
     struct data_header *d = rs->data;
     const char *key = entry_key(src);
-    size_t klen = src->klen, vlen = src->u.entry.vlen;
+    size_t klen = src->klen, vlen = (size_t)entry_vlen(src);
     uint64_t hash = key_hash(key, klen, rs->seed);
     struct table_pos pos;
     table_find(rs, hash, key, klen, &pos);
@@ -104,13 +106,13 @@ static int shadow_put(struct shmkv *rs, const struct block *src,
     }
     struct block *e = block_at(d, off);
     e->klen = (uint16_t)klen;
-    e->u.entry.vlen = (uint32_t)vlen;
-    e->u.entry.expire_unix = src->u.entry.expire_unix;
+    entry_set_pad(e, klen, vlen);
+    e->u.entry.expire_ms = src->u.entry.expire_ms;
     memcpy((char *)(e + 1), key, klen + vlen);
     uint64_t word = SLOT_MAKE(hash_tag(hash), off);
-    int64_t ttl = e->u.entry.expire_unix != 0 ? 1 : 0;
+    int64_t ttl = e->u.entry.expire_ms != 0 ? 1 : 0;
     if (pos.off != 0) {
-        if (block_at(d, pos.off)->u.entry.expire_unix != 0)
+        if (block_at(d, pos.off)->u.entry.expire_ms != 0)
             ttl--;
         atomic_store_explicit(&rs->buckets[pos.bucket].slot[pos.slot], word,
                               memory_order_relaxed);
@@ -145,7 +147,7 @@ static void shadow_del(struct shmkv *rs, const char *key, size_t klen)
     atomic_store_explicit(&rs->buckets[pos.bucket].slot[pos.slot], 0,
                           memory_order_relaxed);
     table_remove_counts(rs, hash, pos.bucket);
-    if (block_at(d, pos.off)->u.entry.expire_unix != 0)
+    if (block_at(d, pos.off)->u.entry.expire_ms != 0)
         d->ttl_entries--;
     arena_free(d, pos.off);
     d->entries--;
@@ -502,7 +504,7 @@ static int resize_plan(struct shmkv *kv, uint64_t *bytes, uint64_t *entries,
 static int copy_buckets(struct shmkv *kv, struct shmkv *rs, uint64_t from,
                         uint64_t to)
 {
-    uint32_t now = clock_unix();
+    uint64_t now = clock_unix_ms();
     for (uint64_t b = from; b < to; b++) {
         if (b + PF_BUCKET < to)
             __builtin_prefetch(&kv->buckets[b + PF_BUCKET]);
@@ -533,7 +535,7 @@ static int copy_buckets(struct shmkv *kv, struct shmkv *rs, uint64_t from,
             if (!entry_sane(kv, s))
                 continue;
             const struct block *e = block_at(kv->data, SLOT_OFF(s));
-            uint32_t at = e->u.entry.expire_unix;
+            uint64_t at = e->u.entry.expire_ms;
             if (at != 0 && at <= now)
                 continue;
             int rc = shadow_put(rs, e, true);
@@ -660,8 +662,9 @@ int shmkv_resize(struct shmkv *kv, uint64_t size_bytes, uint64_t max_entries,
         return refuse_forked(kv);
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY, "the handle is read-only");
-    if (kv->in_read)
-        return set_error(SHMKV_ESTATE, "a resize inside a read section");
+    if (kv->in_read || kv->in_write)
+        return set_error(SHMKV_ESTATE,
+                         "a resize inside a read or write section");
     if (size_bytes < (1u << 20) || size_bytes > (64ull << 30))
         return set_error(SHMKV_EINVAL,
                          "size %llu bytes: must be 1 MiB to 64 GiB",

@@ -161,8 +161,9 @@ int shmkv_check(struct shmkv *kv, struct shmkv_check_report *report)
 {
     if (kv == NULL || report == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or report");
-    if (kv->in_read)
-        return set_error(SHMKV_ESTATE, "shmkv_check inside a read section");
+    if (kv->in_read || kv->in_write)
+        return set_error(SHMKV_ESTATE,
+                         "shmkv_check inside a read or write section");
     memset(report, 0, sizeof *report);
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY,

@@ -32,6 +32,11 @@
 #define MAX_SIZE_BYTES (64ull << 30)
 #define DEFAULT_SIZE_BYTES (64ull << 20)
 #define MAX_RECENCY_CELLS (1ull << 24)
+/* Version cells: one per 8 entries the store is sized for, 4096 to 4M
+ * (32 MiB) of them. */
+#define VERSION_ENTRIES_PER_CELL 8u
+#define MIN_VERSION_CELLS 4096ull
+#define MAX_VERSION_CELLS (1ull << 22)
 #define DEFAULT_MAX_KEY_BYTES 250u
 #define DEFAULT_MAX_VALUE_BYTES (1u << 20)
 #define DEFAULT_READER_TIMEOUT_MS 1000u
@@ -104,6 +109,8 @@ struct geometry {
     uint64_t clients_off;
     uint64_t recency_off;
     uint64_t recency_cells;
+    uint64_t versions_off;
+    uint64_t version_cells;
 };
 
 /* Lays out a data segment's regions in *d: header, index, limbo ring, undo
@@ -212,8 +219,16 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
         g->wclients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
     g->pins_off =
         g->wslots_off + (uint64_t)o->max_clients * sizeof(struct writer_slot);
-    g->ctl_bytes = round_to_pages(g->pins_off + 2 * (uint64_t)o->max_clients *
-                                                    sizeof(struct client_pin));
+    g->versions_off = align_up(g->pins_off + 2 * (uint64_t)o->max_clients *
+                                                 sizeof(struct client_pin),
+                               CACHE_LINE);
+    g->version_cells = next_pow2(entries / VERSION_ENTRIES_PER_CELL);
+    if (g->version_cells < MIN_VERSION_CELLS)
+        g->version_cells = MIN_VERSION_CELLS;
+    if (g->version_cells > MAX_VERSION_CELLS)
+        g->version_cells = MAX_VERSION_CELLS;
+    g->ctl_bytes =
+        round_to_pages(g->versions_off + g->version_cells * sizeof(uint64_t));
     g->clients_off = sizeof(struct reader_header);
     g->recency_off =
         g->clients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
@@ -328,7 +343,11 @@ static int ctl_validate(const struct ctl_header *c, uint64_t seg_bytes)
         c->wslots_off + (uint64_t)c->max_clients * sizeof(struct writer_slot) >
             c->pins_off ||
         c->pins_off + 2 * (uint64_t)c->max_clients * sizeof(struct client_pin) >
-            seg_bytes ||
+            c->versions_off ||
+        c->versions_off % 8 != 0 || c->versions_off > seg_bytes ||
+        c->version_cells == 0 || c->version_cells > MAX_VERSION_CELLS ||
+        (c->version_cells & (c->version_cells - 1)) != 0 ||
+        c->versions_off + c->version_cells * sizeof(uint64_t) > seg_bytes ||
         c->reader_bytes > MAX_SIZE_BYTES ||
         c->clients_off < sizeof(struct reader_header) ||
         c->clients_off % CACHE_LINE != 0 || c->recency_off % 4 != 0 ||
@@ -370,6 +389,7 @@ static void atfork_child(void)
         kv->forked = true;
         kv->current = 0;
         kv->in_read = false;
+        kv->in_write = false;
         kv->slot_owned = false;
         kv->lock = NULL;
     }
@@ -442,6 +462,8 @@ static void handle_bind_ctl(struct shmkv *kv, struct ctl_header *c, int shmid)
     kv->reader_timeout_ms = c->reader_timeout_ms;
     kv->lru = c->eviction == SHMKV_EVICT_LRU && c->recency_cells > 0;
     kv->recency_mask = kv->lru ? c->recency_cells - 1 : 0;
+    kv->versions = (_Atomic uint64_t *)((char *)c + c->versions_off);
+    kv->version_mask = c->version_cells - 1;
     memcpy(kv->ctl_fixed, c, CTL_FIXED_BYTES);
     kv->store_nonce = c->store_nonce;
     kv->max_clients = c->max_clients;
@@ -485,7 +507,9 @@ struct ctl_tail ctl_tail_of(const struct ctl_header *c)
                              .reader_bytes = c->reader_bytes,
                              .clients_off = c->clients_off,
                              .recency_off = c->recency_off,
-                             .recency_cells = c->recency_cells};
+                             .recency_cells = c->recency_cells,
+                             .versions_off = c->versions_off,
+                             .version_cells = c->version_cells};
 }
 
 int ctl_intact(const struct shmkv *kv)
@@ -625,6 +649,8 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->clients_off = g.clients_off;
     c->recency_off = g.recency_off;
     c->recency_cells = g.recency_cells;
+    c->versions_off = g.versions_off;
+    c->version_cells = g.version_cells;
     atomic_store(&c->epoch, 1);
     atomic_store(&c->resize_shmid, -1);
     atomic_store(&c->resize_from, -1);
@@ -898,6 +924,10 @@ void shmkv_close(struct shmkv *kv)
         read_release(kv);
         kv->in_read = false;
     }
+    if (kv->in_write) {
+        kv->in_write = false;
+        lock_release(kv);
+    }
     handle_free(kv);
 }
 
@@ -965,8 +995,9 @@ int shmkv_maintain(struct shmkv *kv)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (kv->forked)
         return refuse_forked(kv);
-    if (kv->in_read)
-        return set_error(SHMKV_ESTATE, "shmkv_maintain inside a read section");
+    if (kv->in_read || kv->in_write)
+        return set_error(SHMKV_ESTATE,
+                         "shmkv_maintain inside a read or write section");
     int rc = generation_follow(kv);
     if (rc != 0)
         return rc;
@@ -1004,6 +1035,7 @@ int shmkv_destroy(struct shmkv *kv)
         read_release(kv);
         kv->in_read = false;
     }
+    kv->in_write = false;
     lock_release(kv);
     client_slot_release(kv);
     ctl_remove_all(kv->ctl, kv->ctl_shmid);

@@ -155,14 +155,14 @@ int table_check(const struct shmkv *kv, uint8_t *used_map,
             /* Each block may be referenced once: clear its bit. */
             used_map[bit / 8] &= (uint8_t) ~(1u << (bit % 8));
             const struct block *e = block_at(d, off);
-            if (e->klen == 0 || e->klen > kv->max_key_bytes ||
-                e->u.entry.vlen > kv->max_value_bytes ||
-                entry_units(e->klen, e->u.entry.vlen) > e->size_units) {
-                check_problem(r, "entry at unit %u: bad lengths %u/%u", off,
-                              e->klen, e->u.entry.vlen);
+            int64_t vlen = entry_vlen(e);
+            if (e->klen == 0 || e->klen > kv->max_key_bytes || vlen < 0 ||
+                vlen > kv->max_value_bytes || e->pad > ENTRY_PAD_MAX) {
+                check_problem(r, "entry at unit %u: bad lengths %u/%lld/%u",
+                              off, e->klen, (long long)vlen, e->pad);
                 continue;
             }
-            if (e->u.entry.expire_unix != 0)
+            if (e->u.entry.expire_ms != 0)
                 with_ttl++;
             uint64_t hash = key_hash(entry_key(e), e->klen, kv->seed);
             if (SLOT_TAG(s) != hash_tag(hash)) {

@@ -8,6 +8,7 @@
 
 #include <string.h>
 
+#include "hash.h"
 #include "internal.h"
 
 #if defined(__SSE2__)
@@ -19,6 +20,28 @@
 static inline uint32_t hash_tag(uint64_t hash)
 {
     return (uint32_t)(hash >> 32) | 1u;
+}
+
+/* The version cell of a key: by a hash with the store's nonce, which no
+ * resize changes (the index's seed is the generation's). 1-based, as the
+ * intent records it (0: none). */
+static inline uint64_t version_cell(const struct shmkv *kv, const void *key,
+                                    size_t klen)
+{
+    return (key_hash(key, klen, kv->store_nonce) & kv->version_mask) + 1;
+}
+
+static inline uint64_t version_load(const struct shmkv *kv, uint64_t cell)
+{
+    return atomic_load_explicit(&kv->versions[cell - 1], memory_order_acquire);
+}
+
+/* Under the write lock: one writer at a time, so no atomic add. */
+static inline void version_bump(const struct shmkv *kv, uint64_t cell)
+{
+    _Atomic uint64_t *v = &kv->versions[cell - 1];
+    atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + 1,
+                          memory_order_release);
 }
 
 static inline uint64_t table_home(uint64_t nbuckets, uint64_t hash)

@@ -79,6 +79,9 @@ static int write_begin(struct shmkv *kv)
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY, "the handle is read-only");
     kv->deadline_ms = kv->wait_ms = 0;
+    kv->evicted = 0;
+    if (kv->in_write)
+        return 0; /* the write section holds the lock */
     int rc = lock_take(kv, true);
     if (rc == 0 && (rc = header_sane(kv)) != 0)
         lock_release(kv);
@@ -96,7 +99,34 @@ static int write_begin(struct shmkv *kv)
 
 static void write_end(struct shmkv *kv)
 {
+    if (!kv->in_write)
+        lock_release(kv);
+}
+
+int shmkv_write_begin(struct shmkv *kv)
+{
+    if (kv != NULL && kv->in_write)
+        return set_error(SHMKV_ESTATE, "a write section is already open");
+    int rc = write_begin(kv);
+    if (rc == 0)
+        kv->in_write = true;
+    return rc;
+}
+
+int shmkv_write_end(struct shmkv *kv)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (!kv->in_write)
+        return set_error(SHMKV_ESTATE, "no write section is open");
+    kv->in_write = false;
     lock_release(kv);
+    return 0;
+}
+
+unsigned shmkv_evicted(const struct shmkv *kv)
+{
+    return kv != NULL ? kv->evicted : 0;
 }
 
 static int check_key(const struct shmkv *kv, const void *key, size_t klen)
@@ -109,19 +139,21 @@ static int check_key(const struct shmkv *kv, const void *key, size_t klen)
     return 0;
 }
 
-/* The expiry time ttl_s seconds after now (0: none), saturated at the last
- * second a 32-bit expiry can hold instead of wrapping into the past. */
-static uint32_t expiry_after(uint32_t now, uint32_t ttl_s)
+/* The expiry time ttl_ms after now_ms (0: none), saturated rather than
+ * wrapped into the past. */
+static uint64_t expiry_after(uint64_t now_ms, uint64_t ttl_ms)
 {
-    if (ttl_s == 0)
+    if (ttl_ms == 0)
         return 0;
-    uint64_t at = (uint64_t)now + ttl_s;
-    return at > UINT32_MAX ? UINT32_MAX : (uint32_t)at;
+    uint64_t at;
+    if (__builtin_add_overflow(now_ms, ttl_ms, &at) || at > INT64_MAX)
+        at = INT64_MAX;
+    return at;
 }
 
-static bool expired_at(const struct block *e, uint32_t now)
+static bool expired_at(const struct block *e, uint64_t now_ms)
 {
-    return e->u.entry.expire_unix != 0 && e->u.entry.expire_unix <= now;
+    return e->u.entry.expire_ms != 0 && e->u.entry.expire_ms <= now_ms;
 }
 
 /* What every operation does once its slot is published; run again by a
@@ -140,14 +172,19 @@ void op_finish(struct shmkv *kv)
     if (in->ttl_delta != 0)
         LOGGED_SET(d, d->ttl_entries,
                    d->ttl_entries + (uint64_t)(int64_t)in->ttl_delta);
+    /* After the publication, so that a reader who sees the new version
+     * sees the new entry. Not logged: run twice (a recoverer finishing
+     * this operation), it only makes a shmkv_cas fail that need not. */
+    if (in->vcell != 0 && in->vcell - 1 <= kv->version_mask)
+        version_bump(kv, in->vcell);
 }
 
 void entry_publish(struct shmkv *kv, uint64_t hash, uint64_t bucket,
                    unsigned slot, uint32_t old_off, uint64_t word,
-                   int entries_delta, int ttl_delta)
+                   int entries_delta, int ttl_delta, uint64_t vcell)
 {
     op_target(kv, WRITE_OP_SET, hash, bucket, slot, old_off, word,
-              entries_delta, ttl_delta);
+              entries_delta, ttl_delta, vcell);
     TEST_POINT("set:prepared");
     atomic_store_explicit(&kv->buckets[bucket].slot[slot], word,
                           memory_order_release);
@@ -167,10 +204,11 @@ static int entry_remove(struct shmkv *kv, uint64_t hash,
     if (rc != 0)
         return rc;
     const struct block *e = block_at(kv->data, pos->off);
-    int ttl_delta = e->u.entry.expire_unix != 0 ? -1 : 0;
+    int ttl_delta = e->u.entry.expire_ms != 0 ? -1 : 0;
+    uint64_t vcell = version_cell(kv, entry_key(e), e->klen);
     op_begin(kv, WRITE_OP_GENERIC);
     op_target(kv, WRITE_OP_REMOVE, hash, pos->bucket, pos->slot, pos->off, 0,
-              -1, ttl_delta);
+              -1, ttl_delta, vcell);
     atomic_store_explicit(&kv->buckets[pos->bucket].slot[pos->slot], 0,
                           memory_order_release);
     TEST_POINT("remove:stored");
@@ -213,7 +251,7 @@ static int64_t expire_slots(struct shmkv *kv, uint64_t max_slots, uint32_t keep)
     uint64_t total = kv->nbuckets * BUCKET_SLOTS;
     if (max_slots == 0 || max_slots > total)
         max_slots = total;
-    uint32_t now = clock_unix();
+    uint64_t now = clock_unix_ms();
     int64_t removed = 0;
     uint64_t at = d->expire_cursor % total;
     int rc = 0;
@@ -245,7 +283,7 @@ static int evict_one(struct shmkv *kv, uint32_t keep)
     struct data_header *d = kv->data;
     if (d->entries == 0 || (keep != 0 && d->entries == 1))
         return 0;
-    uint32_t now = clock_unix();
+    uint64_t now = clock_unix_ms();
     uint32_t clock =
         atomic_load_explicit(&kv->ctl->lru_clock, memory_order_relaxed);
     uint64_t b = handle_random(kv) % kv->nbuckets;
@@ -284,6 +322,7 @@ static int evict_one(struct shmkv *kv, uint32_t keep)
     if (rc != 0)
         return rc;
     atomic_fetch_add_explicit(&kv->ctl->evictions, 1, memory_order_relaxed);
+    kv->evicted++;
     return 1;
 }
 
@@ -300,6 +339,10 @@ void flush_index(struct shmkv *kv)
     d->entries = 0;
     d->ttl_entries = 0;
     d->expire_cursor = 0;
+    /* Every key changed (redone with the flush by a recoverer: a second
+     * bump only fails a shmkv_cas that need not). */
+    for (uint64_t c = 1; c <= kv->version_mask + 1; c++)
+        version_bump(kv, c);
     /* Sections open now may still read the old entries: the arena is
      * rebuilt once none that began at or before this epoch is left. */
     d->flush_epoch =
@@ -445,18 +488,30 @@ static uint64_t write_hash(struct shmkv *kv, const void *key, size_t klen,
     return hash;
 }
 
+/* What set_locked writes besides the value. */
+struct set_how {
+    uint64_t expire_ms; /* absolute; 0: none */
+    int flags;          /* SHMKV_NX, SHMKV_XX, SHMKV_KEEPTTL */
+    bool cas;           /* only if the key's version is still version */
+    uint64_t version;
+};
+
 /* The body of shmkv_set, under the write lock; hash is the key's with
  * seed (write_hash). */
 static int set_locked(struct shmkv *kv, const void *key, size_t klen,
-                      const void *val, size_t vlen, uint32_t ttl_s, int flags,
+                      const void *val, size_t vlen, const struct set_how *how,
                       uint64_t hash, uint64_t seed)
 {
     struct data_header *d = kv->data;
     if (seed != kv->seed)
         hash = key_hash(key, klen, kv->seed);
+    uint64_t vcell = version_cell(kv, key, klen);
+    if (how->cas && version_load(kv, vcell) != how->version)
+        return set_error(SHMKV_ECHANGED, "the key changed since its version "
+                                         "was read");
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
-    uint32_t now = clock_unix();
+    uint64_t now = clock_unix_ms();
     if (pos.off != 0 && expired_at(block_at(d, pos.off), now)) {
         int rc = entry_remove(kv, hash, &pos);
         if (rc != 0)
@@ -465,14 +520,15 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
                                   memory_order_relaxed);
         pos.off = 0;
     }
+    int flags = how->flags;
     if ((flags & SHMKV_NX) && pos.off != 0)
         return SHMKV_EEXIST;
     if ((flags & SHMKV_XX) && pos.off == 0)
         return SHMKV_ENOTFOUND;
 
-    uint32_t expire = expiry_after(now, ttl_s);
+    uint64_t expire = how->expire_ms;
     if ((flags & SHMKV_KEEPTTL) && pos.off != 0)
-        expire = block_at(d, pos.off)->u.entry.expire_unix;
+        expire = block_at(d, pos.off)->u.entry.expire_ms;
 
     uint32_t units = entry_units(klen, vlen);
     limbo_refill(kv);
@@ -499,18 +555,18 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     }
     struct block *e = block_at(d, off);
     e->klen = (uint16_t)klen;
-    e->u.entry.vlen = (uint32_t)vlen;
-    e->u.entry.expire_unix = expire;
+    entry_set_pad(e, klen, vlen);
+    e->u.entry.expire_ms = expire;
     memcpy((char *)(e + 1), key, klen);
     if (vlen > 0)
-        memcpy((char *)(e + 1) + klen, val, vlen);
+        memmove((char *)(e + 1) + klen, val, vlen);
 
     uint64_t bucket = pos.bucket;
     unsigned slot = pos.slot;
     int entries_delta = 0;
     int ttl_delta = expire != 0 ? 1 : 0;
     if (pos.off != 0) {
-        if (block_at(d, pos.off)->u.entry.expire_unix != 0)
+        if (block_at(d, pos.off)->u.entry.expire_ms != 0)
             ttl_delta--;
     } else {
         rc = table_insert_prepare(kv, hash, &bucket, &slot);
@@ -523,7 +579,8 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
         entries_delta = 1;
     }
     entry_publish(kv, hash, bucket, slot, pos.off,
-                  SLOT_MAKE(hash_tag(hash), off), entries_delta, ttl_delta);
+                  SLOT_MAKE(hash_tag(hash), off), entries_delta, ttl_delta,
+                  vcell);
     if (d->limbo_tail - d->limbo_head >= d->limbo_slots / 2)
         limbo_reclaim(kv, false);
 
@@ -539,8 +596,8 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     return 0;
 }
 
-int shmkv_set(struct shmkv *kv, const void *key, size_t klen, const void *val,
-              size_t vlen, uint32_t ttl_s, int flags)
+static int set_args_check(struct shmkv *kv, const void *key, size_t klen,
+                          const void *val, size_t vlen, int flags)
 {
     if (kv == NULL || (val == NULL && vlen > 0))
         return set_error(SHMKV_EINVAL, "NULL handle or value");
@@ -553,14 +610,64 @@ int shmkv_set(struct shmkv *kv, const void *key, size_t klen, const void *val,
     if ((flags & ~(SHMKV_NX | SHMKV_XX | SHMKV_KEEPTTL)) ||
         ((flags & SHMKV_NX) && (flags & SHMKV_XX)))
         return set_error(SHMKV_EINVAL, "bad set flags 0x%x", (unsigned)flags);
+    return 0;
+}
+
+static int set_call(struct shmkv *kv, const void *key, size_t klen,
+                    const void *val, size_t vlen, uint64_t ttl_ms,
+                    struct set_how *how)
+{
+    int rc = set_args_check(kv, key, klen, val, vlen, how->flags);
+    if (rc != 0)
+        return rc;
     uint64_t seed;
     uint64_t hash = write_hash(kv, key, klen, &seed);
     rc = write_begin(kv);
     if (rc != 0)
         return rc;
-    rc = set_locked(kv, key, klen, val, vlen, ttl_s, flags, hash, seed);
+    how->expire_ms = expiry_after(clock_unix_ms(), ttl_ms);
+    rc = set_locked(kv, key, klen, val, vlen, how, hash, seed);
     write_end(kv);
     return rc;
+}
+
+int shmkv_set(struct shmkv *kv, const void *key, size_t klen, const void *val,
+              size_t vlen, uint32_t ttl_s, int flags)
+{
+    struct set_how how = {.flags = flags};
+    return set_call(kv, key, klen, val, vlen, (uint64_t)ttl_s * 1000u, &how);
+}
+
+int shmkv_pset(struct shmkv *kv, const void *key, size_t klen, const void *val,
+               size_t vlen, uint64_t ttl_ms, int flags)
+{
+    struct set_how how = {.flags = flags};
+    return set_call(kv, key, klen, val, vlen, ttl_ms, &how);
+}
+
+int shmkv_cas(struct shmkv *kv, const void *key, size_t klen, const void *val,
+              size_t vlen, uint64_t ttl_ms, int flags, uint64_t version)
+{
+    struct set_how how = {.flags = flags, .cas = true, .version = version};
+    return set_call(kv, key, klen, val, vlen, ttl_ms, &how);
+}
+
+/* Removes the entry at pos (found for hash), counting it as a delete, or
+ * as an expiry if it had expired: SHMKV_ENOTFOUND then. */
+static int del_locked(struct shmkv *kv, uint64_t hash,
+                      const struct table_pos *pos)
+{
+    bool expired = expired_at(block_at(kv->data, pos->off), clock_unix_ms());
+    int rc = entry_remove(kv, hash, pos);
+    if (rc != 0)
+        return rc;
+    if (expired) {
+        atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
+                                  memory_order_relaxed);
+        return SHMKV_ENOTFOUND;
+    }
+    slot_count(&kv->wslot->deletes);
+    return 0;
 }
 
 int shmkv_del(struct shmkv *kv, const void *key, size_t klen)
@@ -576,25 +683,42 @@ int shmkv_del(struct shmkv *kv, const void *key, size_t klen)
     uint64_t hash = key_hash(key, klen, kv->seed);
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
-    if (pos.off == 0) {
-        rc = SHMKV_ENOTFOUND;
-    } else {
-        bool expired = expired_at(block_at(kv->data, pos.off), clock_unix());
-        rc = entry_remove(kv, hash, &pos);
-        if (rc == 0) {
-            if (expired)
-                atomic_fetch_add_explicit(&kv->ctl->expirations, 1,
-                                          memory_order_relaxed);
-            else
-                slot_count(&kv->wslot->deletes);
-            rc = expired ? SHMKV_ENOTFOUND : 0;
-        }
-    }
+    rc = pos.off == 0 ? SHMKV_ENOTFOUND : del_locked(kv, hash, &pos);
     write_end(kv);
     return rc;
 }
 
-int shmkv_expire(struct shmkv *kv, const void *key, size_t klen, uint32_t ttl_s)
+/* Changes the expiry of the live entry at pos in place: one operation. An
+ * expiry not in the future removes it. */
+static int expire_locked(struct shmkv *kv, uint64_t hash,
+                         const struct table_pos *pos, uint64_t expire,
+                         uint64_t now)
+{
+    if (expire != 0 && expire <= now) {
+        int rc = entry_remove(kv, hash, pos);
+        if (rc == 0)
+            slot_count(&kv->wslot->deletes);
+        return rc;
+    }
+    struct data_header *d = kv->data;
+    struct block *e = block_at(d, pos->off);
+    op_begin(kv, WRITE_OP_GENERIC);
+    if ((e->u.entry.expire_ms != 0) != (expire != 0))
+        LOGGED_SET(d, d->ttl_entries,
+                   d->ttl_entries + (expire != 0 ? 1 : (uint64_t)-1));
+    /* One aligned 64-bit store: readers see the old or new expiry. */
+    LOGGED_SET(d, e->u.entry.expire_ms, expire);
+    /* Before the end of the operation: undone, it leaves a bump that only
+     * fails a shmkv_cas that need not. */
+    version_bump(kv, version_cell(kv, entry_key(e), e->klen));
+    op_end(kv);
+    resize_mirror(kv, pos->off, false);
+    return 0;
+}
+
+/* shmkv_pexpire (relative) and shmkv_pexpireat (absolute). */
+static int expire_call(struct shmkv *kv, const void *key, size_t klen,
+                       uint64_t ms, bool absolute)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
@@ -607,7 +731,7 @@ int shmkv_expire(struct shmkv *kv, const void *key, size_t klen, uint32_t ttl_s)
     uint64_t hash = key_hash(key, klen, kv->seed);
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
-    uint32_t now = clock_unix();
+    uint64_t now = clock_unix_ms();
     if (pos.off == 0) {
         rc = SHMKV_ENOTFOUND;
     } else if (expired_at(block_at(kv->data, pos.off), now)) {
@@ -618,18 +742,105 @@ int shmkv_expire(struct shmkv *kv, const void *key, size_t klen, uint32_t ttl_s)
             rc = SHMKV_ENOTFOUND;
         }
     } else {
-        struct data_header *d = kv->data;
-        struct block *e = block_at(d, pos.off);
-        uint32_t expire = expiry_after(now, ttl_s);
-        op_begin(kv, WRITE_OP_GENERIC);
-        if ((e->u.entry.expire_unix != 0) != (expire != 0))
-            LOGGED_SET(d, d->ttl_entries,
-                       d->ttl_entries + (expire != 0 ? 1 : (uint64_t)-1));
-        /* One aligned 32-bit store: readers see the old or new TTL. */
-        LOGGED_SET(d, e->u.entry.expire_unix, expire);
-        op_end(kv);
-        resize_mirror(kv, pos.off, false);
+        uint64_t expire = absolute ? (ms == 0 ? 1 : ms) : expiry_after(now, ms);
+        rc = expire_locked(kv, hash, &pos, expire, now);
     }
+    write_end(kv);
+    return rc;
+}
+
+int shmkv_expire(struct shmkv *kv, const void *key, size_t klen, uint32_t ttl_s)
+{
+    return expire_call(kv, key, klen, (uint64_t)ttl_s * 1000u, false);
+}
+
+int shmkv_pexpire(struct shmkv *kv, const void *key, size_t klen,
+                  uint64_t ttl_ms)
+{
+    return expire_call(kv, key, klen, ttl_ms, false);
+}
+
+int shmkv_pexpireat(struct shmkv *kv, const void *key, size_t klen,
+                    int64_t at_ms)
+{
+    return expire_call(kv, key, klen, at_ms > 0 ? (uint64_t)at_ms : 1, true);
+}
+
+int shmkv_update(struct shmkv *kv, const void *key, size_t klen,
+                 shmkv_update_fn fn, void *arg)
+{
+    if (kv == NULL || fn == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or function");
+    int rc = check_key(kv, key, klen);
+    if (rc != 0)
+        return rc;
+    uint64_t seed;
+    uint64_t hash = write_hash(kv, key, klen, &seed);
+    rc = write_begin(kv);
+    if (rc != 0)
+        return rc;
+    if (seed != kv->seed)
+        hash = key_hash(key, klen, kv->seed);
+    struct table_pos pos;
+    table_find(kv, hash, key, klen, &pos);
+    uint64_t now = clock_unix_ms();
+    struct shmkv_update u = {.action = SHMKV_UPDATE_KEEP};
+    if (pos.off != 0 && !expired_at(block_at(kv->data, pos.off), now)) {
+        const struct block *e = block_at(kv->data, pos.off);
+        int64_t vlen = entry_vlen(e);
+        if (vlen < 0 || vlen > kv->max_value_bytes ||
+            (uint64_t)e->size_units * UNIT_BYTES > kv->data_bytes) {
+            rc = set_error(SHMKV_ECORRUPT, "the key's entry is damaged");
+            goto out;
+        }
+        u.old = entry_value(e);
+        u.old_len = (size_t)vlen;
+        u.old_expire_ms = (int64_t)e->u.entry.expire_ms;
+    } else {
+        pos.off = 0;
+    }
+    rc = fn(arg, &u);
+    if (rc != 0)
+        goto out;
+    int64_t x = u.expire_ms;
+    uint64_t expire = x == SHMKV_EXPIRE_KEEP ? (uint64_t)u.old_expire_ms
+                      : x < 0                ? 1
+                                             : (uint64_t)x;
+    bool past = expire != 0 && expire <= now;
+    switch (u.action) {
+    case SHMKV_UPDATE_KEEP:
+        break;
+    case SHMKV_UPDATE_STORE:
+        if (u.val == NULL && u.vlen > 0) {
+            rc = set_error(SHMKV_EINVAL, "NULL value to store");
+        } else if (u.vlen > kv->max_value_bytes) {
+            rc = set_error(SHMKV_E2BIG,
+                           "value of %zu bytes is over the limit %u", u.vlen,
+                           kv->max_value_bytes);
+        } else if (past) {
+            rc = pos.off != 0 ? del_locked(kv, hash, &pos) : 0;
+            if (rc == SHMKV_ENOTFOUND)
+                rc = 0;
+        } else {
+            struct set_how how = {.expire_ms = expire};
+            rc = set_locked(kv, key, klen, u.val, u.vlen, &how, hash, kv->seed);
+        }
+        break;
+    case SHMKV_UPDATE_REMOVE:
+        if (pos.off != 0) {
+            rc = del_locked(kv, hash, &pos);
+            if (rc == SHMKV_ENOTFOUND)
+                rc = 0;
+        }
+        break;
+    case SHMKV_UPDATE_EXPIRE:
+        if (pos.off != 0)
+            rc = expire_locked(kv, hash, &pos, expire, now);
+        break;
+    default:
+        rc = set_error(SHMKV_EINVAL, "unknown update action %d", u.action);
+    }
+out:
     write_end(kv);
     return rc;
 }
@@ -682,9 +893,11 @@ int shmkv_incr(struct shmkv *kv, const void *key, size_t klen, int64_t delta,
     table_find(kv, hash, key, klen, &pos);
     int64_t value = 0;
     if (pos.off != 0 &&
-        !expired_at(block_at(kv->data, pos.off), clock_unix())) {
+        !expired_at(block_at(kv->data, pos.off), clock_unix_ms())) {
         const struct block *e = block_at(kv->data, pos.off);
-        if (!parse_int64(entry_value(e), e->u.entry.vlen, &value)) {
+        int64_t vlen = entry_vlen(e);
+        if (vlen < 0 || vlen > 20 ||
+            !parse_int64(entry_value(e), (size_t)vlen, &value)) {
             rc = set_error(SHMKV_ENOTNUM, "value is not a 64-bit integer");
             goto out;
         }
@@ -699,8 +912,8 @@ int shmkv_incr(struct shmkv *kv, const void *key, size_t klen, int64_t delta,
         rc = set_error(SHMKV_E2BIG, "counter is over the value size limit");
         goto out;
     }
-    rc = set_locked(kv, key, klen, text, (size_t)n, 0, SHMKV_KEEPTTL, hash,
-                    kv->seed);
+    struct set_how how = {.flags = SHMKV_KEEPTTL};
+    rc = set_locked(kv, key, klen, text, (size_t)n, &how, hash, kv->seed);
     if (rc == 0 && result != NULL)
         *result = value;
 out:

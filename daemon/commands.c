@@ -18,6 +18,7 @@
 #include <event2/bufferevent.h>
 #include <fnmatch.h>
 #include <limits.h>
+#include <math.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +37,16 @@
 #define CMD_KEYVALS 0x8 /* key value pairs */
 #define CMD_WRITE 0x10  /* changes the store or the daemon */
 #define CMD_WAITS 0x20  /* may wait for the store's lock: parked if so */
+#define CMD_TXN 0x40    /* MULTI, EXEC, ...: run at once, never queued */
+#define CMD_NOMULTI                                                            \
+    0x80 /* runs on the worker thread or ends the daemon:                      \
+            refused inside MULTI */
 #define CMD_WRITES (CMD_ADMIN | CMD_WRITE)
+
+/* The Redis release whose string and keyspace commands shmkvd answers
+ * (COMMAND lists which): what INFO and HELLO give as the version, since
+ * clients choose what to send by it. */
+#define REDIS_COMPAT_VERSION "7.0.0"
 
 typedef void command_fn(struct conn *c, size_t argc, struct resp_arg *argv,
                         struct evbuffer *out);
@@ -81,7 +91,9 @@ static bool arg_int64(const struct resp_arg *a, int64_t *out)
  * lock_timeout_ms in all: it is answered BUSY. */
 static bool parked_on(struct conn *c, int rc, bool tried)
 {
-    if (rc != SHMKV_ETIMEDOUT)
+    /* EXEC holds the write lock: a command in it that still waited (for
+     * readers to let go of memory) is answered BUSY in EXEC's reply. */
+    if (rc != SHMKV_ETIMEDOUT || c->in_exec)
         return false;
     uint64_t now = daemon_now_ms();
     if (tried)
@@ -149,32 +161,34 @@ static void reply_syntax(struct evbuffer *out)
     resp_error(out, "ERR syntax error");
 }
 
-/* The longest TTL a store entry can carry, in seconds (about 68 years). */
-#define TTL_MAX_S ((int64_t)(UINT32_MAX / 2))
-
-/* n seconds or milliseconds, rounded up to whole seconds, without
- * overflow for any n. */
-static int64_t ceil_seconds(int64_t n, bool ms)
+static int64_t now_ms(void)
 {
-    if (!ms)
-        return n;
-    return n / 1000 + (n % 1000 > 0);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The time to live, in seconds, that an EX, PX, EXAT or PXAT argument
- * asks for (n > 0 as Redis requires). *ttl_s <= 0 means the absolute time
- * has passed. False if n is out of range. */
-static bool ttl_from_arg(int64_t n, bool ms, bool at, int64_t *ttl_s)
+/* The absolute expiry, Unix milliseconds, that an EX, PX, EXAT or PXAT
+ * argument n asks for (n > 0, as Redis requires). False if out of
+ * range. */
+static bool expiry_from_arg(int64_t n, bool ms, bool at, int64_t *at_ms)
 {
     if (n <= 0)
         return false;
-    int64_t s = ceil_seconds(n, ms);
-    if (at)
-        s -= (int64_t)time(NULL);
-    if (s > TTL_MAX_S)
+    int64_t v = n;
+    if (!ms && __builtin_mul_overflow(n, 1000, &v))
         return false;
-    *ttl_s = s;
+    if (!at && __builtin_add_overflow(v, now_ms(), &v))
+        return false;
+    *at_ms = v;
     return true;
+}
+
+/* The expiry of a key written without one: default_ttl, or none. */
+static int64_t default_expiry(const struct conn *c)
+{
+    uint32_t s = c->d->cfg.default_ttl_s;
+    return s == 0 ? 0 : now_ms() + (int64_t)s * 1000;
 }
 
 static void human_bytes(uint64_t n, char *buf, size_t cap)
@@ -285,27 +299,39 @@ static void cmd_mget(struct conn *c, size_t argc, struct resp_arg *argv,
     shmkv_read_end(kv);
 }
 
-/* SET with an expiry time already past: the value would expire as it is
- * written, so it is not written (it could evict others, or be seen for a
- * moment); the key is deleted if the write would have happened. Returns
- * what shmkv_set would have. */
-static int set_expired(struct conn *c, const struct resp_arg *argv, int flags)
+/* What a SET asks of shmkv_update (SET ... GET, or an expiry already
+ * past): the old value copied out, NX/XX decided, under one write lock. */
+struct set_update {
+    const struct resp_arg *val;
+    int flags;
+    int64_t expire_ms; /* absolute, 0 none, SHMKV_EXPIRE_KEEP */
+    bool want_old;
+    char *old;
+    size_t old_len;
+    bool had_old;
+    bool written;
+};
+
+static int set_update_fn(void *arg, struct shmkv_update *u)
 {
-    struct shmkv *kv = c->d->kv;
-    if (argv[1].len > c->d->max_key_bytes ||
-        argv[2].len > c->d->max_value_bytes)
-        return SHMKV_E2BIG;
-    size_t len;
-    int rc = shmkv_get_copy(kv, argv[1].data, argv[1].len, NULL, 0, &len);
-    if (rc != 0 && rc != SHMKV_ENOBUFS && rc != SHMKV_ENOTFOUND)
-        return rc;
-    bool exists = rc != SHMKV_ENOTFOUND;
-    if ((flags & SHMKV_NX) && exists)
-        return SHMKV_EEXIST;
-    if ((flags & SHMKV_XX) && !exists)
-        return SHMKV_ENOTFOUND;
-    rc = shmkv_del(kv, argv[1].data, argv[1].len);
-    return rc == SHMKV_ENOTFOUND ? 0 : rc;
+    struct set_update *s = arg;
+    if (s->want_old && u->old != NULL) {
+        s->old = malloc(u->old_len ? u->old_len : 1);
+        if (s->old == NULL)
+            return SHMKV_ENOMEM;
+        memcpy(s->old, u->old, u->old_len);
+        s->old_len = u->old_len;
+        s->had_old = true;
+    }
+    bool exists = u->old != NULL;
+    if (((s->flags & SHMKV_NX) && exists) || ((s->flags & SHMKV_XX) && !exists))
+        return 0;
+    u->action = SHMKV_UPDATE_STORE;
+    u->val = s->val->data;
+    u->vlen = s->val->len;
+    u->expire_ms = s->expire_ms;
+    s->written = true;
+    return 0;
 }
 
 /* SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL] */
@@ -313,8 +339,8 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
                     struct evbuffer *out)
 {
     int flags = 0;
-    int64_t ttl_s = -1;
-    bool want_old = false, expired = false;
+    int64_t expire = -2; /* none given yet */
+    bool want_old = arg_is(&argv[0], "GETSET");
     for (size_t i = 3; i < argc; i++) {
         int64_t n;
         if (arg_is(&argv[i], "NX") && !(flags & SHMKV_XX)) {
@@ -323,28 +349,22 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
             flags |= SHMKV_XX;
         } else if (arg_is(&argv[i], "GET")) {
             want_old = true;
-        } else if (arg_is(&argv[i], "KEEPTTL") && ttl_s < 0 && !expired) {
+        } else if (arg_is(&argv[i], "KEEPTTL") && expire == -2) {
             flags |= SHMKV_KEEPTTL;
+            expire = SHMKV_EXPIRE_KEEP;
         } else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
                     arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
-                   i + 1 < argc && ttl_s < 0 && !expired &&
-                   !(flags & SHMKV_KEEPTTL)) {
+                   i + 1 < argc && expire == -2) {
             if (!arg_int64(&argv[i + 1], &n)) {
                 resp_error(out, "ERR value is not an integer or out of range");
                 return;
             }
             bool ms = toupper((unsigned char)argv[i].data[0]) == 'P';
             bool at = argv[i].len == 4;
-            /* Whole seconds: a PX below 1 s rounds up to 1 s. */
-            if (!ttl_from_arg(n, ms, at, &ttl_s)) {
-                resp_error(out, "ERR invalid expire time in 'set' command");
+            if (!expiry_from_arg(n, ms, at, &expire)) {
+                resp_errorf(out, "ERR invalid expire time in '%s' command",
+                            c->last_command);
                 return;
-            }
-            if (ttl_s <= 0) {
-                /* An EXAT or PXAT already past: as Redis, the key is gone
-                 * once the write is done (see set_expired). */
-                ttl_s = 0;
-                expired = true;
             }
             i++;
         } else {
@@ -352,38 +372,43 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
             return;
         }
     }
-    if (ttl_s < 0 && !expired && !(flags & SHMKV_KEEPTTL))
-        ttl_s = c->d->cfg.default_ttl_s;
+    if (expire == -2)
+        expire = default_expiry(c);
     struct shmkv *kv = c->d->kv;
-    char *old = NULL;
-    size_t old_len = 0;
-    bool had_old = false;
-    if (want_old) {
-        size_t need = 0;
-        int rc = shmkv_get_copy(kv, argv[1].data, argv[1].len, NULL, 0, &need);
-        if (rc == SHMKV_ENOBUFS || rc == 0) {
-            old = malloc(need ? need : 1);
-            if (old != NULL && shmkv_get_copy(kv, argv[1].data, argv[1].len,
-                                              old, need, &old_len) == 0)
-                had_old = true;
-        }
+    int64_t now = now_ms();
+    bool past = expire > 0 && expire <= now;
+    int rc;
+    struct set_update su = {.val = &argv[2],
+                            .flags = flags,
+                            .expire_ms = expire,
+                            .want_old = want_old};
+    if (want_old || past) {
+        /* One write: the old value read, the new one written (or the key
+         * removed, for an expiry already past, as Redis), nothing between. */
+        if (argv[2].len > c->d->max_value_bytes)
+            rc = SHMKV_E2BIG;
+        else
+            rc =
+                shmkv_update(kv, argv[1].data, argv[1].len, set_update_fn, &su);
+        if (rc == 0 && !su.written)
+            rc = (flags & SHMKV_NX) ? SHMKV_EEXIST : SHMKV_ENOTFOUND;
+    } else {
+        uint64_t ttl = expire > 0 ? (uint64_t)(expire - now) : 0;
+        rc = shmkv_pset(kv, argv[1].data, argv[1].len, argv[2].data,
+                        argv[2].len, ttl, flags);
     }
-    int rc = expired ? set_expired(c, argv, flags)
-                     : shmkv_set(kv, argv[1].data, argv[1].len, argv[2].data,
-                                 argv[2].len, ttl_s > 0 ? (uint32_t)ttl_s : 0,
-                                 flags);
     if (parked_on(c, rc, true)) {
-        /* No reply yet: run again, it reads the old value again. */
+        /* No reply yet: it runs again, and reads the old value again. */
     } else if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND) {
         reply_store_error(out, rc);
-    } else if (want_old && had_old) {
-        resp_bulk(out, old, old_len);
+    } else if (want_old && su.had_old) {
+        resp_bulk(out, su.old, su.old_len);
     } else if (want_old || rc != 0) {
         resp_null(out);
     } else {
         resp_simple(out, "OK");
     }
-    free(old);
+    free(su.old);
 }
 
 static void cmd_mset(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -517,42 +542,90 @@ static void cmd_decrby(struct conn *c, size_t argc, struct resp_arg *argv,
     incr_by(c, &argv[1], -by, out);
 }
 
-/* :1 when the key was changed, :0 when there is no such key (a key over
- * the size limit cannot exist), an error otherwise. */
-static void reply_applied(struct evbuffer *out, int rc)
+/* EXPIRE's NX | XX | GT | LT, decided against the key's current expiry
+ * under the write lock (shmkv_update). */
+#define EXPIRE_NX 1u
+#define EXPIRE_XX 2u
+#define EXPIRE_GT 4u
+#define EXPIRE_LT 8u
+struct expire_update {
+    int64_t at_ms; /* absolute; <= now removes the key */
+    unsigned cond;
+    bool found;
+    bool applied;
+};
+
+static int expire_update_fn(void *arg, struct shmkv_update *u)
 {
-    if (rc == 0)
-        resp_int(out, 1);
-    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
-        resp_int(out, 0);
-    else
-        reply_store_error(out, rc);
+    struct expire_update *e = arg;
+    if (u->old == NULL)
+        return 0;
+    e->found = true;
+    int64_t cur = u->old_expire_ms; /* 0: none, which GT/LT take as forever */
+    if (((e->cond & EXPIRE_NX) && cur != 0) ||
+        ((e->cond & EXPIRE_XX) && cur == 0) ||
+        ((e->cond & EXPIRE_GT) && (cur == 0 || e->at_ms <= cur)) ||
+        ((e->cond & EXPIRE_LT) && cur != 0 && e->at_ms >= cur))
+        return 0;
+    u->action = SHMKV_UPDATE_EXPIRE;
+    u->expire_ms = e->at_ms;
+    e->applied = true;
+    return 0;
 }
 
+/* EXPIRE key s, PEXPIRE key ms, EXPIREAT key t, PEXPIREAT key t, each with
+ * [NX | XX | GT | LT]: 1 if the TTL was set (or the key removed, for a
+ * time already past), 0 if not. */
 static void cmd_expire(struct conn *c, size_t argc, struct resp_arg *argv,
                        struct evbuffer *out)
 {
-    (void)argc;
-    int64_t s;
-    if (!arg_int64(&argv[2], &s)) {
+    int64_t n;
+    if (!arg_int64(&argv[2], &n)) {
         resp_error(out, "ERR value is not an integer or out of range");
         return;
     }
     bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
-    int rc;
-    if (s <= 0) /* as Redis: a TTL in the past deletes the key */
-        rc = shmkv_del(c->d->kv, argv[1].data, argv[1].len);
-    else {
-        int64_t ttl = ceil_seconds(s, ms);
-        if (ttl > TTL_MAX_S) {
-            resp_errorf(out, "ERR invalid expire time in '%s' command",
-                        c->last_command);
+    bool at = toupper((unsigned char)argv[0].data[argv[0].len - 1]) == 'T';
+    struct expire_update e = {0};
+    for (size_t i = 3; i < argc; i++) {
+        if (arg_is(&argv[i], "NX"))
+            e.cond |= EXPIRE_NX;
+        else if (arg_is(&argv[i], "XX"))
+            e.cond |= EXPIRE_XX;
+        else if (arg_is(&argv[i], "GT"))
+            e.cond |= EXPIRE_GT;
+        else if (arg_is(&argv[i], "LT"))
+            e.cond |= EXPIRE_LT;
+        else {
+            resp_errorf(out, "ERR Unsupported option %.*s",
+                        (int)(argv[i].len < 32 ? argv[i].len : 32),
+                        argv[i].data);
             return;
         }
-        rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, (uint32_t)ttl);
     }
-    if (!parked_on(c, rc, true))
-        reply_applied(out, rc);
+    if (((e.cond & EXPIRE_NX) && (e.cond & ~EXPIRE_NX)) ||
+        ((e.cond & EXPIRE_GT) && (e.cond & EXPIRE_LT))) {
+        resp_error(out, "ERR NX and XX, GT or LT options at the same time "
+                        "are not compatible");
+        return;
+    }
+    /* A time not in the future (as Redis, a TTL <= 0 too) removes the
+     * key; out of range is an error. */
+    if (n <= 0)
+        e.at_ms = 1;
+    else if (!expiry_from_arg(n, ms, at, &e.at_ms)) {
+        resp_errorf(out, "ERR invalid expire time in '%s' command",
+                    c->last_command);
+        return;
+    }
+    int rc =
+        shmkv_update(c->d->kv, argv[1].data, argv[1].len, expire_update_fn, &e);
+    if (parked_on(c, rc, true))
+        return;
+    if (rc != 0 && rc != SHMKV_E2BIG)
+        reply_store_error(out, rc);
+    else
+        resp_int(out, e.applied);
 }
 
 /* SETEX key seconds value, PSETEX key ms value: SET key value EX|PX n. */
@@ -606,50 +679,23 @@ static void cmd_strlen(struct conn *c, size_t argc, struct resp_arg *argv,
         reply_store_error(out, rc);
 }
 
-/* EXPIREAT key unix-s, PEXPIREAT key unix-ms: EXPIRE to an absolute time;
- * one past deletes the key, as Redis. */
-static void cmd_expireat(struct conn *c, size_t argc, struct resp_arg *argv,
-                         struct evbuffer *out)
-{
-    (void)argc;
-    int64_t at;
-    if (!arg_int64(&argv[2], &at)) {
-        resp_error(out, "ERR value is not an integer or out of range");
-        return;
-    }
-    bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
-    int64_t ttl = 0; /* a time at or before the epoch has passed */
-    if (at > 0 && (!ttl_from_arg(at, ms, true, &ttl) || ttl > TTL_MAX_S)) {
-        resp_errorf(out, "ERR invalid expire time in '%s' command",
-                    c->last_command);
-        return;
-    }
-    int rc = ttl <= 0 ? shmkv_del(c->d->kv, argv[1].data, argv[1].len)
-                      : shmkv_expire(c->d->kv, argv[1].data, argv[1].len,
-                                     (uint32_t)ttl);
-    if (!parked_on(c, rc, true))
-        reply_applied(out, rc);
-}
-
 /* EXPIRETIME key, PEXPIRETIME key: when the key expires (Unix time), -1
  * if it has no TTL, -2 if it is absent. */
 static void cmd_expiretime(struct conn *c, size_t argc, struct resp_arg *argv,
                            struct evbuffer *out)
 {
     (void)argc;
-    int64_t ttl;
-    int rc = shmkv_ttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
+    int64_t at;
+    int rc = shmkv_pexpiretime(c->d->kv, argv[1].data, argv[1].len, &at);
     bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
-    if (rc == SHMKV_ENOTFOUND)
+    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
         resp_int(out, -2);
     else if (rc != 0)
         reply_store_error(out, rc);
-    else if (ttl < 0)
+    else if (at < 0)
         resp_int(out, -1);
-    else {
-        int64_t at = (int64_t)time(NULL) + ttl;
-        resp_int(out, ms ? at * 1000 : at);
-    }
+    else
+        resp_int(out, ms ? at : at / 1000);
 }
 
 /* TIME: the server's time, seconds and microseconds. */
@@ -669,18 +715,31 @@ static void cmd_time(struct conn *c, size_t argc, struct resp_arg *argv,
     resp_bulk_str(out, buf);
 }
 
+static int persist_fn(void *arg, struct shmkv_update *u)
+{
+    bool *applied = arg;
+    if (u->old != NULL && u->old_expire_ms != 0) {
+        u->action = SHMKV_UPDATE_EXPIRE;
+        u->expire_ms = 0;
+        *applied = true;
+    }
+    return 0;
+}
+
+/* PERSIST key: 1 if it removed a TTL. */
 static void cmd_persist(struct conn *c, size_t argc, struct resp_arg *argv,
                         struct evbuffer *out)
 {
     (void)argc;
-    int64_t ttl;
-    int rc = shmkv_ttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
-    if (rc == 0 && ttl >= 0)
-        rc = shmkv_expire(c->d->kv, argv[1].data, argv[1].len, 0);
-    else if (rc == 0)
-        rc = SHMKV_ENOTFOUND; /* no TTL to remove */
-    if (!parked_on(c, rc, true))
-        reply_applied(out, rc);
+    bool applied = false;
+    int rc =
+        shmkv_update(c->d->kv, argv[1].data, argv[1].len, persist_fn, &applied);
+    if (parked_on(c, rc, true))
+        return;
+    if (rc != 0 && rc != SHMKV_E2BIG)
+        reply_store_error(out, rc);
+    else
+        resp_int(out, applied);
 }
 
 static void cmd_ttl(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -688,7 +747,7 @@ static void cmd_ttl(struct conn *c, size_t argc, struct resp_arg *argv,
 {
     (void)argc;
     int64_t ttl;
-    int rc = shmkv_ttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
+    int rc = shmkv_pttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
     bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
     if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
         resp_int(out, -2);
@@ -697,7 +756,443 @@ static void cmd_ttl(struct conn *c, size_t argc, struct resp_arg *argv,
     else if (ttl < 0)
         resp_int(out, -1);
     else
-        resp_int(out, ms ? ttl * 1000 : ttl);
+        resp_int(out, ms ? ttl : (ttl + 500) / 1000);
+}
+
+/* ---- reading and writing one key in one write (shmkv_update) ---- */
+
+/* What the commands below ask of shmkv_update: the old value copied out,
+ * the new one built, under the write lock. */
+struct rmw {
+    const struct resp_arg *argv;
+    size_t argc;
+    struct conn *c;
+    int64_t expire_ms;
+    bool expire_given;
+    char *old; /* a copy of the old value, if asked for */
+    size_t old_len;
+    bool had_old;
+    char *buf; /* the new value, built */
+    size_t len;
+    int64_t result;
+    const char *error; /* a reply error: nothing was written */
+    char text[64];
+};
+
+static int rmw_keep_old(struct rmw *m, const struct shmkv_update *u)
+{
+    if (u->old == NULL)
+        return 0;
+    m->old = malloc(u->old_len ? u->old_len : 1);
+    if (m->old == NULL)
+        return SHMKV_ENOMEM;
+    memcpy(m->old, u->old, u->old_len);
+    m->old_len = u->old_len;
+    m->had_old = true;
+    return 0;
+}
+
+static void rmw_reply_old(struct evbuffer *out, const struct rmw *m)
+{
+    if (m->had_old)
+        resp_bulk(out, m->old, m->old_len);
+    else
+        resp_null(out);
+}
+
+/* Runs fn on key argv[1] as one write, then answers with reply, with fn's
+ * error, or with the store's; nothing if the command was parked (it runs
+ * again, from the start). */
+static void rmw_run(struct conn *c, struct rmw *m, shmkv_update_fn fn,
+                    void (*reply)(struct evbuffer *, const struct rmw *),
+                    struct evbuffer *out)
+{
+    int rc = shmkv_update(c->d->kv, m->argv[1].data, m->argv[1].len, fn, m);
+    if (parked_on(c, rc, true))
+        ;
+    else if (m->error != NULL)
+        resp_error(out, m->error);
+    else if (rc != 0)
+        reply_store_error(out, rc);
+    else
+        reply(out, m);
+    free(m->old);
+    free(m->buf);
+}
+
+static void rmw_reply_result(struct evbuffer *out, const struct rmw *m)
+{
+    resp_int(out, m->result);
+}
+
+static void rmw_reply_text(struct evbuffer *out, const struct rmw *m)
+{
+    resp_bulk_str(out, m->text);
+}
+
+static int getdel_fn(void *arg, struct shmkv_update *u)
+{
+    struct rmw *m = arg;
+    int rc = rmw_keep_old(m, u);
+    if (rc == 0 && u->old != NULL)
+        u->action = SHMKV_UPDATE_REMOVE;
+    return rc;
+}
+
+/* GETDEL key: the value, and the key removed, in one write. */
+static void cmd_getdel(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    struct rmw m = {.argv = argv, .argc = argc, .c = c};
+    rmw_run(c, &m, getdel_fn, rmw_reply_old, out);
+}
+
+static int getex_fn(void *arg, struct shmkv_update *u)
+{
+    struct rmw *m = arg;
+    int rc = rmw_keep_old(m, u);
+    if (rc == 0 && u->old != NULL && m->expire_given) {
+        u->action = SHMKV_UPDATE_EXPIRE;
+        u->expire_ms = m->expire_ms;
+    }
+    return rc;
+}
+
+/* GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]: the value, and
+ * its TTL changed, in one write. */
+static void cmd_getex(struct conn *c, size_t argc, struct resp_arg *argv,
+                      struct evbuffer *out)
+{
+    struct rmw m = {.argv = argv, .argc = argc, .c = c};
+    for (size_t i = 2; i < argc; i++) {
+        int64_t n;
+        if (arg_is(&argv[i], "PERSIST") && !m.expire_given) {
+            m.expire_given = true;
+            m.expire_ms = 0;
+        } else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
+                    arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
+                   i + 1 < argc && !m.expire_given) {
+            if (!arg_int64(&argv[i + 1], &n)) {
+                resp_error(out, "ERR value is not an integer or out of range");
+                return;
+            }
+            bool ms = toupper((unsigned char)argv[i].data[0]) == 'P';
+            if (!expiry_from_arg(n, ms, argv[i].len == 4, &m.expire_ms)) {
+                resp_error(out, "ERR invalid expire time in 'getex' command");
+                return;
+            }
+            m.expire_given = true;
+            i++;
+        } else {
+            reply_syntax(out);
+            return;
+        }
+    }
+    rmw_run(c, &m, getex_fn, rmw_reply_old, out);
+}
+
+static int append_fn(void *arg, struct shmkv_update *u)
+{
+    struct rmw *m = arg;
+    const struct resp_arg *v = &m->argv[2];
+    size_t old_len = u->old != NULL ? u->old_len : 0;
+    if (old_len + v->len > m->c->d->max_value_bytes) {
+        m->error = "ERR string exceeds maximum allowed size";
+        return 0;
+    }
+    m->buf = malloc(old_len + v->len + 1);
+    if (m->buf == NULL)
+        return SHMKV_ENOMEM;
+    if (old_len > 0)
+        memcpy(m->buf, u->old, old_len);
+    memcpy(m->buf + old_len, v->data, v->len);
+    u->action = SHMKV_UPDATE_STORE;
+    u->val = m->buf;
+    u->vlen = old_len + v->len;
+    u->expire_ms = u->old != NULL ? SHMKV_EXPIRE_KEEP : m->expire_ms;
+    m->result = (int64_t)u->vlen;
+    return 0;
+}
+
+/* APPEND key value: the new length; the key keeps its TTL. */
+static void cmd_append(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    struct rmw m = {
+        .argv = argv, .argc = argc, .c = c, .expire_ms = default_expiry(c)};
+    rmw_run(c, &m, append_fn, rmw_reply_result, out);
+}
+
+static int setrange_fn(void *arg, struct shmkv_update *u)
+{
+    struct rmw *m = arg;
+    const struct resp_arg *v = &m->argv[3];
+    size_t old_len = u->old != NULL ? u->old_len : 0;
+    size_t off = (size_t)m->result;
+    if (v->len == 0) { /* nothing written, not even a new key */
+        m->result = (int64_t)old_len;
+        return 0;
+    }
+    size_t len = off + v->len > old_len ? off + v->len : old_len;
+    if (len > m->c->d->max_value_bytes) {
+        m->error = "ERR string exceeds maximum allowed size";
+        return 0;
+    }
+    m->buf = calloc(1, len);
+    if (m->buf == NULL)
+        return SHMKV_ENOMEM;
+    if (old_len > 0)
+        memcpy(m->buf, u->old, old_len);
+    memcpy(m->buf + off, v->data, v->len);
+    u->action = SHMKV_UPDATE_STORE;
+    u->val = m->buf;
+    u->vlen = len;
+    u->expire_ms = u->old != NULL ? SHMKV_EXPIRE_KEEP : m->expire_ms;
+    m->result = (int64_t)len;
+    return 0;
+}
+
+/* SETRANGE key offset value: overwrites from offset, padding with zero
+ * bytes; the new length. */
+static void cmd_setrange(struct conn *c, size_t argc, struct resp_arg *argv,
+                         struct evbuffer *out)
+{
+    int64_t off;
+    if (!arg_int64(&argv[2], &off) || off < 0) {
+        resp_error(out, "ERR offset is out of range");
+        return;
+    }
+    if ((uint64_t)off > c->d->max_value_bytes) {
+        resp_error(out, "ERR string exceeds maximum allowed size");
+        return;
+    }
+    struct rmw m = {.argv = argv,
+                    .argc = argc,
+                    .c = c,
+                    .result = off,
+                    .expire_ms = default_expiry(c)};
+    rmw_run(c, &m, setrange_fn, rmw_reply_result, out);
+}
+
+/* A float as Redis reads one: the whole argument, finite. */
+static bool parse_long_double(const char *p, size_t len, long double *out)
+{
+    char buf[64];
+    if (len == 0 || len >= sizeof buf || isspace((unsigned char)p[0]))
+        return false;
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    char *end;
+    errno = 0;
+    long double v = strtold(buf, &end);
+    if (*end != '\0' || errno == ERANGE || isnan(v) || isinf(v))
+        return false;
+    *out = v;
+    return true;
+}
+
+static int incrbyfloat_fn(void *arg, struct shmkv_update *u)
+{
+    struct rmw *m = arg;
+    long double by, value = 0;
+    parse_long_double(m->argv[2].data, m->argv[2].len, &by); /* checked */
+    if (u->old != NULL && !parse_long_double(u->old, u->old_len, &value)) {
+        m->error = "ERR value is not a valid float";
+        return 0;
+    }
+    value += by;
+    if (isnan(value) || isinf(value)) {
+        m->error = "ERR increment would produce NaN or Infinity";
+        return 0;
+    }
+    /* As Redis: 17 digits after the point, trailing zeros dropped. */
+    int n = snprintf(m->text, sizeof m->text, "%.17Lf", value);
+    if (n <= 0 || (size_t)n >= sizeof m->text) {
+        m->error = "ERR increment would produce a value too long";
+        return 0;
+    }
+    if (strchr(m->text, '.') != NULL) {
+        while (n > 0 && m->text[n - 1] == '0')
+            m->text[--n] = '\0';
+        if (n > 0 && m->text[n - 1] == '.')
+            m->text[--n] = '\0';
+    }
+    if (strcmp(m->text, "-0") == 0)
+        strcpy(m->text, "0");
+    u->action = SHMKV_UPDATE_STORE;
+    u->val = m->text;
+    u->vlen = strlen(m->text);
+    u->expire_ms = u->old != NULL ? SHMKV_EXPIRE_KEEP : m->expire_ms;
+    return 0;
+}
+
+/* INCRBYFLOAT key increment: the new value, as text. */
+static void cmd_incrbyfloat(struct conn *c, size_t argc, struct resp_arg *argv,
+                            struct evbuffer *out)
+{
+    long double by;
+    if (!parse_long_double(argv[2].data, argv[2].len, &by)) {
+        resp_error(out, "ERR value is not a valid float");
+        return;
+    }
+    struct rmw m = {
+        .argv = argv, .argc = argc, .c = c, .expire_ms = default_expiry(c)};
+    rmw_run(c, &m, incrbyfloat_fn, rmw_reply_text, out);
+}
+
+/* GETRANGE key start end (and SUBSTR): bytes start..end inclusive, counted
+ * from the end when negative, as Redis. */
+static void cmd_getrange(struct conn *c, size_t argc, struct resp_arg *argv,
+                         struct evbuffer *out)
+{
+    (void)argc;
+    int64_t start, end;
+    if (!arg_int64(&argv[2], &start) || !arg_int64(&argv[3], &end)) {
+        resp_error(out, "ERR value is not an integer or out of range");
+        return;
+    }
+    struct shmkv *kv = c->d->kv;
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    shmkv_val_t v;
+    rc = shmkv_get(kv, argv[1].data, argv[1].len, &v);
+    if (rc == 0) {
+        int64_t len = (int64_t)v.len;
+        if (start < 0 && end < 0 && start > end) {
+            resp_bulk(out, "", 0);
+        } else {
+            if (start < 0)
+                start = len + start;
+            if (end < 0)
+                end = len + end;
+            if (start < 0)
+                start = 0;
+            if (end < 0)
+                end = 0;
+            if (end >= len)
+                end = len - 1;
+            if (len == 0 || start > end)
+                resp_bulk(out, "", 0);
+            else
+                resp_bulk(out, (const char *)v.data + start,
+                          (size_t)(end - start + 1));
+        }
+    } else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG) {
+        resp_bulk(out, "", 0);
+    }
+    shmkv_read_end(kv);
+    if (rc != 0 && rc != SHMKV_ENOTFOUND && rc != SHMKV_E2BIG)
+        reply_store_error(out, rc);
+}
+
+/* MSETNX key value ...: sets them all if none exists, in one write
+ * section: 1, else 0 and nothing set. */
+static void cmd_msetnx(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    if (argc % 2 != 1) {
+        resp_error(out, "ERR wrong number of arguments for 'msetnx' command");
+        return;
+    }
+    struct shmkv *kv = c->d->kv;
+    bool own = !c->in_exec;
+    int rc = own ? shmkv_write_begin(kv) : 0;
+    if (parked_on(c, rc, true))
+        return;
+    bool any = false;
+    for (size_t i = 1; rc == 0 && i < argc && !any; i += 2) {
+        size_t len;
+        int r = shmkv_get_copy(kv, argv[i].data, argv[i].len, NULL, 0, &len);
+        if (r == 0 || r == SHMKV_ENOBUFS)
+            any = true;
+        else if (r != SHMKV_ENOTFOUND)
+            rc = r;
+    }
+    int64_t expire = default_expiry(c);
+    for (size_t i = 1; rc == 0 && !any && i < argc; i += 2) {
+        int64_t left = expire - now_ms();
+        uint64_t ttl = expire == 0 ? 0 : left > 0 ? (uint64_t)left : 1;
+        rc = shmkv_pset(kv, argv[i].data, argv[i].len, argv[i + 1].data,
+                        argv[i + 1].len, ttl, 0);
+    }
+    if (own && shmkv_write_end(kv) != 0 && rc == 0)
+        rc = SHMKV_ESTATE;
+    if (rc != 0)
+        reply_store_error(out, rc);
+    else
+        resp_int(out, !any);
+}
+
+/* RANDOMKEY: a key, or nil when the store is empty. */
+static void cmd_randomkey(struct conn *c, size_t argc, struct resp_arg *argv,
+                          struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    size_t cap = c->d->max_key_bytes, len;
+    char *key = malloc(cap);
+    int rc =
+        key == NULL ? SHMKV_ENOMEM : shmkv_random_key(c->d->kv, key, cap, &len);
+    if (rc == 0)
+        resp_bulk(out, key, len);
+    else if (rc == SHMKV_ENOTFOUND)
+        resp_null(out);
+    else
+        reply_store_error(out, rc);
+    free(key);
+}
+
+/* The memory an entry of klen + vlen bytes takes: its arena block (a
+ * 16-byte header, key and value in 16-byte units) and its index slot. */
+static int64_t entry_usage(size_t klen, size_t vlen)
+{
+    return (int64_t)((16 + klen + vlen + 15) / 16 * 16 + 8);
+}
+
+/* MEMORY USAGE key [SAMPLES n]: the bytes the key's entry takes. */
+static void cmd_memory(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    if (!arg_is(&argv[1], "USAGE") || argc < 3) {
+        resp_error(out, "ERR unknown MEMORY subcommand: shmkv has MEMORY "
+                        "USAGE key");
+        return;
+    }
+    size_t len;
+    int rc = shmkv_get_copy(c->d->kv, argv[2].data, argv[2].len, NULL, 0, &len);
+    if (rc == 0 || rc == SHMKV_ENOBUFS)
+        resp_int(out, entry_usage(argv[2].len, len));
+    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_null(out);
+    else
+        reply_store_error(out, rc);
+}
+
+/* OBJECT ENCODING key: "raw" (values are bytes); OBJECT HELP. */
+static void cmd_object(struct conn *c, size_t argc, struct resp_arg *argv,
+                       struct evbuffer *out)
+{
+    if (arg_is(&argv[1], "HELP")) {
+        resp_array(out, 1);
+        resp_bulk_str(out, "ENCODING <key>: \"raw\" (shmkv stores bytes)");
+        return;
+    }
+    if (!arg_is(&argv[1], "ENCODING") || argc != 3) {
+        resp_error(out, "ERR unknown OBJECT subcommand: shmkv has OBJECT "
+                        "ENCODING key (no LRU or LFU figures per key)");
+        return;
+    }
+    size_t len;
+    int rc = shmkv_get_copy(c->d->kv, argv[2].data, argv[2].len, NULL, 0, &len);
+    if (rc == 0 || rc == SHMKV_ENOBUFS)
+        resp_bulk_str(out, "raw");
+    else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_null(out);
+    else
+        reply_store_error(out, rc);
 }
 
 static void cmd_dbsize(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -969,7 +1464,13 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
         info_section(b, "Server", &first);
         evbuffer_add_printf(
             b,
-            "redis_version:7.0.0\r\nshmkv_version:%s\r\nredis_mode:"
+            "redis_version:" REDIS_COMPAT_VERSION "\r\n"
+            "redis_compatibility:the string and keyspace commands of "
+            "Redis " REDIS_COMPAT_VERSION
+            " that COMMAND lists, with MULTI/EXEC and "
+            "WATCH; RESP2; no other data types, pub/sub, scripting, ACLs, "
+            "replication or cluster\r\n"
+            "shmkv_version:%s\r\nredis_mode:"
             "standalone\r\nos:Linux\r\nprocess_id:%d\r\ntcp_port:0\r\n"
             "unix_socket:%s\r\nuptime_in_seconds:%lld\r\n"
             "uptime_in_days:%lld\r\n"
@@ -1419,16 +1920,328 @@ static void cmd_client(struct conn *c, size_t argc, struct resp_arg *argv,
     (void)argc;
 }
 
+/* ---- transactions ----
+ *
+ * MULTI queues commands, each checked first as Redis does (a known name,
+ * its arity, the peer's permission; commands that run on the worker
+ * thread or stop the daemon are refused): an error there marks the
+ * transaction, and EXEC then discards it (EXECABORT). The queue holds
+ * copies, since the input they were parsed from moves on.
+ *
+ * EXEC takes the store's write lock once (shmkv_write_begin) and runs the
+ * queue under it: no other writer, a library process or another
+ * connection, comes between its commands, and socket clients see all of
+ * them or none (the event loop runs nothing else meanwhile). A library
+ * reader sees each write as it is made, in order, as with any writes. If
+ * the lock is not had within the daemon's short wait, EXEC is parked like
+ * any write, nothing run yet.
+ *
+ * WATCH records each key's version (shmkv_version) and whether it
+ * existed; EXEC compares them under the lock and, if any differs, runs
+ * nothing and replies with a null array. Versions are kept per cell of
+ * keys, so a write to another key of the same cell fails the EXEC too:
+ * clients retry on a null reply, as they must anyway. */
+
+struct queued {
+    size_t argc;
+    struct resp_arg *argv; /* pointing into data */
+    char *data;
+};
+
+struct multi {
+    struct queued *q;
+    size_t n, cap;
+    size_t bytes;
+    bool failed;
+};
+
+struct watch {
+    char *key;
+    size_t klen;
+    uint64_t version;
+    bool existed;
+};
+
+/* The most a transaction may queue, in argument bytes. */
+#define MULTI_MAX_BYTES (64u << 20)
+
+void txn_reset(struct conn *c)
+{
+    if (c->multi != NULL) {
+        for (size_t i = 0; i < c->multi->n; i++) {
+            free(c->multi->q[i].argv);
+            free(c->multi->q[i].data);
+        }
+        free(c->multi->q);
+        free(c->multi);
+        c->multi = NULL;
+    }
+    for (size_t i = 0; i < c->n_watches; i++)
+        free(c->watches[i].key);
+    free(c->watches);
+    c->watches = NULL;
+    c->n_watches = 0;
+}
+
+static bool multi_push(struct multi *m, size_t argc,
+                       const struct resp_arg *argv)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < argc; i++)
+        bytes += argv[i].len + 1;
+    if (m->bytes + bytes > MULTI_MAX_BYTES)
+        return false;
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? 2 * m->cap : 16;
+        struct queued *q = realloc(m->q, cap * sizeof *q);
+        if (q == NULL)
+            return false;
+        m->q = q;
+        m->cap = cap;
+    }
+    struct queued *q = &m->q[m->n];
+    q->argc = argc;
+    q->argv = malloc(argc * sizeof *q->argv);
+    q->data = malloc(bytes ? bytes : 1);
+    if (q->argv == NULL || q->data == NULL) {
+        free(q->argv);
+        free(q->data);
+        return false;
+    }
+    char *p = q->data;
+    for (size_t i = 0; i < argc; i++) {
+        memcpy(p, argv[i].data, argv[i].len);
+        p[argv[i].len] = '\0';
+        q->argv[i].data = p;
+        q->argv[i].len = argv[i].len;
+        p += argv[i].len + 1;
+    }
+    m->bytes += bytes;
+    m->n++;
+    return true;
+}
+
+static void cmd_multi(struct conn *c, size_t argc, struct resp_arg *argv,
+                      struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    if (c->multi != NULL) {
+        resp_error(out, "ERR MULTI calls can not be nested");
+        return;
+    }
+    c->multi = calloc(1, sizeof *c->multi);
+    if (c->multi == NULL)
+        resp_error(out, "ERR out of memory");
+    else
+        resp_simple(out, "OK");
+}
+
+static void cmd_discard(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    if (c->multi == NULL) {
+        resp_error(out, "ERR DISCARD without MULTI");
+        return;
+    }
+    txn_reset(c);
+    resp_simple(out, "OK");
+}
+
+static void cmd_watch(struct conn *c, size_t argc, struct resp_arg *argv,
+                      struct evbuffer *out)
+{
+    if (c->multi != NULL) {
+        resp_error(out, "ERR WATCH inside MULTI is not allowed");
+        return;
+    }
+    struct watch *w =
+        realloc(c->watches, (c->n_watches + argc - 1) * sizeof *w);
+    if (w == NULL) {
+        resp_error(out, "ERR out of memory");
+        return;
+    }
+    c->watches = w;
+    for (size_t i = 1; i < argc; i++) {
+        uint64_t version;
+        int rc = shmkv_version(c->d->kv, argv[i].data, argv[i].len, &version);
+        if (rc != 0 && rc != SHMKV_ENOTFOUND) {
+            reply_store_error(out, rc);
+            return;
+        }
+        char *key = malloc(argv[i].len ? argv[i].len : 1);
+        if (key == NULL) {
+            resp_error(out, "ERR out of memory");
+            return;
+        }
+        memcpy(key, argv[i].data, argv[i].len);
+        c->watches[c->n_watches++] = (struct watch){.key = key,
+                                                    .klen = argv[i].len,
+                                                    .version = version,
+                                                    .existed = rc == 0};
+    }
+    resp_simple(out, "OK");
+}
+
+static void cmd_unwatch(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    struct multi *m = c->multi;
+    c->multi = NULL; /* UNWATCH inside MULTI keeps the queue */
+    txn_reset(c);
+    c->multi = m;
+    resp_simple(out, "OK");
+}
+
+/* Under the write lock: true if no watched key changed since WATCH. */
+static bool watches_intact(struct conn *c)
+{
+    for (size_t i = 0; i < c->n_watches; i++) {
+        const struct watch *w = &c->watches[i];
+        uint64_t version;
+        int rc = shmkv_version(c->d->kv, w->key, w->klen, &version);
+        if ((rc != 0 && rc != SHMKV_ENOTFOUND) || version != w->version ||
+            (rc == 0) != w->existed)
+            return false;
+    }
+    return true;
+}
+
+static void command_dispatch(struct conn *c, size_t argc, struct resp_arg *argv,
+                             struct evbuffer *out);
+
+static void cmd_exec(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    (void)argv;
+    struct multi *m = c->multi;
+    if (m == NULL) {
+        resp_error(out, "ERR EXEC without MULTI");
+        return;
+    }
+    if (m->failed) {
+        txn_reset(c);
+        resp_error(out, "EXECABORT Transaction discarded because of "
+                        "previous errors.");
+        return;
+    }
+    struct shmkv *kv = c->d->kv;
+    int rc = shmkv_write_begin(kv);
+    if (parked_on(c, rc, true))
+        return; /* nothing run: EXEC runs again shortly */
+    if (rc != 0) {
+        txn_reset(c);
+        reply_store_error(out, rc);
+        return;
+    }
+    if (!watches_intact(c)) {
+        shmkv_write_end(kv);
+        txn_reset(c);
+        resp_null_array(out);
+        return;
+    }
+    c->in_exec = true;
+    resp_array(out, m->n);
+    for (size_t i = 0; i < m->n; i++) {
+        c->progress = 0;
+        c->progress_count = 0;
+        c->park_deadline_ms = 0;
+        command_dispatch(c, m->q[i].argc, m->q[i].argv, out);
+    }
+    c->in_exec = false;
+    shmkv_write_end(kv);
+    txn_reset(c);
+}
+
+/* HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only; RESP3
+ * gets NOPROTO, which clients fall back from. */
+static void cmd_hello(struct conn *c, size_t argc, struct resp_arg *argv,
+                      struct evbuffer *out)
+{
+    if (argc >= 2) {
+        int64_t v;
+        if (!arg_int64(&argv[1], &v)) {
+            resp_error(out, "ERR Protocol version is not an integer or out "
+                            "of range");
+            return;
+        }
+        if (v != 2) {
+            resp_error(out, "NOPROTO unsupported protocol version: shmkvd "
+                            "speaks RESP2");
+            return;
+        }
+    }
+    for (size_t i = 2; i < argc; i++) {
+        if (arg_is(&argv[i], "AUTH") && i + 2 < argc) {
+            resp_error(out, "ERR AUTH is not supported: shmkvd knows its "
+                            "peers by their uid (SO_PEERCRED); see "
+                            "admin_users");
+            return;
+        } else if (arg_is(&argv[i], "SETNAME") && i + 1 < argc) {
+            i++;
+            snprintf(c->name, sizeof c->name, "%.*s",
+                     (int)(argv[i].len < sizeof c->name - 1
+                               ? argv[i].len
+                               : sizeof c->name - 1),
+                     argv[i].data);
+        } else {
+            resp_errorf(out, "ERR Syntax error in HELLO option '%.*s'",
+                        (int)(argv[i].len < 32 ? argv[i].len : 32),
+                        argv[i].data);
+            return;
+        }
+    }
+    resp_array(out, 16);
+    resp_bulk_str(out, "server");
+    resp_bulk_str(out, "shmkv");
+    resp_bulk_str(out, "version");
+    resp_bulk_str(out, REDIS_COMPAT_VERSION);
+    resp_bulk_str(out, "shmkv_version");
+    resp_bulk_str(out, SHMKV_VERSION_STRING);
+    resp_bulk_str(out, "proto");
+    resp_int(out, 2);
+    resp_bulk_str(out, "id");
+    resp_int(out, (int64_t)c->id);
+    resp_bulk_str(out, "mode");
+    resp_bulk_str(out, "standalone");
+    resp_bulk_str(out, "role");
+    resp_bulk_str(out, "master");
+    resp_bulk_str(out, "modules");
+    resp_array(out, 0);
+}
+
 static const struct command *command_table(size_t *n);
+
+static void command_lower(const struct command *cmd, char *lower, size_t cap)
+{
+    size_t i;
+    for (i = 0; i < cap - 1 && cmd->name[i]; i++)
+        lower[i] = (char)tolower((unsigned char)cmd->name[i]);
+    lower[i] = '\0';
+}
+
+static bool arg_is(const struct resp_arg *a, const char *s);
+
+/* True if argv[2..] names cmd. */
+static bool command_named(const struct command *cmd, size_t argc,
+                          const struct resp_arg *argv)
+{
+    for (size_t i = 2; i < argc; i++)
+        if (arg_is(&argv[i], cmd->name))
+            return true;
+    return false;
+}
 
 /* A COMMAND reply entry: name, arity, flags, first key, last key, step. */
 static void command_info(struct evbuffer *out, const struct command *cmd)
 {
     char lower[32];
-    size_t i;
-    for (i = 0; i < sizeof lower - 1 && cmd->name[i]; i++)
-        lower[i] = (char)tolower((unsigned char)cmd->name[i]);
-    lower[i] = '\0';
+    command_lower(cmd, lower, sizeof lower);
     int first = 0, last = 0, step = 0;
     if (cmd->flags & CMD_KEY1)
         first = last = step = 1;
@@ -1459,8 +2272,34 @@ static void cmd_command(struct conn *c, size_t argc, struct resp_arg *argv,
     } else if (arg_is(&argv[1], "COUNT")) {
         resp_int(out, (int64_t)n_commands);
     } else if (arg_is(&argv[1], "DOCS")) {
-        /* redis-cli asks for docs for its hints; it copes with none. */
-        resp_array(out, 0);
+        /* Every command, or those named that exist: name, then a map of
+         * its summary. */
+        size_t n = 0;
+        for (size_t i = 0; i < n_commands; i++)
+            n += argc == 2 || command_named(&commands[i], argc, argv);
+        resp_array(out, 2 * n);
+        for (size_t i = 0; i < n_commands; i++) {
+            if (argc > 2 && !command_named(&commands[i], argc, argv))
+                continue;
+            char lower[32];
+            command_lower(&commands[i], lower, sizeof lower);
+            resp_bulk_str(out, lower);
+            resp_array(out, 6);
+            resp_bulk_str(out, "summary");
+            resp_bulk_str(out, commands[i].summary);
+            resp_bulk_str(out, "since");
+            resp_bulk_str(out, "shmkv");
+            resp_bulk_str(out, "group");
+            resp_bulk_str(out,
+                          commands[i].flags & CMD_WRITE ? "write" : "read");
+        }
+    } else if (arg_is(&argv[1], "LIST")) {
+        resp_array(out, n_commands);
+        for (size_t i = 0; i < n_commands; i++) {
+            char lower[32];
+            command_lower(&commands[i], lower, sizeof lower);
+            resp_bulk_str(out, lower);
+        }
     } else if (arg_is(&argv[1], "INFO")) {
         resp_array(out, argc - 2);
         for (size_t i = 2; i < argc; i++) {
@@ -1496,7 +2335,7 @@ static void cmd_help(struct conn *c, size_t argc, struct resp_arg *argv,
 static const struct command commands[] = {
     {"PING", -1, 0, cmd_ping, "[message]: PONG, or the message"},
     {"ECHO", 2, 0, cmd_echo, "message: the message"},
-    {"QUIT", 1, 0, cmd_quit, "close the connection"},
+    {"QUIT", 1, CMD_TXN, cmd_quit, "close the connection"},
     {"SELECT", 2, 0, cmd_select, "0: the only database"},
     {"HELP", 1, 0, cmd_help, "this list"},
     {"GET", 2, CMD_KEY1, cmd_get, "key: its value, or nil"},
@@ -1513,21 +2352,21 @@ static const struct command commands[] = {
     {"TOUCH", -2, CMD_KEYS, cmd_exists, "key [key ...]: how many exist"},
     {"TIME", 1, 0, cmd_time, "the server's time: seconds, microseconds"},
     {"DBSIZE", 1, 0, cmd_dbsize, "number of keys"},
-    {"KEYS", 2, CMD_ADMIN, cmd_keys,
+    {"KEYS", 2, CMD_ADMIN | CMD_NOMULTI, cmd_keys,
      "pattern: matching keys (walks the whole store)"},
     {"SCAN", -2, 0, cmd_scan,
      "cursor [MATCH pattern] [COUNT n] [TYPE type]: a bounded step of a "
      "walk over the keys"},
     {"INFO", -1, 0, cmd_info,
      "[section]: server, clients, memory, persistence, stats, keyspace"},
-    {"CONFIG", -2, 0, cmd_config,
+    {"CONFIG", -2, CMD_NOMULTI, cmd_config,
      "GET pattern: settings; SET maxmemory size: resize (admin)"},
     {"CLIENT", -2, 0, cmd_client, "LIST | INFO | ID | SETNAME | GETNAME"},
     {"COMMAND", -1, 0, cmd_command, "[COUNT | INFO name ... | DOCS]"},
     {"SHMKV.STATS", 1, 0, cmd_shmkv_stats, "store statistics, name/value"},
-    {"SHMKV.CHECK", 1, CMD_ADMIN, cmd_shmkv_check,
+    {"SHMKV.CHECK", 1, CMD_ADMIN | CMD_NOMULTI, cmd_shmkv_check,
      "check the store's structure (writers wait meanwhile)"},
-    {"SHMKV.RESIZE", 2, CMD_ADMIN, cmd_shmkv_resize,
+    {"SHMKV.RESIZE", 2, CMD_ADMIN | CMD_NOMULTI, cmd_shmkv_resize,
      "size: grow or shrink the store online; replies when done"},
     {"SET", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_set,
      "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]"},
@@ -1543,9 +2382,10 @@ static const struct command commands[] = {
      "key n: add n"},
     {"DECRBY", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_decrby,
      "key n: subtract n"},
-    {"EXPIRE", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire, "key seconds"},
-    {"PEXPIRE", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire,
-     "key ms (rounded up to seconds)"},
+    {"EXPIRE", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire,
+     "key seconds [NX|XX|GT|LT]"},
+    {"PEXPIRE", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire,
+     "key ms [NX|XX|GT|LT]"},
     {"PERSIST", 2, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_persist,
      "key: remove its TTL"},
     {"SETEX", 4, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_setex,
@@ -1554,19 +2394,47 @@ static const struct command commands[] = {
      "key ms value: SET with PX"},
     {"SETNX", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_setnx,
      "key value: set if absent; 1 if it did"},
-    {"EXPIREAT", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expireat,
-     "key unix-seconds"},
-    {"PEXPIREAT", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expireat,
-     "key unix-ms (rounded up to seconds)"},
+    {"EXPIREAT", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire,
+     "key unix-seconds [NX|XX|GT|LT]"},
+    {"PEXPIREAT", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_expire,
+     "key unix-ms [NX|XX|GT|LT]"},
+    {"GETSET", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_set,
+     "key value: SET ... GET"},
+    {"GETDEL", 2, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_getdel,
+     "key: the value, and the key removed"},
+    {"GETEX", -2, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_getex,
+     "key [EX s|PX ms|EXAT t|PXAT t|PERSIST]: the value, TTL changed"},
+    {"APPEND", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_append,
+     "key value: the new length"},
+    {"SETRANGE", 4, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_setrange,
+     "key offset value: the new length"},
+    {"INCRBYFLOAT", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_incrbyfloat,
+     "key increment: the new value"},
+    {"MSETNX", -3, CMD_WRITES | CMD_WAITS | CMD_KEYVALS, cmd_msetnx,
+     "key value [key value ...]: all, if none exists; 1 if set"},
+    {"GETRANGE", 4, CMD_KEY1, cmd_getrange, "key start end: a substring"},
+    {"SUBSTR", 4, CMD_KEY1, cmd_getrange, "key start end: as GETRANGE"},
+    {"RANDOMKEY", 1, 0, cmd_randomkey, "a key, or nil"},
+    {"MEMORY", -2, 0, cmd_memory, "USAGE key: bytes the entry takes"},
+    {"OBJECT", -2, 0, cmd_object, "ENCODING key: raw"},
+    {"MULTI", 1, CMD_TXN, cmd_multi, "start a transaction"},
+    {"EXEC", 1, CMD_TXN | CMD_WAITS, cmd_exec,
+     "run the queued commands as one write"},
+    {"DISCARD", 1, CMD_TXN, cmd_discard, "drop the queued commands"},
+    {"WATCH", -2, CMD_TXN | CMD_KEYS, cmd_watch,
+     "key [key ...]: EXEC fails if one changes"},
+    {"UNWATCH", 1, CMD_TXN, cmd_unwatch, "forget the watched keys"},
+    {"HELLO", -1, CMD_TXN, cmd_hello,
+     "[2 [SETNAME name]]: the server's identity; RESP2 only"},
     {"FLUSHALL", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "remove every key"},
     {"FLUSHDB", -1, CMD_WRITES | CMD_WAITS, cmd_flushall, "as FLUSHALL"},
-    {"SAVE", 1, CMD_WRITES, cmd_save,
+    {"SAVE", 1, CMD_WRITES | CMD_NOMULTI, cmd_save,
      "write the snapshot now; replies once it is on disk"},
-    {"BGSAVE", -1, CMD_WRITES, cmd_bgsave,
+    {"BGSAVE", -1, CMD_WRITES | CMD_NOMULTI, cmd_bgsave,
      "write the snapshot in the background"},
     {"LASTSAVE", 1, 0, cmd_lastsave,
      "when the last save ended (Unix time, 0: never)"},
-    {"SHUTDOWN", -1, CMD_WRITES, cmd_shutdown,
+    {"SHUTDOWN", -1, CMD_WRITES | CMD_NOMULTI, cmd_shutdown,
      "[SAVE|NOSAVE]: stop the daemon, removing the store"},
 };
 static const size_t n_commands = sizeof commands / sizeof commands[0];
@@ -1590,8 +2458,11 @@ static const struct command *command_find(const struct resp_arg *name)
     return NULL;
 }
 
-void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
-                 struct evbuffer *out)
+/* The refusal a command gets before it runs: unknown, wrong arity, not
+ * permitted; NULL if it may run. */
+static const struct command *command_check(struct conn *c, size_t argc,
+                                           struct resp_arg *argv,
+                                           struct evbuffer *out)
 {
     const struct command *cmd = command_find(&argv[0]);
     snprintf(c->last_command, sizeof c->last_command, "%.*s",
@@ -1607,21 +2478,58 @@ void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
                 isprint((unsigned char)argv[0].data[i]) ? argv[0].data[i] : '?';
         shown[j] = '\0';
         resp_errorf(out, "ERR unknown command '%s'", shown);
-        return;
+        return NULL;
     }
     if ((cmd->arity > 0 && argc != (size_t)cmd->arity) ||
         (cmd->arity < 0 && argc < (size_t)-cmd->arity)) {
         resp_errorf(out, "ERR wrong number of arguments for '%s' command",
                     c->last_command);
-        return;
+        return NULL;
     }
     if ((cmd->flags & CMD_ADMIN) && !c->admin) {
         resp_errorf(out,
                     "NOPERM uid %d may not run '%s': not in [control] "
                     "admin_users or admin_groups",
                     (int)c->uid, c->last_command);
+        return NULL;
+    }
+    return cmd;
+}
+
+/* Runs one of EXEC's queued commands, checked when it was queued. */
+static void command_dispatch(struct conn *c, size_t argc, struct resp_arg *argv,
+                             struct evbuffer *out)
+{
+    const struct command *cmd = command_check(c, argc, argv, out);
+    if (cmd != NULL)
+        cmd->fn(c, argc, argv, out);
+}
+
+void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
+                 struct evbuffer *out)
+{
+    const struct command *cmd = command_check(c, argc, argv, out);
+    if (c->multi != NULL && (cmd == NULL || !(cmd->flags & CMD_TXN))) {
+        /* In MULTI: queued, or the transaction is marked failed. */
+        if (cmd != NULL && (cmd->flags & CMD_NOMULTI)) {
+            resp_errorf(out,
+                        "ERR Command not allowed inside a transaction: "
+                        "'%s'",
+                        c->last_command);
+            cmd = NULL;
+        } else if (cmd != NULL && !multi_push(c->multi, argc, argv)) {
+            resp_error(out, "ERR transaction too large (64 MiB of arguments "
+                            "at most)");
+            cmd = NULL;
+        }
+        if (cmd == NULL)
+            c->multi->failed = true;
+        else
+            resp_simple(out, "QUEUED");
         return;
     }
+    if (cmd == NULL)
+        return;
     /* Another parked command just found the store busy: wait with it
      * rather than spend the loop's time finding the same. */
     if ((cmd->flags & CMD_WAITS) &&

@@ -137,6 +137,7 @@ void conn_close(struct conn *c)
     d->n_conns--;
     log_debug("connection %llu closed", (unsigned long long)c->id);
     job_detach(c);
+    txn_reset(c);
     event_free(c->request_deadline);
     event_free(c->resume);
     event_free(c->retry);

@@ -72,6 +72,13 @@ struct conn {
     char last_command[32];
     char name[64]; /* CLIENT SETNAME */
     struct resp_parser parser;
+    /* Transactions (commands.c): the commands MULTI queued (NULL outside
+     * one), the keys WATCHed with what they were then, and whether EXEC
+     * is running the queue (its commands are never parked). */
+    struct multi *multi;
+    struct watch *watches;
+    size_t n_watches;
+    bool in_exec;
 };
 
 enum stop_save { STOP_SAVE_CONFIG, STOP_SAVE, STOP_NOSAVE };
@@ -145,6 +152,8 @@ void control_apply_config(struct daemon *d);
 
 /* commands.c: runs one parsed request, appending the reply to out; or
  * parks it (c->parked, no reply) when it must wait for the store. */
+/* Frees a connection's transaction and watched keys. */
+void txn_reset(struct conn *c);
 void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
                  struct evbuffer *out);
 

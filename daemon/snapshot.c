@@ -1,19 +1,20 @@
 /*
  * snapshot.c - saving the store's live data to a file and loading it back.
  *
- * File format, version 1. Every integer is little-endian and is encoded
+ * File format, version 2. Every integer is little-endian and is encoded
  * byte by byte (never a struct dump), so a snapshot reads the same on any
  * host and compiler.
  *
  *   header, 28 bytes
  *     0   8  magic "SHMKVSNP"
- *     8   4  u32 format version (1)
+ *     8   4  u32 format version (2; version 1 is read too)
  *     12  8  i64 creation time, unix seconds
  *     20  8  u64 entry count: the number of records that follow
  *   records, one per live entry, back to back
  *     0   4  u32 klen   key length, 1 .. the store's max_key_bytes
  *     4   4  u32 vlen   value length, 0 .. the store's max_value_bytes
- *     8   8  i64 expire_unix: absolute expiry in unix seconds, 0 for none
+ *     8   8  i64 expiry: absolute, in unix milliseconds (in version 1,
+ *               seconds), 0 for none
  *     16     key bytes (klen), then value bytes (vlen)
  *   trailer, 8 bytes
  *     0   8  u64 XXH3-64 (seed 0) of every byte before the trailer
@@ -68,7 +69,8 @@
 
 #define SNAPSHOT_MAGIC "SHMKVSNP"
 #define SNAPSHOT_MAGIC_BYTES 8
-#define SNAPSHOT_VERSION 1u
+#define SNAPSHOT_VERSION 2u
+#define SNAPSHOT_VERSION_SECONDS 1u /* expiries in seconds */
 #define HEADER_BYTES 28
 #define HEADER_COUNT_OFFSET 20
 #define RECORD_HEADER_BYTES 16
@@ -113,14 +115,12 @@ static int64_t get_i64(const unsigned char *p)
     return u <= INT64_MAX ? (int64_t)u : -(int64_t)(~u) - 1;
 }
 
-/* Unix seconds on the clock libshmkv measures TTLs with (the coarse
- * realtime clock), so that now + remaining TTL never lands past the entry's
- * real expiry because of a tick between the two clocks. */
-static int64_t now_unix(void)
+/* Unix milliseconds on the clock libshmkv measures TTLs with. */
+static int64_t now_unix_ms(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    return (int64_t)ts.tv_sec;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void format_error(char *err, size_t err_cap, const char *fmt, ...)
@@ -140,7 +140,6 @@ static void format_error(char *err, size_t err_cap, const char *fmt, ...)
 
 struct save_ctx {
     FILE *file;
-    int64_t now;
     uint64_t entries;
     int write_errno; /* set when a write failed inside the walk */
     const char *problem;
@@ -150,7 +149,7 @@ struct save_ctx {
  * into the stdio buffer. Returns 1 (never a SHMKV_E* code, which are
  * negative) to stop the walk on an error. */
 static int save_entry(void *arg, const void *key, size_t klen, const void *val,
-                      size_t vlen, int64_t ttl_s)
+                      size_t vlen, int64_t ttl_ms)
 {
     struct save_ctx *ctx = arg;
     if (klen > UINT32_MAX || vlen > UINT32_MAX) {
@@ -160,7 +159,7 @@ static int save_entry(void *arg, const void *key, size_t klen, const void *val,
     unsigned char rec[RECORD_HEADER_BYTES];
     put_u32(rec, (uint32_t)klen);
     put_u32(rec + 4, (uint32_t)vlen);
-    put_u64(rec + 8, ttl_s > 0 ? (uint64_t)(ctx->now + ttl_s) : 0);
+    put_u64(rec + 8, ttl_ms > 0 ? (uint64_t)(now_unix_ms() + ttl_ms) : 0);
     if (fwrite(rec, sizeof rec, 1, ctx->file) != 1 ||
         fwrite(key, 1, klen, ctx->file) != klen ||
         (vlen > 0 && fwrite(val, 1, vlen, ctx->file) != vlen)) {
@@ -277,10 +276,9 @@ int snapshot_save(struct shmkv *kv, const char *path, uint64_t *entries_out,
     setvbuf(file, NULL, _IOFBF, WRITE_BUFFER_BYTES);
 
     ctx.file = file;
-    ctx.now = now_unix();
     memcpy(header, SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_BYTES);
     put_u32(header + 8, SNAPSHOT_VERSION);
-    put_u64(header + 12, (uint64_t)ctx.now);
+    put_u64(header + 12, (uint64_t)(now_unix_ms() / 1000));
     put_u64(header + HEADER_COUNT_OFFSET, 0); /* patched after the walk */
     if (fwrite(header, sizeof header, 1, file) != 1) {
         format_error(err, err_cap, "snapshot %s: writing %s: %s", path, tmp,
@@ -290,7 +288,7 @@ int snapshot_save(struct shmkv *kv, const char *path, uint64_t *entries_out,
 
     /* Read sections of a slice of the index each (shmkv_foreach): writers
      * go on, and what the save holds back is bounded. */
-    int rc = shmkv_foreach(kv, save_entry, &ctx);
+    int rc = shmkv_foreach_ms(kv, save_entry, &ctx);
     if (ctx.write_errno != 0) {
         format_error(err, err_cap, "snapshot %s: writing %s: %s", path, tmp,
                      strerror(ctx.write_errno));
@@ -432,16 +430,21 @@ fail:
 struct record {
     uint32_t klen;
     uint32_t vlen;
-    int64_t expire_unix;
+    int64_t expire_ms;
     const unsigned char *key;
     const unsigned char *val;
 };
 
-static size_t decode_record(const unsigned char *p, struct record *r)
+static size_t decode_record(const unsigned char *p, uint32_t version,
+                            struct record *r)
 {
     r->klen = get_u32(p);
     r->vlen = get_u32(p + 4);
-    r->expire_unix = get_i64(p + 8);
+    r->expire_ms = get_i64(p + 8);
+    if (version == SNAPSHOT_VERSION_SECONDS)
+        r->expire_ms = r->expire_ms > INT64_MAX / 1000 ? INT64_MAX
+                       : r->expire_ms < 0              ? 1
+                                                       : r->expire_ms * 1000;
     r->key = p + RECORD_HEADER_BYTES;
     r->val = r->key + r->klen;
     return RECORD_HEADER_BYTES + (size_t)r->klen + r->vlen;
@@ -462,12 +465,16 @@ static int verify_snapshot(const char *path, const unsigned char *data,
         format_error(err, err_cap, "snapshot %s: not a shmkv snapshot", path);
         return -1;
     }
-    if (len >= 12 && get_u32(data + 8) != SNAPSHOT_VERSION) {
+    if (len >= 12 && get_u32(data + 8) != SNAPSHOT_VERSION &&
+        get_u32(data + 8) != SNAPSHOT_VERSION_SECONDS) {
         format_error(err, err_cap,
-                     "snapshot %s: format version %u, this shmkvd reads %u",
-                     path, get_u32(data + 8), SNAPSHOT_VERSION);
+                     "snapshot %s: format version %u, this shmkvd reads %u "
+                     "and %u",
+                     path, get_u32(data + 8), SNAPSHOT_VERSION_SECONDS,
+                     SNAPSHOT_VERSION);
         return -1;
     }
+    uint32_t version = len >= 12 ? get_u32(data + 8) : SNAPSHOT_VERSION;
     if (len < min_len) {
         format_error(err, err_cap,
                      "snapshot %s: truncated (%zu bytes, expected at least "
@@ -507,7 +514,7 @@ static int verify_snapshot(const char *path, const unsigned char *data,
                              (unsigned long long)count, pos, end);
             return -1;
         }
-        pos += decode_record(data + pos, &r);
+        pos += decode_record(data + pos, version, &r);
     }
     if (!checksum_ok) {
         format_error(err, err_cap, "snapshot %s: checksum mismatch", path);
@@ -527,7 +534,7 @@ static int verify_snapshot(const char *path, const unsigned char *data,
     for (i = 0; i < count; i++) {
         struct record r;
         size_t at = pos;
-        pos += decode_record(data + pos, &r);
+        pos += decode_record(data + pos, version, &r);
         if (r.klen == 0) {
             format_error(err, err_cap,
                          "snapshot %s: malformed: record %llu at offset %zu "
@@ -589,25 +596,19 @@ int snapshot_load(struct shmkv *kv, const char *path, uint64_t *entries_out,
         goto out;
 
     /* Verified: from here on the store is written. */
-    int64_t now = now_unix();
+    uint32_t version = get_u32(data + 8);
     size_t pos = HEADER_BYTES;
     for (uint64_t i = 0; i < count; i++) {
         struct record r;
-        pos += decode_record(data + pos, &r);
-        uint32_t ttl_s = 0;
-        if (r.expire_unix != 0) {
-            if (r.expire_unix <= now)
+        pos += decode_record(data + pos, version, &r);
+        uint64_t ttl_ms = 0;
+        if (r.expire_ms != 0) {
+            int64_t left = r.expire_ms - now_unix_ms();
+            if (left <= 0)
                 continue; /* expired while on disk */
-            /* libshmkv keeps expiry as 32-bit unix seconds (now + ttl_s):
-             * cap the TTL so that sum cannot wrap, with a second of slack
-             * for its clock having ticked past ours. */
-            int64_t left = r.expire_unix - now;
-            int64_t max_ttl = (int64_t)UINT32_MAX - now - 2;
-            if (left > max_ttl)
-                left = max_ttl > 1 ? max_ttl : 1;
-            ttl_s = (uint32_t)left;
+            ttl_ms = (uint64_t)left;
         }
-        rc = shmkv_set(kv, r.key, r.klen, r.val, r.vlen, ttl_s, 0);
+        rc = shmkv_pset(kv, r.key, r.klen, r.val, r.vlen, ttl_ms, 0);
         if (rc != 0) {
             format_error(err, err_cap,
                          "snapshot %s: loading stopped at record %llu of "

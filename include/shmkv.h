@@ -44,7 +44,7 @@ extern "C" {
 #define SHMKV_VERSION_STRING "0.1.0"
 /* The store layout this library reads and writes: a store of another
  * layout is refused with SHMKV_EVERSION. */
-#define SHMKV_LAYOUT_VERSION 8u
+#define SHMKV_LAYOUT_VERSION 9u
 
 /* An open handle on a store. */
 typedef struct shmkv shmkv_t;
@@ -92,6 +92,8 @@ enum shmkv_error {
     SHMKV_EBUSY = -26,     /* shmkv_resize: another resize is under way */
     SHMKV_EAGAIN = -27,    /* shmkv_resize: a writer died during it and
                               it was given up; the store is as it was */
+    SHMKV_ECHANGED = -28,  /* shmkv_cas: the key was written since its
+                              version was read; nothing was written */
 };
 
 /* Returns a static, human-readable description of an error code. */
@@ -329,8 +331,38 @@ int shmkv_read_end(struct shmkv *kv);
 int shmkv_get_copy(struct shmkv *kv, const void *key, size_t klen, void *buf,
                    size_t cap, size_t *vlen);
 
-/* Seconds to live of key: 0 with *ttl_s = -1 when it has no TTL. */
+/* Seconds to live of key, rounded to the nearest second as Redis's TTL
+ * (0 for a key with under half a second left); *ttl_s = -1 when it has no
+ * TTL. Like shmkv_get_copy, in a read or write section or in its own. */
 int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s);
+
+/* The same in milliseconds; *ttl_ms = -1 when key has no TTL. */
+int shmkv_pttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_ms);
+
+/* Copies a live key chosen at random (the first found from a random
+ * index bucket) into buf (cap bytes); SHMKV_ENOTFOUND if the store is
+ * empty, SHMKV_ENOBUFS (with the length in *klen) if cap is short. */
+int shmkv_random_key(struct shmkv *kv, void *buf, size_t cap, size_t *klen);
+
+/* When key expires, as Unix time in milliseconds; -1 when it has no TTL. */
+int shmkv_pexpiretime(struct shmkv *kv, const void *key, size_t klen,
+                      int64_t *at_ms);
+
+/* key's version: a number that changes whenever key is set, removed (by a
+ * delete, expiry or eviction) or has its TTL changed, including when it is
+ * created after *version was read while it was absent. Versions are kept
+ * per cell of keys sharing a hash, so another key's write may change it
+ * too: shmkv_cas then fails when it need not, but it never succeeds over
+ * a change. In a read section (with the value: shmkv_get_versioned), in a
+ * write section, or in a section of its own; absent keys have a version
+ * too (the call still returns SHMKV_ENOTFOUND). */
+int shmkv_version(struct shmkv *kv, const void *key, size_t klen,
+                  uint64_t *version);
+
+/* shmkv_get that also returns key's version, read before the value: a
+ * shmkv_cas with it succeeds only if nothing changed key since. */
+int shmkv_get_versioned(struct shmkv *kv, const void *key, size_t klen,
+                        shmkv_val_t *val, uint64_t *version);
 
 /* ---------------------------------------------------------------------- */
 /* Writing (each call takes the write lock once; not inside a read section) */
@@ -347,12 +379,82 @@ int shmkv_ttl(struct shmkv *kv, const void *key, size_t klen, int64_t *ttl_s);
 int shmkv_set(struct shmkv *kv, const void *key, size_t klen, const void *val,
               size_t vlen, uint32_t ttl_s, int flags);
 
+/* shmkv_set with the TTL in milliseconds (0: no expiry), exact to the
+ * millisecond on the realtime clock. */
+int shmkv_pset(struct shmkv *kv, const void *key, size_t klen, const void *val,
+               size_t vlen, uint64_t ttl_ms, int flags);
+
+/* Compare-and-set: shmkv_pset, but only if key's version is still
+ * `version` (from shmkv_version or shmkv_get_versioned), checked and
+ * written under one hold of the write lock. SHMKV_ECHANGED if it is not:
+ * read again and retry. With SHMKV_NX or SHMKV_XX as shmkv_set. */
+int shmkv_cas(struct shmkv *kv, const void *key, size_t klen, const void *val,
+              size_t vlen, uint64_t ttl_ms, int flags, uint64_t version);
+
 /* Removes key. SHMKV_ENOTFOUND if it was absent. */
 int shmkv_del(struct shmkv *kv, const void *key, size_t klen);
 
 /* Sets a new TTL on an existing key (0 removes the TTL). */
 int shmkv_expire(struct shmkv *kv, const void *key, size_t klen,
                  uint32_t ttl_s);
+
+/* The same in milliseconds (0 removes the TTL). */
+int shmkv_pexpire(struct shmkv *kv, const void *key, size_t klen,
+                  uint64_t ttl_ms);
+
+/* Makes key expire at at_ms, Unix time in milliseconds; a time not in the
+ * future removes it at once, as Redis's PEXPIREAT. SHMKV_ENOTFOUND if key
+ * is absent. */
+int shmkv_pexpireat(struct shmkv *kv, const void *key, size_t klen,
+                    int64_t at_ms);
+
+/* What shmkv_update's function is told and tells. */
+#define SHMKV_UPDATE_KEEP 0    /* change nothing */
+#define SHMKV_UPDATE_STORE 1   /* store val (vlen bytes) with expire_ms */
+#define SHMKV_UPDATE_REMOVE 2  /* remove the key */
+#define SHMKV_UPDATE_EXPIRE 3  /* keep the value, set expire_ms */
+#define SHMKV_EXPIRE_KEEP (-1) /* expire_ms: keep the key's current one */
+struct shmkv_update {
+    /* The key's current value, in shared memory, valid until the function
+     * returns; NULL (old_len 0) when the key is absent or expired. */
+    const void *old;
+    size_t old_len;
+    int64_t old_expire_ms; /* Unix ms; 0: none (or absent) */
+    /* Set by the function; action starts as SHMKV_UPDATE_KEEP. val may
+     * point into old. expire_ms: Unix ms, 0 for none, or
+     * SHMKV_EXPIRE_KEEP; a time already past removes the key. */
+    int action;
+    const void *val;
+    size_t vlen;
+    int64_t expire_ms;
+};
+typedef int (*shmkv_update_fn)(void *arg, struct shmkv_update *u);
+
+/* Reads and writes key as one write: fn is called once, under the write
+ * lock, with key's current value, and what it asks is done before the lock
+ * is let go, so that no other write comes between (GETSET, APPEND, a
+ * compare-by-value, a counter in any format). fn must be short and must
+ * not call libshmkv. A nonzero return from fn changes nothing and is
+ * returned. Otherwise returns 0 or the error of the write fn asked for
+ * (SHMKV_ENOSPC, SHMKV_E2BIG, ...: the old value is kept). */
+int shmkv_update(struct shmkv *kv, const void *key, size_t klen,
+                 shmkv_update_fn fn, void *arg);
+
+/* A write section: takes the write lock and holds it until
+ * shmkv_write_end, so that the writes this handle makes in between are
+ * not interleaved with any other writer's (MULTI/EXEC). Readers still see
+ * each write as it is made, in order. Read sections may be opened in it
+ * (no write is made while one is open), and shmkv_get_copy, shmkv_pttl
+ * and shmkv_version read under the lock. shmkv_foreach, shmkv_check,
+ * shmkv_resize and shmkv_maintain are refused in it. Every other writer
+ * waits while it is held: keep it short.
+ * SHMKV_ETIMEDOUT if the lock was not had within the handle's timeout. */
+int shmkv_write_begin(struct shmkv *kv);
+int shmkv_write_end(struct shmkv *kv);
+
+/* How many live (unexpired) entries this handle's last write evicted to
+ * make room, in an lru store: lua_shared_dict's "forcible". */
+unsigned shmkv_evicted(const struct shmkv *kv);
 
 /* Adds delta to the decimal 64-bit integer stored at key, creating it at 0
  * (no TTL) when absent, and returns the new value in *result (may be NULL).
@@ -380,6 +482,11 @@ int shmkv_expire_scan(struct shmkv *kv, uint64_t max_slots);
 typedef int (*shmkv_visit_fn)(void *ctx, const void *key, size_t klen,
                               const void *val, size_t vlen, int64_t ttl_s);
 
+/* A visitor given the remaining time to live in milliseconds (0: none),
+ * for shmkv_foreach_ms and shmkv_scan_ms; ttl_s above is rounded up. */
+typedef int (*shmkv_visit_ms_fn)(void *ctx, const void *key, size_t klen,
+                                 const void *val, size_t vlen, int64_t ttl_ms);
+
 /* Visits every live entry, a few hundred index slots per read section, so
  * that writers go on meanwhile and no section is long. Every key present
  * for the whole walk is visited exactly once, with a value it held during
@@ -388,6 +495,7 @@ typedef int (*shmkv_visit_fn)(void *ctx, const void *key, size_t klen,
  * took so long that its section was revoked (what it was given may have
  * changed under it). */
 int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx);
+int shmkv_foreach_ms(struct shmkv *kv, shmkv_visit_ms_fn fn, void *ctx);
 
 /* One step of a walk that a caller resumes, as Redis's SCAN: visits the
  * live entries of about `count` index slots (at least one bucket) from
@@ -400,6 +508,8 @@ int shmkv_foreach(struct shmkv *kv, shmkv_visit_fn fn, void *ctx);
  * result (*cursor then still says where this step began). */
 int shmkv_scan(struct shmkv *kv, uint64_t *cursor, size_t count,
                shmkv_visit_fn fn, void *ctx);
+int shmkv_scan_ms(struct shmkv *kv, uint64_t *cursor, size_t count,
+                  shmkv_visit_ms_fn fn, void *ctx);
 
 /* ---------------------------------------------------------------------- */
 /* Statistics and checking */

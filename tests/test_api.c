@@ -290,6 +290,7 @@ static void test_strerror_every_code_distinct(void **state)
         SHMKV_ECLOSED,  SHMKV_ESTATE,  SHMKV_ECLIENTS,  SHMKV_ECORRUPT,
         SHMKV_ECONFIG,  SHMKV_ENOMEM,  SHMKV_ESYS,      SHMKV_EOWNED,
         SHMKV_ESTALE,   SHMKV_EFORKED, SHMKV_EBUSY,     SHMKV_EAGAIN,
+        SHMKV_ECHANGED,
     };
     const size_t n = sizeof codes / sizeof codes[0];
     /* The codes are 0, -1, ..., -(n-1): none is left out above. */

@@ -330,13 +330,15 @@ static void test_file_format(void **state)
     assert_int_equal(len, HEADER_BYTES + RECORD_HEADER_BYTES + 3 + 5 +
                               TRAILER_BYTES);
     assert_memory_equal(d, "SHMKVSNP", 8);
-    assert_int_equal(rd32(d + 8), 1);
+    assert_int_equal(rd32(d + 8), 2);
     assert_in_range((int64_t)rd64(d + 12), before - 1, after);
     assert_int_equal(rd64(d + 20), 1);
     const unsigned char *r = d + HEADER_BYTES;
     assert_int_equal(rd32(r), 3);
     assert_int_equal(rd32(r + 4), 5);
-    assert_in_range((int64_t)rd64(r + 8), before + 998, after + 1000);
+    /* Expiry in unix milliseconds. */
+    assert_in_range((int64_t)rd64(r + 8), (before + 998) * 1000,
+                    (after + 1000) * 1000 + 999);
     assert_memory_equal(r + 16, "abchello", 8);
     assert_int_equal(rd64(d + len - 8), XXH3_64bits(d, len - 8));
     free(d);
@@ -825,14 +827,58 @@ static void test_wrong_version_refused(void **state)
     unsigned char *d = good_snapshot(f, &len);
     char path[192];
     snprintf(path, sizeof path, "%s/version.snap", f->dir);
-    le32(d + 8, 2);
+    le32(d + 8, 3);
     fix_checksum(d, len);
     write_file(path, d, len);
-    assert_refused(path, "format version 2, this shmkvd reads 1");
+    assert_refused(path, "format version 3, this shmkvd reads 1 and 2");
     le32(d + 8, 0);
     write_file(path, d, len); /* checksum not fixed: the version speaks */
-    assert_refused(path, "format version 0, this shmkvd reads 1");
+    assert_refused(path, "format version 0, this shmkvd reads 1 and 2");
     free(d);
+}
+
+/* Version 1 kept expiries in seconds: read as such. */
+static void test_version_1_seconds(void **state)
+{
+    struct fixture *f = *state;
+    static struct crafted c;
+    craft_begin(&c); /* writes version 1 */
+    craft_record(&c, "v1", "x", (int64_t)time(NULL) + 100);
+    craft_record(&c, "v1gone", "x", (int64_t)time(NULL) - 1);
+    craft_end(&c);
+    write_file(f->snap, c.buf, c.len);
+    char key[32];
+    struct shmkv *kv = make_store(8u << 20, key);
+    char err[512] = "";
+    uint64_t n = 0;
+    expect_ok(snapshot_load(kv, f->snap, &n, err, sizeof err), err);
+    assert_int_equal(n, 1);
+    int64_t ttl = 0;
+    assert_int_equal(shmkv_pttl(kv, "v1", 2, &ttl), 0);
+    assert_in_range(ttl, 98000, 100000);
+    test_destroy(kv, key);
+}
+
+/* Millisecond TTLs survive a save and a load to the millisecond (less the
+ * time between them). */
+static void test_ttl_milliseconds(void **state)
+{
+    struct fixture *f = *state;
+    char key_a[32], key_b[32];
+    struct shmkv *a = make_store(8u << 20, key_a);
+    assert_int_equal(shmkv_pset(a, "ms", 2, "v", 1, 1500, 0), 0);
+    char err[512] = "";
+    uint64_t n = 0;
+    expect_ok(snapshot_save(a, f->snap, &n, err, sizeof err), err);
+    int64_t at_a = 0, at_b = 0;
+    assert_int_equal(shmkv_pexpiretime(a, "ms", 2, &at_a), 0);
+    test_destroy(a, key_a);
+    struct shmkv *b = make_store(8u << 20, key_b);
+    expect_ok(snapshot_load(b, f->snap, &n, err, sizeof err), err);
+    assert_int_equal(shmkv_pexpiretime(b, "ms", 2, &at_b), 0);
+    /* The same instant, within the clock reads of save and load. */
+    assert_in_range(at_b, at_a - 2, at_a + 2);
+    test_destroy(b, key_b);
 }
 
 /* Damage that a correct checksum does not excuse: a writer bug or a
@@ -1054,6 +1100,8 @@ int main(void)
         T(test_truncated_refused),
         T(test_wrong_magic_refused),
         T(test_wrong_version_refused),
+        T(test_version_1_seconds),
+        T(test_ttl_milliseconds),
         T(test_malformed_records_refused),
         T(test_value_over_limit_refused),
         T(test_expired_not_restored),
