@@ -17,7 +17,7 @@ CC ?= cc
 BUILD ?= build
 DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config redis-tools \
 	debhelper dpkg-dev python3-dev python3-venv python3-pip python3-setuptools python3-wheel \
-	python3-pytest python3-redis
+	python3-pytest python3-redis libhiredis-dev
 PKGS := libxxhash inih
 DAEMON_PKGS := libevent inih libxxhash
 
@@ -99,10 +99,18 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libshmkvd.a $(BUILD)/libsh
 	$(CC) $(ALL_CFLAGS) -Idaemon -Itests $< -o $@ $(BUILD)/libshmkvd.a $(BUILD)/libshmkv.a \
 	    $(DAEMON_LIBS) $(shell pkg-config --libs cmocka)
 
+# A Redis client in C (hiredis) run against shmkvd by the compatibility
+# tests (bindings/python/tests/test_redis_compat.py).
+$(BUILD)/tests/compat_hiredis: tests/compat_hiredis.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags hiredis) $< -o $@ \
+	    $(shell pkg-config --libs hiredis)
+
 $(BUILD)/shmkv-bench: bench/shmkv-bench.c $(BUILD)/libshmkv.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(BUILD)/libshmkv.a $(LIBS) -lm
 
-test: deps $(TEST_BINS) $(FUZZ_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl $(BUILD)/shmkv-bench
+test: deps $(TEST_BINS) $(FUZZ_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl $(BUILD)/shmkv-bench \
+	$(BUILD)/tests/compat_hiredis
 	@BUILD=$(BUILD) EXAMPLE_CFLAGS="$(CFLAGS)" sh tests/run.sh $(TEST_BINS) $(FUZZ_BINS) $(TEST_SCRIPTS)
 
 # `make python`: the Python package (bindings/python) built and installed

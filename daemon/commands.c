@@ -1489,6 +1489,7 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
         info_section(b, "Clients", &first);
         evbuffer_add_printf(b,
                             "connected_clients:%u\r\nmaxclients:%u\r\n"
+                            "blocked_clients:0\r\n"
                             "attached_handles:%u\r\nattached_writers:%u\r\n"
                             "max_handles:%u\r\n",
                             d->n_conns, d->cfg.max_connections, st.clients,

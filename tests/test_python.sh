@@ -17,6 +17,7 @@ trap 'rm -rf "$work"' EXIT
 # From elsewhere than the sources, so that the installed package is the one
 # imported.
 cd "$work"
-SHMKVD="$top/$build/shmkvd" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+SHMKVD="$top/$build/shmkvd" COMPAT_HIREDIS="$top/$build/tests/compat_hiredis" \
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     "$top/bindings/python/tests"
 echo "python: passed"

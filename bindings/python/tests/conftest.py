@@ -3,12 +3,19 @@ afterwards whatever happens; each key and this pid are recorded for
 tests/run.sh (SHMKV_TEST_RECORD), which fails a run that leaves one."""
 import itertools
 import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 
 import pytest
 
 import shmkv
 
 _counter = itertools.count()
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def record(line):
@@ -41,3 +48,39 @@ def store(key):
     yield s
     if not s.closed:
         s.destroy()
+
+
+# A shmkvd of its own, on a store at a unique key: (config path, socket).
+@pytest.fixture
+def daemon():
+    shmkvd = os.environ.get("SHMKVD", str(ROOT / "build" / "shmkvd"))
+    if not os.access(shmkvd, os.X_OK):
+        pytest.skip(f"no shmkvd at {shmkvd}: build it first")
+    d = tempfile.mkdtemp(prefix="shmkv-py-")
+    key = unique_key()
+    conf = os.path.join(d, "shmkvd.conf")
+    sock = os.path.join(d, "shmkvd.sock")
+    with open(conf, "w") as f:
+        f.write(f"[store]\nkey = {key}\nsize = 8M\nmode = 0600\n"
+                f"[control]\nsocket = {sock}\n"
+                "[persistence]\nsave_on_shutdown = no\n")
+    log = open(os.path.join(d, "shmkvd.log"), "w")
+    proc = subprocess.Popen([shmkvd, "--foreground", "-c", conf], stderr=log)
+    record(f"pid {proc.pid}")
+    try:
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("shmkvd did not start")
+        yield conf, sock
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+        shutil.rmtree(d, ignore_errors=True)
+        try:
+            shmkv.remove(key)
+        except shmkv.NoStore:
+            pass

@@ -429,41 +429,6 @@ def test_resize(store):
 
 # ---- a store made by shmkvd ----
 
-@pytest.fixture
-def daemon():
-    shmkvd = os.environ.get("SHMKVD", str(ROOT / "build" / "shmkvd"))
-    if not os.access(shmkvd, os.X_OK):
-        pytest.skip(f"no shmkvd at {shmkvd}: build it first")
-    d = tempfile.mkdtemp(prefix="shmkv-py-")
-    key = unique_key()
-    conf = os.path.join(d, "shmkvd.conf")
-    sock = os.path.join(d, "shmkvd.sock")
-    with open(conf, "w") as f:
-        f.write(f"[store]\nkey = {key}\nsize = 8M\nmode = 0600\n"
-                f"[control]\nsocket = {sock}\n"
-                "[persistence]\nsave_on_shutdown = no\n")
-    log = open(os.path.join(d, "shmkvd.log"), "w")
-    proc = subprocess.Popen([shmkvd, "--foreground", "-c", conf], stderr=log)
-    record(f"pid {proc.pid}")
-    try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("shmkvd did not start")
-        yield conf, sock
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-        log.close()
-        shutil.rmtree(d, ignore_errors=True)
-        try:
-            shmkv.remove(key)
-        except shmkv.NoStore:
-            pass
-
-
 def test_store_made_by_shmkvd(daemon):
     conf, sock = daemon
     s = shmkv.open(conf)
