@@ -70,6 +70,7 @@ static void slot_take(struct shmkv *kv, uint32_t i, bool writer)
         struct writer_slot *w = &writer_slots(kv)[i];
         atomic_store(&w->lock_state, 0);
         atomic_store(&w->pid, (int32_t)kv->pid);
+        atomic_fetch_add(&w->incarnation, 1);
         kv->wslot = w;
         kv->pin_index = kv->max_clients + i;
         kv->covered = true;

@@ -19,7 +19,8 @@
 struct ctl_tail {
     int64_t created_unix;
     uint64_t locks_off, wclients_off, wslots_off, pins_off, reader_bytes,
-        clients_off, recency_off, recency_cells, versions_off, version_cells;
+        clients_off, recency_off, recency_cells, versions_off, version_cells,
+        leases_off;
 };
 
 /* The data header's fixed part: every field before `entries`. */
@@ -74,6 +75,7 @@ struct shmkv {
     uint32_t *recency; /* lru only */
     uint64_t recency_mask;
     _Atomic uint64_t *versions; /* the version cells (control segment) */
+    struct lease *leases;       /* the fill leases (control segment) */
     uint64_t version_mask;
 
     /* The deadline of the call in progress (CLOCK_MONOTONIC ms), 0 until
@@ -355,6 +357,10 @@ bool data_segment_of_store(int shmid, uint64_t nonce);
 /* Detaches the handle's view of a resize's segment. */
 void resize_detach(struct shmkv *kv);
 
+/* write.c: takes the write lock for one call (or finds it held by the
+ * handle's write section), and lets it go. */
+int write_begin(struct shmkv *kv);
+void write_end(struct shmkv *kv);
 /* write.c: what intent_repair runs to finish an operation */
 void op_finish(struct shmkv *kv);
 /* Publishes word (an entry at a new block) at the index slot (bucket,

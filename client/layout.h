@@ -23,6 +23,8 @@
  *     pins          per client slot of either kind, written by writers
  *                   scanning claims: since when a claim holds memory back,
  *                   and what the scans found (reclaim.c)
+ *     fill leases   LEASE_SLOTS records of who fills which missing key
+ *                   (write.c, shmkv_lease_take)
  *     version cells uint64 counters indexed by a hash of the key that does
  *                   not change with the generation: a write bumps its
  *                   key's cell once it is published (write.c); what
@@ -156,7 +158,10 @@ struct reader_header {
 struct writer_slot {
     alignas(CACHE_LINE) _Atomic uint64_t lock_state;
     _Atomic int32_t pid; /* the writer's, for the log */
-    uint32_t reserved;
+    /* Bumped each time a handle takes the slot: a fill lease names its
+     * holder by slot and incarnation, so that a process that takes the
+     * slot after the holder died does not hold its leases. */
+    _Atomic uint32_t incarnation;
     _Atomic uint64_t lock_waits;
     _Atomic uint64_t lock_timeouts;
     /* Counted by the writer in its own slot, so that two processes
@@ -241,6 +246,8 @@ struct ctl_header {
     uint64_t recency_cells; /* a power of two */
     uint64_t versions_off;  /* the version cells (control segment) */
     uint64_t version_cells; /* a power of two */
+    uint64_t leases_off;    /* the fill leases (control segment) */
+    uint64_t lease_slots;
 
     /* The generation word readers load on every operation. */
     alignas(CACHE_LINE) _Atomic uint64_t current;
@@ -297,6 +304,19 @@ struct ctl_header {
 
     alignas(CACHE_LINE) _Atomic uint64_t event_next;
     struct event_rec events[EVENT_SLOTS];
+};
+
+/* A fill lease (write.c): the key's version hash (0: free), its holder
+ * (a writers' client slot and that slot's incarnation) and until when
+ * (Unix ms). Valid while the holder lives and the time has not passed;
+ * written under the write lock. */
+#define LEASE_SLOTS 1024u
+struct lease {
+    uint64_t khash;
+    uint32_t slot;
+    uint32_t incarnation;
+    uint64_t until_ms;
+    uint64_t taken_ms;
 };
 
 /* Arena allocator geometry (two-level segregated fit over 16-byte units). */

@@ -223,6 +223,34 @@ __attribute__((flatten)) int shmkv_get(struct shmkv *kv, const void *key,
     return 0;
 }
 
+int shmkv_get_stale(struct shmkv *kv, const void *key, size_t klen,
+                    shmkv_val_t *val, int64_t *stale_ms)
+{
+    if (stale_ms == NULL)
+        return set_error(SHMKV_EINVAL, "NULL age");
+    if (kv == NULL || val == NULL || key == NULL || !kv->in_read ||
+        klen - 1 >= kv->max_key_bytes || !read_claim_valid(kv))
+        return get_refused(kv, key, klen, val);
+    /* The lookup without the expiry test (nor a hit counted). */
+    const struct block *e =
+        table_lookup(kv, key_hash(key, klen, kv->seed), key, klen);
+    if (e == NULL)
+        return SHMKV_ENOTFOUND;
+    if (!entry_in_bounds(kv, e, klen))
+        return entry_out_of_bounds(kv);
+    uint64_t at = e->u.entry.expire_ms;
+    *stale_ms = 0;
+    if (at != 0) {
+        if (kv->now_ms == 0)
+            kv->now_ms = clock_unix_ms();
+        if (at <= kv->now_ms)
+            *stale_ms = at == kv->now_ms ? 1 : (int64_t)(kv->now_ms - at);
+    }
+    val->data = entry_key(e) + klen;
+    val->len = (size_t)entry_vlen(e);
+    return 0;
+}
+
 /* What a one-key call reads of an entry, copied out inside the section. */
 struct entry_copy {
     void *buf;

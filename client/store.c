@@ -111,6 +111,7 @@ struct geometry {
     uint64_t recency_cells;
     uint64_t versions_off;
     uint64_t version_cells;
+    uint64_t leases_off;
 };
 
 /* Lays out a data segment's regions in *d: header, index, limbo ring, undo
@@ -219,9 +220,11 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
         g->wclients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
     g->pins_off =
         g->wslots_off + (uint64_t)o->max_clients * sizeof(struct writer_slot);
-    g->versions_off = align_up(g->pins_off + 2 * (uint64_t)o->max_clients *
-                                                 sizeof(struct client_pin),
-                               CACHE_LINE);
+    g->leases_off = align_up(g->pins_off + 2 * (uint64_t)o->max_clients *
+                                               sizeof(struct client_pin),
+                             CACHE_LINE);
+    g->versions_off = align_up(
+        g->leases_off + LEASE_SLOTS * sizeof(struct lease), CACHE_LINE);
     g->version_cells = next_pow2(entries / VERSION_ENTRIES_PER_CELL);
     if (g->version_cells < MIN_VERSION_CELLS)
         g->version_cells = MIN_VERSION_CELLS;
@@ -343,7 +346,9 @@ static int ctl_validate(const struct ctl_header *c, uint64_t seg_bytes)
         c->wslots_off + (uint64_t)c->max_clients * sizeof(struct writer_slot) >
             c->pins_off ||
         c->pins_off + 2 * (uint64_t)c->max_clients * sizeof(struct client_pin) >
-            c->versions_off ||
+            c->leases_off ||
+        c->lease_slots != LEASE_SLOTS || c->leases_off % 8 != 0 ||
+        c->leases_off + LEASE_SLOTS * sizeof(struct lease) > c->versions_off ||
         c->versions_off % 8 != 0 || c->versions_off > seg_bytes ||
         c->version_cells == 0 || c->version_cells > MAX_VERSION_CELLS ||
         (c->version_cells & (c->version_cells - 1)) != 0 ||
@@ -463,6 +468,7 @@ static void handle_bind_ctl(struct shmkv *kv, struct ctl_header *c, int shmid)
     kv->lru = c->eviction == SHMKV_EVICT_LRU && c->recency_cells > 0;
     kv->recency_mask = kv->lru ? c->recency_cells - 1 : 0;
     kv->versions = (_Atomic uint64_t *)((char *)c + c->versions_off);
+    kv->leases = (struct lease *)((char *)c + c->leases_off);
     kv->version_mask = c->version_cells - 1;
     memcpy(kv->ctl_fixed, c, CTL_FIXED_BYTES);
     kv->store_nonce = c->store_nonce;
@@ -509,7 +515,8 @@ struct ctl_tail ctl_tail_of(const struct ctl_header *c)
                              .recency_off = c->recency_off,
                              .recency_cells = c->recency_cells,
                              .versions_off = c->versions_off,
-                             .version_cells = c->version_cells};
+                             .version_cells = c->version_cells,
+                             .leases_off = c->leases_off};
 }
 
 int ctl_intact(const struct shmkv *kv)
@@ -651,6 +658,8 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->recency_cells = g.recency_cells;
     c->versions_off = g.versions_off;
     c->version_cells = g.version_cells;
+    c->leases_off = g.leases_off;
+    c->lease_slots = LEASE_SLOTS;
     atomic_store(&c->epoch, 1);
     atomic_store(&c->resize_shmid, -1);
     atomic_store(&c->resize_from, -1);

@@ -68,7 +68,7 @@ static int header_sane(const struct shmkv *kv)
                      why);
 }
 
-static int write_begin(struct shmkv *kv)
+int write_begin(struct shmkv *kv)
 {
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
@@ -97,7 +97,7 @@ static int write_begin(struct shmkv *kv)
     return rc;
 }
 
-static void write_end(struct shmkv *kv)
+void write_end(struct shmkv *kv)
 {
     if (!kv->in_write)
         lock_release(kv);

@@ -1921,6 +1921,227 @@ static void cmd_client(struct conn *c, size_t argc, struct resp_arg *argv,
     (void)argc;
 }
 
+/* ---- cache primitives: versions, compare-and-set, leases, stale ---- */
+
+/* SHMKV.GETV key: [value or nil, version]. */
+static void cmd_getv(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    (void)argc;
+    struct shmkv *kv = c->d->kv;
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    shmkv_val_t v;
+    uint64_t version = 0;
+    rc = shmkv_get_versioned(kv, argv[1].data, argv[1].len, &v, &version);
+    if (rc == 0 || rc == SHMKV_ENOTFOUND) {
+        resp_array(out, 2);
+        if (rc == 0)
+            resp_bulk(out, v.data, v.len);
+        else
+            resp_null(out);
+        char buf[24];
+        snprintf(buf, sizeof buf, "%" PRIu64, version);
+        resp_bulk_str(out, buf);
+    }
+    shmkv_read_end(kv);
+    if (rc != 0 && rc != SHMKV_ENOTFOUND)
+        reply_store_error(out, rc);
+}
+
+/* An optional trailing EX s | PX ms: the TTL in ms (0: none), false on a
+ * bad one (replied). */
+static bool ttl_option(struct conn *c, size_t argc, struct resp_arg *argv,
+                       size_t at, uint64_t *ttl_ms, struct evbuffer *out)
+{
+    *ttl_ms = 0;
+    if (argc == at)
+        return true;
+    int64_t n, when;
+    if (argc != at + 2 ||
+        !(arg_is(&argv[at], "EX") || arg_is(&argv[at], "PX"))) {
+        reply_syntax(out);
+        return false;
+    }
+    if (!arg_int64(&argv[at + 1], &n) ||
+        !expiry_from_arg(n, arg_is(&argv[at], "PX"), false, &when)) {
+        resp_errorf(out, "ERR invalid expire time in '%s' command",
+                    c->last_command);
+        return false;
+    }
+    *ttl_ms = (uint64_t)(when - now_ms());
+    return true;
+}
+
+/* SHMKV.CAS key version value [EX s|PX ms]: 1 if set, 0 if the key changed
+ * since the version was read (SHMKV.GETV). */
+static void cmd_cas(struct conn *c, size_t argc, struct resp_arg *argv,
+                    struct evbuffer *out)
+{
+    char num[32];
+    uint64_t ttl_ms;
+    if (argv[2].len == 0 || argv[2].len >= sizeof num) {
+        resp_error(out, "ERR version is not a number");
+        return;
+    }
+    memcpy(num, argv[2].data, argv[2].len);
+    num[argv[2].len] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long long version = strtoull(num, &end, 10);
+    if (*end != '\0' || errno != 0 || !isdigit((unsigned char)num[0])) {
+        resp_error(out, "ERR version is not a number");
+        return;
+    }
+    if (!ttl_option(c, argc, argv, 4, &ttl_ms, out))
+        return;
+    int rc = shmkv_cas(c->d->kv, argv[1].data, argv[1].len, argv[3].data,
+                       argv[3].len, ttl_ms, 0, (uint64_t)version);
+    if (parked_on(c, rc, true))
+        return;
+    if (rc == 0 || rc == SHMKV_ECHANGED)
+        resp_int(out, rc == 0);
+    else
+        reply_store_error(out, rc);
+}
+
+/* SHMKV.SETF key value [EX s|PX ms]: SET that replies how many live
+ * entries it evicted to make room (lua_shared_dict's "forcible"). */
+static void cmd_setf(struct conn *c, size_t argc, struct resp_arg *argv,
+                     struct evbuffer *out)
+{
+    uint64_t ttl_ms;
+    if (!ttl_option(c, argc, argv, 3, &ttl_ms, out))
+        return;
+    if (ttl_ms == 0 && c->d->cfg.default_ttl_s != 0)
+        ttl_ms = (uint64_t)c->d->cfg.default_ttl_s * 1000u;
+    int rc = shmkv_pset(c->d->kv, argv[1].data, argv[1].len, argv[2].data,
+                        argv[2].len, ttl_ms, 0);
+    if (parked_on(c, rc, true))
+        return;
+    if (rc != 0)
+        reply_store_error(out, rc);
+    else
+        resp_int(out, shmkv_evicted(c->d->kv));
+}
+
+struct conn_lease {
+    char *key;
+    size_t klen;
+    int64_t until_ms;
+};
+
+/* The index of key among c's leases, or -1. */
+static long conn_lease_find(const struct conn *c, const struct resp_arg *key)
+{
+    for (size_t i = 0; i < c->n_leases; i++)
+        if (c->leases[i].klen == key->len &&
+            memcmp(c->leases[i].key, key->data, key->len) == 0)
+            return (long)i;
+    return -1;
+}
+
+static void conn_lease_drop(struct conn *c, size_t i)
+{
+    struct conn_lease *l = &c->leases[i];
+    /* One that ran out may be another connection's now. */
+    if (now_ms() < l->until_ms)
+        shmkv_lease_release(c->d->kv, l->key, l->klen);
+    free(l->key);
+    c->leases[i] = c->leases[--c->n_leases];
+}
+
+void conn_leases_release(struct conn *c)
+{
+    while (c->n_leases > 0)
+        conn_lease_drop(c, c->n_leases - 1);
+    free(c->leases);
+    c->leases = NULL;
+}
+
+/* SHMKV.LEASE key ms: 1 if this connection now fills key (held until
+ * SHMKV.RELEASE, ms, or the connection's end), 0 if another holds it. */
+static void cmd_lease(struct conn *c, size_t argc, struct resp_arg *argv,
+                      struct evbuffer *out)
+{
+    (void)argc;
+    int64_t ms;
+    if (!arg_int64(&argv[2], &ms) || ms <= 0 || ms > 3600000) {
+        resp_error(out, "ERR lease time must be 1 to 3600000 ms");
+        return;
+    }
+    long i = conn_lease_find(c, &argv[1]);
+    if (i >= 0 && now_ms() >= c->leases[i].until_ms)
+        conn_lease_drop(c, (size_t)i); /* ran out: forget it */
+    struct conn_lease *l = realloc(c->leases, (c->n_leases + 1) * sizeof *l);
+    char *key = malloc(argv[1].len ? argv[1].len : 1);
+    if (l == NULL || key == NULL) {
+        if (l != NULL)
+            c->leases = l;
+        free(key);
+        resp_error(out, "ERR out of memory");
+        return;
+    }
+    c->leases = l;
+    int rc = shmkv_lease_take(c->d->kv, argv[1].data, argv[1].len, (uint32_t)ms,
+                              NULL);
+    if (rc == 0) {
+        memcpy(key, argv[1].data, argv[1].len);
+        c->leases[c->n_leases++] = (struct conn_lease){
+            .key = key, .klen = argv[1].len, .until_ms = now_ms() + ms};
+        resp_int(out, 1);
+        return;
+    }
+    free(key);
+    if (parked_on(c, rc, true))
+        return;
+    if (rc == SHMKV_EBUSY)
+        resp_int(out, 0);
+    else
+        reply_store_error(out, rc);
+}
+
+/* SHMKV.RELEASE key: 1 if this connection held key's lease. */
+static void cmd_release(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out)
+{
+    (void)argc;
+    long i = conn_lease_find(c, &argv[1]);
+    bool held = i >= 0 && now_ms() < c->leases[i].until_ms;
+    if (i >= 0)
+        conn_lease_drop(c, (size_t)i);
+    resp_int(out, held);
+}
+
+/* SHMKV.GETSTALE key: [value, ms since it expired (0: live)], or nil. */
+static void cmd_getstale(struct conn *c, size_t argc, struct resp_arg *argv,
+                         struct evbuffer *out)
+{
+    (void)argc;
+    struct shmkv *kv = c->d->kv;
+    int rc = shmkv_read_begin(kv);
+    if (rc != 0) {
+        reply_store_error(out, rc);
+        return;
+    }
+    shmkv_val_t v;
+    int64_t stale = 0;
+    rc = shmkv_get_stale(kv, argv[1].data, argv[1].len, &v, &stale);
+    if (rc == 0) {
+        resp_array(out, 2);
+        resp_bulk(out, v.data, v.len);
+        resp_int(out, stale);
+    } else if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG) {
+        resp_null(out);
+    }
+    shmkv_read_end(kv);
+    if (rc != 0 && rc != SHMKV_ENOTFOUND && rc != SHMKV_E2BIG)
+        reply_store_error(out, rc);
+}
+
 /* ---- transactions ----
  *
  * MULTI queues commands, each checked first as Redis does (a known name,
@@ -2418,6 +2639,18 @@ static const struct command commands[] = {
     {"RANDOMKEY", 1, 0, cmd_randomkey, "a key, or nil"},
     {"MEMORY", -2, 0, cmd_memory, "USAGE key: bytes the entry takes"},
     {"OBJECT", -2, 0, cmd_object, "ENCODING key: raw"},
+    {"SHMKV.GETV", 2, CMD_KEY1, cmd_getv,
+     "key: [value or nil, version] for SHMKV.CAS"},
+    {"SHMKV.CAS", -4, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_cas,
+     "key version value [EX s|PX ms]: 1 if set, 0 if the key changed"},
+    {"SHMKV.SETF", -3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_setf,
+     "key value [EX s|PX ms]: SET; live entries evicted for it"},
+    {"SHMKV.LEASE", 3, CMD_WRITES | CMD_WAITS | CMD_KEY1, cmd_lease,
+     "key ms: 1 if this connection now fills key, 0 if another does"},
+    {"SHMKV.RELEASE", 2, CMD_WRITES | CMD_KEY1, cmd_release,
+     "key: give back this connection's lease"},
+    {"SHMKV.GETSTALE", 2, CMD_KEY1, cmd_getstale,
+     "key: [value, ms since it expired], while still in memory"},
     {"MULTI", 1, CMD_TXN, cmd_multi, "start a transaction"},
     {"EXEC", 1, CMD_TXN | CMD_WAITS, cmd_exec,
      "run the queued commands as one write"},

@@ -138,6 +138,7 @@ void conn_close(struct conn *c)
     log_debug("connection %llu closed", (unsigned long long)c->id);
     job_detach(c);
     txn_reset(c);
+    conn_leases_release(c);
     event_free(c->request_deadline);
     event_free(c->resume);
     event_free(c->retry);

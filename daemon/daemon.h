@@ -79,6 +79,10 @@ struct conn {
     struct watch *watches;
     size_t n_watches;
     bool in_exec;
+    /* Fill leases this connection took (SHMKV.LEASE): the daemon's handle
+     * holds them for it; given back when it releases them or closes. */
+    struct conn_lease *leases;
+    size_t n_leases;
 };
 
 enum stop_save { STOP_SAVE_CONFIG, STOP_SAVE, STOP_NOSAVE };
@@ -154,6 +158,8 @@ void control_apply_config(struct daemon *d);
  * parks it (c->parked, no reply) when it must wait for the store. */
 /* Frees a connection's transaction and watched keys. */
 void txn_reset(struct conn *c);
+/* Gives back the fill leases a closing connection holds. */
+void conn_leases_release(struct conn *c);
 void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
                  struct evbuffer *out);
 

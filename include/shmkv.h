@@ -452,6 +452,68 @@ int shmkv_update(struct shmkv *kv, const void *key, size_t klen,
 int shmkv_write_begin(struct shmkv *kv);
 int shmkv_write_end(struct shmkv *kv);
 
+/* ---------------------------------------------------------------------- */
+/* Filling a missing key once: leases, stale values, get-or-fill */
+
+/* Takes key's fill lease for lease_ms (1 to 3,600,000): 0 if this handle
+ * now holds it, SHMKV_EBUSY if a live process holds it (this one too), with
+ * its pid in *holder if not NULL; SHMKV_ELIMIT if 1024 leases are held.
+ * A lease ends when its holder releases it, when lease_ms has passed, or
+ * at once when the holder's process dies. Writers only. */
+int shmkv_lease_take(struct shmkv *kv, const void *key, size_t klen,
+                     uint32_t lease_ms, int32_t *holder);
+
+/* Gives back a lease this handle holds; SHMKV_ENOTFOUND if it holds none
+ * on key (it ended, or another took it after it did). */
+int shmkv_lease_release(struct shmkv *kv, const void *key, size_t klen);
+
+/* shmkv_get that also returns an expired value still in memory, in a read
+ * section: *stale_ms is 0 for a live value, else how long ago it expired.
+ * Expired values stay until the store reclaims their memory (shmkvd's
+ * expiry sweep as it passes, or a write that needs the room). */
+int shmkv_get_stale(struct shmkv *kv, const void *key, size_t klen,
+                    shmkv_val_t *val, int64_t *stale_ms);
+
+/* What shmkv_get_or_fill's function returns: the value to store (memory it
+ * owns, read before it is called again) and its TTL (0: none). */
+struct shmkv_filled {
+    const void *val;
+    size_t vlen;
+    uint64_t ttl_ms;
+};
+
+#define SHMKV_FILL_STALE 0x1 /* while another fills, take a stale value */
+
+/* How shmkv_get_or_fill came by its value. */
+#define SHMKV_FILL_HIT 1         /* the key was there */
+#define SHMKV_FILL_FILLED 2      /* this call computed and stored it */
+#define SHMKV_FILL_WAITED 3      /* another process filled it meanwhile */
+#define SHMKV_FILL_STALE_VALUE 4 /* an expired value (stale_ms old) */
+
+struct shmkv_fill {
+    /* Computes the missing value, outside any lock; a nonzero return is
+     * returned from shmkv_get_or_fill, nothing stored. */
+    int (*fill)(void *arg, const void *key, size_t klen,
+                struct shmkv_filled *out);
+    void *arg;
+    uint32_t lease_ms; /* longest a fill may take (0: 10,000) */
+    uint32_t wait_ms;  /* longest to wait for another's fill */
+    int flags;         /* SHMKV_FILL_STALE */
+    /* Set by the call: SHMKV_FILL_*, and the stale value's age. */
+    int outcome;
+    int64_t stale_ms;
+};
+
+/* Copies key's value into buf (cap bytes, *vlen its length), filling it
+ * once if it is missing: the first caller takes the key's lease and calls
+ * f->fill, and stores what it returns; callers meanwhile, in any process,
+ * wait for that value up to f->wait_ms (SHMKV_ETIMEDOUT after), or take a
+ * stale one (SHMKV_FILL_STALE). A filler that dies frees the lease at once
+ * and the next waiter fills: a missing hot key costs one computation, not
+ * one per caller. SHMKV_ENOBUFS (with *vlen) if cap is short. */
+int shmkv_get_or_fill(struct shmkv *kv, const void *key, size_t klen, void *buf,
+                      size_t cap, size_t *vlen, struct shmkv_fill *f);
+
 /* How many live (unexpired) entries this handle's last write evicted to
  * make room, in an lru store: lua_shared_dict's "forcible". */
 unsigned shmkv_evicted(const struct shmkv *kv);

@@ -539,6 +539,206 @@ static void test_killed_holding_the_lock(void **state)
     finish(kv);
 }
 
+/* ---- fill leases ---- */
+
+static void test_lease_basics(void **state)
+{
+    (void)state;
+    struct shmkv *kv = make_store(4u << 20, SHMKV_EVICT_NONE);
+    int32_t holder = 0;
+    assert_int_equal(shmkv_lease_take(kv, "k", 1, 0, NULL), SHMKV_EINVAL);
+    assert_int_equal(shmkv_lease_take(kv, "k", 1, 60000, NULL), 0);
+    /* Held once, even by its holder. */
+    assert_int_equal(shmkv_lease_take(kv, "k", 1, 60000, &holder), SHMKV_EBUSY);
+    assert_int_equal(holder, getpid());
+    assert_int_equal(shmkv_lease_take(kv, "other", 5, 60000, NULL), 0);
+    assert_int_equal(shmkv_lease_release(kv, "k", 1), 0);
+    assert_int_equal(shmkv_lease_release(kv, "k", 1), SHMKV_ENOTFOUND);
+    /* A lease ends when its time passes. */
+    assert_int_equal(shmkv_lease_take(kv, "k", 1, 30, NULL), 0);
+    sleep_ms(50);
+    assert_int_equal(shmkv_lease_take(kv, "k", 1, 60000, NULL), 0);
+
+    /* A holder that dies frees its lease at once; a process that takes
+     * its slot afterwards does not hold it. */
+    for (int round = 0; round < 2; round++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            struct shmkv *w = NULL;
+            if (shmkv_open(store_key, 0, &w) != 0)
+                _exit(1);
+            if (round == 0) {
+                if (shmkv_lease_take(w, "dies", 4, 60000, NULL) != 0)
+                    _exit(2);
+                raise(SIGKILL);
+            }
+            /* Round 1: likely in the dead process's slot. */
+            _exit(shmkv_lease_release(w, "dies", 4) == SHMKV_ENOTFOUND ? 0 : 3);
+        }
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (round == 1) {
+            assert_true(WIFEXITED(status));
+            assert_int_equal(WEXITSTATUS(status), 0);
+        }
+    }
+    assert_int_equal(shmkv_lease_take(kv, "dies", 4, 60000, NULL), 0);
+
+    /* The table is bounded. */
+    int taken = 0, rc = 0;
+    for (int i = 0; i < 2000 && rc == 0; i++) {
+        char key[16];
+        int n = snprintf(key, sizeof key, "l%d", i);
+        rc = shmkv_lease_take(kv, key, (size_t)n, 60000, NULL);
+        taken += rc == 0;
+    }
+    assert_int_equal(rc, SHMKV_ELIMIT);
+    assert_int_equal(taken, 1024 - 3);
+    finish(kv);
+}
+
+static void test_get_stale(void **state)
+{
+    (void)state;
+    struct shmkv *kv = make_store(4u << 20, SHMKV_EVICT_NONE);
+    assert_int_equal(shmkv_pset(kv, "k", 1, "old", 3, 30, 0), 0);
+    assert_int_equal(shmkv_read_begin(kv), 0);
+    shmkv_val_t v;
+    int64_t stale = -1;
+    assert_int_equal(shmkv_get_stale(kv, "k", 1, &v, &stale), 0);
+    assert_int_equal(stale, 0);
+    assert_int_equal(shmkv_read_end(kv), 0);
+    sleep_ms(80);
+    assert_false(present(kv, "k"));
+    assert_int_equal(shmkv_read_begin(kv), 0);
+    assert_int_equal(shmkv_get_stale(kv, "k", 1, &v, &stale), 0);
+    assert_in_range(stale, 40, 1000);
+    assert_memory_equal(v.data, "old", 3);
+    assert_int_equal(shmkv_get_stale(kv, "nope", 4, &v, &stale),
+                     SHMKV_ENOTFOUND);
+    assert_int_equal(shmkv_read_end(kv), 0);
+    finish(kv);
+}
+
+/* A fill that counts its calls in the store, takes its time, and may
+ * die half way. */
+struct slow_fill {
+    struct shmkv *kv;
+    long ms;
+    bool die;
+};
+
+static int slow_fill_fn(void *arg, const void *key, size_t klen,
+                        struct shmkv_filled *out)
+{
+    (void)key;
+    (void)klen;
+    struct slow_fill *f = arg;
+    shmkv_incr(f->kv, "fills", 5, 1, NULL);
+    sleep_ms(f->ms);
+    if (f->die)
+        raise(SIGKILL);
+    out->val = "computed";
+    out->vlen = 8;
+    out->ttl_ms = 60000;
+    return 0;
+}
+
+static long counter(struct shmkv *kv, const char *key)
+{
+    char buf[32];
+    size_t len = 0;
+    if (shmkv_get_copy(kv, key, strlen(key), buf, sizeof buf - 1, &len) != 0)
+        return 0;
+    buf[len] = '\0';
+    return atol(buf);
+}
+
+#define STAMPEDE 8
+
+/* Eight processes miss the same key at once: one computes it, the others
+ * wait for its value. Then the filler is killed half way: a waiter takes
+ * over at once and fills. */
+static void test_get_or_fill_stampede(void **state)
+{
+    (void)state;
+    struct shmkv *kv = make_store(8u << 20, SHMKV_EVICT_NONE);
+    for (int round = 0; round < 2; round++) {
+        const char *key = round == 0 ? "hot" : "hot2";
+        pid_t pids[STAMPEDE];
+        for (int p = 0; p < STAMPEDE; p++) {
+            pids[p] = fork();
+            assert_true(pids[p] >= 0);
+            if (pids[p] != 0)
+                continue;
+            struct shmkv *w = NULL;
+            if (shmkv_open(store_key, 0, &w) != 0)
+                _exit(1);
+            /* Round 1: the first process starts alone and dies filling. */
+            if (round == 1 && p > 0)
+                sleep_ms(20);
+            struct slow_fill sf = {
+                .kv = w, .ms = 100, .die = round == 1 && p == 0};
+            struct shmkv_fill f = {
+                .fill = slow_fill_fn, .arg = &sf, .wait_ms = 5000};
+            char buf[16];
+            size_t len = 0;
+            int rc = shmkv_get_or_fill(w, key, strlen(key), buf, sizeof buf,
+                                       &len, &f);
+            if (rc != 0 || len != 8 || memcmp(buf, "computed", 8) != 0)
+                _exit(2);
+            char name[32];
+            snprintf(name, sizeof name, "outcome.%d", f.outcome);
+            shmkv_incr(w, name, strlen(name), 1, NULL);
+            shmkv_close(w);
+            _exit(0);
+        }
+        for (int p = 0; p < STAMPEDE; p++) {
+            int status;
+            assert_int_equal(waitpid(pids[p], &status, 0), pids[p]);
+            if (round == 1 && p == 0) {
+                assert_true(WIFSIGNALED(status));
+                continue;
+            }
+            assert_true(WIFEXITED(status));
+            assert_int_equal(WEXITSTATUS(status), 0);
+        }
+        /* One fill (two in round 1: the dead one's and its successor's). */
+        assert_int_equal(counter(kv, "fills"), round == 0 ? 1 : 3);
+        char name[32];
+        snprintf(name, sizeof name, "outcome.%d", SHMKV_FILL_FILLED);
+        assert_int_equal(counter(kv, name), round == 0 ? 1 : 2);
+        snprintf(name, sizeof name, "outcome.%d", SHMKV_FILL_WAITED);
+        assert_int_equal(counter(kv, name),
+                         round == 0 ? STAMPEDE - 1 : 2 * STAMPEDE - 3);
+    }
+
+    /* Hit, and a stale value while another fills. */
+    struct slow_fill sf = {.kv = kv, .ms = 1};
+    struct shmkv_fill f = {.fill = slow_fill_fn, .arg = &sf};
+    char buf[16];
+    size_t len;
+    assert_int_equal(shmkv_get_or_fill(kv, "hot", 3, buf, sizeof buf, &len, &f),
+                     0);
+    assert_int_equal(f.outcome, SHMKV_FILL_HIT);
+    assert_int_equal(shmkv_pset(kv, "st", 2, "stale", 5, 20, 0), 0);
+    sleep_ms(40);
+    assert_int_equal(shmkv_lease_take(kv, "st", 2, 60000, NULL), 0);
+    f = (struct shmkv_fill){
+        .fill = slow_fill_fn, .arg = &sf, .flags = SHMKV_FILL_STALE};
+    assert_int_equal(shmkv_get_or_fill(kv, "st", 2, buf, sizeof buf, &len, &f),
+                     0);
+    assert_int_equal(f.outcome, SHMKV_FILL_STALE_VALUE);
+    assert_true(f.stale_ms >= 20);
+    assert_memory_equal(buf, "stale", 5);
+    /* Without it: a bounded wait. */
+    f = (struct shmkv_fill){.fill = slow_fill_fn, .arg = &sf, .wait_ms = 30};
+    assert_int_equal(shmkv_get_or_fill(kv, "st", 2, buf, sizeof buf, &len, &f),
+                     SHMKV_ETIMEDOUT);
+    finish(kv);
+}
+
 int main(void)
 {
     test_cleanup_install();
@@ -552,6 +752,9 @@ int main(void)
         cmocka_unit_test(test_evicted_count),
         cmocka_unit_test(test_no_update_lost),
         cmocka_unit_test(test_killed_holding_the_lock),
+        cmocka_unit_test(test_lease_basics),
+        cmocka_unit_test(test_get_stale),
+        cmocka_unit_test(test_get_or_fill_stampede),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

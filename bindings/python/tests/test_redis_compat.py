@@ -279,3 +279,43 @@ def test_hiredis_client(daemon):
         pytest.fail("COMPAT_HIREDIS must name build/tests/compat_hiredis")
     _, sock = daemon
     assert "every check held" in run(client, sock)
+
+
+def test_cache_primitives_on_the_socket(daemon, r):
+    # Compare-and-set by version.
+    value, version = r.execute_command("SHMKV.GETV", "cas")
+    assert value is None
+    assert r.execute_command("SHMKV.CAS", "cas", version, "first") == 1
+    assert r.execute_command("SHMKV.CAS", "cas", version, "again") == 0
+    value, version = r.execute_command("SHMKV.GETV", "cas")
+    assert value == b"first"
+    assert r.execute_command("SHMKV.CAS", "cas", version, "2", "PX", 500) == 1
+    assert 400 <= r.pttl("cas") <= 500
+    with pytest.raises(redis.exceptions.ResponseError, match="not a number"):
+        r.execute_command("SHMKV.CAS", "cas", "x1", "v")
+    # Leases: one connection fills; its end frees the lease.
+    _, sock = daemon
+    a = redis.Redis(unix_socket_path=sock)
+    b = redis.Redis(unix_socket_path=sock)
+    assert a.execute_command("SHMKV.LEASE", "fill", 10000) == 1
+    assert b.execute_command("SHMKV.LEASE", "fill", 10000) == 0
+    assert b.execute_command("SHMKV.RELEASE", "fill") == 0  # not b's
+    a.close()
+    a.connection_pool.disconnect()
+    for _ in range(100):
+        if b.execute_command("SHMKV.LEASE", "fill", 10000) == 1:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("a closed connection's lease was not given back")
+    assert b.execute_command("SHMKV.RELEASE", "fill") == 1
+    b.close()
+    # Stale values, while still in memory.
+    r.set("st", "old", px=50)
+    time.sleep(0.1)
+    assert r.get("st") is None
+    value, stale = r.execute_command("SHMKV.GETSTALE", "st")
+    assert value == b"old" and stale >= 50
+    assert r.execute_command("SHMKV.GETSTALE", "never") is None
+    # SETF says how many live entries it evicted (none here).
+    assert r.execute_command("SHMKV.SETF", "f", "v", "EX", 10) == 0
