@@ -17,7 +17,7 @@ CC ?= cc
 BUILD ?= build
 DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config redis-tools \
 	debhelper dpkg-dev python3-dev python3-venv python3-pip python3-setuptools python3-wheel \
-	python3-pytest python3-redis libhiredis-dev
+	python3-pytest python3-redis libhiredis-dev python3-prometheus-client curl
 PKGS := libxxhash inih
 DAEMON_PKGS := libevent inih libxxhash
 

@@ -41,6 +41,13 @@
 #define CMD_NOMULTI                                                            \
     0x80 /* runs on the worker thread or ends the daemon:                      \
             refused inside MULTI */
+#define CMD_NOSLOWLOG                                                          \
+    0x100 /* kept out of SLOWLOG (as Redis: EXEC's                             \
+             commands are logged themselves) */
+
+#define COMMANDS_MAX 128
+#define SLOW_ARGS 32
+#define SLOW_ARG_BYTES 128
 #define CMD_WRITES (CMD_ADMIN | CMD_WRITE)
 
 /* The Redis release whose string and keyspace commands shmkvd answers
@@ -127,10 +134,14 @@ static void store_damage_log(void)
     unlogged = 0;
 }
 
+static uint64_t *refused_full; /* the daemon's count (command_run) */
+
 static void reply_store_error(struct evbuffer *out, int rc)
 {
     switch (rc) {
     case SHMKV_ENOSPC:
+        if (refused_full != NULL)
+            (*refused_full)++;
         resp_error(out, "OOM store is full (maxmemory reached, policy "
                         "noeviction)");
         break;
@@ -1434,6 +1445,18 @@ static void info_section(struct evbuffer *b, const char *title, bool *first)
 }
 
 /* True if INFO's arguments (none: "default") ask for the section. */
+/* As Redis: commandstats and latencystats only when asked for, or with
+ * "all" or "everything". */
+static bool section_asked(size_t argc, const struct resp_arg *argv,
+                          const char *name)
+{
+    for (size_t i = 1; i < argc; i++)
+        if (arg_is(&argv[i], "all") || arg_is(&argv[i], "everything") ||
+            arg_is(&argv[i], name))
+            return true;
+    return false;
+}
+
 static bool section_wanted(size_t argc, const struct resp_arg *argv,
                            const char *name)
 {
@@ -1567,6 +1590,14 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
             evbuffer_add_printf(
                 b, "db0:keys=%" PRIu64 ",expires=%" PRIu64 ",avg_ttl=0\r\n",
                 st.entries, st.entries_with_ttl);
+    }
+    if (section_asked(argc, argv, "commandstats")) {
+        info_section(b, "Commandstats", &first);
+        commands_info_stats(b, true, false);
+    }
+    if (section_asked(argc, argv, "latencystats")) {
+        info_section(b, "Latencystats", &first);
+        commands_info_stats(b, false, true);
     }
     size_t len = evbuffer_get_length(b);
     resp_bulk(out, evbuffer_pullup(b, -1), len);
@@ -2554,6 +2585,9 @@ static void cmd_help(struct conn *c, size_t argc, struct resp_arg *argv,
     }
 }
 
+static void cmd_slowlog(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out);
+
 static const struct command commands[] = {
     {"PING", -1, 0, cmd_ping, "[message]: PONG, or the message"},
     {"ECHO", 2, 0, cmd_echo, "message: the message"},
@@ -2651,8 +2685,10 @@ static const struct command commands[] = {
      "key: give back this connection's lease"},
     {"SHMKV.GETSTALE", 2, CMD_KEY1, cmd_getstale,
      "key: [value, ms since it expired], while still in memory"},
+    {"SLOWLOG", -2, 0, cmd_slowlog,
+     "GET [n] | LEN | RESET: commands slower than slowlog_slower_than"},
     {"MULTI", 1, CMD_TXN, cmd_multi, "start a transaction"},
-    {"EXEC", 1, CMD_TXN | CMD_WAITS, cmd_exec,
+    {"EXEC", 1, CMD_TXN | CMD_WAITS | CMD_NOSLOWLOG, cmd_exec,
      "run the queued commands as one write"},
     {"DISCARD", 1, CMD_TXN, cmd_discard, "drop the queued commands"},
     {"WATCH", -2, CMD_TXN | CMD_KEYS, cmd_watch,
@@ -2672,6 +2708,8 @@ static const struct command commands[] = {
      "[SAVE|NOSAVE]: stop the daemon, removing the store"},
 };
 static const size_t n_commands = sizeof commands / sizeof commands[0];
+_Static_assert(sizeof commands / sizeof commands[0] <= COMMANDS_MAX,
+               "cmd_stats holds every command");
 
 static const struct command *command_table(size_t *n)
 {
@@ -2690,6 +2728,293 @@ static const struct command *command_find(const struct resp_arg *name)
         if (arg_is(name, commands[i].name))
             return &commands[i];
     return NULL;
+}
+
+/* ---- command statistics, latency and SLOWLOG ----
+ *
+ * Per command: calls, failed calls (an error reply), time spent, and a
+ * latency histogram of 4 buckets per power of two of nanoseconds (a
+ * bucket's bound is within 25% of any time it holds), from which INFO
+ * latencystats gives percentiles and /metrics a Prometheus histogram. A
+ * command parked for the store counts once, when it is answered, with the
+ * time of that last run; one handed to the worker thread is not timed.
+ * SLOWLOG keeps the last slowlog_max_len commands that took
+ * slowlog_slower_than microseconds or longer. */
+
+#define HIST_BUCKETS 256
+
+struct cmd_stat {
+    uint64_t calls;
+    uint64_t failed;
+    uint64_t ns;
+    uint64_t hist[HIST_BUCKETS];
+};
+
+static struct cmd_stat cmd_stats[COMMANDS_MAX];
+
+static unsigned hist_bucket(uint64_t ns)
+{
+    if (ns < 4)
+        return (unsigned)ns;
+    unsigned msb = 63u - (unsigned)__builtin_clzll(ns);
+    unsigned b = msb * 4 + (unsigned)((ns >> (msb - 2)) & 3);
+    return b < HIST_BUCKETS ? b : HIST_BUCKETS - 1;
+}
+
+/* The largest time bucket b holds, in ns. */
+static uint64_t hist_bound(unsigned b)
+{
+    if (b < 4)
+        return b;
+    unsigned msb = b / 4, sub = b % 4;
+    if (msb >= 62)
+        return UINT64_MAX;
+    return ((uint64_t)(4 + sub + 1) << (msb - 2)) - 1;
+}
+
+/* The time within which a share q of st's calls ran, in ns. */
+static uint64_t hist_quantile(const struct cmd_stat *st, double q)
+{
+    uint64_t want = (uint64_t)((double)st->calls * q + 0.999999);
+    uint64_t seen = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+        seen += st->hist[b];
+        if (seen >= want && seen > 0)
+            return hist_bound(b);
+    }
+    return 0;
+}
+
+/* How many of st's calls took at most ns (Prometheus's le). */
+static uint64_t hist_at_most(const struct cmd_stat *st, uint64_t ns)
+{
+    uint64_t n = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS && hist_bound(b) <= ns; b++)
+        n += st->hist[b];
+    return n;
+}
+
+struct slow_entry {
+    uint64_t id;
+    int64_t at_unix;
+    uint64_t us;
+    int argc;         /* kept, at most SLOW_ARGS */
+    size_t argc_real; /* given */
+    char *args[SLOW_ARGS];
+    size_t lens[SLOW_ARGS];
+    char client[64];
+    char name[64];
+};
+
+static struct slow_entry *slowlog; /* a ring of slow_cap */
+static size_t slow_cap, slow_len, slow_next;
+static uint64_t slow_ids;
+
+static void slow_free(struct slow_entry *e)
+{
+    for (int i = 0; i < e->argc; i++)
+        free(e->args[i]);
+    e->argc = 0;
+}
+
+static void slowlog_reset(void)
+{
+    for (size_t i = 0; i < slow_cap; i++)
+        slow_free(&slowlog[i]);
+    slow_len = slow_next = 0;
+}
+
+static void slowlog_add(struct conn *c, size_t argc,
+                        const struct resp_arg *argv, uint64_t us)
+{
+    size_t cap = c->d->cfg.slowlog_max_len;
+    if (cap != slow_cap) { /* a reload changed it: start over */
+        slowlog_reset();
+        free(slowlog);
+        slowlog = cap ? calloc(cap, sizeof *slowlog) : NULL;
+        slow_cap = slowlog ? cap : 0;
+    }
+    if (slow_cap == 0)
+        return;
+    struct slow_entry *e = &slowlog[slow_next];
+    slow_free(e);
+    e->id = slow_ids++;
+    e->at_unix = (int64_t)time(NULL);
+    e->us = us;
+    e->argc_real = argc;
+    int n = argc < SLOW_ARGS ? (int)argc : SLOW_ARGS;
+    for (int i = 0; i < n; i++) {
+        size_t len =
+            argv[i].len < SLOW_ARG_BYTES ? argv[i].len : SLOW_ARG_BYTES;
+        e->args[i] = malloc(len + 1);
+        if (e->args[i] == NULL)
+            break;
+        memcpy(e->args[i], argv[i].data, len);
+        e->lens[i] = len;
+        e->argc = i + 1;
+    }
+    snprintf(e->client, sizeof e->client, "pid:%d uid:%d", (int)c->pid,
+             (int)c->uid);
+    snprintf(e->name, sizeof e->name, "%s", c->name);
+    slow_next = (slow_next + 1) % slow_cap;
+    if (slow_len < slow_cap)
+        slow_len++;
+}
+
+/* SLOWLOG GET [n] | LEN | RESET | HELP */
+static void cmd_slowlog(struct conn *c, size_t argc, struct resp_arg *argv,
+                        struct evbuffer *out)
+{
+    if (arg_is(&argv[1], "LEN")) {
+        resp_int(out, (int64_t)slow_len);
+    } else if (arg_is(&argv[1], "RESET")) {
+        if (!c->admin) {
+            resp_error(out, "NOPERM SLOWLOG RESET is for admin peers");
+            return;
+        }
+        slowlog_reset();
+        resp_simple(out, "OK");
+    } else if (arg_is(&argv[1], "GET")) {
+        int64_t n = 10;
+        if (argc > 2 && (!arg_int64(&argv[2], &n) || n < -1)) {
+            resp_error(out, "ERR count should be greater than or equal to -1");
+            return;
+        }
+        size_t want = n < 0 || (uint64_t)n > slow_len ? slow_len : (size_t)n;
+        resp_array(out, want);
+        for (size_t k = 0; k < want; k++) {
+            /* Newest first. */
+            const struct slow_entry *e =
+                &slowlog[(slow_next + slow_cap - 1 - k) % slow_cap];
+            resp_array(out, 6);
+            resp_int(out, (int64_t)e->id);
+            resp_int(out, e->at_unix);
+            resp_int(out, (int64_t)e->us);
+            bool more = e->argc_real > (size_t)e->argc;
+            resp_array(out, (size_t)e->argc + more);
+            for (int i = 0; i < e->argc; i++)
+                resp_bulk(out, e->args[i], e->lens[i]);
+            if (more) {
+                char buf[48];
+                snprintf(buf, sizeof buf, "... (%zu more arguments)",
+                         e->argc_real - (size_t)e->argc);
+                resp_bulk_str(out, buf);
+            }
+            /* Non-admins see no other peer's pid and uid. */
+            resp_bulk_str(out, c->admin ? e->client : "");
+            resp_bulk_str(out, e->name);
+        }
+    } else {
+        resp_array(out, 3);
+        resp_bulk_str(out, "SLOWLOG GET [count]: the slowest recent commands");
+        resp_bulk_str(out, "SLOWLOG LEN");
+        resp_bulk_str(out, "SLOWLOG RESET (admin)");
+    }
+}
+
+/* Counts a command that was answered. */
+static void command_account(struct conn *c, const struct command *cmd,
+                            size_t argc, const struct resp_arg *argv,
+                            uint64_t ns, bool failed)
+{
+    size_t n;
+    struct cmd_stat *st = &cmd_stats[cmd - command_table(&n)];
+    st->calls++;
+    st->failed += failed;
+    st->ns += ns;
+    st->hist[hist_bucket(ns)]++;
+    uint64_t us = ns / 1000;
+    if (us >= c->d->cfg.slowlog_slower_us && !(cmd->flags & CMD_NOSLOWLOG))
+        slowlog_add(c, argc, argv, us);
+}
+
+static void lower_name(const char *name, char *buf, size_t cap)
+{
+    size_t i;
+    for (i = 0; i < cap - 1 && name[i]; i++)
+        buf[i] = (char)tolower((unsigned char)name[i]);
+    buf[i] = '\0';
+}
+
+void commands_info_stats(struct evbuffer *b, bool stats, bool latency)
+{
+    size_t n;
+    const struct command *table = command_table(&n);
+    char name[32];
+    for (size_t i = 0; stats && i < n; i++) {
+        const struct cmd_stat *st = &cmd_stats[i];
+        if (st->calls == 0)
+            continue;
+        lower_name(table[i].name, name, sizeof name);
+        evbuffer_add_printf(
+            b,
+            "cmdstat_%s:calls=%" PRIu64 ",usec=%" PRIu64
+            ",usec_per_call=%.2f,rejected_calls=0,failed_calls=%" PRIu64 "\r\n",
+            name, st->calls, st->ns / 1000,
+            (double)st->ns / 1000.0 / (double)st->calls, st->failed);
+    }
+    for (size_t i = 0; latency && i < n; i++) {
+        const struct cmd_stat *st = &cmd_stats[i];
+        if (st->calls == 0)
+            continue;
+        lower_name(table[i].name, name, sizeof name);
+        evbuffer_add_printf(b,
+                            "latency_percentiles_usec_%s:p50=%.3f,p99=%.3f,"
+                            "p99.9=%.3f\r\n",
+                            name, (double)hist_quantile(st, 0.5) / 1000.0,
+                            (double)hist_quantile(st, 0.99) / 1000.0,
+                            (double)hist_quantile(st, 0.999) / 1000.0);
+    }
+}
+
+void commands_prometheus(struct evbuffer *b)
+{
+    static const double les[] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1, 10};
+    size_t n;
+    const struct command *table = command_table(&n);
+    char name[32];
+    evbuffer_add_printf(b, "# HELP shmkv_commands_total Commands answered on "
+                           "the control socket.\n"
+                           "# TYPE shmkv_commands_total counter\n");
+    for (size_t i = 0; i < n; i++) {
+        lower_name(table[i].name, name, sizeof name);
+        evbuffer_add_printf(
+            b, "shmkv_commands_total{command=\"%s\"} %" PRIu64 "\n", name,
+            cmd_stats[i].calls);
+    }
+    evbuffer_add_printf(b, "# HELP shmkv_command_errors_total Commands "
+                           "answered with an error.\n"
+                           "# TYPE shmkv_command_errors_total counter\n");
+    for (size_t i = 0; i < n; i++) {
+        lower_name(table[i].name, name, sizeof name);
+        evbuffer_add_printf(b,
+                            "shmkv_command_errors_total{command=\"%s\"} "
+                            "%" PRIu64 "\n",
+                            name, cmd_stats[i].failed);
+    }
+    evbuffer_add_printf(b, "# HELP shmkv_command_duration_seconds Time to run "
+                           "a command in the event loop.\n"
+                           "# TYPE shmkv_command_duration_seconds histogram\n");
+    for (size_t i = 0; i < n; i++) {
+        const struct cmd_stat *st = &cmd_stats[i];
+        if (st->calls == 0)
+            continue;
+        lower_name(table[i].name, name, sizeof name);
+        for (size_t k = 0; k < sizeof les / sizeof les[0]; k++)
+            evbuffer_add_printf(b,
+                                "shmkv_command_duration_seconds_bucket{"
+                                "command=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+                                name, les[k],
+                                hist_at_most(st, (uint64_t)(les[k] * 1e9)));
+        evbuffer_add_printf(
+            b,
+            "shmkv_command_duration_seconds_bucket{command=\"%s\",le=\"+Inf\"}"
+            " %" PRIu64 "\n"
+            "shmkv_command_duration_seconds_sum{command=\"%s\"} %.9f\n"
+            "shmkv_command_duration_seconds_count{command=\"%s\"} %" PRIu64
+            "\n",
+            name, st->calls, name, (double)st->ns / 1e9, name, st->calls);
+    }
 }
 
 /* The refusal a command gets before it runs: unknown, wrong arity, not
@@ -2730,18 +3055,39 @@ static const struct command *command_check(struct conn *c, size_t argc,
     return cmd;
 }
 
+/* Runs cmd and counts it, unless it was parked (it runs again) or handed
+ * to the worker thread (its time is not the loop's). */
+static void command_timed(struct conn *c, const struct command *cmd,
+                          size_t argc, struct resp_arg *argv,
+                          struct evbuffer *out)
+{
+    uint64_t errors = resp_errors_written;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cmd->fn(c, argc, argv, out);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (c->parked || c->job != NULL)
+        return;
+    uint64_t ns = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000u +
+                  (uint64_t)(t1.tv_nsec - t0.tv_nsec);
+    /* EXEC's own reply is an array: its commands count their errors. */
+    bool failed = resp_errors_written != errors && !(cmd->flags & CMD_TXN);
+    command_account(c, cmd, argc, argv, ns, failed);
+}
+
 /* Runs one of EXEC's queued commands, checked when it was queued. */
 static void command_dispatch(struct conn *c, size_t argc, struct resp_arg *argv,
                              struct evbuffer *out)
 {
     const struct command *cmd = command_check(c, argc, argv, out);
     if (cmd != NULL)
-        cmd->fn(c, argc, argv, out);
+        command_timed(c, cmd, argc, argv, out);
 }
 
 void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
                  struct evbuffer *out)
 {
+    refused_full = &c->d->writes_refused_full;
     const struct command *cmd = command_check(c, argc, argv, out);
     if (c->multi != NULL && (cmd == NULL || !(cmd->flags & CMD_TXN))) {
         /* In MULTI: queued, or the transaction is marked failed. */
@@ -2770,5 +3116,5 @@ void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
         daemon_now_ms() < c->d->store_busy_until_ms &&
         parked_on(c, SHMKV_ETIMEDOUT, false))
         return;
-    cmd->fn(c, argc, argv, out);
+    command_timed(c, cmd, argc, argv, out);
 }

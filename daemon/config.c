@@ -9,6 +9,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -37,6 +38,7 @@ enum kind {
     K_GROUPS,   /* group names or gids */
     K_ROLE,     /* none | all | a group name or gid */
     K_HUGE,     /* no | try | yes */
+    K_LISTEN,   /* ADDRESS:PORT of a TCP listener, "" for none */
 };
 
 struct setting {
@@ -89,6 +91,10 @@ static const struct setting settings[] = {
      60000},
     {"daemon", "expire_slots_per_tick", K_UINT, FIELD(expire_slots_per_tick),
      16, 1u << 24},
+    {"daemon", "slowlog_slower_than", K_UINT, FIELD(slowlog_slower_us), 0,
+     3600000000u},
+    {"daemon", "slowlog_max_len", K_UINT, FIELD(slowlog_max_len), 0, 100000},
+    {"metrics", "listen", K_LISTEN, FIELD(metrics_listen), 0, 0},
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -128,6 +134,8 @@ void config_defaults(struct config *cfg)
     cfg->lock_timeout_ms = 5000;
     cfg->reader_timeout_ms = 1000;
     cfg->housekeeping_ms = 100;
+    cfg->slowlog_slower_us = 10000;
+    cfg->slowlog_max_len = 128;
     cfg->expire_slots_per_tick = 4096;
 }
 
@@ -371,7 +379,7 @@ static char *reader(char *str, int num, void *stream)
         if (!p->section_known)
             problem(p, p->line,
                     "unknown section [%s] (known: [store], [control], "
-                    "[persistence], [daemon])",
+                    "[persistence], [daemon], [metrics])",
                     name);
         snprintf(str, (size_t)num, "[%s]\n", name);
         return str;
@@ -572,6 +580,20 @@ static int apply(struct parse *p, const struct setting *st, const char *value)
         }
         snprintf(field, st->width, "%s", value);
         return 0;
+    case K_LISTEN: {
+        char host[64];
+        uint16_t port;
+        if (value[0] != '\0' &&
+            config_parse_listen(value, host, sizeof host, &port) != 0) {
+            problem(p, p->line,
+                    "%s: '%s' is not ADDRESS:PORT (an IPv4 address, or an "
+                    "IPv6 one in brackets, and a port 1 to 65535)",
+                    st->name, value);
+            return -1;
+        }
+        snprintf(field, st->width, "%s", value);
+        return 0;
+    }
     case K_USERS:
         return parse_id_list(p, st, value, p->cfg->admin_uids,
                              &p->cfg->n_admin_uids);
@@ -846,6 +868,40 @@ void config_print(const struct config *c, FILE *out)
             c->housekeeping_ms);
     fprintf(out, "expire_slots_per_tick = %" PRIu32 "\n",
             c->expire_slots_per_tick);
+    fprintf(out, "slowlog_slower_than = %" PRIu32 "\n", c->slowlog_slower_us);
+    fprintf(out, "slowlog_max_len = %" PRIu32 "\n", c->slowlog_max_len);
+    fprintf(out, "\n[metrics]\nlisten = %s\n", c->metrics_listen);
+}
+
+int config_parse_listen(const char *spec, char *host, size_t cap,
+                        uint16_t *port)
+{
+    const char *colon = strrchr(spec, ':');
+    if (colon == NULL || colon == spec || colon[1] == '\0')
+        return -1;
+    size_t hlen = (size_t)(colon - spec);
+    const char *h = spec;
+    if (spec[0] == '[') {
+        if (hlen < 3 || spec[hlen - 1] != ']')
+            return -1;
+        h = spec + 1;
+        hlen -= 2;
+    }
+    if (hlen >= cap)
+        return -1;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(colon + 1, &end, 10);
+    if (*end != '\0' || errno != 0 || v == 0 || v > 65535 ||
+        !isdigit((unsigned char)colon[1]))
+        return -1;
+    unsigned char addr[16];
+    if (inet_pton(spec[0] == '[' ? AF_INET6 : AF_INET, host, addr) != 1)
+        return -1;
+    *port = (uint16_t)v;
+    return 0;
 }
 
 /* Whether two key specs name the same System V key ("0x5EED0001" and
@@ -879,6 +935,8 @@ int config_restart_needed(const struct config *old, const struct config *new_,
         {"lock_timeout_ms", old->lock_timeout_ms != new_->lock_timeout_ms},
         {"reader_timeout_ms",
          old->reader_timeout_ms != new_->reader_timeout_ms},
+        {"[metrics] listen",
+         strcmp(old->metrics_listen, new_->metrics_listen) != 0},
     };
     int n = 0;
     size_t used = 0;

@@ -77,6 +77,11 @@ struct config {
     uint32_t reader_timeout_ms;     /* reader_timeout_ms = 1000 */
     uint32_t housekeeping_ms;       /* housekeeping_interval_ms = 100 */
     uint32_t expire_slots_per_tick; /* expire_slots_per_tick = 4096 */
+    uint32_t slowlog_slower_us;     /* slowlog_slower_than = 10000 (µs; 0
+                                       logs every command) */
+    uint32_t slowlog_max_len;       /* slowlog_max_len = 128 */
+    char metrics_listen[64];        /* [metrics] listen = ADDRESS:PORT;
+                                       "" off */
 };
 
 /* Fills *cfg with every default. */
@@ -102,5 +107,10 @@ int config_restart_needed(const struct config *old, const struct config *new_,
 int config_parse_size(const char *s, uint64_t *out);
 
 const char *log_level_name(enum log_level level);
+
+/* Splits "ADDRESS:PORT" ("[v6]:PORT" for IPv6) into host and port: 0, or
+ * -1 if it is not one. */
+int config_parse_listen(const char *spec, char *host, size_t cap,
+                        uint16_t *port);
 
 #endif

@@ -102,6 +102,7 @@ struct daemon {
 
     /* control socket */
     struct evconnlistener *listener;
+    struct evhttp *http;        /* [metrics] listen (metrics.c), or NULL */
     struct event *accept_retry; /* re-enables the listener after EMFILE */
     time_t accept_error_logged;
     uint64_t accept_errors_unlogged;
@@ -133,7 +134,8 @@ struct daemon {
      * (CLOCK_MONOTONIC ms): other writes park without trying. */
     uint64_t store_busy_until_ms;
     uint64_t commands_parked;
-    uint64_t event_cursor; /* the store's events logged so far */
+    uint64_t writes_refused_full; /* socket writes answered OOM */
+    uint64_t event_cursor;        /* the store's events logged so far */
 
     /* lifecycle */
     bool stopping;
@@ -156,6 +158,14 @@ void control_apply_config(struct daemon *d);
 
 /* commands.c: runs one parsed request, appending the reply to out; or
  * parks it (c->parked, no reply) when it must wait for the store. */
+/* metrics.c: the Prometheus endpoint, if [metrics] listen is set. */
+int metrics_start(struct daemon *d);
+void metrics_stop(struct daemon *d);
+
+/* INFO commandstats and latencystats lines; the commands' Prometheus
+ * metrics (commands.c). */
+void commands_info_stats(struct evbuffer *b, bool stats, bool latency);
+void commands_prometheus(struct evbuffer *b);
 /* Frees a connection's transaction and watched keys. */
 void txn_reset(struct conn *c);
 /* Gives back the fill leases a closing connection holds. */

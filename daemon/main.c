@@ -14,6 +14,7 @@
  * what can change at run time, naming what needs a restart.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <signal.h>
@@ -368,6 +369,62 @@ static void auto_grow(struct daemon *d)
 /* Active expiry, Redis-style: scan a slice; while slices keep finding
  * expired keys (over a quarter of the budget), scan another, up to
  * EXPIRE_TICK_BUDGET slices a tick. */
+/* How full the store is, and how fast it evicts, looked at once a second
+ * and logged at most once a minute each: a store filling up or evicting
+ * its working set is what its operator must hear about. */
+#define PRESSURE_FULL_PERCENT 95u
+#define PRESSURE_LOG_EVERY_S 60
+static void store_pressure_log(struct daemon *d)
+{
+    static time_t looked, full_logged, evict_logged;
+    static uint64_t evictions_then, refused_then;
+    static bool primed;
+    time_t now = time(NULL);
+    if (now == looked)
+        return;
+    time_t span = looked == 0 ? 1 : now - looked;
+    looked = now;
+    struct shmkv_stats st;
+    if (shmkv_stats(d->kv, &st) != 0)
+        return;
+    uint64_t evicted = st.evictions - evictions_then;
+    uint64_t refused = d->writes_refused_full - refused_then;
+    evictions_then = st.evictions;
+    refused_then = d->writes_refused_full;
+    if (!primed) {
+        primed = true;
+        return;
+    }
+    uint64_t used = st.bytes_used + st.bytes_limbo;
+    bool full = st.bytes_capacity > 0 &&
+                used * 100 >= st.bytes_capacity * PRESSURE_FULL_PERCENT;
+    if ((full || refused > 0) && now - full_logged >= PRESSURE_LOG_EVERY_S) {
+        full_logged = now;
+        log_warning(
+            "store %s is %.1f%% full (%" PRIu64 " of %" PRIu64
+            " bytes, %" PRIu64 " keys); %" PRIu64
+            " socket writes refused for room in the last %lld s%s",
+            d->cfg.store_key,
+            st.bytes_capacity ? 100.0 * (double)used / (double)st.bytes_capacity
+                              : 0.0,
+            used, st.bytes_capacity, st.entries, refused, (long long)span,
+            st.eviction == SHMKV_EVICT_LRU
+                ? ""
+                : " (eviction = noeviction: grow it, shmkvctl "
+                  "resize, or set max_size)");
+    }
+    /* A surge: more than 1% of the keys, and over 1,000, a second. */
+    uint64_t per_s = evicted / (uint64_t)(span > 0 ? span : 1);
+    if (per_s > 1000 && per_s * 100 > st.entries &&
+        now - evict_logged >= PRESSURE_LOG_EVERY_S) {
+        evict_logged = now;
+        log_warning("store %s evicts %" PRIu64 " live keys a second (%" PRIu64
+                    " keys held): its working set does not fit; grow it "
+                    "(shmkvctl resize, or max_size)",
+                    d->cfg.store_key, per_s, st.entries);
+    }
+}
+
 static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -396,6 +453,7 @@ static void housekeeping_cb(evutil_socket_t fd, short what, void *arg)
             break;
     }
     store_events_log(d);
+    store_pressure_log(d);
     periodic_save(d);
     if (rt.ticks % 5 == 0)
         auto_grow(d);
@@ -434,6 +492,8 @@ static void reload(struct daemon *d)
     /* Keep the running values of what needs a restart. */
     struct config applied = d->cfg;
     applied.default_ttl_s = next.default_ttl_s;
+    applied.slowlog_slower_us = next.slowlog_slower_us;
+    applied.slowlog_max_len = next.slowlog_max_len;
     memcpy(applied.admin_uids, next.admin_uids, sizeof next.admin_uids);
     applied.n_admin_uids = next.n_admin_uids;
     memcpy(applied.admin_gids, next.admin_gids, sizeof next.admin_gids);
@@ -732,6 +792,8 @@ int main(int argc, char **argv)
         log_error("cannot set up events");
         goto out_control;
     }
+    if (metrics_start(d) != 0)
+        goto out_control;
     sigprocmask(SIG_SETMASK, &old_mask, NULL);
     log_info("shmkvd %s ready: store %s, socket %s (pid %d)",
              SHMKV_VERSION_STRING, d->cfg.store_key, d->cfg.socket_path,
@@ -745,6 +807,7 @@ int main(int argc, char **argv)
     event_base_dispatch(d->base);
     status = 0;
 out_control:
+    metrics_stop(d);
     jobs_stop(d);
     control_close_all(d);
 out_store:

@@ -399,8 +399,11 @@ void resp_simple(struct evbuffer *out, const char *s)
     evbuffer_add_printf(out, "+%s\r\n", s);
 }
 
+uint64_t resp_errors_written;
+
 void resp_error(struct evbuffer *out, const char *msg)
 {
+    resp_errors_written++;
     evbuffer_add(out, "-", 1);
     /* A CR or LF would end the reply early: replace them. */
     for (const char *c = msg; *c; c++)

@@ -88,7 +88,10 @@ enum resp_status resp_parse(struct resp_parser *p, const char *buf, size_t len,
 size_t resp_need(const struct resp_parser *p);
 
 /* Replies, appended to out. */
-void resp_simple(struct evbuffer *out, const char *s);  /* +OK */
+void resp_simple(struct evbuffer *out, const char *s); /* +OK */
+/* Error replies written so far (the event loop's thread only): a command
+ * whose run adds one failed. */
+extern uint64_t resp_errors_written;
 void resp_error(struct evbuffer *out, const char *msg); /* -ERR ... */
 void resp_errorf(struct evbuffer *out, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

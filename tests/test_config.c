@@ -211,6 +211,9 @@ static const struct {
     {"daemon", "lock_timeout_ms"},
     {"daemon", "housekeeping_interval_ms"},
     {"daemon", "expire_slots_per_tick"},
+    {"daemon", "slowlog_slower_than"},
+    {"daemon", "slowlog_max_len"},
+    {"metrics", "listen"},
 };
 
 #define N_SETTINGS (sizeof all_settings / sizeof all_settings[0])
@@ -662,6 +665,7 @@ static void test_out_of_range(void **state)
         {"control", "idle_timeout", NULL, "0", "31536000", "31536001"},
         {"daemon", "lock_timeout_ms", "0", "1", "3600000", "3600001"},
         {"daemon", "housekeeping_interval_ms", "9", "10", "60000", "60001"},
+        {"daemon", "slowlog_max_len", NULL, "0", "100000", "100001"},
         {"daemon", "expire_slots_per_tick", "15", "16", "16777216", "16777217"},
     };
     char line[160], why[160], text[320];
@@ -690,6 +694,16 @@ static void test_out_of_range(void **state)
         }
     }
     assert_int_equal(f->cfg.expire_slots_per_tick, 16777216);
+    /* A listen address: ADDRESS:PORT, IPv6 in brackets. */
+    load_setting_bad(f, "metrics", "listen = localhost:9187",
+                     "listen: 'localhost:9187' is not ADDRESS:PORT");
+    load_setting_bad(f, "metrics", "listen = 127.0.0.1:0",
+                     "is not ADDRESS:PORT");
+    load_setting_bad(f, "metrics", "listen = 127.0.0.1", "is not ADDRESS:PORT");
+    load_setting_bad(f, "metrics", "listen = ::1:9187", "is not ADDRESS:PORT");
+    load_ok(f, "[metrics]\nlisten = [::1]:9187\n");
+    assert_string_equal(f->cfg.metrics_listen, "[::1]:9187");
+    load_ok(f, "[metrics]\nlisten = 127.0.0.1:65535\n");
     /* Sizes are checked after their suffix is applied. */
     load_setting_bad(f, "store", "max_key_size = 64K",
                      "max_key_size: 64K is out of range (1 to 65535)");
@@ -1161,6 +1175,7 @@ static void test_restart_needed(void **state)
         {"daemon", "log_level = debug", NULL},
         {"daemon", "housekeeping_interval_ms = 1000", NULL},
         {"daemon", "expire_slots_per_tick = 100", NULL},
+        {"metrics", "listen = 127.0.0.1:9187", "[metrics] listen"},
         /* The defaults spelled differently change nothing. */
         {"store", "size = 65536K", NULL},
         {"store", "max_value_size = 1M", NULL},

@@ -51,6 +51,44 @@ def store(key):
 
 
 # A shmkvd of its own, on a store at a unique key: (config path, socket).
+def start_shmkvd(extra="", size="8M", eviction="noeviction"):
+    """Starts a shmkvd of its own; returns (proc, dir, key, conf, sock, log
+    path). extra: more config lines, sections included."""
+    shmkvd = os.environ.get("SHMKVD", str(ROOT / "build" / "shmkvd"))
+    if not os.access(shmkvd, os.X_OK):
+        pytest.skip(f"no shmkvd at {shmkvd}: build it first")
+    d = tempfile.mkdtemp(prefix="shmkv-py-")
+    key = unique_key()
+    conf = os.path.join(d, "shmkvd.conf")
+    sock = os.path.join(d, "shmkvd.sock")
+    logpath = os.path.join(d, "shmkvd.log")
+    with open(conf, "w") as f:
+        f.write(f"[store]\nkey = {key}\nsize = {size}\nmode = 0600\n"
+                f"eviction = {eviction}\n"
+                f"[control]\nsocket = {sock}\n"
+                "[persistence]\nsave_on_shutdown = no\n" + extra)
+    log = open(logpath, "w")
+    proc = subprocess.Popen([shmkvd, "--foreground", "-c", conf], stderr=log)
+    log.close()
+    record(f"pid {proc.pid}")
+    for _ in range(200):
+        if os.path.exists(sock) or proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    return proc, d, key, conf, sock, logpath
+
+
+def stop_shmkvd(proc, d, key):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+    try:
+        shmkv.remove(key)
+    except shmkv.NoStore:
+        pass
+
+
 @pytest.fixture
 def daemon():
     shmkvd = os.environ.get("SHMKVD", str(ROOT / "build" / "shmkvd"))

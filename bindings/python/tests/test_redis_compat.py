@@ -319,3 +319,126 @@ def test_cache_primitives_on_the_socket(daemon, r):
     assert r.execute_command("SHMKV.GETSTALE", "never") is None
     # SETF says how many live entries it evicted (none here).
     assert r.execute_command("SHMKV.SETF", "f", "v", "EX", 10) == 0
+
+
+# ---- monitoring ----
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def monitored():
+    from conftest import start_shmkvd, stop_shmkvd
+    port = free_port()
+    proc, d, key, conf, sock, logpath = start_shmkvd(
+        extra=f"[daemon]\nslowlog_slower_than = 0\nslowlog_max_len = 4\n"
+              f"housekeeping_interval_ms = 50\n"
+              f"[metrics]\nlisten = 127.0.0.1:{port}\n",
+        size="1M", eviction="lru")
+    try:
+        if proc.poll() is not None:
+            pytest.fail(open(logpath).read())
+        yield f"http://127.0.0.1:{port}/metrics", sock, logpath
+    finally:
+        stop_shmkvd(proc, d, key)
+
+
+def scrape(url):
+    from prometheus_client.parser import text_string_to_metric_families
+    text = run("curl", "-sf", url)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # Every line is a comment or a sample of a declared family.
+    for line in text.splitlines():
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or \
+            line.split("{")[0].split(" ")[0].startswith("shmkv_"), line
+    return families
+
+
+def sample(families, name, **labels):
+    for fam in families.values():
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v
+                                      for k, v in labels.items()):
+                return s.value
+    raise KeyError(name)
+
+
+def test_metrics_endpoint(monitored):
+    url, sock, logpath = monitored
+    r = redis.Redis(unix_socket_path=sock)
+    for i in range(50):
+        r.set(f"m{i}", "v")
+    for i in range(20):
+        r.get(f"m{i}")
+    r.get("absent")
+    with pytest.raises(redis.exceptions.ResponseError):
+        r.execute_command("INCRBY", "m0", "x")
+    f = scrape(url)
+    assert sample(f, "shmkv_up") == 1
+    assert sample(f, "shmkv_store_entries") == 50
+    assert sample(f, "shmkv_commands_total", command="set") == 50
+    assert sample(f, "shmkv_commands_total", command="get") == 21
+    assert sample(f, "shmkv_hits_total") >= 20
+    assert sample(f, "shmkv_misses_total") >= 1
+    assert sample(f, "shmkv_command_duration_seconds_count",
+                  command="set") == 50
+    assert f["shmkv_command_duration_seconds"].type == "histogram"
+    assert f["shmkv_memory_used_bytes"].type == "gauge"
+    assert f["shmkv_evictions"].type == "counter"  # shmkv_evictions_total
+    assert sample(f, "shmkv_command_errors_total", command="incrby") == 1
+    assert sample(f, "shmkv_connections_open") >= 1
+    assert sample(f, "shmkv_connections_total") >= 1
+    # Other paths and methods.
+    code = run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+               url.replace("/metrics", "/other"))
+    assert code == "404"
+    code = run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+               "-X", "POST", url)
+    assert code == "405"
+    r.close()
+
+
+def test_commandstats_latency_slowlog(monitored):
+    _, sock, _ = monitored
+    r = redis.Redis(unix_socket_path=sock)
+    for i in range(10):
+        r.set(f"k{i}", i)
+    stats = r.info("commandstats")
+    assert stats["cmdstat_set"]["calls"] == 10
+    assert stats["cmdstat_set"]["failed_calls"] == 0
+    assert "cmdstat_set" not in r.info()  # not in the default sections
+    lat = r.info("latencystats")
+    p50 = lat["latency_percentiles_usec_set"]["p50"]
+    assert 0 < p50 <= lat["latency_percentiles_usec_set"]["p99.9"]
+    # slowlog_slower_than = 0 logs every command; slowlog_max_len = 4.
+    assert r.slowlog_len() == 4
+    log = r.slowlog_get(2)
+    assert len(log) == 2 and log[0]["id"] > log[1]["id"]
+    r.execute_command("SLOWLOG", "RESET")
+    assert r.slowlog_len() <= 1  # the RESET itself may be there
+    r.close()
+
+
+def test_pressure_is_logged(monitored):
+    # An lru store of 1 MiB overfilled: the log says it is full and that
+    # it evicts its working set.
+    _, sock, logpath = monitored
+    r = redis.Redis(unix_socket_path=sock)
+    value = b"x" * 2000
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        p = r.pipeline(transaction=False)
+        for i in range(2000):
+            p.set(f"fill{time.time_ns()}{i}", value)
+        p.execute()
+        text = open(logpath).read()
+        if "full" in text and "evicts" in text:
+            break
+    text = open(logpath).read()
+    assert "% full" in text, text
+    assert "live keys a second" in text, text
+    r.close()
