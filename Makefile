@@ -186,6 +186,9 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(shell sed -n 's/.*SHMKV_VERSION_STRING "\(.*\)"/\1/p' include/shmkv.h)|' \
 	    shmkv.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(shell sed -n 's/.*SHMKV_VERSION_STRING "\(.*\)"/\1/p' include/shmkv.h)|' \
+	    shmkv-static.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv-static.pc
 	install -m 755 $(BUILD)/shmkvd $(DESTDIR)$(SBINDIR)/
 	install -m 755 $(BUILD)/shmkvctl $(DESTDIR)$(BINDIR)/
 	# An existing config is the operator's: never overwrite it.
@@ -207,6 +210,7 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libshmkv.a $(DESTDIR)$(LIBDIR)/libshmkv.so* \
 	      $(DESTDIR)$(INCLUDEDIR)/shmkv.h $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv.pc \
+	      $(DESTDIR)$(LIBDIR)/pkgconfig/shmkv-static.pc \
 	      $(DESTDIR)$(SBINDIR)/shmkvd $(DESTDIR)$(BINDIR)/shmkvctl \
 	      $(DESTDIR)$(UNITDIR)/shmkvd.service $(DESTDIR)$(SYSUSERSDIR)/shmkv.conf \
 	      $(DESTDIR)$(MANDIR)/man1/shmkvctl.1 $(DESTDIR)$(MANDIR)/man3/libshmkv.3 \

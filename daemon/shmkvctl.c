@@ -6,10 +6,14 @@
  * socket and the store key come from the daemon's config file (-c, default
  * /etc/shmkvd/shmkvd.conf) or from -s SOCKET (the key is then asked of the
  * daemon). Exit codes: 0 ok, 1 not found, 2 usage, 3 error; messages go to
- * stderr, results to stdout.
+ * stderr, results to stdout. With --json each command prints one JSON
+ * value instead (an error too, as {"error": ...}), keys and values as
+ * strings whose bytes 0x80 and over are \u0080..\u00ff, so that a
+ * binary value survives a decode to code points taken as bytes.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -17,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <sys/un.h>
 #include <time.h>
@@ -26,6 +31,9 @@
 #include "shmkv.h"
 
 enum { EXIT_OK = 0, EXIT_NOTFOUND = 1, EXIT_USAGE = 2, EXIT_ERROR = 3 };
+
+/* --json: every result, and every error, as one JSON value on stdout. */
+static bool json;
 
 /* A RESP reply, parsed into a tree. */
 struct reply {
@@ -47,15 +55,55 @@ struct conn {
 static void die(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3), noreturn));
 
+static void json_str(const char *p, size_t len);
+
 static void die(int code, const char *fmt, ...)
 {
+    char msg[4096];
     va_list ap;
     va_start(ap, fmt);
-    fputs("shmkvctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    fprintf(stderr, "shmkvctl: %s\n", msg);
+    if (json) {
+        printf("{\"error\": ");
+        json_str(msg, strlen(msg));
+        printf(", \"exit\": %d}\n", code);
+    }
     exit(code);
+}
+
+/* A JSON string of len bytes: escapes, control bytes and bytes over 0x7f
+ * as \u00XX. */
+static void json_str(const char *p, size_t len)
+{
+    putchar('"');
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch == '\n')
+            fputs("\\n", stdout);
+        else if (ch < 0x20 || ch >= 0x7f)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
+
+static void json_cstr(const char *s)
+{
+    json_str(s, strlen(s));
+}
+
+/* {"key": K, "found": false}, for a key that is not there. */
+static int json_absent(const char *key)
+{
+    printf("{\"key\": ");
+    json_cstr(key);
+    printf(", \"found\": false}\n");
+    return EXIT_NOTFOUND;
 }
 
 static void usage(FILE *out)
@@ -64,6 +112,7 @@ static void usage(FILE *out)
             "usage: shmkvctl [-c FILE | -s SOCKET] COMMAND [ARGS]\n"
             "  -c, --config FILE  shmkvd's config (default %s)\n"
             "  -s, --socket PATH  the control socket\n"
+            "  -j, --json         print results (and errors) as JSON\n"
             "commands:\n"
             "  status                    a summary: uptime, entries, memory, "
             "hit rate, clients\n"
@@ -86,7 +135,7 @@ static void usage(FILE *out)
             "  shutdown [--save|--nosave]  stop shmkvd\n"
             "  remove                    remove the store a dead shmkvd left\n"
             "  (\"--\" before keys that start with '-')\n"
-            "  stats [--json]            every statistic\n"
+            "  stats                     every statistic\n"
             "exit codes: 0 ok, 1 not found, 2 usage, 3 error\n",
             CONFIG_DEFAULT_PATH);
 }
@@ -102,11 +151,24 @@ static void conn_open(struct conn *c, const char *path)
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0 ||
         connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        if (errno == EACCES)
+        if (errno == EACCES) {
+            /* Name what leaves this user out: the socket's mode (the
+             * config's socket_mode) and group (its [store] group). */
+            struct stat sb;
+            char who[256] = "";
+            if (stat(path, &sb) == 0) {
+                struct group *g = getgrgid(sb.st_gid);
+                snprintf(who, sizeof who,
+                         "; it has mode 0%o and group %s, and uid %d is not "
+                         "its owner nor in that group",
+                         (unsigned)(sb.st_mode & 0777),
+                         g != NULL ? g->gr_name : "?", (int)getuid());
+            }
             die(EXIT_ERROR,
-                "cannot connect to %s: %s (the socket's mode and group, "
-                "socket_mode and the store's group, leave this user out)",
-                path, strerror(errno));
+                "cannot connect to %s: %s (socket_mode in [control] and the "
+                "store's group decide who may connect%s)",
+                path, strerror(errno), who);
+        }
         die(EXIT_ERROR, "cannot connect to %s: %s (is shmkvd running?%s)", path,
             strerror(errno),
             path[0] == '/' ? ""
@@ -375,8 +437,14 @@ static int cmd_resize(struct conn *c, const char *socket_path, const char *size)
     exit_on_error_reply(&st);
     char now[32];
     human((uint64_t)stat_value(&st, "data_bytes"), now, sizeof now);
-    printf("resized to %s in %.2f s (%" PRId64 " entries)\n", now,
-           mono_s() - t0, stat_value(&st, "entries"));
+    if (json)
+        printf("{\"data_bytes\": %" PRId64 ", \"seconds\": %.3f, "
+               "\"entries\": %" PRId64 "}\n",
+               stat_value(&st, "data_bytes"), mono_s() - t0,
+               stat_value(&st, "entries"));
+    else
+        printf("resized to %s in %.2f s (%" PRId64 " entries)\n", now,
+               mono_s() - t0, stat_value(&st, "entries"));
     reply_free(&st);
     return EXIT_OK;
 }
@@ -386,6 +454,8 @@ static int cmd_keys(struct conn *c, const char *pattern)
 {
     char cursor[32] = "0";
     unsigned long long found = 0;
+    if (json)
+        putchar('[');
     do {
         const char *v[6] = {"SCAN", cursor, "COUNT", "1000", "MATCH", pattern};
         struct reply r;
@@ -396,12 +466,20 @@ static int cmd_keys(struct conn *c, const char *pattern)
         snprintf(cursor, sizeof cursor, "%s", r.elems[0].str);
         const struct reply *keys = &r.elems[1];
         for (size_t i = 0; i < keys->n; i++) {
-            fwrite(keys->elems[i].str, 1, keys->elems[i].len, stdout);
-            putchar('\n');
+            if (json) {
+                if (found > 0)
+                    fputs(", ", stdout);
+                json_str(keys->elems[i].str, keys->elems[i].len);
+            } else {
+                fwrite(keys->elems[i].str, 1, keys->elems[i].len, stdout);
+                putchar('\n');
+            }
             found++;
         }
         reply_free(&r);
     } while (strcmp(cursor, "0") != 0);
+    if (json)
+        printf("]\n");
     return found > 0 ? EXIT_OK : EXIT_NOTFOUND;
 }
 
@@ -416,6 +494,11 @@ static int cmd_remove(const struct target *t)
     int rc = shmkv_adopt(t->cfg.store_key, &kv);
     if (rc == SHMKV_ENOSTORE) {
         fprintf(stderr, "shmkvctl: no store at %s\n", t->cfg.store_key);
+        if (json) {
+            printf("{\"store\": ");
+            json_cstr(t->cfg.store_key);
+            printf(", \"found\": false}\n");
+        }
         return EXIT_NOTFOUND;
     }
     if (rc == SHMKV_EOWNED)
@@ -429,7 +512,13 @@ static int cmd_remove(const struct target *t)
     rc = shmkv_destroy(kv);
     if (rc != 0)
         die(EXIT_ERROR, "removing the store: %s", shmkv_strerror(rc));
-    printf("removed the store at %s\n", t->cfg.store_key);
+    if (json) {
+        printf("{\"removed\": ");
+        json_cstr(t->cfg.store_key);
+        printf("}\n");
+    } else {
+        printf("removed the store at %s\n", t->cfg.store_key);
+    }
     return EXIT_OK;
 }
 
@@ -452,6 +541,19 @@ static int cmd_status(struct conn *c)
         sscanf(line, "store_key:%255s", key);
     }
     int64_t up = stat_value(&stats, "uptime_s");
+    if (json) {
+        printf("{\"version\": ");
+        json_cstr(version);
+        printf(", \"pid\": %d, \"store\": ", pid);
+        json_cstr(key);
+        for (size_t i = 0; i + 1 < stats.n; i += 2)
+            printf(", \"%s\": %" PRId64, stats.elems[i].str,
+                   stats.elems[i + 1].integer);
+        printf("}\n");
+        reply_free(&info);
+        reply_free(&stats);
+        return EXIT_OK;
+    }
     uint64_t hits = (uint64_t)stat_value(&stats, "hits");
     uint64_t misses = (uint64_t)stat_value(&stats, "misses");
     char used[32], cap[32], freeb[32];
@@ -503,7 +605,7 @@ static int cmd_status(struct conn *c)
     return EXIT_OK;
 }
 
-static int cmd_stats(struct conn *c, bool json)
+static int cmd_stats(struct conn *c)
 {
     struct reply r;
     const char *argv[] = {"SHMKV.STATS"};
@@ -551,7 +653,13 @@ static int cmd_get(struct target *t, struct conn *c, const char *key, bool raw)
     if (rc == 0) {
         shmkv_val_t v;
         rc = shmkv_get(kv, key, strlen(key), &v);
-        if (rc == 0) {
+        if (rc == 0 && json) {
+            printf("{\"key\": ");
+            json_cstr(key);
+            printf(", \"found\": true, \"value\": ");
+            json_str(v.data, v.len);
+            printf("}\n");
+        } else if (rc == 0) {
             fwrite(v.data, 1, v.len, stdout);
             if (!raw)
                 putchar('\n');
@@ -561,7 +669,7 @@ static int cmd_get(struct target *t, struct conn *c, const char *key, bool raw)
     shmkv_close(kv);
     if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG) {
         fprintf(stderr, "shmkvctl: %s: not found\n", key);
-        return EXIT_NOTFOUND;
+        return json ? json_absent(key) : EXIT_NOTFOUND;
     }
     if (rc != 0)
         die(EXIT_ERROR, "get %s: %s", key, shmkv_strerror(rc));
@@ -574,7 +682,15 @@ static int simple(struct conn *c, int argc, const char *const *argv)
     struct reply r;
     command(c, &r, argc, argv, NULL);
     exit_on_error_reply(&r);
-    if (r.type == ':')
+    if (json && r.type == ':')
+        printf("{\"result\": %" PRId64 "}\n", r.integer);
+    else if (json && r.str != NULL) {
+        printf("{\"result\": ");
+        json_str(r.str, r.len);
+        printf("}\n");
+    } else if (json)
+        printf("{\"result\": null}\n");
+    else if (r.type == ':')
         printf("%" PRId64 "\n", r.integer);
     else if (r.str != NULL)
         printf("%s\n", r.str);
@@ -590,12 +706,13 @@ int main(int argc, char **argv)
         {"socket", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
+        {"json", no_argument, NULL, 'j'},
         {NULL, 0, NULL, 0},
     };
     struct target t = {0};
     int opt;
     /* '+': stop at the command, so its own options are its own. */
-    while ((opt = getopt_long(argc, argv, "+c:s:hv", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+c:s:hvj", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             t.config_path = optarg;
@@ -609,6 +726,9 @@ int main(int argc, char **argv)
         case 'v':
             printf("shmkvctl %s\n", SHMKV_VERSION_STRING);
             return EXIT_OK;
+        case 'j':
+            json = true;
+            break;
         default:
             usage(stderr);
             return EXIT_USAGE;
@@ -624,9 +744,14 @@ int main(int argc, char **argv)
     /* get's --raw, then an optional "--": what follows are keys and
      * values, even those that start with '-'. */
     bool raw = false;
-    if (strcmp(cmd, "get") == 0 && nargs >= 1 &&
-        strcmp(args[0], "--raw") == 0) {
-        raw = true;
+    for (;;) {
+        if (strcmp(cmd, "get") == 0 && nargs >= 1 &&
+            strcmp(args[0], "--raw") == 0)
+            raw = true;
+        else if (nargs >= 1 && strcmp(args[0], "--json") == 0)
+            json = true; /* after the command too: "stats --json" */
+        else
+            break;
         args++;
         nargs--;
     }
@@ -683,8 +808,26 @@ int main(int argc, char **argv)
         exit_on_error_reply(&r);
         int status = EXIT_OK;
         if (del) {
-            printf("%" PRId64 "\n", r.integer);
+            if (json)
+                printf("{\"deleted\": %" PRId64 "}\n", r.integer);
+            else
+                printf("%" PRId64 "\n", r.integer);
             status = r.integer > 0 ? EXIT_OK : EXIT_NOTFOUND;
+        } else if (json) {
+            putchar('[');
+            for (size_t i = 0; i < r.n; i++) {
+                printf("%s{\"key\": ", i ? ", " : "");
+                json_cstr(args[i]);
+                if (r.elems[i].null) {
+                    status = EXIT_NOTFOUND;
+                    printf(", \"found\": false}");
+                } else {
+                    printf(", \"found\": true, \"value\": ");
+                    json_str(r.elems[i].str, r.elems[i].len);
+                    putchar('}');
+                }
+            }
+            printf("]\n");
         } else {
             /* A value a line; an absent key an empty line and exit 1. */
             for (size_t i = 0; i < r.n; i++) {
@@ -714,9 +857,16 @@ int main(int argc, char **argv)
         reply_free(&r);
         if (ttl == -2) {
             fprintf(stderr, "shmkvctl: %s: not found\n", args[0]);
-            return EXIT_NOTFOUND;
+            return json ? json_absent(args[0]) : EXIT_NOTFOUND;
         }
-        if (ttl == -1)
+        if (json) {
+            printf("{\"key\": ");
+            json_cstr(args[0]);
+            if (ttl == -1)
+                printf(", \"found\": true, \"ttl\": null}\n");
+            else
+                printf(", \"found\": true, \"ttl\": %" PRId64 "}\n", ttl);
+        } else if (ttl == -1)
             printf("none\n");
         else
             printf("%" PRId64 "\n", ttl);
@@ -739,7 +889,12 @@ int main(int argc, char **argv)
         reply_free(&r);
         if (done == 0) {
             fprintf(stderr, "shmkvctl: %s: not found\n", args[0]);
-            return EXIT_NOTFOUND;
+            return json ? json_absent(args[0]) : EXIT_NOTFOUND;
+        }
+        if (json) {
+            printf("{\"key\": ");
+            json_cstr(args[0]);
+            printf(", \"found\": true}\n");
         }
         return EXIT_OK;
     }
@@ -776,10 +931,9 @@ int main(int argc, char **argv)
         conn_open(&c, t.socket_path);
         return cmd_status(&c);
     }
-    if (strcmp(cmd, "stats") == 0 &&
-        (nargs == 0 || (nargs == 1 && strcmp(args[0], "--json") == 0))) {
+    if (strcmp(cmd, "stats") == 0 && nargs == 0) {
         conn_open(&c, t.socket_path);
-        return cmd_stats(&c, nargs == 1);
+        return cmd_stats(&c);
     }
     if (strcmp(cmd, "shutdown") == 0 && nargs <= 1) {
         const char *v[2] = {"SHUTDOWN", NULL};
@@ -799,11 +953,18 @@ int main(int argc, char **argv)
         if (reply_read(&c, &r))
             exit_on_error_reply(&r);
         reply_free(&r);
-        printf("shmkvd stopped\n");
+        printf(json ? "{\"stopped\": true}\n" : "shmkvd stopped\n");
         return EXIT_OK;
     }
 bad_usage:
     fprintf(stderr, "shmkvctl: bad command or arguments: %s\n", cmd);
+    if (json) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "bad command or arguments: %s", cmd);
+        printf("{\"error\": ");
+        json_cstr(msg);
+        printf(", \"exit\": %d}\n", EXIT_USAGE);
+    }
     usage(stderr);
     return EXIT_USAGE;
 }

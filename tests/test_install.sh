@@ -11,6 +11,7 @@ cd "$top"
 make -s BUILD="$build" DESTDIR="$stage" PREFIX=/usr/local install >/dev/null
 for f in usr/local/lib/libshmkv.a usr/local/lib/libshmkv.so.0 \
          usr/local/include/shmkv.h usr/local/lib/pkgconfig/shmkv.pc \
+         usr/local/lib/pkgconfig/shmkv-static.pc \
          usr/local/sbin/shmkvd usr/local/bin/shmkvctl etc/shmkvd/shmkvd.conf \
          lib/systemd/system/shmkvd.service usr/lib/sysusers.d/shmkv.conf \
          usr/local/share/man/man1/shmkvctl.1 usr/local/share/man/man3/libshmkv.3 \
@@ -84,4 +85,15 @@ PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$stage/usr/local/lib/pkgconfig"
     $(PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$stage/usr/local/lib/pkgconfig" \
       pkg-config --cflags --libs --static shmkv)
 LD_LIBRARY_PATH="$stage/usr/local/lib" "$stage/client"
+# shmkv-static links libshmkv.a: the program needs no libshmkv.so, with or
+# without --static.
+for flag in --static ""; do
+    ${CC:-cc} ${EXAMPLE_CFLAGS:-} "$stage/client.c" -o "$stage/client-static" \
+        $(PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$stage/usr/local/lib/pkgconfig" \
+          pkg-config --cflags --libs $flag shmkv-static)
+    if readelf -d "$stage/client-static" | grep -q 'libshmkv'; then
+        echo "install: shmkv-static linked the shared library"; exit 1
+    fi
+    "$stage/client-static"
+done
 echo "install: 1 passed, 0 failed"

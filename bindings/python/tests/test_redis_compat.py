@@ -442,3 +442,36 @@ def test_pressure_is_logged(monitored):
     assert "% full" in text, text
     assert "live keys a second" in text, text
     r.close()
+
+
+def test_shmkvctl_json(daemon, r):
+    import json
+    conf, _ = daemon
+    ctl = os.path.join(os.path.dirname(
+        os.environ.get("SHMKVD", "build/shmkvd")), "shmkvctl")
+
+    def j(*args, code=0):
+        p = subprocess.run([ctl, "-c", conf, "--json", *args],
+                           capture_output=True, timeout=60)
+        assert p.returncode == code, (args, p.stdout, p.stderr)
+        return json.loads(p.stdout)
+
+    assert j("set", "k", 'a"b\\c') == {"result": "OK"}
+    assert j("get", "k") == {"key": "k", "found": True, "value": 'a"b\\c'}
+    r.set("bin", b"\x00\x01\xff")
+    got = j("get", "bin")["value"]
+    assert got.encode("latin-1") == b"\x00\x01\xff"  # bytes round-trip
+    assert j("get", "absent", code=1) == {"key": "absent", "found": False}
+    assert j("mget", "k", "absent", code=1)[1] == {"key": "absent",
+                                                    "found": False}
+    assert sorted(j("keys")) == ["bin", "k"]
+    assert j("ttl", "k") == {"key": "k", "found": True, "ttl": None}
+    assert j("expire", "k", "100") == {"key": "k", "found": True}
+    assert 99 <= j("ttl", "k")["ttl"] <= 100
+    assert j("incr", "n", "5") == {"result": 5}
+    assert j("del", "n", "absent") == {"deleted": 1}
+    assert j("status")["entries"] == 2
+    assert j("stats")["entries"] == 2
+    assert j("check")["result"].startswith("ok")
+    assert j("save", code=3)["error"]  # no snapshot configured
+    assert j("bogus", code=2)["exit"] == 2
