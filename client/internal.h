@@ -74,9 +74,6 @@ struct shmkv {
     bool lru;
     uint32_t *recency; /* lru only */
     uint64_t recency_mask;
-    _Atomic uint64_t *versions; /* the version cells (control segment) */
-    struct lease *leases;       /* the fill leases (control segment) */
-    uint64_t version_mask;
 
     /* The deadline of the call in progress (CLOCK_MONOTONIC ms), 0 until
      * it first has to wait. */
@@ -93,6 +90,9 @@ struct shmkv {
     uint64_t rng;
 
     /* Below: what the read path never touches. */
+    _Atomic uint64_t *versions; /* the version cells (control segment) */
+    struct lease *leases;       /* the fill leases (control segment) */
+    uint64_t version_mask;
     /* When the call in progress first waited for readers, 0 until then
      * (reset with deadline_ms). */
     uint64_t wait_ms;

@@ -491,6 +491,7 @@ static uint64_t write_hash(struct shmkv *kv, const void *key, size_t klen,
 /* What set_locked writes besides the value. */
 struct set_how {
     uint64_t expire_ms; /* absolute; 0: none */
+    uint64_t vcell;     /* the key's version cell (version_cell), 0: find it */
     int flags;          /* SHMKV_NX, SHMKV_XX, SHMKV_KEEPTTL */
     bool cas;           /* only if the key's version is still version */
     uint64_t version;
@@ -505,14 +506,15 @@ static int set_locked(struct shmkv *kv, const void *key, size_t klen,
     struct data_header *d = kv->data;
     if (seed != kv->seed)
         hash = key_hash(key, klen, kv->seed);
-    uint64_t vcell = version_cell(kv, key, klen);
+    uint64_t vcell = how->vcell != 0 ? how->vcell : version_cell(kv, key, klen);
     if (how->cas && version_load(kv, vcell) != how->version)
         return set_error(SHMKV_ECHANGED, "the key changed since its version "
                                          "was read");
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
-    uint64_t now = clock_unix_ms();
-    if (pos.off != 0 && expired_at(block_at(d, pos.off), now)) {
+    /* The clock only for an entry with an expiry. */
+    if (pos.off != 0 && block_at(d, pos.off)->u.entry.expire_ms != 0 &&
+        expired_at(block_at(d, pos.off), clock_unix_ms())) {
         int rc = entry_remove(kv, hash, &pos);
         if (rc != 0)
             return rc;
@@ -622,10 +624,13 @@ static int set_call(struct shmkv *kv, const void *key, size_t klen,
         return rc;
     uint64_t seed;
     uint64_t hash = write_hash(kv, key, klen, &seed);
+    /* Before the lock: the version cell's hash does not change with the
+     * generation, and the clock is read only for a TTL. */
+    how->vcell = version_cell(kv, key, klen);
     rc = write_begin(kv);
     if (rc != 0)
         return rc;
-    how->expire_ms = expiry_after(clock_unix_ms(), ttl_ms);
+    how->expire_ms = ttl_ms != 0 ? expiry_after(clock_unix_ms(), ttl_ms) : 0;
     rc = set_locked(kv, key, klen, val, vlen, how, hash, seed);
     write_end(kv);
     return rc;
