@@ -54,6 +54,7 @@ from ._shmkv import (  # noqa: F401  (the public names)
     LAYOUT_VERSION,
     LIBRARY_VERSION,
     BufferTooSmall,
+    Changed,
     Busy,
     Closed,
     ConfigError,
@@ -91,7 +92,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open", "create", "remove", "strerror", "Store", "CodecStore",
-    "ReadSection", "Error", "BufferTooSmall", "Busy", "Closed",
+    "ReadSection", "Error", "BufferTooSmall", "Busy", "Changed", "Closed",
     "ConfigError", "Corrupt", "Exists", "Forked", "InvalidArgument",
     "KernelLimit", "NoStore", "NotAStore", "NotANumber", "NotFound",
     "OutOfMemory", "Overflow", "Owned", "PermissionDenied", "ReadOnly",
@@ -137,7 +138,7 @@ class CodecStore:
     def __setitem__(self, key: Any, value: Any) -> None:
         self.store[key] = self._encode(value)
 
-    def set(self, key: Any, value: Any, ttl: Optional[int] = None, *,
+    def set(self, key: Any, value: Any, ttl: Optional[float] = None, *,
             nx: bool = False, xx: bool = False,
             keepttl: bool = False) -> bool:
         return self.store.set(key, self._encode(value), ttl, nx=nx, xx=xx,

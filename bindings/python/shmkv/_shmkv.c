@@ -26,6 +26,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <time.h>
+
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -34,7 +36,7 @@
 
 /* ---- errors ---- */
 
-#define N_CODES 28 /* 0 .. -(N_CODES - 1) */
+#define N_CODES 29 /* 0 .. -(N_CODES - 1) */
 
 static PyObject *Error;
 static PyObject *error_class[N_CODES];
@@ -76,6 +78,8 @@ static const struct {
     {SHMKV_EFORKED, "Forked", NULL, "a handle of another process"},
     {SHMKV_EBUSY, "Busy", NULL, "another resize is under way"},
     {SHMKV_EAGAIN, "TryAgain", NULL, "interrupted: try again"},
+    {SHMKV_ECHANGED, "Changed", NULL,
+     "the key changed since its version was read"},
 };
 
 /* Raises the exception for rc, with libshmkv's detail. */
@@ -511,7 +515,7 @@ static int store_contains(StoreObject *s, PyObject *key)
 enum wop { W_SET, W_DEL, W_EXPIRE, W_INCR };
 
 static int write_op(StoreObject *s, enum wop op, PyObject *keyobj,
-                    PyObject *valobj, uint32_t ttl, int flags, int64_t delta,
+                    PyObject *valobj, uint64_t ttl_ms, int flags, int64_t delta,
                     int64_t *result)
 {
     struct thread_rec *r = rec_get(s);
@@ -530,14 +534,14 @@ static int write_op(StoreObject *s, enum wop op, PyObject *keyobj,
     Py_BEGIN_ALLOW_THREADS switch (op)
     {
     case W_SET:
-        rc = shmkv_set(r->kv, k.data, (size_t)k.len, v.buf, (size_t)v.len, ttl,
-                       flags);
+        rc = shmkv_pset(r->kv, k.data, (size_t)k.len, v.buf, (size_t)v.len,
+                        ttl_ms, flags);
         break;
     case W_DEL:
         rc = shmkv_del(r->kv, k.data, (size_t)k.len);
         break;
     case W_EXPIRE:
-        rc = shmkv_expire(r->kv, k.data, (size_t)k.len, ttl);
+        rc = shmkv_pexpire(r->kv, k.data, (size_t)k.len, ttl_ms);
         break;
     default:
         rc = shmkv_incr(r->kv, k.data, (size_t)k.len, delta, result);
@@ -566,21 +570,25 @@ static int store_ass_subscript(StoreObject *s, PyObject *key, PyObject *val)
     return 0;
 }
 
-static int ttl_arg(PyObject *o, uint32_t *ttl)
+/* A TTL in seconds, int or float, to milliseconds (rounded up, so that a
+ * TTL is never shorter than asked); None: no TTL. */
+static int ttl_arg(PyObject *o, uint64_t *ttl_ms)
 {
     if (o == NULL || o == Py_None) {
-        *ttl = 0;
+        *ttl_ms = 0;
         return 0;
     }
-    long long t = PyLong_AsLongLong(o);
-    if (t == -1 && PyErr_Occurred())
+    double t = PyFloat_AsDouble(o);
+    if (t == -1.0 && PyErr_Occurred())
         return -1;
-    if (t < 1 || t > UINT32_MAX) {
+    if (!(t > 0) || t > 1e12) {
         PyErr_SetString(PyExc_ValueError,
-                        "ttl is a number of seconds, 1 to 2**32 - 1");
+                        "ttl is a positive number of seconds (a float for "
+                        "milliseconds)");
         return -1;
     }
-    *ttl = (uint32_t)t;
+    double ms = t * 1000.0;
+    *ttl_ms = (uint64_t)ms + ((double)(uint64_t)ms < ms);
     return 0;
 }
 
@@ -592,7 +600,7 @@ static PyObject *store_set(StoreObject *s, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O$ppp:set", names, &key,
                                      &val, &ttlobj, &nx, &xx, &keepttl))
         return NULL;
-    uint32_t ttl;
+    uint64_t ttl;
     if (ttl_arg(ttlobj, &ttl) != 0)
         return NULL;
     int flags = (nx ? SHMKV_NX : 0) | (xx ? SHMKV_XX : 0) |
@@ -642,10 +650,8 @@ static PyObject *store_expire(StoreObject *s, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:expire", names, &key,
                                      &ttlobj))
         return NULL;
-    uint32_t ttl;
-    if (ttlobj == Py_None)
-        ttl = 0;
-    else if (ttl_arg(ttlobj, &ttl) != 0)
+    uint64_t ttl;
+    if (ttl_arg(ttlobj, &ttl) != 0)
         return NULL;
     int rc = write_op(s, W_EXPIRE, key, NULL, ttl, 0, 0, NULL);
     if (rc == 1)
@@ -677,6 +683,180 @@ static PyObject *store_ttl(StoreObject *s, PyObject *keyobj)
     if (ttl < 0)
         Py_RETURN_NONE;
     return PyLong_FromLongLong(ttl);
+}
+
+static PyObject *store_pttl(StoreObject *s, PyObject *keyobj)
+{
+    struct thread_rec *r = rec_get(s);
+    if (r == NULL)
+        return NULL;
+    struct key k;
+    if (key_get(keyobj, &k) != 0)
+        return NULL;
+    int64_t ttl = 0;
+    int rc = shmkv_pttl(r->kv, k.data, (size_t)k.len, &ttl);
+    key_put(&k);
+    if (rc == SHMKV_ENOTFOUND) {
+        PyErr_SetObject(PyExc_KeyError, keyobj);
+        return NULL;
+    }
+    if (rc != 0)
+        return raise_rc(rc);
+    if (ttl < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(ttl);
+}
+
+static PyObject *store_version(StoreObject *s, PyObject *keyobj)
+{
+    struct thread_rec *r = rec_get(s);
+    if (r == NULL)
+        return NULL;
+    struct key k;
+    if (key_get(keyobj, &k) != 0)
+        return NULL;
+    uint64_t version = 0;
+    int rc = shmkv_version(r->kv, k.data, (size_t)k.len, &version);
+    key_put(&k);
+    if (rc != 0 && rc != SHMKV_ENOTFOUND)
+        return raise_rc(rc);
+    return PyLong_FromUnsignedLongLong(version);
+}
+
+static PyObject *store_cas(StoreObject *s, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"key", "value", "version", "ttl", NULL};
+    PyObject *keyobj, *valobj, *ttlobj = Py_None;
+    unsigned long long version;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOK|O:cas", names, &keyobj,
+                                     &valobj, &version, &ttlobj))
+        return NULL;
+    uint64_t ttl;
+    if (ttl_arg(ttlobj, &ttl) != 0)
+        return NULL;
+    struct thread_rec *r = rec_get(s);
+    if (r == NULL)
+        return NULL;
+    struct key k;
+    if (key_get(keyobj, &k) != 0)
+        return NULL;
+    Py_buffer v = {0};
+    if (value_get(valobj, &v) != 0) {
+        key_put(&k);
+        return NULL;
+    }
+    int rc;
+    r->busy++;
+    Py_BEGIN_ALLOW_THREADS rc =
+        shmkv_cas(r->kv, k.data, (size_t)k.len, v.buf, (size_t)v.len, ttl, 0,
+                  (uint64_t)version);
+    Py_END_ALLOW_THREADS rec_done(s, r);
+    PyBuffer_Release(&v);
+    key_put(&k);
+    if (rc == SHMKV_ECHANGED)
+        Py_RETURN_FALSE;
+    if (rc != 0)
+        return raise_rc(rc);
+    Py_RETURN_TRUE;
+}
+
+/* get_or_fill(key, fill, ttl=None, *, lease=10.0, wait=5.0, stale=False):
+ * the value, computed by fill() once when it is missing, whichever process
+ * asks (the key's fill lease, include/shmkv.h). fill runs with the GIL;
+ * waiting for another's fill lets it go. */
+static PyObject *store_get_or_fill(StoreObject *s, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"key",  "fill",  "ttl", "lease",
+                            "wait", "stale", NULL};
+    PyObject *keyobj, *fill, *ttlobj = Py_None;
+    double lease = 10.0, wait = 5.0;
+    int stale = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O$ddp:get_or_fill", names,
+                                     &keyobj, &fill, &ttlobj, &lease, &wait,
+                                     &stale))
+        return NULL;
+    uint64_t ttl;
+    if (ttl_arg(ttlobj, &ttl) != 0)
+        return NULL;
+    if (!PyCallable_Check(fill) || !(lease > 0 && lease <= 3600) ||
+        !(wait >= 0 && wait <= 86400)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "fill must be callable, lease 0 to 3600 s, wait 0 to "
+                        "86400 s");
+        return NULL;
+    }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int found = 0;
+        PyObject *v = lookup_bytes(s, keyobj, 0, &found, 1);
+        if (v != NULL || PyErr_Occurred())
+            return v;
+        struct thread_rec *r = rec_get(s);
+        if (r == NULL)
+            return NULL;
+        struct key k;
+        if (key_get(keyobj, &k) != 0)
+            return NULL;
+        int rc = shmkv_lease_take(r->kv, k.data, (size_t)k.len,
+                                  (uint32_t)(lease * 1000), NULL);
+        if (rc == 0) {
+            /* Ours: compute it, store it, give the lease back. */
+            key_put(&k);
+            v = lookup_bytes(s, keyobj, 0, &found, 1);
+            if (v == NULL && !PyErr_Occurred()) {
+                v = PyObject_CallNoArgs(fill);
+                if (v != NULL &&
+                    write_op(s, W_SET, keyobj, v, ttl, 0, 0, NULL) != 0) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(Error, shmkv_last_error());
+                    Py_CLEAR(v);
+                }
+                if (v != NULL && !PyBytes_Check(v)) {
+                    PyObject *b = PyBytes_FromObject(v);
+                    Py_SETREF(v, b);
+                }
+            }
+            r = rec_get(s);
+            if (r != NULL && key_get(keyobj, &k) == 0) {
+                shmkv_lease_release(r->kv, k.data, (size_t)k.len);
+                key_put(&k);
+            }
+            return v;
+        }
+        if (rc != SHMKV_EBUSY) {
+            key_put(&k);
+            return raise_rc(rc);
+        }
+        if (stale) {
+            /* Another fills it: an expired value will do meanwhile. */
+            int rcs = shmkv_read_begin(r->kv);
+            PyObject *out = NULL;
+            if (rcs == 0) {
+                shmkv_val_t val;
+                int64_t age;
+                if (shmkv_get_stale(r->kv, k.data, (size_t)k.len, &val, &age) ==
+                    0)
+                    out = PyBytes_FromStringAndSize(val.data,
+                                                    (Py_ssize_t)val.len);
+                shmkv_read_end(r->kv);
+            }
+            if (out != NULL || PyErr_Occurred()) {
+                key_put(&k);
+                return out;
+            }
+        }
+        key_put(&k);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double waited = (double)(now.tv_sec - t0.tv_sec) +
+                        (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
+        if (waited >= wait)
+            return raise_rc(SHMKV_ETIMEDOUT);
+        Py_BEGIN_ALLOW_THREADS struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+        Py_END_ALLOW_THREADS
+    }
 }
 
 /* A call on this thread's handle with the GIL let go. */
@@ -1009,6 +1189,20 @@ static PyMethodDef store_methods[] = {
      "if absent"},
     {"ttl", (PyCFunction)store_ttl, METH_O,
      "ttl(key): seconds left, None if it has no TTL; KeyError if absent"},
+    {"pttl", (PyCFunction)store_pttl, METH_O,
+     "pttl(key): milliseconds left, None if it has no TTL; KeyError if "
+     "absent"},
+    {"version", (PyCFunction)store_version, METH_O,
+     "version(key): the key's version, for cas() (absent keys have one)"},
+    {"cas", (PyCFunction)(void (*)(void))store_cas,
+     METH_VARARGS | METH_KEYWORDS,
+     "cas(key, value, version, ttl=None): store value only if the key's "
+     "version is still version; False if it changed"},
+    {"get_or_fill", (PyCFunction)(void (*)(void))store_get_or_fill,
+     METH_VARARGS | METH_KEYWORDS,
+     "get_or_fill(key, fill, ttl=None, *, lease=10.0, wait=5.0, "
+     "stale=False): the value, computed by fill() once when missing, "
+     "whichever process asks; the others wait (or take an expired value)"},
     {"flush", (PyCFunction)store_flush, METH_NOARGS, "remove every key"},
     {"stats", (PyCFunction)store_stats, METH_NOARGS,
      "the store's statistics, a dict"},

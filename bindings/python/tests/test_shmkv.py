@@ -273,7 +273,7 @@ def test_errors(key):
             assert cls.code < 0 and cls.code not in codes
             codes.add(cls.code)
             assert shmkv.strerror(cls.code) != shmkv.strerror(-1000)
-    assert len(codes) == 27
+    assert len(codes) == 28
     s = shmkv.create(key, size=2 << 20)
     try:
         with pytest.raises(shmkv.Exists):
@@ -468,3 +468,97 @@ def test_readme_example():
     assert res.returncode == 0, res.stderr
     assert res.stdout == out.group(1)
 
+
+
+# ---- milliseconds, compare-and-set, get-or-fill ----
+
+def test_millisecond_ttls(store):
+    store.set("k", b"v", ttl=0.15)
+    assert 140 <= store.pttl("k") <= 150
+    time.sleep(0.1)
+    assert store["k"] == b"v"
+    time.sleep(0.1)
+    assert store.get("k") is None
+    store["p"] = b"v"
+    assert store.expire("p", 2.5) and 2400 <= store.pttl("p") <= 2500
+    assert store.expire("p", None) and store.pttl("p") is None
+    with pytest.raises(ValueError):
+        store.set("k", b"v", ttl=0)
+
+
+def test_cas(store):
+    v0 = store.version("c")
+    assert store.cas("c", b"1", v0)
+    assert not store.cas("c", b"2", v0)
+    assert store["c"] == b"1"
+    v1 = store.version("c")
+    store["c"] = b"other"
+    assert not store.cas("c", b"3", v1)
+    assert store.cas("c", b"3", store.version("c"), ttl=5)
+    assert 4900 <= store.pttl("c") <= 5000
+
+
+def _fill_child(where, q):
+    s = shmkv.open(where)
+
+    def fill():
+        s.incr("fills")
+        time.sleep(0.1)
+        return b"computed"
+
+    q.put(s.get_or_fill("hot", fill, ttl=60))
+    s.close()
+
+
+def test_get_or_fill(store, key):
+    calls = []
+
+    def fill():
+        calls.append(1)
+        return b"value"
+
+    assert store.get_or_fill("g", fill) == b"value"
+    assert store.get_or_fill("g", fill) == b"value"
+    assert len(calls) == 1
+    with pytest.raises(ZeroDivisionError):
+        store.get_or_fill("bad", lambda: 1 / 0)
+    assert store.get("bad") is None
+    assert store.get_or_fill("bad", fill) == b"value"  # the lease was freed
+    # Six processes miss one key together: one fill.
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_fill_child, args=(key, q)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert results == [b"computed"] * 6
+    assert store["fills"] == b"1"
+    # Stale: an expired value while another holds the lease.
+    store.set("st", b"old", ttl=0.02)
+    time.sleep(0.05)
+    other = shmkv.open(key)
+    assert other.get_or_fill("st", lambda: (time.sleep(0.01), b"x")[1]) == b"x"
+    store.set("st2", b"old", ttl=0.02)
+    time.sleep(0.05)
+    with pytest.raises(shmkv.Timeout):
+        # A lease held by this process (another handle) and no stale wanted.
+        from threading import Thread
+        held = threading.Event()
+        done = threading.Event()
+
+        def holder():
+            other.get_or_fill("st2", lambda: (held.set(), done.wait(5),
+                                              b"new")[2])
+
+        t = Thread(target=holder)
+        t.start()
+        held.wait(5)
+        try:
+            assert store.get_or_fill("st2", fill, stale=True) == b"old"
+            store.get_or_fill("st2", fill, wait=0.05)
+        finally:
+            done.set()
+            t.join(10)
+    other.close()
