@@ -2764,8 +2764,8 @@ static unsigned hist_bucket(uint64_t ns)
 /* The largest time bucket b holds, in ns. */
 static uint64_t hist_bound(unsigned b)
 {
-    if (b < 4)
-        return b;
+    if (b < 8) /* 0..3 hold 0..3 ns; 4..7 are never used */
+        return b < 4 ? b : 3;
     unsigned msb = b / 4, sub = b % 4;
     if (msb >= 62)
         return UINT64_MAX;
