@@ -17,9 +17,9 @@ CC ?= cc
 BUILD ?= build
 DEBIAN_PACKAGES := libevent-dev libinih-dev libcmocka-dev libxxhash-dev pkg-config redis-tools \
 	debhelper dpkg-dev python3-dev python3-venv python3-pip python3-setuptools python3-wheel \
-	python3-pytest python3-redis libhiredis-dev python3-prometheus-client curl
+	python3-pytest python3-redis libhiredis-dev python3-prometheus-client curl redis-server
 PKGS := libxxhash inih
-DAEMON_PKGS := libevent inih libxxhash
+DAEMON_PKGS := libevent inih libxxhash hiredis
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS ?= -O2 -g
@@ -118,7 +118,11 @@ test: deps $(TEST_BINS) $(FUZZ_BINS) $(BUILD)/shmkvd $(BUILD)/shmkvctl $(BUILD)/
 # also sees Debian's pytest and redis-py; tests/test_python.sh does the
 # same and runs its tests.
 PYTHON ?= /usr/bin/python3
+# The extension is built from scratch each time: setuptools rebuilds a
+# source only when it is newer than its object, not when a header it
+# includes (client/layout.h) changed, nor when CFLAGS did (test-sanitize).
 python: deps
+	rm -rf bindings/python/build
 	$(PYTHON) -m venv --system-site-packages $(BUILD)/pyenv
 	$(BUILD)/pyenv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation \
 	    --no-deps ./bindings/python

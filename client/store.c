@@ -964,7 +964,7 @@ int shmkv_set_marks(struct shmkv *kv, unsigned marks)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (kv->forked)
         return refuse_forked(kv);
-    if (marks & ~SHMKV_MARK_LOADING)
+    if (marks & ~(SHMKV_MARK_LOADING | SHMKV_MARK_STALE))
         return set_error(SHMKV_EINVAL, "unknown marks 0x%x", marks);
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY, "the handle is read-only");

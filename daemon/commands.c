@@ -1591,6 +1591,10 @@ static void cmd_info(struct conn *c, size_t argc, struct resp_arg *argv,
                 b, "db0:keys=%" PRIu64 ",expires=%" PRIu64 ",avg_ttl=0\r\n",
                 st.entries, st.entries_with_ttl);
     }
+    if (mirror_enabled(d) && section_wanted(argc, argv, "upstream")) {
+        info_section(b, "Upstream", &first);
+        mirror_info(d, b);
+    }
     if (section_asked(argc, argv, "commandstats")) {
         info_section(b, "Commandstats", &first);
         commands_info_stats(b, true, false);
@@ -3017,6 +3021,31 @@ void commands_prometheus(struct evbuffer *b)
     }
 }
 
+/* A write to a key the store mirrors from the upstream ([upstream]): the
+ * upstream is the system of record, so the key is read-only here, as on a
+ * Redis replica; so is a flush, which would empty the mirror. */
+static bool mirror_write_refused(struct conn *c, const struct command *cmd,
+                                 size_t argc, const struct resp_arg *argv,
+                                 struct evbuffer *out)
+{
+    bool refused = false;
+    if (cmd->fn == cmd_flushall) {
+        refused = true;
+    } else if (cmd->flags & CMD_KEY1) {
+        refused = mirror_covers(c->d, argv[1].data, argv[1].len);
+    } else if (cmd->flags & (CMD_KEYS | CMD_KEYVALS)) {
+        size_t step = cmd->flags & CMD_KEYVALS ? 2 : 1;
+        for (size_t i = 1; i < argc && !refused; i += step)
+            refused = mirror_covers(c->d, argv[i].data, argv[i].len);
+    }
+    if (refused)
+        resp_errorf(out,
+                    "READONLY '%s' would change keys this store mirrors from "
+                    "%s: write them there",
+                    c->last_command, c->d->cfg.upstream_address);
+    return refused;
+}
+
 /* The refusal a command gets before it runs: unknown, wrong arity, not
  * permitted; NULL if it may run. */
 static const struct command *command_check(struct conn *c, size_t argc,
@@ -3052,6 +3081,9 @@ static const struct command *command_check(struct conn *c, size_t argc,
                     (int)c->uid, c->last_command);
         return NULL;
     }
+    if ((cmd->flags & CMD_WRITE) && mirror_enabled(c->d) &&
+        mirror_write_refused(c, cmd, argc, argv, out))
+        return NULL;
     return cmd;
 }
 

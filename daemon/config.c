@@ -39,6 +39,8 @@ enum kind {
     K_ROLE,     /* none | all | a group name or gid */
     K_HUGE,     /* no | try | yes */
     K_LISTEN,   /* ADDRESS:PORT of a TCP listener, "" for none */
+    K_UPSTREAM, /* HOST:PORT or unix:/path of a Redis, "" for none */
+    K_TEXT,     /* free text, checked where it is used */
 };
 
 struct setting {
@@ -95,6 +97,17 @@ static const struct setting settings[] = {
      3600000000u},
     {"daemon", "slowlog_max_len", K_UINT, FIELD(slowlog_max_len), 0, 100000},
     {"metrics", "listen", K_LISTEN, FIELD(metrics_listen), 0, 0},
+    {"upstream", "address", K_UPSTREAM, FIELD(upstream_address), 0, 0},
+    {"upstream", "user", K_TEXT, FIELD(upstream_user), 0, 0},
+    {"upstream", "password_file", K_PATH, FIELD(upstream_password_file), 0, 0},
+    {"upstream", "prefixes", K_TEXT, FIELD(upstream_prefixes), 0, 0},
+    {"upstream", "connect_timeout_ms", K_UINT, FIELD(upstream_connect_ms), 10,
+     600000},
+    {"upstream", "health_timeout_ms", K_UINT, FIELD(upstream_health_ms), 100,
+     600000},
+    {"upstream", "backoff_max_ms", K_UINT, FIELD(upstream_backoff_ms), 10,
+     600000},
+    {"upstream", "batch", K_UINT, FIELD(upstream_batch), 1, 100000},
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -135,6 +148,10 @@ void config_defaults(struct config *cfg)
     cfg->reader_timeout_ms = 1000;
     cfg->housekeeping_ms = 100;
     cfg->slowlog_slower_us = 10000;
+    cfg->upstream_connect_ms = 2000;
+    cfg->upstream_health_ms = 3000;
+    cfg->upstream_backoff_ms = 5000;
+    cfg->upstream_batch = 500;
     cfg->slowlog_max_len = 128;
     cfg->expire_slots_per_tick = 4096;
 }
@@ -379,7 +396,7 @@ static char *reader(char *str, int num, void *stream)
         if (!p->section_known)
             problem(p, p->line,
                     "unknown section [%s] (known: [store], [control], "
-                    "[persistence], [daemon], [metrics])",
+                    "[persistence], [daemon], [metrics], [upstream])",
                     name);
         snprintf(str, (size_t)num, "[%s]\n", name);
         return str;
@@ -594,6 +611,28 @@ static int apply(struct parse *p, const struct setting *st, const char *value)
         snprintf(field, st->width, "%s", value);
         return 0;
     }
+    case K_UPSTREAM: {
+        char host[256];
+        uint16_t port;
+        if (value[0] != '\0' &&
+            config_parse_upstream(value, host, sizeof host, &port) != 0) {
+            problem(p, p->line,
+                    "%s: '%s' is not HOST:PORT (port 1 to 65535) or "
+                    "unix:/absolute/path",
+                    st->name, value);
+            return -1;
+        }
+        snprintf(field, st->width, "%s", value);
+        return 0;
+    }
+    case K_TEXT:
+        if (strlen(value) >= st->width) {
+            problem(p, p->line, "%s: longer than %zu bytes", st->name,
+                    st->width - 1);
+            return -1;
+        }
+        snprintf(field, st->width, "%s", value);
+        return 0;
     case K_USERS:
         return parse_id_list(p, st, value, p->cfg->admin_uids,
                              &p->cfg->n_admin_uids);
@@ -871,6 +910,53 @@ void config_print(const struct config *c, FILE *out)
     fprintf(out, "slowlog_slower_than = %" PRIu32 "\n", c->slowlog_slower_us);
     fprintf(out, "slowlog_max_len = %" PRIu32 "\n", c->slowlog_max_len);
     fprintf(out, "\n[metrics]\nlisten = %s\n", c->metrics_listen);
+    fprintf(out, "\n[upstream]\naddress = %s\nuser = %s\npassword_file = %s\n",
+            c->upstream_address, c->upstream_user, c->upstream_password_file);
+    fprintf(out, "prefixes = %s\nconnect_timeout_ms = %" PRIu32 "\n",
+            c->upstream_prefixes, c->upstream_connect_ms);
+    fprintf(out,
+            "health_timeout_ms = %" PRIu32 "\nbackoff_max_ms = %" PRIu32
+            "\nbatch = %" PRIu32 "\n",
+            c->upstream_health_ms, c->upstream_backoff_ms, c->upstream_batch);
+}
+
+int config_parse_upstream(const char *spec, char *host, size_t cap,
+                          uint16_t *port)
+{
+    if (strncmp(spec, "unix:", 5) == 0) {
+        if (spec[5] != '/' || strlen(spec + 5) >= cap ||
+            strlen(spec + 5) >= 108)
+            return -1;
+        snprintf(host, cap, "%s", spec + 5);
+        *port = 0;
+        return 0;
+    }
+    const char *colon = strrchr(spec, ':');
+    if (colon == NULL || colon == spec || colon[1] == '\0')
+        return -1;
+    size_t hlen = (size_t)(colon - spec);
+    const char *h = spec;
+    if (spec[0] == '[') {
+        if (hlen < 3 || spec[hlen - 1] != ']')
+            return -1;
+        h++;
+        hlen -= 2;
+    }
+    if (hlen >= cap)
+        return -1;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(colon + 1, &end, 10);
+    if (*end != '\0' || errno != 0 || v == 0 || v > 65535 ||
+        !isdigit((unsigned char)colon[1]))
+        return -1;
+    for (const char *q = host; *q; q++)
+        if (isspace((unsigned char)*q))
+            return -1;
+    *port = (uint16_t)v;
+    return 0;
 }
 
 int config_parse_listen(const char *spec, char *host, size_t cap,
@@ -937,6 +1023,12 @@ int config_restart_needed(const struct config *old, const struct config *new_,
          old->reader_timeout_ms != new_->reader_timeout_ms},
         {"[metrics] listen",
          strcmp(old->metrics_listen, new_->metrics_listen) != 0},
+        {"[upstream]",
+         strcmp(old->upstream_address, new_->upstream_address) != 0 ||
+             strcmp(old->upstream_prefixes, new_->upstream_prefixes) != 0 ||
+             strcmp(old->upstream_user, new_->upstream_user) != 0 ||
+             strcmp(old->upstream_password_file,
+                    new_->upstream_password_file) != 0},
     };
     int n = 0;
     size_t used = 0;

@@ -82,6 +82,15 @@ struct config {
     uint32_t slowlog_max_len;       /* slowlog_max_len = 128 */
     char metrics_listen[64];        /* [metrics] listen = ADDRESS:PORT;
                                        "" off */
+    /* [upstream]: a Redis this store mirrors (mirror.c); "" address: none */
+    char upstream_address[256];       /* HOST:PORT or unix:/path */
+    char upstream_user[128];          /* user = (AUTH user password) */
+    char upstream_password_file[256]; /* password_file = */
+    char upstream_prefixes[1024];     /* prefixes = a,b (empty: every key) */
+    uint32_t upstream_connect_ms;     /* connect_timeout_ms = 2000 */
+    uint32_t upstream_health_ms;      /* health_timeout_ms = 3000 */
+    uint32_t upstream_backoff_ms;     /* backoff_max_ms = 5000 */
+    uint32_t upstream_batch;          /* batch = 500 */
 };
 
 /* Fills *cfg with every default. */
@@ -112,5 +121,10 @@ const char *log_level_name(enum log_level level);
  * -1 if it is not one. */
 int config_parse_listen(const char *spec, char *host, size_t cap,
                         uint16_t *port);
+
+/* Splits an [upstream] address: "unix:/path" (*path set, *port 0) or
+ * "HOST:PORT" (an IPv4 address, [IPv6] or a host name). 0, or -1. */
+int config_parse_upstream(const char *spec, char *host, size_t cap,
+                          uint16_t *port);
 
 #endif

@@ -158,6 +158,18 @@ void control_apply_config(struct daemon *d);
 
 /* commands.c: runs one parsed request, appending the reply to out; or
  * parks it (c->parked, no reply) when it must wait for the store. */
+/* mirror.c: the store as a mirror of a Redis ([upstream]). */
+int mirror_start(struct daemon *d);
+void mirror_stop(struct daemon *d);
+bool mirror_enabled(const struct daemon *d);
+/* True once the first load is whole (always without [upstream]). */
+bool mirror_ready(const struct daemon *d);
+/* True if key is one the mirror keeps (under its prefixes). */
+bool mirror_covers(const struct daemon *d, const void *key, size_t len);
+void mirror_info(const struct daemon *d, struct evbuffer *b);
+/* main.c: tells systemd the daemon is ready (READY=1), once. */
+void daemon_ready(struct daemon *d);
+
 /* metrics.c: the Prometheus endpoint, if [metrics] listen is set. */
 int metrics_start(struct daemon *d);
 void metrics_stop(struct daemon *d);

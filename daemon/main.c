@@ -369,6 +369,16 @@ static void auto_grow(struct daemon *d)
 /* Active expiry, Redis-style: scan a slice; while slices keep finding
  * expired keys (over a quarter of the budget), scan another, up to
  * EXPIRE_TICK_BUDGET slices a tick. */
+void daemon_ready(struct daemon *d)
+{
+    static bool told;
+    if (told)
+        return;
+    told = true;
+    notify_sendf("READY=1\nMAINPID=%d", (int)getpid());
+    (void)d;
+}
+
 /* How full the store is, and how fast it evicts, looked at once a second
  * and logged at most once a minute each: a store filling up or evicting
  * its working set is what its operator must hear about. */
@@ -792,13 +802,15 @@ int main(int argc, char **argv)
         log_error("cannot set up events");
         goto out_control;
     }
-    if (metrics_start(d) != 0)
+    if (metrics_start(d) != 0 || mirror_start(d) != 0)
         goto out_control;
     sigprocmask(SIG_SETMASK, &old_mask, NULL);
     log_info("shmkvd %s ready: store %s, socket %s (pid %d)",
              SHMKV_VERSION_STRING, d->cfg.store_key, d->cfg.socket_path,
              (int)getpid());
-    notify_sendf("READY=1\nMAINPID=%d", (int)getpid());
+    /* A mirror is ready once its first load is whole (mirror.c). */
+    if (mirror_ready(d))
+        daemon_ready(d);
     status_update(d);
     if (!foreground) {
         tell_parent(1);
@@ -807,6 +819,7 @@ int main(int argc, char **argv)
     event_base_dispatch(d->base);
     status = 0;
 out_control:
+    mirror_stop(d);
     metrics_stop(d);
     jobs_stop(d);
     control_close_all(d);

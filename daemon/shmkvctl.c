@@ -525,20 +525,25 @@ static int cmd_remove(const struct target *t)
 static int cmd_status(struct conn *c)
 {
     struct reply info, stats;
-    const char *info_cmd[] = {"INFO", "server"};
-    command(c, &info, 2, info_cmd, NULL);
+    const char *info_cmd[] = {"INFO", "server", "upstream"};
+    command(c, &info, 3, info_cmd, NULL);
     exit_on_error_reply(&info);
     const char *stats_cmd[] = {"SHMKV.STATS"};
     command(c, &stats, 1, stats_cmd, NULL);
     exit_on_error_reply(&stats);
 
-    char version[32] = "?", key[256] = "?";
-    int pid = 0;
+    char version[32] = "?", key[256] = "?", upstream[256] = "", mstate[32] = "";
+    int pid = 0, mstale = 0;
+    long long stale_since = 0;
     for (char *line = strtok(info.str, "\r\n"); line != NULL;
          line = strtok(NULL, "\r\n")) {
         sscanf(line, "shmkv_version:%31s", version);
         sscanf(line, "process_id:%d", &pid);
         sscanf(line, "store_key:%255s", key);
+        sscanf(line, "upstream_address:%255s", upstream);
+        sscanf(line, "mirror_state:%31s", mstate);
+        sscanf(line, "mirror_stale:%d", &mstale);
+        sscanf(line, "mirror_stale_since_ms:%lld", &stale_since);
     }
     int64_t up = stat_value(&stats, "uptime_s");
     if (json) {
@@ -546,6 +551,14 @@ static int cmd_status(struct conn *c)
         json_cstr(version);
         printf(", \"pid\": %d, \"store\": ", pid);
         json_cstr(key);
+        if (upstream[0] != '\0') {
+            printf(", \"upstream\": ");
+            json_cstr(upstream);
+            printf(", \"mirror_state\": ");
+            json_cstr(mstate);
+            printf(", \"mirror_stale\": %s, \"mirror_stale_since_ms\": %lld",
+                   mstale ? "true" : "false", stale_since);
+        }
         for (size_t i = 0; i + 1 < stats.n; i += 2)
             printf(", \"%s\": %" PRId64, stats.elems[i].str,
                    stats.elems[i + 1].integer);
@@ -596,6 +609,14 @@ static int cmd_status(struct conn *c)
            " handles attached (%" PRId64 " writing)\n",
            stat_value(&stats, "connections"), stat_value(&stats, "handles"),
            stat_value(&stats, "writing_handles"));
+    if (upstream[0] != '\0') {
+        printf("mirror     of %s: %s%s", upstream, mstate,
+               mstale ? ", STALE" : "");
+        if (mstale)
+            printf(" for %.1f s",
+                   (double)(time(NULL) * 1000LL - stale_since) / 1000.0);
+        printf("\n");
+    }
     printf("writes     %" PRId64 " sets, %" PRId64 " deletes, %" PRId64
            " evictions, %" PRId64 " expirations\n",
            stat_value(&stats, "sets"), stat_value(&stats, "deletes"),

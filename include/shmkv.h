@@ -206,6 +206,10 @@ int shmkv_adopt(const char *where, struct shmkv **out);
  * entry goes in and cleared once the last one has; a successor that adopts
  * the store and finds it set knows the data is partial. */
 #define SHMKV_MARK_LOADING 0x1u
+/* SHMKV_MARK_STALE: the store mirrors another system (shmkvd's [upstream])
+ * and has lost it: values may be out of date, since when the owner says
+ * (INFO mirror_stale_since_ms). */
+#define SHMKV_MARK_STALE 0x2u
 
 /* Sets the store's marks to marks (SHMKV_MARK_*), replacing them. Needs a
  * read-write handle (SHMKV_ERDONLY); SHMKV_EINVAL for unknown bits. */

@@ -214,6 +214,14 @@ static const struct {
     {"daemon", "slowlog_slower_than"},
     {"daemon", "slowlog_max_len"},
     {"metrics", "listen"},
+    {"upstream", "address"},
+    {"upstream", "user"},
+    {"upstream", "password_file"},
+    {"upstream", "prefixes"},
+    {"upstream", "connect_timeout_ms"},
+    {"upstream", "health_timeout_ms"},
+    {"upstream", "backoff_max_ms"},
+    {"upstream", "batch"},
 };
 
 #define N_SETTINGS (sizeof all_settings / sizeof all_settings[0])
@@ -704,6 +712,15 @@ static void test_out_of_range(void **state)
     load_ok(f, "[metrics]\nlisten = [::1]:9187\n");
     assert_string_equal(f->cfg.metrics_listen, "[::1]:9187");
     load_ok(f, "[metrics]\nlisten = 127.0.0.1:65535\n");
+    /* An upstream: HOST:PORT, [v6]:PORT or unix:/absolute/path. */
+    load_setting_bad(f, "upstream", "address = redis.example",
+                     "address: 'redis.example' is not HOST:PORT");
+    load_setting_bad(f, "upstream", "address = unix:relative.sock",
+                     "is not HOST:PORT");
+    load_setting_bad(f, "upstream", "address = host:70000", "is not HOST:PORT");
+    load_ok(f, "[upstream]\naddress = redis.example:6379\n");
+    load_ok(f, "[upstream]\naddress = unix:/run/redis/redis.sock\n");
+    load_ok(f, "[upstream]\naddress = [::1]:6379\n");
     /* Sizes are checked after their suffix is applied. */
     load_setting_bad(f, "store", "max_key_size = 64K",
                      "max_key_size: 64K is out of range (1 to 65535)");

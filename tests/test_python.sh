@@ -12,6 +12,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 "$py" -m venv --system-site-packages "$venv"
+# From scratch: setuptools rebuilds a source only when it is newer than its
+# object, not when a header it includes or the compiler flags changed.
+rm -rf "$top/bindings/python/build"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
     --no-deps "$top/bindings/python"
 # From elsewhere than the sources, so that the installed package is the one

@@ -900,6 +900,8 @@ static PyObject *store_stats(StoreObject *s, PyObject *unused)
     int rc = shmkv_stats(r->kv, &st);
     if (rc != 0)
         return raise_rc(rc);
+    unsigned marks = 0;
+    shmkv_get_marks(r->kv, &marks);
     PyObject *d = PyDict_New();
     if (d == NULL)
         return NULL;
@@ -907,6 +909,9 @@ static PyObject *store_stats(StoreObject *s, PyObject *unused)
         const char *name;
         uint64_t v;
     } f[] = {
+        /* The owner's marks: 1 loading, 2 stale (a mirror cut off). */
+        {"loading", (marks & SHMKV_MARK_LOADING) != 0},
+        {"stale", (marks & SHMKV_MARK_STALE) != 0},
         {"entries", st.entries},
         {"entries_with_ttl", st.entries_with_ttl},
         {"bytes_used", st.bytes_used},

@@ -51,7 +51,7 @@ def store(key):
 
 
 # A shmkvd of its own, on a store at a unique key: (config path, socket).
-def start_shmkvd(extra="", size="8M", eviction="noeviction"):
+def start_shmkvd(extra="", size="8M", eviction="noeviction", env=None):
     """Starts a shmkvd of its own; returns (proc, dir, key, conf, sock, log
     path). extra: more config lines, sections included."""
     shmkvd = os.environ.get("SHMKVD", str(ROOT / "build" / "shmkvd"))
@@ -68,7 +68,8 @@ def start_shmkvd(extra="", size="8M", eviction="noeviction"):
                 f"[control]\nsocket = {sock}\n"
                 "[persistence]\nsave_on_shutdown = no\n" + extra)
     log = open(logpath, "w")
-    proc = subprocess.Popen([shmkvd, "--foreground", "-c", conf], stderr=log)
+    proc = subprocess.Popen([shmkvd, "--foreground", "-c", conf], stderr=log,
+                            env=None if env is None else {**os.environ, **env})
     log.close()
     record(f"pid {proc.pid}")
     for _ in range(200):

@@ -1,0 +1,264 @@
+"""shmkvd as a mirror of a real redis-server ([upstream]): the initial
+load, coherence under a random writer, TTLs, keys of other types, the
+socket's refusal to write mirrored keys, and the upstream restarted,
+killed, and stopped (SIGSTOP, as a network cut looks). Each test starts
+its own redis-server on a Unix socket in a temporary directory."""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis
+
+import shmkv
+from conftest import record, start_shmkvd, stop_shmkvd
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
+                                reason="redis-server is not installed")
+
+
+class Upstream:
+    def __init__(self, d):
+        self.sock = os.path.join(d, "redis.sock")
+        self.d = d
+        self.proc = None
+
+    def start(self):
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", self.sock,
+             "--save", "", "--appendonly", "no", "--dir", self.d],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        record(f"pid {self.proc.pid}")
+        for _ in range(500):
+            if os.path.exists(self.sock):
+                break
+            time.sleep(0.01)
+        self.r = redis.Redis(unix_socket_path=self.sock)
+        for _ in range(100):
+            try:
+                self.r.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.01)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def upstream():
+    d = tempfile.mkdtemp(prefix="shmkv-up-")
+    u = Upstream(d)
+    u.start()
+    yield u
+    if u.proc.poll() is None:
+        u.kill()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def mirror(upstream):
+    started = []
+
+    def start(prefixes="m:,n:", extra="", env=None):
+        got = start_shmkvd(env=env,
+            extra=f"[upstream]\naddress = unix:{upstream.sock}\n"
+                  f"prefixes = {prefixes}\nhealth_timeout_ms = 600\n"
+                  f"backoff_max_ms = 200\nbatch = 50\n" + extra)
+        proc, d, key, conf, sock, logpath = got
+        started.append(got)
+        if proc.poll() is not None:
+            pytest.fail(open(logpath).read())
+        return conf, sock, logpath
+
+    yield start
+    for proc, d, key, *_ in started:
+        stop_shmkvd(proc, d, key)
+
+
+def info(sock):
+    r = redis.Redis(unix_socket_path=sock)
+    out = r.info("upstream")
+    r.close()
+    return out
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def upstream_view(u, prefixes=("m:", "n:")):
+    """The string keys under the prefixes, with their values."""
+    out = {}
+    for k in u.r.scan_iter(count=500):
+        if k.startswith(tuple(p.encode() for p in prefixes)) and \
+                u.r.type(k) == b"string":
+            v = u.r.get(k)
+            if v is not None:
+                out[k] = v
+    return out
+
+
+def local_view(conf):
+    s = shmkv.open(conf, readonly=True)
+    out = dict(s.items())
+    s.close()
+    return out
+
+
+def test_initial_load(upstream, mirror):
+    p = upstream.r.pipeline(transaction=False)
+    for i in range(3000):
+        p.set(f"m:{i}", f"value {i}")
+    p.set("n:bin", b"\x00\xff")
+    p.set("m:ttl", "t", px=60000)
+    p.hset("m:hash", "f", "v")
+    p.set("other:1", "not mirrored")
+    p.execute()
+    conf, sock, logpath = mirror()
+    wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    st = info(sock)
+    assert st["mirror_state"] == "live" and st["mirror_stale"] == 0
+    assert st["mirror_skipped_other_types"] == 1
+    assert local_view(conf) == upstream_view(upstream)
+    s = shmkv.open(conf, readonly=True)
+    assert 59000 <= s.pttl("m:ttl") <= 60000
+    assert s.get("other:1") is None
+    # Readers see the marks: neither loading nor stale.
+    s.close()
+    assert "loaded 3003 keys" in open(logpath).read()  # the hash too
+
+
+def test_coherence_under_a_random_writer(upstream, mirror):
+    rnd = random.Random(int(os.environ.get("SHMKV_TEST_SEED", "0")) or None)
+    for i in range(200):
+        upstream.r.set(f"m:{i}", i)
+    conf, sock, _ = mirror()
+    wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    for n in range(3000):
+        k = f"{rnd.choice(['m', 'n', 'x'])}:{rnd.randrange(300)}"
+        op = rnd.randrange(6)
+        if op == 0:
+            upstream.r.delete(k)
+        elif op == 1:
+            upstream.r.append(k, "a")
+        elif op == 2:
+            upstream.r.incr(f"{k}:c")
+        elif op == 3:
+            upstream.r.set(k, rnd.randbytes(rnd.randrange(50)),
+                           px=rnd.choice([None, 5000]))
+        elif op == 4:
+            upstream.r.expire(k, 100)
+        else:
+            upstream.r.set(k, f"v{n}")
+    want = upstream_view(upstream)
+    wait_for(lambda: local_view(conf) == want, timeout=10,
+             what="the mirror to converge")
+    # A flush upstream empties the mirror.
+    upstream.r.flushall()
+    wait_for(lambda: local_view(conf) == {}, what="the flush")
+
+
+def test_socket_refuses_writes_to_mirrored_keys(upstream, mirror):
+    conf, sock, _ = mirror()
+    wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    r = redis.Redis(unix_socket_path=sock)
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        r.set("m:1", "x")
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        r.mset({"local": "1", "n:2": "x"})
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        r.flushall()
+    assert r.set("local:1", "fine")  # not mirrored: the store's own
+    assert r.get("local:1") == b"fine"
+    r.close()
+
+
+def test_upstream_restart_and_kill(upstream, mirror):
+    for i in range(100):
+        upstream.r.set(f"m:{i}", i)
+    conf, sock, logpath = mirror()
+    wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    upstream.kill()
+    wait_for(lambda: info(sock)["mirror_stale"] == 1, what="stale")
+    assert info(sock)["mirror_stale_since_ms"] > 0
+    # Still serving what it had.
+    assert len(local_view(conf)) == 100
+    s = shmkv.open(conf, readonly=True)
+    assert s.stats()["stale"] == 1  # what any reader can see
+    s.close()
+    # The upstream comes back empty but for two keys: the mirror follows.
+    upstream.start()
+    upstream.r.set("m:new", "n")
+    upstream.r.set("m:5", "again")
+    wait_for(lambda: info(sock)["mirror_stale"] == 0, what="reconnect")
+    wait_for(lambda: local_view(conf) == {b"m:new": b"n", b"m:5": b"again"},
+             what="the reload")
+    assert "marked stale" in open(logpath).read()
+
+
+def test_network_cut(upstream, mirror):
+    # SIGSTOP: the connection stays open but nothing answers, as when a
+    # network path is cut. The health check notices, the mirror goes
+    # stale, and it resynchronises once the upstream answers again.
+    for i in range(50):
+        upstream.r.set(f"m:{i}", i)
+    conf, sock, _ = mirror()
+    wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    os.kill(upstream.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: info(sock)["mirror_stale"] == 1, timeout=5,
+                 what="stale after the cut")
+    finally:
+        os.kill(upstream.proc.pid, signal.SIGCONT)
+    # Changes the mirror could not hear of while cut off.
+    upstream.r.delete("m:1")
+    upstream.r.set("m:2", "changed")
+    wait_for(lambda: info(sock)["mirror_stale"] == 0, what="reconnect")
+    want = upstream_view(upstream)
+    wait_for(lambda: local_view(conf) == want, what="the resync")
+
+
+def test_loading_mark_and_readiness(upstream, mirror, tmp_path):
+    # Before the first load, readers see SHMKV_MARK_LOADING; systemd hears
+    # READY=1 only once the load is whole.
+    import socket
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.3)
+    upstream.kill()
+    conf, sock, _ = mirror(env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    got = b""
+    try:
+        while True:
+            got += notify.recv(4096)
+    except socket.timeout:
+        pass
+    assert b"READY=1" not in got
+    st = info(sock)
+    assert st["mirror_ready"] == 0 and st["mirror_state"] == "connecting"
+    s = shmkv.open(conf, readonly=True)
+    assert s.stats()["loading"] == 1
+    upstream.start()
+    upstream.r.set("m:1", "1")
+    wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    assert local_view(conf) == {b"m:1": b"1"}
+    assert s.stats()["loading"] == 0 and s.stats()["stale"] == 0
+    s.close()
+    notify.settimeout(5)
+    while b"READY=1" not in got:
+        got += notify.recv(4096)
+    notify.close()

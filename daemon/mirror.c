@@ -1,0 +1,907 @@
+/*
+ * mirror.c - shmkvd as a local mirror of a Redis ([upstream]): every
+ * string key under the configured prefixes, kept coherent with the
+ * upstream through Redis's client-side caching (CLIENT TRACKING in BCAST
+ * mode), so that every process on the host reads them at memory speed.
+ *
+ * Two connections, hiredis on the daemon's libevent loop. The first to
+ * connect, "inval", learns its CLIENT ID and SUBSCRIBEs to
+ * __redis__:invalidate (RESP2 delivers invalidations there). The second,
+ * "data", turns tracking on with REDIRECT to that id, BCAST and a PREFIX
+ * per configured prefix, and only then loads: SCAN in batches, and for
+ * each key under a prefix a GET and a PTTL, pipelined. A key written
+ * upstream after tracking began sends an invalidation; each invalidation
+ * fetches its keys again on the data connection. Replies on one
+ * connection arrive in the order the commands were sent, and a fetch sent
+ * because of an invalidation is sent after the invalidation arrived, so
+ * the last reply applied for a key is never older than its last change:
+ * the mirror converges to the upstream. A null invalidation (FLUSHALL
+ * upstream) reloads everything.
+ *
+ * What is applied: a string is set with its remaining TTL (PTTL, to the
+ * millisecond); a key that is gone is removed; a key of another type is
+ * skipped and counted. The store is marked SHMKV_MARK_LOADING until the
+ * first load is whole (then systemd hears READY=1) and SHMKV_MARK_STALE
+ * while the upstream is unreachable: readers see both with
+ * shmkv_get_marks().
+ *
+ * Failures. A PING every third of health_timeout_ms; no reply within
+ * health_timeout_ms (a stopped or cut-off upstream), a dropped connection
+ * or a failed command ends both connections: the store keeps serving what
+ * it has, marked stale since that moment, and shmkvd reconnects after a
+ * backoff doubling from 100 ms to backoff_max_ms. Tracking cannot replay
+ * what it missed, so a reconnect reloads: every key is fetched again, and
+ * the keys under the prefixes that the reload did not see are removed.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "daemon.h"
+#include "log.h"
+
+#define BACKOFF_MIN_MS 100u
+#define MAX_PREFIXES 32
+#define RETRY_APPLY_MS 5
+
+enum mirror_state { M_OFF, M_CONNECTING, M_LOADING, M_LIVE };
+
+/* A key seen by the current load: a chained hash set. */
+struct seen_key {
+    struct seen_key *next;
+    size_t len;
+    char key[];
+};
+
+struct mirror {
+    struct daemon *d;
+    enum mirror_state state;
+    redisAsyncContext *data, *inval;
+    bool data_up, inval_up;
+    long long inval_id;
+    char *prefixes[MAX_PREFIXES];
+    size_t prefix_len[MAX_PREFIXES];
+    int n_prefixes;
+    char password[512];
+    bool has_password;
+
+    struct event *retry;  /* reconnect after a backoff */
+    struct event *health; /* PING, and the check of its answer */
+    struct event *connect_deadline;
+    uint32_t backoff_ms;
+    uint64_t ping_sent_ms; /* 0: none outstanding */
+
+    /* The load in progress: the SCAN cursor, fetches not yet answered,
+     * whether the SCAN is at its end, and the keys it saw. */
+    bool scan_done;
+    uint64_t fetching;
+    struct seen_key **seen;
+    size_t seen_buckets, seen_count;
+    uint64_t load_started_ms;
+
+    bool loaded_once;
+    bool stale;
+    int64_t stale_since_ms;
+    /* Counters for INFO. */
+    uint64_t keys_loaded, skipped_types, invalidations, fetches, reloads,
+        apply_failures, connects, last_load_keys, last_load_ms;
+    uint64_t generation; /* bumped at each disconnect: late replies of an
+                            old connection are ignored */
+};
+
+static struct mirror M;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int64_t unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void marks_update(void)
+{
+    unsigned marks = 0;
+    shmkv_get_marks(M.d->kv, &marks);
+    marks &= ~(SHMKV_MARK_LOADING | SHMKV_MARK_STALE);
+    if (!M.loaded_once)
+        marks |= SHMKV_MARK_LOADING;
+    if (M.stale)
+        marks |= SHMKV_MARK_STALE;
+    shmkv_set_marks(M.d->kv, marks);
+}
+
+static bool under_prefix(const char *key, size_t len)
+{
+    if (M.n_prefixes == 0)
+        return true;
+    for (int i = 0; i < M.n_prefixes; i++)
+        if (len >= M.prefix_len[i] &&
+            memcmp(key, M.prefixes[i], M.prefix_len[i]) == 0)
+            return true;
+    return false;
+}
+
+bool mirror_covers(const struct daemon *d, const void *key, size_t len)
+{
+    return d->cfg.upstream_address[0] != '\0' && under_prefix(key, len);
+}
+
+/* ---- the set of keys a load saw ---- */
+
+static uint64_t fnv(const char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
+static void seen_clear(void)
+{
+    for (size_t b = 0; b < M.seen_buckets; b++) {
+        struct seen_key *k = M.seen[b];
+        while (k != NULL) {
+            struct seen_key *next = k->next;
+            free(k);
+            k = next;
+        }
+    }
+    free(M.seen);
+    M.seen = NULL;
+    M.seen_buckets = M.seen_count = 0;
+}
+
+static bool seen_has(const char *key, size_t len)
+{
+    if (M.seen_buckets == 0)
+        return false;
+    for (struct seen_key *k = M.seen[fnv(key, len) % M.seen_buckets]; k != NULL;
+         k = k->next)
+        if (k->len == len && memcmp(k->key, key, len) == 0)
+            return true;
+    return false;
+}
+
+static void seen_add(const char *key, size_t len)
+{
+    if (seen_has(key, len))
+        return;
+    if (M.seen_count >= M.seen_buckets) {
+        size_t nb = M.seen_buckets ? 2 * M.seen_buckets : 1024;
+        struct seen_key **t = calloc(nb, sizeof *t);
+        if (t == NULL)
+            return;
+        for (size_t b = 0; b < M.seen_buckets; b++) {
+            struct seen_key *k = M.seen[b];
+            while (k != NULL) {
+                struct seen_key *next = k->next;
+                size_t h = fnv(k->key, k->len) % nb;
+                k->next = t[h];
+                t[h] = k;
+                k = next;
+            }
+        }
+        free(M.seen);
+        M.seen = t;
+        M.seen_buckets = nb;
+    }
+    struct seen_key *k = malloc(sizeof *k + len);
+    if (k == NULL)
+        return;
+    memcpy(k->key, key, len);
+    k->len = len;
+    size_t h = fnv(key, len) % M.seen_buckets;
+    k->next = M.seen[h];
+    M.seen[h] = k;
+    M.seen_count++;
+}
+
+/* ---- connections ---- */
+
+static void mirror_lost(const char *why);
+static void load_maybe_done(void);
+
+static void fetch_key(const char *key, size_t len);
+
+/* A fetch: GET then PTTL of one key. */
+struct fetch {
+    uint64_t generation;
+    bool have_value, gone, other_type;
+    char *value;
+    size_t vlen;
+    size_t klen;
+    char key[];
+};
+
+/* A write the store refused for now (busy): tried again shortly. */
+struct retry_fetch {
+    struct event *ev;
+    size_t len;
+    char key[];
+};
+
+static void retry_fetch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct retry_fetch *r = arg;
+    if (M.state == M_LOADING || M.state == M_LIVE)
+        fetch_key(r->key, r->len);
+    event_free(r->ev);
+    free(r);
+}
+
+static void apply(struct fetch *f, long long pttl)
+{
+    struct shmkv *kv = M.d->kv;
+    int rc;
+    if (f->gone || f->other_type || (f->have_value && pttl == -2)) {
+        rc = shmkv_del(kv, f->key, f->klen);
+        if (rc == SHMKV_ENOTFOUND)
+            rc = 0;
+    } else {
+        uint64_t ttl = pttl > 0 ? (uint64_t)pttl : 0;
+        rc = shmkv_pset(kv, f->key, f->klen, f->value, f->vlen, ttl, 0);
+        if (rc == 0)
+            M.keys_loaded++;
+    }
+    if (rc == SHMKV_ETIMEDOUT) {
+        /* The store is busy: fetch it again in a moment, so that the
+         * value applied is still the upstream's latest. */
+        struct retry_fetch *r = malloc(sizeof *r + f->klen);
+        if (r != NULL) {
+            r->len = f->klen;
+            memcpy(r->key, f->key, f->klen);
+            r->ev = evtimer_new(M.d->base, retry_fetch_cb, r);
+            struct timeval tv = {0, RETRY_APPLY_MS * 1000};
+            if (r->ev != NULL && evtimer_add(r->ev, &tv) == 0)
+                return;
+            if (r->ev != NULL)
+                event_free(r->ev);
+            free(r);
+        }
+    }
+    if (rc != 0) {
+        M.apply_failures++;
+        static time_t logged;
+        if (time(NULL) - logged >= 60) {
+            logged = time(NULL);
+            log_warning("mirror: the store refused key '%.*s' from the "
+                        "upstream: %s (%s)",
+                        (int)(f->klen < 64 ? f->klen : 64), f->key,
+                        shmkv_strerror(rc), shmkv_last_error());
+        }
+    }
+}
+
+static void get_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct fetch *f = priv;
+    redisReply *r = reply;
+    if (r == NULL || f->generation != M.generation)
+        return; /* the connection went: pttl_cb frees f */
+    if (r->type == REDIS_REPLY_STRING) {
+        f->value = malloc(r->len ? r->len : 1);
+        if (f->value != NULL) {
+            memcpy(f->value, r->str, r->len);
+            f->vlen = r->len;
+            f->have_value = true;
+        }
+    } else if (r->type == REDIS_REPLY_NIL) {
+        f->gone = true;
+    } else if (r->type == REDIS_REPLY_ERROR &&
+               strncmp(r->str, "WRONGTYPE", 9) == 0) {
+        f->other_type = true;
+        M.skipped_types++;
+    } else {
+        f->gone = true; /* nothing applied from an odd reply but removal */
+    }
+}
+
+static void pttl_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct fetch *f = priv;
+    redisReply *r = reply;
+    if (r != NULL && f->generation == M.generation) {
+        if (f->have_value || f->gone || f->other_type)
+            apply(f, r->type == REDIS_REPLY_INTEGER ? r->integer : -1);
+    }
+    if (f->generation == M.generation && M.fetching > 0)
+        M.fetching--;
+    free(f->value);
+    free(f);
+    if (r != NULL)
+        load_maybe_done();
+}
+
+static void fetch_key(const char *key, size_t len)
+{
+    if (M.data == NULL || !M.data_up)
+        return;
+    struct fetch *f = calloc(1, sizeof *f + len);
+    if (f == NULL)
+        return;
+    f->generation = M.generation;
+    f->klen = len;
+    memcpy(f->key, key, len);
+    const char *get[2] = {"GET", f->key};
+    const char *pttl[2] = {"PTTL", f->key};
+    size_t lens[2] = {3, len};
+    size_t plens[2] = {4, len};
+    M.fetches++;
+    M.fetching++;
+    if (redisAsyncCommandArgv(M.data, get_cb, f, 2, get, lens) != REDIS_OK ||
+        redisAsyncCommandArgv(M.data, pttl_cb, f, 2, pttl, plens) != REDIS_OK) {
+        /* Only when the connection is going: its callbacks free f. */
+        return;
+    }
+}
+
+/* ---- loading ---- */
+
+static void scan_next(const char *cursor);
+
+static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    uint64_t gen = (uint64_t)(uintptr_t)priv;
+    redisReply *r = reply;
+    if (r == NULL || gen != M.generation)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        mirror_lost(r->type == REDIS_REPLY_ERROR ? r->str
+                                                 : "an unexpected SCAN reply");
+        return;
+    }
+    redisReply *keys = r->element[1];
+    for (size_t i = 0; i < keys->elements; i++) {
+        redisReply *k = keys->element[i];
+        if (k->type != REDIS_REPLY_STRING || k->len == 0 ||
+            !under_prefix(k->str, k->len))
+            continue;
+        seen_add(k->str, k->len);
+        fetch_key(k->str, k->len);
+    }
+    if (strcmp(r->element[0]->str, "0") == 0) {
+        M.scan_done = true;
+        load_maybe_done();
+    } else {
+        scan_next(r->element[0]->str);
+    }
+}
+
+static void scan_next(const char *cursor)
+{
+    char count[16];
+    snprintf(count, sizeof count, "%" PRIu32, M.d->cfg.upstream_batch);
+    /* One prefix: the upstream filters; several: this side does. */
+    if (M.n_prefixes == 1) {
+        char match[1100];
+        size_t n = 0;
+        for (size_t i = 0; i < M.prefix_len[0] && n + 3 < sizeof match; i++) {
+            char ch = M.prefixes[0][i];
+            if (ch == '*' || ch == '?' || ch == '[' || ch == ']' || ch == '\\')
+                match[n++] = '\\';
+            match[n++] = ch;
+        }
+        match[n++] = '*';
+        const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", count};
+        size_t lens[6] = {4, strlen(cursor), 5, n, 5, strlen(count)};
+        redisAsyncCommandArgv(M.data, scan_cb, (void *)(uintptr_t)M.generation,
+                              6, argv, lens);
+    } else {
+        const char *argv[4] = {"SCAN", cursor, "COUNT", count};
+        size_t lens[4] = {4, strlen(cursor), 5, strlen(count)};
+        redisAsyncCommandArgv(M.data, scan_cb, (void *)(uintptr_t)M.generation,
+                              4, argv, lens);
+    }
+}
+
+/* A local key under the prefixes that the load did not see: gone
+ * upstream while the mirror was away. */
+struct sweep {
+    char **keys;
+    size_t *lens;
+    size_t n, cap;
+};
+
+static int sweep_visit(void *ctx, const void *key, size_t klen, const void *val,
+                       size_t vlen, int64_t ttl_ms)
+{
+    (void)val;
+    (void)vlen;
+    (void)ttl_ms;
+    struct sweep *s = ctx;
+    if (!under_prefix(key, klen) || seen_has(key, klen))
+        return 0;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 64;
+        char **k = realloc(s->keys, cap * sizeof *k);
+        size_t *l = realloc(s->lens, cap * sizeof *l);
+        if (k != NULL)
+            s->keys = k;
+        if (l != NULL)
+            s->lens = l;
+        if (k == NULL || l == NULL)
+            return 1;
+        s->cap = cap;
+    }
+    s->keys[s->n] = malloc(klen);
+    if (s->keys[s->n] == NULL)
+        return 1;
+    memcpy(s->keys[s->n], key, klen);
+    s->lens[s->n++] = klen;
+    return 0;
+}
+
+static void sweep_unseen(void)
+{
+    struct sweep s = {0};
+    uint64_t cursor = 0;
+    do {
+        if (shmkv_scan_ms(M.d->kv, &cursor, 4096, sweep_visit, &s) != 0)
+            break;
+    } while (cursor != 0);
+    for (size_t i = 0; i < s.n; i++) {
+        /* Fetched, not removed outright: it may have come back since the
+         * load saw the upstream without it. */
+        fetch_key(s.keys[i], s.lens[i]);
+        free(s.keys[i]);
+    }
+    if (s.n > 0)
+        log_info("mirror: %zu keys gone upstream since the last load: "
+                 "checked again",
+                 s.n);
+    free(s.keys);
+    free(s.lens);
+}
+
+static void load_maybe_done(void)
+{
+    if (M.state != M_LOADING || !M.scan_done || M.fetching > 0)
+        return;
+    bool first = !M.loaded_once;
+    /* Every load, the first too (the store may hold a snapshot's or a
+     * dead daemon's keys), and one that saw no key at all. */
+    sweep_unseen();
+    M.last_load_keys = M.seen_count;
+    seen_clear();
+    M.state = M_LIVE;
+    M.last_load_ms = now_ms() - M.load_started_ms;
+    M.loaded_once = true;
+    M.stale = false;
+    M.backoff_ms = 0;
+    marks_update();
+    log_info("mirror: %s %" PRIu64 " keys from %s in %" PRIu64
+             " ms; following its changes",
+             first ? "loaded" : "reloaded", M.last_load_keys,
+             M.d->cfg.upstream_address, M.last_load_ms);
+    if (first)
+        daemon_ready(M.d);
+}
+
+static void load_start(void)
+{
+    M.state = M_LOADING;
+    M.scan_done = false;
+    M.fetching = 0;
+    seen_clear();
+    M.load_started_ms = now_ms();
+    M.reloads += M.loaded_once;
+    scan_next("0");
+}
+
+/* ---- invalidations ---- */
+
+static void inval_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    uint64_t gen = (uint64_t)(uintptr_t)priv;
+    redisReply *r = reply;
+    if (r == NULL || gen != M.generation || r->type != REDIS_REPLY_ARRAY ||
+        r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(r->element[0]->str, "message") != 0)
+        return; /* the subscribe confirmation */
+    redisReply *p = r->element[2];
+    M.invalidations++;
+    if (p->type == REDIS_REPLY_NIL) {
+        /* FLUSHALL or FLUSHDB upstream: everything again. */
+        if (M.state == M_LIVE || M.state == M_LOADING)
+            load_start();
+        return;
+    }
+    if (p->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i < p->elements; i++)
+        if (p->element[i]->type == REDIS_REPLY_STRING &&
+            under_prefix(p->element[i]->str, p->element[i]->len)) {
+            if (M.state == M_LOADING)
+                seen_add(p->element[i]->str, p->element[i]->len);
+            fetch_key(p->element[i]->str, p->element[i]->len);
+        }
+}
+
+/* ---- connecting ---- */
+
+static void tracking_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    uint64_t gen = (uint64_t)(uintptr_t)priv;
+    redisReply *r = reply;
+    if (r == NULL || gen != M.generation)
+        return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        mirror_lost(r->str);
+        return;
+    }
+    M.connects++;
+    if (M.connect_deadline != NULL)
+        event_del(M.connect_deadline);
+    load_start();
+}
+
+static void start_tracking(void)
+{
+    const char *argv[6 + 2 * MAX_PREFIXES];
+    size_t lens[6 + 2 * MAX_PREFIXES];
+    char id[32];
+    snprintf(id, sizeof id, "%lld", M.inval_id);
+    int n = 0;
+    argv[n] = "CLIENT", lens[n++] = 6;
+    argv[n] = "TRACKING", lens[n++] = 8;
+    argv[n] = "on", lens[n++] = 2;
+    argv[n] = "REDIRECT", lens[n++] = 8;
+    argv[n] = id, lens[n++] = strlen(id);
+    argv[n] = "BCAST", lens[n++] = 5;
+    for (int i = 0; i < M.n_prefixes; i++) {
+        argv[n] = "PREFIX", lens[n++] = 6;
+        argv[n] = M.prefixes[i], lens[n++] = M.prefix_len[i];
+    }
+    redisAsyncCommandArgv(M.data, tracking_cb, (void *)(uintptr_t)M.generation,
+                          n, argv, lens);
+}
+
+static void auth_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    uint64_t gen = (uint64_t)(uintptr_t)priv;
+    redisReply *r = reply;
+    if (r != NULL && gen == M.generation && r->type == REDIS_REPLY_ERROR)
+        mirror_lost(r->str);
+}
+
+static void send_auth(redisAsyncContext *ac)
+{
+    if (!M.has_password)
+        return;
+    if (M.d->cfg.upstream_user[0] != '\0')
+        redisAsyncCommand(ac, auth_cb, (void *)(uintptr_t)M.generation,
+                          "AUTH %s %s", M.d->cfg.upstream_user, M.password);
+    else
+        redisAsyncCommand(ac, auth_cb, (void *)(uintptr_t)M.generation,
+                          "AUTH %s", M.password);
+}
+
+static void client_id_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    uint64_t gen = (uint64_t)(uintptr_t)priv;
+    redisReply *r = reply;
+    if (r == NULL || gen != M.generation)
+        return;
+    if (r->type != REDIS_REPLY_INTEGER) {
+        mirror_lost(r->type == REDIS_REPLY_ERROR ? r->str : "CLIENT ID failed");
+        return;
+    }
+    M.inval_id = r->integer;
+    redisAsyncCommand(M.inval, inval_cb, (void *)(uintptr_t)M.generation,
+                      "SUBSCRIBE __redis__:invalidate");
+    /* SUBSCRIBE is answered on inval_cb; tracking may begin at once: an
+     * invalidation for the id is delivered once the subscription is
+     * made, and the load starts after tracking does. */
+    start_tracking();
+}
+
+static void connected_cb(const redisAsyncContext *ac, int status)
+{
+    if (status != REDIS_OK) {
+        mirror_lost(ac->errstr);
+        return;
+    }
+    if (ac == M.inval)
+        M.inval_up = true;
+    else if (ac == M.data)
+        M.data_up = true;
+    if (M.inval_up && M.data_up) {
+        send_auth(M.inval);
+        send_auth(M.data);
+        redisAsyncCommand(M.inval, client_id_cb,
+                          (void *)(uintptr_t)M.generation, "CLIENT ID");
+    }
+}
+
+static void disconnected_cb(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    /* hiredis frees the context after this returns. */
+    if (ac == M.data) {
+        M.data = NULL;
+        M.data_up = false;
+    } else if (ac == M.inval) {
+        M.inval = NULL;
+        M.inval_up = false;
+    } else {
+        return;
+    }
+    mirror_lost(ac->errstr[0] ? ac->errstr : "the upstream closed");
+}
+
+static redisAsyncContext *connect_one(void)
+{
+    char host[256];
+    uint16_t port;
+    if (config_parse_upstream(M.d->cfg.upstream_address, host, sizeof host,
+                              &port) != 0)
+        return NULL;
+    redisAsyncContext *ac =
+        port == 0 ? redisAsyncConnectUnix(host) : redisAsyncConnect(host, port);
+    if (ac == NULL)
+        return NULL;
+    if (ac->err) {
+        /* Said once, with the loss; each retry at debug level. */
+        log_debug("mirror: cannot connect to %s: %s", M.d->cfg.upstream_address,
+                  ac->errstr);
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    redisLibeventAttach(ac, M.d->base);
+    redisAsyncSetConnectCallback(ac, connected_cb);
+    redisAsyncSetDisconnectCallback(ac, disconnected_cb);
+    return ac;
+}
+
+static void connect_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (M.state == M_CONNECTING)
+        mirror_lost("connect timed out (connect_timeout_ms)");
+}
+
+static void mirror_connect(void)
+{
+    M.state = M_CONNECTING;
+    M.generation++;
+    M.inval = connect_one();
+    M.data = M.inval != NULL ? connect_one() : NULL;
+    if (M.inval == NULL || M.data == NULL) {
+        mirror_lost("cannot connect");
+        return;
+    }
+    struct timeval tv = {M.d->cfg.upstream_connect_ms / 1000,
+                         (M.d->cfg.upstream_connect_ms % 1000) * 1000};
+    evtimer_add(M.connect_deadline, &tv);
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    mirror_connect();
+}
+
+/* Ends both connections, marks the store stale, and reconnects after a
+ * backoff. */
+static void mirror_lost(const char *why)
+{
+    if (M.state == M_OFF)
+        return;
+    bool was = M.state;
+    M.generation++; /* replies still queued belong to the old connections */
+    M.state = M_CONNECTING;
+    M.ping_sent_ms = 0;
+    redisAsyncContext *data = M.data, *inval = M.inval;
+    M.data = M.inval = NULL;
+    M.data_up = M.inval_up = false;
+    if (data != NULL)
+        redisAsyncFree(data);
+    if (inval != NULL)
+        redisAsyncFree(inval);
+    seen_clear();
+    if (M.connect_deadline != NULL)
+        event_del(M.connect_deadline);
+    if (!M.stale) {
+        M.stale = true;
+        M.stale_since_ms = unix_ms();
+        marks_update();
+        log_warning("mirror: lost %s (%s): serving what the store holds, "
+                    "marked stale; reconnecting",
+                    M.d->cfg.upstream_address, why);
+    } else if (was == M_CONNECTING) {
+        log_debug("mirror: reconnecting to %s failed: %s",
+                  M.d->cfg.upstream_address, why);
+    }
+    M.backoff_ms = M.backoff_ms == 0 ? BACKOFF_MIN_MS : M.backoff_ms * 2;
+    if (M.backoff_ms > M.d->cfg.upstream_backoff_ms)
+        M.backoff_ms = M.d->cfg.upstream_backoff_ms;
+    struct timeval tv = {M.backoff_ms / 1000, (M.backoff_ms % 1000) * 1000};
+    evtimer_add(M.retry, &tv);
+}
+
+/* ---- health ---- */
+
+static void ping_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    uint64_t gen = (uint64_t)(uintptr_t)priv;
+    if (reply != NULL && gen == M.generation)
+        M.ping_sent_ms = 0;
+}
+
+static void health_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (M.state == M_LOADING || M.state == M_LIVE) {
+        uint64_t now = now_ms();
+        if (M.ping_sent_ms != 0 &&
+            now - M.ping_sent_ms >= M.d->cfg.upstream_health_ms) {
+            mirror_lost("no answer within health_timeout_ms");
+        } else if (M.ping_sent_ms == 0 && M.data != NULL) {
+            M.ping_sent_ms = now;
+            redisAsyncCommand(M.data, ping_cb, (void *)(uintptr_t)M.generation,
+                              "PING");
+        }
+    }
+}
+
+/* ---- the daemon's side ---- */
+
+static int read_password(void)
+{
+    const char *path = M.d->cfg.upstream_password_file;
+    if (path[0] == '\0')
+        return 0;
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        log_error("[upstream] password_file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fgets(M.password, sizeof M.password, f) == NULL)
+        M.password[0] = '\0';
+    fclose(f);
+    size_t n = strlen(M.password);
+    while (n > 0 && (M.password[n - 1] == '\n' || M.password[n - 1] == '\r'))
+        M.password[--n] = '\0';
+    M.has_password = true;
+    return 0;
+}
+
+static int parse_prefixes(void)
+{
+    char buf[sizeof M.d->cfg.upstream_prefixes];
+    snprintf(buf, sizeof buf, "%s", M.d->cfg.upstream_prefixes);
+    char *save = NULL;
+    for (char *p = strtok_r(buf, ",", &save); p != NULL;
+         p = strtok_r(NULL, ",", &save)) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        size_t n = strlen(p);
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            p[--n] = '\0';
+        if (n == 0)
+            continue;
+        if (M.n_prefixes == MAX_PREFIXES) {
+            log_error("[upstream] prefixes: more than %d", MAX_PREFIXES);
+            return -1;
+        }
+        M.prefixes[M.n_prefixes] = strdup(p);
+        if (M.prefixes[M.n_prefixes] == NULL)
+            return -1;
+        M.prefix_len[M.n_prefixes++] = n;
+    }
+    return 0;
+}
+
+bool mirror_enabled(const struct daemon *d)
+{
+    return d->cfg.upstream_address[0] != '\0';
+}
+
+int mirror_start(struct daemon *d)
+{
+    if (!mirror_enabled(d))
+        return 0;
+    memset(&M, 0, sizeof M);
+    M.d = d;
+    if (parse_prefixes() != 0 || read_password() != 0)
+        return -1;
+    M.retry = evtimer_new(d->base, retry_cb, NULL);
+    M.connect_deadline = evtimer_new(d->base, connect_deadline_cb, NULL);
+    M.health = event_new(d->base, -1, EV_PERSIST, health_cb, NULL);
+    if (M.retry == NULL || M.connect_deadline == NULL || M.health == NULL)
+        return -1;
+    uint32_t every = d->cfg.upstream_health_ms / 3;
+    struct timeval tv = {every / 1000, (every % 1000) * 1000};
+    evtimer_add(M.health, &tv);
+    marks_update();
+    log_info("mirror: following %s (prefixes: %s)", d->cfg.upstream_address,
+             d->cfg.upstream_prefixes[0] ? d->cfg.upstream_prefixes
+                                         : "every key");
+    mirror_connect();
+    return 0;
+}
+
+void mirror_stop(struct daemon *d)
+{
+    (void)d;
+    if (M.d == NULL)
+        return;
+    M.state = M_OFF;
+    M.generation++;
+    if (M.data != NULL)
+        redisAsyncFree(M.data);
+    if (M.inval != NULL)
+        redisAsyncFree(M.inval);
+    M.data = M.inval = NULL;
+    seen_clear();
+    if (M.retry != NULL)
+        event_free(M.retry);
+    if (M.connect_deadline != NULL)
+        event_free(M.connect_deadline);
+    if (M.health != NULL)
+        event_free(M.health);
+    for (int i = 0; i < M.n_prefixes; i++)
+        free(M.prefixes[i]);
+    memset(&M, 0, sizeof M);
+}
+
+bool mirror_ready(const struct daemon *d)
+{
+    return !mirror_enabled(d) || M.loaded_once;
+}
+
+void mirror_info(const struct daemon *d, struct evbuffer *b)
+{
+    if (!mirror_enabled(d) || M.d == NULL)
+        return;
+    static const char *names[] = {"off", "connecting", "loading", "live"};
+    evbuffer_add_printf(
+        b,
+        "upstream_address:%s\r\nupstream_prefixes:%s\r\n"
+        "mirror_state:%s\r\nmirror_ready:%d\r\nmirror_stale:%d\r\n"
+        "mirror_stale_since_ms:%lld\r\nmirror_keys_applied:%" PRIu64 "\r\n"
+        "mirror_last_load_keys:%" PRIu64 "\r\nmirror_last_load_ms:%" PRIu64
+        "\r\nmirror_skipped_other_types:%" PRIu64
+        "\r\nmirror_invalidations:%" PRIu64 "\r\nmirror_fetches:%" PRIu64
+        "\r\nmirror_reloads:%" PRIu64 "\r\nmirror_apply_failures:%" PRIu64
+        "\r\nmirror_connects:%" PRIu64 "\r\n",
+        d->cfg.upstream_address, d->cfg.upstream_prefixes, names[M.state],
+        M.loaded_once, M.stale, M.stale ? (long long)M.stale_since_ms : 0LL,
+        M.keys_loaded, M.last_load_keys, M.last_load_ms, M.skipped_types,
+        M.invalidations, M.fetches, M.reloads, M.apply_failures, M.connects);
+}
