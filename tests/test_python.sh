@@ -15,8 +15,11 @@ trap 'rm -rf "$work"' EXIT
 # From scratch: setuptools rebuilds a source only when it is newer than its
 # object, not when a header it includes or the compiler flags changed.
 rm -rf "$top/bindings/python/build"
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
-    --no-deps "$top/bindings/python"
+# Without the build's CFLAGS: a sanitizer build's (make test-sanitize)
+# would make an extension Debian's python cannot load (the ASan runtime
+# must come first); the daemon the tests start is the sanitized one.
+env -u CFLAGS -u LDFLAGS "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    --no-build-isolation --no-deps "$top/bindings/python"
 # From elsewhere than the sources, so that the installed package is the one
 # imported.
 cd "$work"
