@@ -74,6 +74,8 @@ const char *shmkv_strerror(int err)
         return "interrupted: try again";
     case SHMKV_ECHANGED:
         return "key changed since its version was read";
+    case SHMKV_EMIRRORED:
+        return "key mirrors an upstream: write it there";
     default:
         return "unknown error";
     }

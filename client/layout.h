@@ -76,6 +76,7 @@
 #define LOCK_SLOTS 16u
 #define SEM_SETS_MAX 4u
 #define EVENT_SLOTS 64u
+#define MIRROR_PREFIX_BYTES 1024u
 
 /* ctl_header.current: bit 63 closed, bits 32..62 generation, 0..31 shmid. */
 #define CURRENT_CLOSED (1ull << 63)
@@ -288,6 +289,11 @@ struct ctl_header {
     _Atomic uint64_t resize_bytes;
     _Atomic uint64_t resize_done;
     _Atomic uint64_t resize_total;
+    /* Keys under these prefixes mirror another system (shmkvd's
+     * [upstream]): only the owner writes them (write.c). Set by the owner;
+     * on the line writers read at every change anyway. */
+    _Atomic uint32_t mirror_count;
+    uint32_t mirror_bytes; /* of mirror_prefixes used */
 
     /* Counters written by writers; they survive generations. */
     alignas(CACHE_LINE) _Atomic uint64_t evictions;
@@ -298,6 +304,9 @@ struct ctl_header {
     _Atomic uint64_t compactions;     /* windows of the arena packed */
     _Atomic uint64_t compacted_bytes; /* entry bytes moved doing so */
     _Atomic uint64_t resizes;         /* online resizes completed */
+
+    /* The mirrored prefixes, each a length byte and its bytes. */
+    char mirror_prefixes[MIRROR_PREFIX_BYTES];
 
     /* LRU clock: advanced by writers, copied into recency cells. */
     alignas(CACHE_LINE) _Atomic uint32_t lru_clock;

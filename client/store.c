@@ -972,6 +972,42 @@ int shmkv_set_marks(struct shmkv *kv, unsigned marks)
     return 0;
 }
 
+int shmkv_set_mirror(struct shmkv *kv, const char *const *prefixes,
+                     const size_t *lens, size_t n)
+{
+    if (kv == NULL || (n > 0 && (prefixes == NULL || lens == NULL)))
+        return set_error(SHMKV_EINVAL, "NULL handle or prefixes");
+    if (kv->forked)
+        return refuse_forked(kv);
+    if (!kv->owner)
+        return set_error(SHMKV_EACCES, "only the store's owner declares "
+                                       "what it mirrors");
+    if (n > 32)
+        return set_error(SHMKV_EINVAL, "%zu prefixes: 32 at most", n);
+    char buf[MIRROR_PREFIX_BYTES];
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] > 255 || used + 1 + lens[i] > sizeof buf)
+            return set_error(SHMKV_EINVAL,
+                             "prefix %zu: 0 to 255 bytes, %u in all", i,
+                             MIRROR_PREFIX_BYTES);
+        buf[used++] = (char)lens[i];
+        memcpy(buf + used, prefixes[i], lens[i]);
+        used += lens[i];
+    }
+    int rc = write_begin(kv);
+    if (rc != 0)
+        return rc;
+    struct ctl_header *c = kv->ctl;
+    /* Writers read them under the lock: count 0 while they change. */
+    atomic_store(&c->mirror_count, 0);
+    memcpy(c->mirror_prefixes, buf, used);
+    c->mirror_bytes = (uint32_t)used;
+    atomic_store(&c->mirror_count, (uint32_t)n);
+    write_end(kv);
+    return 0;
+}
+
 int shmkv_get_marks(struct shmkv *kv, unsigned *marks)
 {
     if (kv == NULL || marks == NULL)

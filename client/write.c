@@ -68,6 +68,36 @@ static int header_sane(const struct shmkv *kv)
                      why);
 }
 
+/* Under the write lock: SHMKV_EMIRRORED if key (NULL: any key, for a
+ * flush) is one the store mirrors and this handle is not the owner's. */
+static int mirror_check(const struct shmkv *kv, const void *key, size_t klen)
+{
+    const struct ctl_header *c = kv->ctl;
+    uint32_t n = atomic_load_explicit(&c->mirror_count, memory_order_relaxed);
+    if (__builtin_expect(n == 0, 1) || kv->owner)
+        return 0;
+    uint32_t bytes = c->mirror_bytes < MIRROR_PREFIX_BYTES
+                         ? c->mirror_bytes
+                         : MIRROR_PREFIX_BYTES;
+    bool hit = key == NULL;
+    for (uint32_t at = 0, i = 0; !hit && i < n && at < bytes; i++) {
+        size_t len = (unsigned char)c->mirror_prefixes[at];
+        if (at + 1 + len > bytes)
+            break;
+        hit = klen >= len && memcmp(key, c->mirror_prefixes + at + 1, len) == 0;
+        at += 1 + (uint32_t)len;
+    }
+    if (!hit)
+        return 0;
+    return set_error(SHMKV_EMIRRORED,
+                     key == NULL
+                         ? "the store mirrors an upstream (shmkvd's "
+                           "[upstream]): a flush would empty the mirror"
+                         : "the key mirrors an upstream (shmkvd's "
+                           "[upstream]), its system of record: write it "
+                           "there and the mirror follows");
+}
+
 int write_begin(struct shmkv *kv)
 {
     if (kv == NULL)
@@ -631,7 +661,9 @@ static int set_call(struct shmkv *kv, const void *key, size_t klen,
     if (rc != 0)
         return rc;
     how->expire_ms = ttl_ms != 0 ? expiry_after(clock_unix_ms(), ttl_ms) : 0;
-    rc = set_locked(kv, key, klen, val, vlen, how, hash, seed);
+    rc = mirror_check(kv, key, klen);
+    if (rc == 0)
+        rc = set_locked(kv, key, klen, val, vlen, how, hash, seed);
     write_end(kv);
     return rc;
 }
@@ -685,6 +717,11 @@ int shmkv_del(struct shmkv *kv, const void *key, size_t klen)
     rc = write_begin(kv);
     if (rc != 0)
         return rc;
+    rc = mirror_check(kv, key, klen);
+    if (rc != 0) {
+        write_end(kv);
+        return rc;
+    }
     uint64_t hash = key_hash(key, klen, kv->seed);
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
@@ -733,6 +770,11 @@ static int expire_call(struct shmkv *kv, const void *key, size_t klen,
     rc = write_begin(kv);
     if (rc != 0)
         return rc;
+    rc = mirror_check(kv, key, klen);
+    if (rc != 0) {
+        write_end(kv);
+        return rc;
+    }
     uint64_t hash = key_hash(key, klen, kv->seed);
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
@@ -784,6 +826,8 @@ int shmkv_update(struct shmkv *kv, const void *key, size_t klen,
     rc = write_begin(kv);
     if (rc != 0)
         return rc;
+    if ((rc = mirror_check(kv, key, klen)) != 0)
+        goto out;
     if (seed != kv->seed)
         hash = key_hash(key, klen, kv->seed);
     struct table_pos pos;
@@ -893,6 +937,8 @@ int shmkv_incr(struct shmkv *kv, const void *key, size_t klen, int64_t delta,
     rc = write_begin(kv);
     if (rc != 0)
         return rc;
+    if ((rc = mirror_check(kv, key, klen)) != 0)
+        goto out;
     uint64_t hash = key_hash(key, klen, kv->seed);
     struct table_pos pos;
     table_find(kv, hash, key, klen, &pos);
@@ -931,6 +977,10 @@ int shmkv_flush(struct shmkv *kv)
     int rc = write_begin(kv);
     if (rc != 0)
         return rc;
+    if ((rc = mirror_check(kv, NULL, 0)) != 0) {
+        write_end(kv);
+        return rc;
+    }
     op_begin(kv, WRITE_OP_FLUSH);
     flush_index(kv);
     op_end(kv);

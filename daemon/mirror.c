@@ -834,12 +834,26 @@ bool mirror_enabled(const struct daemon *d)
 
 int mirror_start(struct daemon *d)
 {
-    if (!mirror_enabled(d))
+    if (!mirror_enabled(d)) {
+        /* A store adopted from a daemon that mirrored: no more. */
+        shmkv_set_mirror(d->kv, NULL, NULL, 0);
         return 0;
+    }
     memset(&M, 0, sizeof M);
     M.d = d;
     if (parse_prefixes() != 0 || read_password() != 0)
         return -1;
+    /* Library writers may not write what the upstream owns. */
+    const char *all_keys[1] = {""};
+    size_t all_len[1] = {0};
+    int rc = M.n_prefixes > 0
+                 ? shmkv_set_mirror(d->kv, (const char *const *)M.prefixes,
+                                    M.prefix_len, (size_t)M.n_prefixes)
+                 : shmkv_set_mirror(d->kv, all_keys, all_len, 1);
+    if (rc != 0) {
+        log_error("mirror: %s: %s", shmkv_strerror(rc), shmkv_last_error());
+        return -1;
+    }
     M.retry = evtimer_new(d->base, retry_cb, NULL);
     M.connect_deadline = evtimer_new(d->base, connect_deadline_cb, NULL);
     M.health = event_new(d->base, -1, EV_PERSIST, health_cb, NULL);

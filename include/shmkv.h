@@ -94,6 +94,9 @@ enum shmkv_error {
                               it was given up; the store is as it was */
     SHMKV_ECHANGED = -28,  /* shmkv_cas: the key was written since its
                               version was read; nothing was written */
+    SHMKV_EMIRRORED = -29, /* the key mirrors another system (shmkvd's
+                              [upstream]), the system of record: write it
+                              there, and the mirror follows */
 };
 
 /* Returns a static, human-readable description of an error code. */
@@ -214,6 +217,14 @@ int shmkv_adopt(const char *where, struct shmkv **out);
 /* Sets the store's marks to marks (SHMKV_MARK_*), replacing them. Needs a
  * read-write handle (SHMKV_ERDONLY); SHMKV_EINVAL for unknown bits. */
 int shmkv_set_marks(struct shmkv *kv, unsigned marks);
+
+/* Declares that keys under these n prefixes (each 0 to 255 bytes, an empty
+ * one for every key; n 0 to 32, 1024 bytes in all) mirror another system:
+ * every write to them through
+ * any handle but the owner's, and any flush, is refused with
+ * SHMKV_EMIRRORED. n 0 lifts it. The owner's handle only (shmkvd). */
+int shmkv_set_mirror(struct shmkv *kv, const char *const *prefixes,
+                     const size_t *lens, size_t n);
 
 /* The store's marks (SHMKV_MARK_*) in *marks; 0 on a store no owner has
  * marked. */

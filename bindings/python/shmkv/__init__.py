@@ -55,6 +55,7 @@ from ._shmkv import (  # noqa: F401  (the public names)
     LIBRARY_VERSION,
     BufferTooSmall,
     Changed,
+    Mirrored,
     Busy,
     Closed,
     ConfigError,
@@ -92,7 +93,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open", "create", "remove", "strerror", "Store", "CodecStore",
-    "ReadSection", "Error", "BufferTooSmall", "Busy", "Changed", "Closed",
+    "ReadSection", "Error", "BufferTooSmall", "Busy", "Changed", "Closed", "Mirrored",
     "ConfigError", "Corrupt", "Exists", "Forked", "InvalidArgument",
     "KernelLimit", "NoStore", "NotAStore", "NotANumber", "NotFound",
     "OutOfMemory", "Overflow", "Owned", "PermissionDenied", "ReadOnly",

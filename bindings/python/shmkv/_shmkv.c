@@ -36,7 +36,7 @@
 
 /* ---- errors ---- */
 
-#define N_CODES 29 /* 0 .. -(N_CODES - 1) */
+#define N_CODES 30 /* 0 .. -(N_CODES - 1) */
 
 static PyObject *Error;
 static PyObject *error_class[N_CODES];
@@ -80,6 +80,8 @@ static const struct {
     {SHMKV_EAGAIN, "TryAgain", NULL, "interrupted: try again"},
     {SHMKV_ECHANGED, "Changed", NULL,
      "the key changed since its version was read"},
+    {SHMKV_EMIRRORED, "Mirrored", NULL,
+     "the key mirrors an upstream: write it there"},
 };
 
 /* Raises the exception for rc, with libshmkv's detail. */

@@ -185,6 +185,20 @@ def test_socket_refuses_writes_to_mirrored_keys(upstream, mirror):
     assert r.set("local:1", "fine")  # not mirrored: the store's own
     assert r.get("local:1") == b"fine"
     r.close()
+    # A process writing through libshmkv is refused too; it may still
+    # write keys outside the prefixes, and read everything.
+    s = shmkv.open(conf)
+    with pytest.raises(shmkv.Mirrored):
+        s["m:1"] = b"x"
+    with pytest.raises(shmkv.Mirrored):
+        s.delete("n:1")
+    with pytest.raises(shmkv.Mirrored):
+        s.incr("m:counter")
+    with pytest.raises(shmkv.Mirrored):
+        s.flush()
+    s["local:2"] = b"ok"
+    assert s["local:2"] == b"ok"
+    s.close()
 
 
 def test_upstream_restart_and_kill(upstream, mirror):
