@@ -3021,29 +3021,56 @@ void commands_prometheus(struct evbuffer *b)
     }
 }
 
-/* A write to a key the store mirrors from the upstream ([upstream]): the
- * upstream is the system of record, so the key is read-only here, as on a
- * Redis replica; so is a flush, which would empty the mirror. */
-static bool mirror_write_refused(struct conn *c, const struct command *cmd,
-                                 size_t argc, const struct resp_arg *argv,
-                                 struct evbuffer *out)
+/* A write to keys the store mirrors from the upstream ([upstream]): the
+ * upstream is the system of record, so it is sent there, and answered
+ * once the upstream has and the keys are back in the store (mirror.c).
+ * Refused (READONLY, as on a Redis replica) where that cannot be: a flush,
+ * which would empty the mirror; inside MULTI, which runs under the
+ * store's lock; shmkv's own commands, which the upstream lacks; and one
+ * command on mirrored and other keys at once. True if the command was
+ * refused or sent. */
+static bool mirror_write_routed(struct conn *c, const struct command *cmd,
+                                size_t argc, const struct resp_arg *argv,
+                                struct evbuffer *out)
 {
-    bool refused = false;
-    if (cmd->fn == cmd_flushall) {
-        refused = true;
-    } else if (cmd->flags & CMD_KEY1) {
-        refused = mirror_covers(c->d, argv[1].data, argv[1].len);
+    size_t keys[64];
+    size_t n = 0, mirrored = 0;
+    bool too_many = false;
+    if (cmd->flags & CMD_KEY1) {
+        keys[n++] = 1;
     } else if (cmd->flags & (CMD_KEYS | CMD_KEYVALS)) {
         size_t step = cmd->flags & CMD_KEYVALS ? 2 : 1;
-        for (size_t i = 1; i < argc && !refused; i += step)
-            refused = mirror_covers(c->d, argv[i].data, argv[i].len);
+        for (size_t i = 1; i < argc; i += step) {
+            if (n == sizeof keys / sizeof keys[0]) {
+                too_many = true;
+                break;
+            }
+            keys[n++] = i;
+        }
+    } else if (cmd->fn != cmd_flushall) {
+        return false; /* not about keys: SAVE, SHUTDOWN, CONFIG, ... */
     }
-    if (refused)
-        resp_errorf(out,
-                    "READONLY '%s' would change keys this store mirrors from "
-                    "%s: write them there",
-                    c->last_command, c->d->cfg.upstream_address);
-    return refused;
+    for (size_t i = 0; i < n; i++)
+        mirrored += mirror_covers(c->d, argv[keys[i]].data, argv[keys[i]].len);
+    if (cmd->fn != cmd_flushall && mirrored == 0 && !too_many)
+        return false;
+    const char *why = NULL;
+    if (cmd->fn == cmd_flushall)
+        why = "would empty the keys this store mirrors";
+    else if (c->multi != NULL || c->in_exec)
+        why = "inside MULTI changes mirrored keys, which go to the upstream "
+              "one command at a time";
+    else if (strncasecmp(cmd->name, "SHMKV.", 6) == 0)
+        why = "is shmkv's own, which the upstream lacks";
+    else if (mirrored != n || too_many)
+        why = "names mirrored and other keys at once (or over 64 keys)";
+    if (why != NULL) {
+        resp_errorf(out, "READONLY '%s' %s (upstream %s)", c->last_command, why,
+                    c->d->cfg.upstream_address);
+        return true;
+    }
+    mirror_write_through(c, argc, argv, keys, n, out);
+    return true;
 }
 
 /* The refusal a command gets before it runs: unknown, wrong arity, not
@@ -3082,7 +3109,7 @@ static const struct command *command_check(struct conn *c, size_t argc,
         return NULL;
     }
     if ((cmd->flags & CMD_WRITE) && mirror_enabled(c->d) &&
-        mirror_write_refused(c, cmd, argc, argv, out))
+        mirror_write_routed(c, cmd, argc, argv, out))
         return NULL;
     return cmd;
 }

@@ -139,6 +139,7 @@ void conn_close(struct conn *c)
     job_detach(c);
     txn_reset(c);
     conn_leases_release(c);
+    mirror_conn_closed(c);
     event_free(c->request_deadline);
     event_free(c->resume);
     event_free(c->retry);
@@ -194,7 +195,7 @@ static void conn_set_timeouts(struct conn *c, bool force)
     if (c->closing) {
         want = CONN_TIMEOUT_FLUSH;
         idle_s = conn_flush_timeout_s(c);
-    } else if (idle_s == 0 || c->parked || c->job != NULL) {
+    } else if (idle_s == 0 || c->parked || conn_waiting(c)) {
         want = CONN_TIMEOUT_NONE;
     } else {
         want = pending ? CONN_TIMEOUT_WRITE : CONN_TIMEOUT_READ;
@@ -223,7 +224,7 @@ static bool conn_settle(struct conn *c)
         return false;
     }
     conn_set_reading(c, !c->closing && !c->input_ended && !c->output_full &&
-                            !c->yielded && !c->parked && c->job == NULL);
+                            !c->yielded && !c->parked && !conn_waiting(c));
     conn_set_timeouts(c, false);
     return true;
 }
@@ -292,7 +293,7 @@ static void request_deadline_cb(evutil_socket_t fd, short what, void *arg)
  * the connection was closed (c is freed). */
 static bool conn_process(struct conn *c)
 {
-    if (c->parked || c->job != NULL)
+    if (c->parked || conn_waiting(c))
         return conn_settle(c); /* the retry timer or the job resumes it */
     struct daemon *d = c->d;
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -356,7 +357,7 @@ static bool conn_process(struct conn *c)
             done++;
         }
         evbuffer_drain(in, consumed);
-        if (c->job != NULL)
+        if (conn_waiting(c))
             break; /* the job's end resumes parsing (conn_job_done) */
         if (conn_closed_over_limit(c, limit))
             return false;
@@ -368,7 +369,7 @@ static bool conn_process(struct conn *c)
         c->output_full = true;
     /* After the peer's EOF, close once nothing complete is left to run. */
     if (c->input_ended && !c->yielded && !c->output_full && !c->parked &&
-        c->job == NULL && (incomplete || evbuffer_get_length(in) == 0))
+        !conn_waiting(c) && (incomplete || evbuffer_get_length(in) == 0))
         c->closing = true;
     return conn_settle(c);
 }

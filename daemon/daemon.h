@@ -83,7 +83,16 @@ struct conn {
      * holds them for it; given back when it releases them or closes. */
     struct conn_lease *leases;
     size_t n_leases;
+    /* A write sent to the upstream for it (mirror.c): its reply answers
+     * the command; nothing more is parsed until it has. */
+    struct write_through *upstream_write;
 };
+
+/* Waiting for a job or the upstream: nothing more is parsed. */
+static inline bool conn_waiting(const struct conn *c)
+{
+    return c->job != NULL || c->upstream_write != NULL;
+}
 
 enum stop_save { STOP_SAVE_CONFIG, STOP_SAVE, STOP_NOSAVE };
 
@@ -167,6 +176,14 @@ bool mirror_ready(const struct daemon *d);
 /* True if key is one the mirror keeps (under its prefixes). */
 bool mirror_covers(const struct daemon *d, const void *key, size_t len);
 void mirror_info(const struct daemon *d, struct evbuffer *b);
+/* Sends a write on keys the store mirrors to the upstream; when it has
+ * answered and the keys are fetched back into the store, its reply
+ * answers the command (conn_job_done). keys: argv indexes. Returns false
+ * (and replies with an error) if it cannot. */
+bool mirror_write_through(struct conn *c, size_t argc,
+                          const struct resp_arg *argv, const size_t *keys,
+                          size_t n_keys, struct evbuffer *out);
+void mirror_conn_closed(struct conn *c);
 /* main.c: tells systemd the daemon is ready (READY=1), once. */
 void daemon_ready(struct daemon *d);
 

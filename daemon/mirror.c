@@ -35,6 +35,7 @@
  */
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -217,10 +218,23 @@ static void seen_add(const char *key, size_t len)
 static void mirror_lost(const char *why);
 static void load_maybe_done(void);
 
-static void fetch_key(const char *key, size_t len);
+static void fetch_key(const char *key, size_t len, struct write_through *wt);
+
+/* A write sent upstream for a connection (mirror_write_through): the
+ * upstream's reply, kept as RESP, and the fetches of its keys still to
+ * come back; the connection, or NULL once it closed. */
+struct write_through {
+    struct conn *c;
+    struct evbuffer *reply;
+    bool answered;
+    unsigned pending;
+};
+
+static void wt_finish(struct write_through *w);
 
 /* A fetch: GET then PTTL of one key. */
 struct fetch {
+    struct write_through *wt; /* the write it confirms, or NULL */
     uint64_t generation;
     bool have_value, gone, other_type;
     char *value;
@@ -232,6 +246,7 @@ struct fetch {
 /* A write the store refused for now (busy): tried again shortly. */
 struct retry_fetch {
     struct event *ev;
+    struct write_through *wt;
     size_t len;
     char key[];
 };
@@ -241,13 +256,19 @@ static void retry_fetch_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct retry_fetch *r = arg;
-    if (M.state == M_LOADING || M.state == M_LIVE)
-        fetch_key(r->key, r->len);
+    if ((M.state == M_LOADING || M.state == M_LIVE) && M.data_up) {
+        fetch_key(r->key, r->len, r->wt);
+    } else if (r->wt != NULL) {
+        r->wt->pending--;
+        wt_finish(r->wt);
+    }
     event_free(r->ev);
     free(r);
 }
 
-static void apply(struct fetch *f, long long pttl)
+/* Applies what a fetch found; true if it is to be fetched again (the
+ * store was busy), which then answers for its write. */
+static bool apply(struct fetch *f, long long pttl)
 {
     struct shmkv *kv = M.d->kv;
     int rc;
@@ -267,11 +288,12 @@ static void apply(struct fetch *f, long long pttl)
         struct retry_fetch *r = malloc(sizeof *r + f->klen);
         if (r != NULL) {
             r->len = f->klen;
+            r->wt = f->wt;
             memcpy(r->key, f->key, f->klen);
             r->ev = evtimer_new(M.d->base, retry_fetch_cb, r);
             struct timeval tv = {0, RETRY_APPLY_MS * 1000};
             if (r->ev != NULL && evtimer_add(r->ev, &tv) == 0)
-                return;
+                return true;
             if (r->ev != NULL)
                 event_free(r->ev);
             free(r);
@@ -288,6 +310,7 @@ static void apply(struct fetch *f, long long pttl)
                         shmkv_strerror(rc), shmkv_last_error());
         }
     }
+    return false;
 }
 
 static void get_cb(redisAsyncContext *ac, void *reply, void *priv)
@@ -320,25 +343,35 @@ static void pttl_cb(redisAsyncContext *ac, void *reply, void *priv)
     (void)ac;
     struct fetch *f = priv;
     redisReply *r = reply;
+    bool again = false;
     if (r != NULL && f->generation == M.generation) {
         if (f->have_value || f->gone || f->other_type)
-            apply(f, r->type == REDIS_REPLY_INTEGER ? r->integer : -1);
+            again = apply(f, r->type == REDIS_REPLY_INTEGER ? r->integer : -1);
     }
     if (f->generation == M.generation && M.fetching > 0)
         M.fetching--;
+    if (f->wt != NULL && !again) {
+        f->wt->pending--;
+        wt_finish(f->wt);
+    }
     free(f->value);
     free(f);
     if (r != NULL)
         load_maybe_done();
 }
 
-static void fetch_key(const char *key, size_t len)
+static void fetch_key(const char *key, size_t len, struct write_through *wt)
 {
-    if (M.data == NULL || !M.data_up)
+    struct fetch *f =
+        M.data != NULL && M.data_up ? calloc(1, sizeof *f + len) : NULL;
+    if (f == NULL) {
+        if (wt != NULL) {
+            wt->pending--;
+            wt_finish(wt);
+        }
         return;
-    struct fetch *f = calloc(1, sizeof *f + len);
-    if (f == NULL)
-        return;
+    }
+    f->wt = wt;
     f->generation = M.generation;
     f->klen = len;
     memcpy(f->key, key, len);
@@ -380,7 +413,7 @@ static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
             !under_prefix(k->str, k->len))
             continue;
         seen_add(k->str, k->len);
-        fetch_key(k->str, k->len);
+        fetch_key(k->str, k->len, NULL);
     }
     if (strcmp(r->element[0]->str, "0") == 0) {
         M.scan_done = true;
@@ -465,7 +498,7 @@ static void sweep_unseen(void)
     for (size_t i = 0; i < s.n; i++) {
         /* Fetched, not removed outright: it may have come back since the
          * load saw the upstream without it. */
-        fetch_key(s.keys[i], s.lens[i]);
+        fetch_key(s.keys[i], s.lens[i], NULL);
         free(s.keys[i]);
     }
     if (s.n > 0)
@@ -538,7 +571,7 @@ static void inval_cb(redisAsyncContext *ac, void *reply, void *priv)
             under_prefix(p->element[i]->str, p->element[i]->len)) {
             if (M.state == M_LOADING)
                 seen_add(p->element[i]->str, p->element[i]->len);
-            fetch_key(p->element[i]->str, p->element[i]->len);
+            fetch_key(p->element[i]->str, p->element[i]->len, NULL);
         }
 }
 
@@ -776,6 +809,120 @@ static void health_cb(evutil_socket_t fd, short what, void *arg)
             redisAsyncCommand(M.data, ping_cb, (void *)(uintptr_t)M.generation,
                               "PING");
         }
+    }
+}
+
+/* ---- writes sent upstream ---- */
+
+/* A hiredis reply as RESP2. */
+static void resp_of_reply(struct evbuffer *out, const redisReply *r)
+{
+    switch (r->type) {
+    case REDIS_REPLY_STATUS:
+        evbuffer_add_printf(out, "+%s\r\n", r->str);
+        break;
+    case REDIS_REPLY_ERROR:
+        evbuffer_add_printf(out, "-%s\r\n", r->str);
+        break;
+    case REDIS_REPLY_INTEGER:
+        evbuffer_add_printf(out, ":%lld\r\n", r->integer);
+        break;
+    case REDIS_REPLY_STRING:
+        evbuffer_add_printf(out, "$%zu\r\n", r->len);
+        evbuffer_add(out, r->str, r->len);
+        evbuffer_add(out, "\r\n", 2);
+        break;
+    case REDIS_REPLY_ARRAY:
+        evbuffer_add_printf(out, "*%zu\r\n", r->elements);
+        for (size_t i = 0; i < r->elements; i++)
+            resp_of_reply(out, r->element[i]);
+        break;
+    default:
+        evbuffer_add(out, "$-1\r\n", 5);
+    }
+}
+
+/* Once the upstream answered and every fetch is back: the reply goes to
+ * the connection, which goes on with its input. */
+static void wt_finish(struct write_through *w)
+{
+    if (!w->answered || w->pending > 0)
+        return;
+    struct conn *c = w->c;
+    if (c != NULL) {
+        c->upstream_write = NULL;
+        evbuffer_add_buffer(bufferevent_get_output(c->bev), w->reply);
+    }
+    evbuffer_free(w->reply);
+    free(w);
+    if (c != NULL)
+        conn_job_done(c);
+}
+
+static void wt_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct write_through *w = priv;
+    redisReply *r = reply;
+    if (r == NULL)
+        evbuffer_add_printf(w->reply,
+                            "-UNAVAILABLE lost the upstream %s before it "
+                            "answered: the write may or may not have been "
+                            "made\r\n",
+                            M.d->cfg.upstream_address);
+    else
+        resp_of_reply(w->reply, r);
+    w->answered = true;
+    wt_finish(w);
+}
+
+bool mirror_write_through(struct conn *c, size_t argc,
+                          const struct resp_arg *argv, const size_t *keys,
+                          size_t n_keys, struct evbuffer *out)
+{
+    if (M.d == NULL || M.data == NULL || !M.data_up ||
+        (M.state != M_LIVE && M.state != M_LOADING)) {
+        resp_errorf(out,
+                    "UNAVAILABLE the upstream %s is unreachable%s: write "
+                    "the key there",
+                    M.d != NULL ? M.d->cfg.upstream_address : "?",
+                    M.stale ? " (this store is stale)" : "");
+        return false;
+    }
+    struct write_through *w = calloc(1, sizeof *w);
+    const char **v = malloc(argc * sizeof *v);
+    size_t *lens = malloc(argc * sizeof *lens);
+    if (w == NULL || v == NULL || lens == NULL ||
+        (w->reply = evbuffer_new()) == NULL) {
+        free(w);
+        free(v);
+        free(lens);
+        resp_error(out, "ERR out of memory");
+        return false;
+    }
+    for (size_t i = 0; i < argc; i++) {
+        v[i] = argv[i].data;
+        lens[i] = argv[i].len;
+    }
+    w->c = c;
+    w->pending = (unsigned)n_keys;
+    c->upstream_write = w;
+    /* The write, then a fetch of each key it names, on one connection:
+     * the fetches see the write, and the reply waits for them, so that a
+     * reader of the store sees the write once its writer heard OK. */
+    redisAsyncCommandArgv(M.data, wt_reply_cb, w, (int)argc, v, lens);
+    for (size_t i = 0; i < n_keys; i++)
+        fetch_key(argv[keys[i]].data, argv[keys[i]].len, w);
+    free(v);
+    free(lens);
+    return true;
+}
+
+void mirror_conn_closed(struct conn *c)
+{
+    if (c->upstream_write != NULL) {
+        c->upstream_write->c = NULL;
+        c->upstream_write = NULL;
     }
 }
 

@@ -172,22 +172,42 @@ def test_coherence_under_a_random_writer(upstream, mirror):
     wait_for(lambda: local_view(conf) == {}, what="the flush")
 
 
-def test_socket_refuses_writes_to_mirrored_keys(upstream, mirror):
+def test_writes(upstream, mirror):
     conf, sock, _ = mirror()
     wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
     r = redis.Redis(unix_socket_path=sock)
-    with pytest.raises(redis.exceptions.ReadOnlyError):
-        r.set("m:1", "x")
+    s = shmkv.open(conf)
+    # Through the socket, a write to mirrored keys goes to the upstream,
+    # and is answered once the store has it too (read-your-writes for any
+    # reader of the store).
+    for i in range(200):
+        assert r.set(f"m:{i}", f"v{i}")
+        assert s[f"m:{i}"] == f"v{i}".encode()
+    assert upstream.r.get("m:199") == b"v199"
+    assert r.incr("m:count") == 1 and s["m:count"] == b"1"
+    assert r.set("m:ttl", "t", px=5000) and 4000 <= s.pttl("m:ttl") <= 5000
+    assert r.mset({"n:a": "1", "n:b": "2"}) and s["n:b"] == b"2"
+    assert r.delete("m:0", "m:1") == 2 and s.get("m:0") is None
+    assert r.getset("n:a", "x") == b"1" and s["n:a"] == b"x"
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        upstream.r.hset("m:h", "f", "v")
+        r.incr("m:h")  # the upstream's own error comes back
+    # What cannot go upstream is refused.
     with pytest.raises(redis.exceptions.ReadOnlyError):
         r.mset({"local": "1", "n:2": "x"})
     with pytest.raises(redis.exceptions.ReadOnlyError):
         r.flushall()
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        r.execute_command("SHMKV.SETF", "m:1", "x")
+    p = r.pipeline()
+    p.set("m:tx", "1")
+    with pytest.raises(redis.exceptions.ResponseError):
+        p.execute()
     assert r.set("local:1", "fine")  # not mirrored: the store's own
     assert r.get("local:1") == b"fine"
-    r.close()
-    # A process writing through libshmkv is refused too; it may still
-    # write keys outside the prefixes, and read everything.
-    s = shmkv.open(conf)
+    assert upstream.r.get("local:1") is None
+    # A process writing through libshmkv is refused; it may still write
+    # keys outside the prefixes, and read everything.
     with pytest.raises(shmkv.Mirrored):
         s["m:1"] = b"x"
     with pytest.raises(shmkv.Mirrored):
@@ -198,7 +218,14 @@ def test_socket_refuses_writes_to_mirrored_keys(upstream, mirror):
         s.flush()
     s["local:2"] = b"ok"
     assert s["local:2"] == b"ok"
+    # With the upstream gone, writes to it fail clearly.
+    upstream.kill()
+    wait_for(lambda: info(sock)["mirror_stale"] == 1, what="stale")
+    with pytest.raises(redis.exceptions.ResponseError, match="UNAVAILABLE"):
+        r.set("m:5", "x")
+    assert r.set("local:3", "still fine")
     s.close()
+    r.close()
 
 
 def test_upstream_restart_and_kill(upstream, mirror):
