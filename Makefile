@@ -47,7 +47,7 @@ FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=a
 SOVERSION := 0
 
 .PHONY: deb all deps run test test-sanitize torture bench fuzz install uninstall clean format lint \
-	python python-bench
+	python python-bench mirror-bench
 
 all: $(BUILD)/libshmkv.a $(BUILD)/libshmkv.so $(BUILD)/shmkvd $(BUILD)/shmkvctl \
 	$(BUILD)/shmkv-bench
@@ -126,6 +126,11 @@ python: deps
 	$(PYTHON) -m venv --system-site-packages $(BUILD)/pyenv
 	$(BUILD)/pyenv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation \
 	    --no-deps ./bindings/python
+
+# `make mirror-bench`: the [upstream] mirror's load rate, invalidation lag
+# and reads against a real redis-server (bindings/python/bench_mirror.py).
+mirror-bench: python $(BUILD)/shmkvd
+	$(BUILD)/pyenv/bin/python bindings/python/bench_mirror.py --shmkvd $(BUILD)/shmkvd
 
 # `make python-bench`: the classic traversal benchmark (bindings/python).
 python-bench: python $(BUILD)/shmkvd
