@@ -26,20 +26,22 @@ class Upstream:
         self.sock = os.path.join(d, "redis.sock")
         self.d = d
         self.proc = None
+        self.user = self.password = None
 
-    def start(self):
+    def start(self, *extra):
         if os.path.exists(self.sock):
             os.unlink(self.sock)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", "0", "--unixsocket", self.sock,
-             "--save", "", "--appendonly", "no", "--dir", self.d],
+             "--save", "", "--appendonly", "no", "--dir", self.d, *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         record(f"pid {self.proc.pid}")
         for _ in range(500):
             if os.path.exists(self.sock):
                 break
             time.sleep(0.01)
-        self.r = redis.Redis(unix_socket_path=self.sock)
+        self.r = redis.Redis(unix_socket_path=self.sock,
+                             username=self.user, password=self.password)
         for _ in range(100):
             try:
                 self.r.ping()
@@ -303,3 +305,26 @@ def test_loading_mark_and_readiness(upstream, mirror, tmp_path):
     while b"READY=1" not in got:
         got += notify.recv(4096)
     notify.close()
+
+
+def test_auth(upstream, mirror, tmp_path):
+    # An ACL user with a password from password_file; a wrong one is
+    # reported and retried, the store staying unready.
+    upstream.kill()
+    upstream.user, upstream.password = "mirror", "s3cret"
+    upstream.start("--user", "mirror", "on", ">s3cret", "~*", "&*", "+@all",
+                   "--user", "default", "off")
+    upstream.r.set("m:1", "secret value")
+    good = tmp_path / "good.pass"
+    good.write_text("s3cret\n")
+    bad = tmp_path / "bad.pass"
+    bad.write_text("wrong\n")
+    conf, sock, logpath = mirror(
+        extra=f"user = mirror\npassword_file = {bad}\n")
+    time.sleep(0.5)
+    assert info(sock)["mirror_ready"] == 0
+    assert "WRONGPASS" in open(logpath).read() or \
+        "invalid" in open(logpath).read()
+    conf, sock, _ = mirror(extra=f"user = mirror\npassword_file = {good}\n")
+    wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    assert local_view(conf) == {b"m:1": b"secret value"}
