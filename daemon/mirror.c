@@ -360,10 +360,18 @@ static void pttl_cb(redisAsyncContext *ac, void *reply, void *priv)
         load_maybe_done();
 }
 
+/* True if commands may be sent on the data connection: a context being
+ * disconnected or freed refuses them, and their callbacks would never
+ * run. */
+static bool data_usable(void)
+{
+    return M.data != NULL && M.data_up &&
+           !(M.data->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
+}
+
 static void fetch_key(const char *key, size_t len, struct write_through *wt)
 {
-    struct fetch *f =
-        M.data != NULL && M.data_up ? calloc(1, sizeof *f + len) : NULL;
+    struct fetch *f = data_usable() ? calloc(1, sizeof *f + len) : NULL;
     if (f == NULL) {
         if (wt != NULL) {
             wt->pending--;
@@ -659,6 +667,15 @@ static void client_id_cb(redisAsyncContext *ac, void *reply, void *priv)
 static void connected_cb(const redisAsyncContext *ac, int status)
 {
     if (status != REDIS_OK) {
+        /* hiredis frees a context whose connect failed once this returns:
+         * only the other one is ours to free. */
+        if (ac == M.data) {
+            M.data = NULL;
+            M.data_up = false;
+        } else if (ac == M.inval) {
+            M.inval = NULL;
+            M.inval_up = false;
+        }
         mirror_lost(ac->errstr);
         return;
     }
@@ -748,11 +765,14 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 
 /* Ends both connections, marks the store stale, and reconnects after a
  * backoff. */
-static void mirror_lost(const char *why)
+static void mirror_lost(const char *why_given)
 {
     if (M.state == M_OFF)
         return;
-    bool was = M.state;
+    /* why may be a context's errstr, and contexts are freed below. */
+    char why[256];
+    snprintf(why, sizeof why, "%s", why_given);
+    enum mirror_state was = M.state;
     M.generation++; /* replies still queued belong to the old connections */
     M.state = M_CONNECTING;
     M.ping_sent_ms = 0;
@@ -880,7 +900,7 @@ bool mirror_write_through(struct conn *c, size_t argc,
                           const struct resp_arg *argv, const size_t *keys,
                           size_t n_keys, struct evbuffer *out)
 {
-    if (M.d == NULL || M.data == NULL || !M.data_up ||
+    if (M.d == NULL || !data_usable() ||
         (M.state != M_LIVE && M.state != M_LOADING)) {
         resp_errorf(out,
                     "UNAVAILABLE the upstream %s is unreachable%s: write "

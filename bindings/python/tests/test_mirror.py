@@ -328,3 +328,30 @@ def test_auth(upstream, mirror, tmp_path):
     conf, sock, _ = mirror(extra=f"user = mirror\npassword_file = {good}\n")
     wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
     assert local_view(conf) == {b"m:1": b"secret value"}
+
+
+def test_unreachable_tcp_upstream(mirror):
+    # A TCP port nothing listens on: each connect fails asynchronously,
+    # over and over, and shmkvd keeps serving (and retrying) unharmed.
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = []
+    got = start_shmkvd(extra=f"[upstream]\naddress = 127.0.0.1:{port}\n"
+                             "backoff_max_ms = 20\n")
+    started.append(got)
+    proc, d, key, conf, sock, logpath = got
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, open(logpath).read()
+        st = info(sock)
+        assert st["mirror_state"] == "connecting" and st["mirror_ready"] == 0
+        assert open(logpath).read().count("marked stale") == 1
+        r = redis.Redis(unix_socket_path=sock)
+        with pytest.raises(redis.exceptions.ResponseError,
+                           match="UNAVAILABLE"):
+            r.set("k", "v")  # every key is mirrored: none can be written
+        r.close()
+    finally:
+        stop_shmkvd(proc, d, key)
