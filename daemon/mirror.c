@@ -25,6 +25,15 @@
  * while the upstream is unreachable: readers see both with
  * shmkv_get_marks().
  *
+ * Redis Cluster. A probe connection first asks CLUSTER SLOTS: a
+ * standalone Redis refuses and is the one server; a Cluster's map names
+ * its primaries, each of which gets the two connections above, tracking
+ * and a SCAN of its own, and each fetch or written-through command goes
+ * to the primary of its key's slot. MOVED updates the map, ASK fetches
+ * once after ASKING, and a server not in the map rediscovers. Every
+ * server a map named (replicas too) is a seed for the next discovery, so
+ * that a failover is followed.
+ *
  * Failures. A PING every third of health_timeout_ms; no reply within
  * health_timeout_ms (a stopped or cut-off upstream), a dropped connection
  * or a failed command ends both connections: the store keeps serving what
@@ -56,6 +65,22 @@
 
 enum mirror_state { M_OFF, M_CONNECTING, M_LOADING, M_LIVE };
 
+#define MAX_NODES 64
+#define CLUSTER_SLOTS 16384
+
+/* One upstream server: the one a standalone Redis is, or each primary of
+ * a Cluster. The contexts' data field points back here. */
+struct node {
+    char host[256];
+    uint16_t port; /* 0: host is a Unix socket's path */
+    redisAsyncContext *data, *inval;
+    bool data_up, inval_up;
+    bool tracking;  /* CLIENT TRACKING answered */
+    bool scan_done; /* its SCAN reached 0 */
+    long long inval_id;
+    uint64_t ping_sent_ms; /* 0: none outstanding */
+};
+
 /* A key seen by the current load: a chained hash set. */
 struct seen_key {
     struct seen_key *next;
@@ -66,9 +91,18 @@ struct seen_key {
 struct mirror {
     struct daemon *d;
     enum mirror_state state;
-    redisAsyncContext *data, *inval;
-    bool data_up, inval_up;
-    long long inval_id;
+    /* The servers, and for a Cluster which one holds each slot; the
+     * discovery connection asks CLUSTER SLOTS first. */
+    struct node nodes[MAX_NODES];
+    int n_nodes;
+    bool cluster;
+    uint8_t slot_node[CLUSTER_SLOTS];
+    redisAsyncContext *probe;
+    /* Where to look for the topology: the configured address first, then
+     * every server a CLUSTER SLOTS reply named (replicas too, for a
+     * failover), tried in turn. */
+    char seeds[2 * MAX_NODES][272];
+    int n_seeds, next_seed;
     char *prefixes[MAX_PREFIXES];
     size_t prefix_len[MAX_PREFIXES];
     int n_prefixes;
@@ -79,11 +113,9 @@ struct mirror {
     struct event *health; /* PING, and the check of its answer */
     struct event *connect_deadline;
     uint32_t backoff_ms;
-    uint64_t ping_sent_ms; /* 0: none outstanding */
 
-    /* The load in progress: the SCAN cursor, fetches not yet answered,
-     * whether the SCAN is at its end, and the keys it saw. */
-    bool scan_done;
+    /* The load in progress: fetches not yet answered, and the keys it
+     * saw. */
     uint64_t fetching;
     struct seen_key **seen;
     size_t seen_buckets, seen_count;
@@ -235,6 +267,7 @@ static void wt_finish(struct write_through *w);
 /* A fetch: GET then PTTL of one key. */
 struct fetch {
     struct write_through *wt; /* the write it confirms, or NULL */
+    bool redirected;          /* MOVED or ASK: fetched again elsewhere */
     uint64_t generation;
     bool have_value, gone, other_type;
     char *value;
@@ -256,7 +289,7 @@ static void retry_fetch_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct retry_fetch *r = arg;
-    if ((M.state == M_LOADING || M.state == M_LIVE) && M.data_up) {
+    if (M.state == M_LOADING || M.state == M_LIVE) {
         fetch_key(r->key, r->len, r->wt);
     } else if (r->wt != NULL) {
         r->wt->pending--;
@@ -313,6 +346,35 @@ static bool apply(struct fetch *f, long long pttl)
     return false;
 }
 
+static struct node *node_named(const char *hostport);
+static void fetch_on(struct node *n, const char *key, size_t len,
+                     struct write_through *wt, bool asking);
+
+/* A Cluster moved the key's slot (MOVED: for good, the map is updated;
+ * ASK: while it migrates, this fetch only): fetch it there. A server not
+ * known yet means the topology changed more: discover it again. */
+static void redirect(const struct fetch *f, const char *err)
+{
+    bool ask = err[0] == 'A';
+    unsigned slot = 0;
+    char where[272];
+    if (sscanf(err + (ask ? 4 : 6), "%u %271s", &slot, where) != 2 ||
+        slot >= CLUSTER_SLOTS) {
+        mirror_lost("a malformed redirection");
+        return;
+    }
+    struct node *n = node_named(where);
+    if (n == NULL) {
+        mirror_lost("the Cluster's topology changed");
+        return;
+    }
+    if (!ask)
+        M.slot_node[slot] = (uint8_t)(n - M.nodes);
+    if (f->wt != NULL)
+        f->wt->pending++; /* the new fetch answers for it */
+    fetch_on(n, f->key, f->klen, f->wt, ask);
+}
+
 static void get_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)ac;
@@ -333,6 +395,11 @@ static void get_cb(redisAsyncContext *ac, void *reply, void *priv)
                strncmp(r->str, "WRONGTYPE", 9) == 0) {
         f->other_type = true;
         M.skipped_types++;
+    } else if (r->type == REDIS_REPLY_ERROR &&
+               (strncmp(r->str, "MOVED ", 6) == 0 ||
+                strncmp(r->str, "ASK ", 4) == 0)) {
+        f->redirected = true;
+        redirect(f, r->str);
     } else {
         f->gone = true; /* nothing applied from an odd reply but removal */
     }
@@ -344,7 +411,7 @@ static void pttl_cb(redisAsyncContext *ac, void *reply, void *priv)
     struct fetch *f = priv;
     redisReply *r = reply;
     bool again = false;
-    if (r != NULL && f->generation == M.generation) {
+    if (r != NULL && f->generation == M.generation && !f->redirected) {
         if (f->have_value || f->gone || f->other_type)
             again = apply(f, r->type == REDIS_REPLY_INTEGER ? r->integer : -1);
     }
@@ -360,18 +427,61 @@ static void pttl_cb(redisAsyncContext *ac, void *reply, void *priv)
         load_maybe_done();
 }
 
-/* True if commands may be sent on the data connection: a context being
+/* True if commands may be sent on n's data connection: a context being
  * disconnected or freed refuses them, and their callbacks would never
  * run. */
-static bool data_usable(void)
+static bool data_usable(const struct node *n)
 {
-    return M.data != NULL && M.data_up &&
-           !(M.data->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
+    return n != NULL && n->data != NULL && n->data_up &&
+           !(n->data->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
 }
 
-static void fetch_key(const char *key, size_t len, struct write_through *wt)
+/* Redis Cluster's hash slot: CRC16 (XMODEM) of the key, or of its hash
+ * tag (what is between the first { and the next }, if not empty). */
+static unsigned key_slot(const char *key, size_t len)
 {
-    struct fetch *f = data_usable() ? calloc(1, sizeof *f + len) : NULL;
+    const char *open = memchr(key, '{', len);
+    if (open != NULL) {
+        size_t at = (size_t)(open - key) + 1;
+        const char *close = memchr(key + at, '}', len - at);
+        if (close != NULL && close > key + at) {
+            len = (size_t)(close - (key + at));
+            key += at;
+        }
+    }
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((unsigned char)key[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = crc & 0x8000 ? (uint16_t)((crc << 1) ^ 0x1021)
+                               : (uint16_t)(crc << 1);
+    }
+    return crc % CLUSTER_SLOTS;
+}
+
+/* The server that holds key. */
+static struct node *node_of(const char *key, size_t len)
+{
+    if (!M.cluster)
+        return M.n_nodes > 0 ? &M.nodes[0] : NULL;
+    return &M.nodes[M.slot_node[key_slot(key, len)]];
+}
+
+static struct node *node_named(const char *hostport)
+{
+    for (int i = 0; i < M.n_nodes; i++) {
+        char name[272];
+        snprintf(name, sizeof name, "%s:%u", M.nodes[i].host, M.nodes[i].port);
+        if (strcmp(name, hostport) == 0)
+            return &M.nodes[i];
+    }
+    return NULL;
+}
+
+static void fetch_on(struct node *n, const char *key, size_t len,
+                     struct write_through *wt, bool asking)
+{
+    struct fetch *f = data_usable(n) ? calloc(1, sizeof *f + len) : NULL;
     if (f == NULL) {
         if (wt != NULL) {
             wt->pending--;
@@ -389,20 +499,28 @@ static void fetch_key(const char *key, size_t len, struct write_through *wt)
     size_t plens[2] = {4, len};
     M.fetches++;
     M.fetching++;
-    if (redisAsyncCommandArgv(M.data, get_cb, f, 2, get, lens) != REDIS_OK ||
-        redisAsyncCommandArgv(M.data, pttl_cb, f, 2, pttl, plens) != REDIS_OK) {
-        /* Only when the connection is going: its callbacks free f. */
-        return;
-    }
+    /* ASKING lets the next command (only) reach a slot being imported;
+     * its reply is not needed. */
+    if (asking)
+        redisAsyncCommand(n->data, NULL, NULL, "ASKING");
+    redisAsyncCommandArgv(n->data, get_cb, f, 2, get, lens);
+    if (asking)
+        redisAsyncCommand(n->data, NULL, NULL, "ASKING");
+    redisAsyncCommandArgv(n->data, pttl_cb, f, 2, pttl, plens);
+}
+
+static void fetch_key(const char *key, size_t len, struct write_through *wt)
+{
+    fetch_on(node_of(key, len), key, len, wt, false);
 }
 
 /* ---- loading ---- */
 
-static void scan_next(const char *cursor);
+static void scan_next(struct node *n, const char *cursor);
 
 static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
+    struct node *node = ac->data;
     uint64_t gen = (uint64_t)(uintptr_t)priv;
     redisReply *r = reply;
     if (r == NULL || gen != M.generation)
@@ -424,14 +542,16 @@ static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
         fetch_key(k->str, k->len, NULL);
     }
     if (strcmp(r->element[0]->str, "0") == 0) {
-        M.scan_done = true;
+        node->scan_done = true;
         load_maybe_done();
     } else {
-        scan_next(r->element[0]->str);
+        scan_next(node, r->element[0]->str);
     }
 }
 
-static void scan_next(const char *cursor)
+/* Each server's keys: a Cluster's are spread over its primaries, and
+ * SCAN walks one server's. */
+static void scan_next(struct node *node, const char *cursor)
 {
     char count[16];
     snprintf(count, sizeof count, "%" PRIu32, M.d->cfg.upstream_batch);
@@ -448,13 +568,13 @@ static void scan_next(const char *cursor)
         match[n++] = '*';
         const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", count};
         size_t lens[6] = {4, strlen(cursor), 5, n, 5, strlen(count)};
-        redisAsyncCommandArgv(M.data, scan_cb, (void *)(uintptr_t)M.generation,
-                              6, argv, lens);
+        redisAsyncCommandArgv(node->data, scan_cb,
+                              (void *)(uintptr_t)M.generation, 6, argv, lens);
     } else {
         const char *argv[4] = {"SCAN", cursor, "COUNT", count};
         size_t lens[4] = {4, strlen(cursor), 5, strlen(count)};
-        redisAsyncCommandArgv(M.data, scan_cb, (void *)(uintptr_t)M.generation,
-                              4, argv, lens);
+        redisAsyncCommandArgv(node->data, scan_cb,
+                              (void *)(uintptr_t)M.generation, 4, argv, lens);
     }
 }
 
@@ -519,8 +639,11 @@ static void sweep_unseen(void)
 
 static void load_maybe_done(void)
 {
-    if (M.state != M_LOADING || !M.scan_done || M.fetching > 0)
+    if (M.state != M_LOADING || M.fetching > 0)
         return;
+    for (int i = 0; i < M.n_nodes; i++)
+        if (!M.nodes[i].scan_done)
+            return;
     bool first = !M.loaded_once;
     /* Every load, the first too (the store may hold a snapshot's or a
      * dead daemon's keys), and one that saw no key at all. */
@@ -544,12 +667,14 @@ static void load_maybe_done(void)
 static void load_start(void)
 {
     M.state = M_LOADING;
-    M.scan_done = false;
     M.fetching = 0;
     seen_clear();
     M.load_started_ms = now_ms();
     M.reloads += M.loaded_once;
-    scan_next("0");
+    for (int i = 0; i < M.n_nodes; i++) {
+        M.nodes[i].scan_done = false;
+        scan_next(&M.nodes[i], "0");
+    }
 }
 
 /* ---- invalidations ---- */
@@ -587,7 +712,7 @@ static void inval_cb(redisAsyncContext *ac, void *reply, void *priv)
 
 static void tracking_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
+    struct node *node = ac->data;
     uint64_t gen = (uint64_t)(uintptr_t)priv;
     redisReply *r = reply;
     if (r == NULL || gen != M.generation)
@@ -596,18 +721,23 @@ static void tracking_cb(redisAsyncContext *ac, void *reply, void *priv)
         mirror_lost(r->str);
         return;
     }
+    node->tracking = true;
+    for (int i = 0; i < M.n_nodes; i++)
+        if (!M.nodes[i].tracking)
+            return;
+    /* Every server tracks for us: load. */
     M.connects++;
     if (M.connect_deadline != NULL)
         event_del(M.connect_deadline);
     load_start();
 }
 
-static void start_tracking(void)
+static void start_tracking(struct node *node)
 {
     const char *argv[6 + 2 * MAX_PREFIXES];
     size_t lens[6 + 2 * MAX_PREFIXES];
     char id[32];
-    snprintf(id, sizeof id, "%lld", M.inval_id);
+    snprintf(id, sizeof id, "%lld", node->inval_id);
     int n = 0;
     argv[n] = "CLIENT", lens[n++] = 6;
     argv[n] = "TRACKING", lens[n++] = 8;
@@ -619,8 +749,8 @@ static void start_tracking(void)
         argv[n] = "PREFIX", lens[n++] = 6;
         argv[n] = M.prefixes[i], lens[n++] = M.prefix_len[i];
     }
-    redisAsyncCommandArgv(M.data, tracking_cb, (void *)(uintptr_t)M.generation,
-                          n, argv, lens);
+    redisAsyncCommandArgv(node->data, tracking_cb,
+                          (void *)(uintptr_t)M.generation, n, argv, lens);
 }
 
 static void auth_cb(redisAsyncContext *ac, void *reply, void *priv)
@@ -646,7 +776,7 @@ static void send_auth(redisAsyncContext *ac)
 
 static void client_id_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
+    struct node *node = ac->data;
     uint64_t gen = (uint64_t)(uintptr_t)priv;
     redisReply *r = reply;
     if (r == NULL || gen != M.generation)
@@ -655,38 +785,52 @@ static void client_id_cb(redisAsyncContext *ac, void *reply, void *priv)
         mirror_lost(r->type == REDIS_REPLY_ERROR ? r->str : "CLIENT ID failed");
         return;
     }
-    M.inval_id = r->integer;
-    redisAsyncCommand(M.inval, inval_cb, (void *)(uintptr_t)M.generation,
+    node->inval_id = r->integer;
+    redisAsyncCommand(node->inval, inval_cb, (void *)(uintptr_t)M.generation,
                       "SUBSCRIBE __redis__:invalidate");
     /* SUBSCRIBE is answered on inval_cb; tracking may begin at once: an
      * invalidation for the id is delivered once the subscription is
      * made, and the load starts after tracking does. */
-    start_tracking();
+    start_tracking(node);
+}
+
+/* The context slot of node that ac is, or NULL. */
+static redisAsyncContext **slot_of(struct node *node,
+                                   const redisAsyncContext *ac, bool **up)
+{
+    if (node == NULL)
+        return NULL;
+    if (ac == node->data) {
+        *up = &node->data_up;
+        return &node->data;
+    }
+    if (ac == node->inval) {
+        *up = &node->inval_up;
+        return &node->inval;
+    }
+    return NULL;
 }
 
 static void connected_cb(const redisAsyncContext *ac, int status)
 {
+    struct node *node = ac->data;
+    bool *up = NULL;
+    redisAsyncContext **slot = slot_of(node, ac, &up);
+    if (slot == NULL)
+        return;
     if (status != REDIS_OK) {
         /* hiredis frees a context whose connect failed once this returns:
-         * only the other one is ours to free. */
-        if (ac == M.data) {
-            M.data = NULL;
-            M.data_up = false;
-        } else if (ac == M.inval) {
-            M.inval = NULL;
-            M.inval_up = false;
-        }
+         * only the others are ours to free. */
+        *slot = NULL;
+        *up = false;
         mirror_lost(ac->errstr);
         return;
     }
-    if (ac == M.inval)
-        M.inval_up = true;
-    else if (ac == M.data)
-        M.data_up = true;
-    if (M.inval_up && M.data_up) {
-        send_auth(M.inval);
-        send_auth(M.data);
-        redisAsyncCommand(M.inval, client_id_cb,
+    *up = true;
+    if (node->inval_up && node->data_up) {
+        send_auth(node->inval);
+        send_auth(node->data);
+        redisAsyncCommand(node->inval, client_id_cb,
                           (void *)(uintptr_t)M.generation, "CLIENT ID");
     }
 }
@@ -695,40 +839,146 @@ static void disconnected_cb(const redisAsyncContext *ac, int status)
 {
     (void)status;
     /* hiredis frees the context after this returns. */
-    if (ac == M.data) {
-        M.data = NULL;
-        M.data_up = false;
-    } else if (ac == M.inval) {
-        M.inval = NULL;
-        M.inval_up = false;
-    } else {
+    if (ac == M.probe) {
+        M.probe = NULL;
+        mirror_lost(ac->errstr[0] ? ac->errstr : "the upstream closed");
         return;
     }
+    bool *up = NULL;
+    redisAsyncContext **slot = slot_of(ac->data, ac, &up);
+    if (slot == NULL)
+        return;
+    *slot = NULL;
+    *up = false;
     mirror_lost(ac->errstr[0] ? ac->errstr : "the upstream closed");
 }
 
-static redisAsyncContext *connect_one(void)
+static redisAsyncContext *connect_to(const char *host, uint16_t port,
+                                     void *data)
 {
-    char host[256];
-    uint16_t port;
-    if (config_parse_upstream(M.d->cfg.upstream_address, host, sizeof host,
-                              &port) != 0)
-        return NULL;
     redisAsyncContext *ac =
         port == 0 ? redisAsyncConnectUnix(host) : redisAsyncConnect(host, port);
     if (ac == NULL)
         return NULL;
     if (ac->err) {
         /* Said once, with the loss; each retry at debug level. */
-        log_debug("mirror: cannot connect to %s: %s", M.d->cfg.upstream_address,
+        log_debug("mirror: cannot connect to %s:%u: %s", host, port,
                   ac->errstr);
         redisAsyncFree(ac);
         return NULL;
     }
+    ac->data = data;
     redisLibeventAttach(ac, M.d->base);
     redisAsyncSetConnectCallback(ac, connected_cb);
     redisAsyncSetDisconnectCallback(ac, disconnected_cb);
     return ac;
+}
+
+static void seed_add(const char *host, long long port)
+{
+    char name[272];
+    snprintf(name, sizeof name, "%s:%lld", host, port);
+    for (int i = 0; i < M.n_seeds; i++)
+        if (strcmp(M.seeds[i], name) == 0)
+            return;
+    if (M.n_seeds < (int)(sizeof M.seeds / sizeof M.seeds[0]))
+        snprintf(M.seeds[M.n_seeds++], sizeof M.seeds[0], "%s", name);
+}
+
+/* Connects both connections of every server. */
+static void nodes_connect(void)
+{
+    for (int i = 0; i < M.n_nodes; i++) {
+        struct node *n = &M.nodes[i];
+        n->inval = connect_to(n->host, n->port, n);
+        n->data = n->inval != NULL ? connect_to(n->host, n->port, n) : NULL;
+        if (n->inval == NULL || n->data == NULL) {
+            mirror_lost("cannot connect");
+            return;
+        }
+    }
+}
+
+/* CLUSTER SLOTS: a Cluster's map, or an error from a standalone Redis. */
+static void slots_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    uint64_t gen = (uint64_t)(uintptr_t)priv;
+    redisReply *r = reply;
+    if (r == NULL || gen != M.generation)
+        return;
+    redisAsyncContext *probe = M.probe;
+    M.probe = NULL;
+    char host[256];
+    uint16_t port;
+    M.n_nodes = 0;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        /* Standalone (or a cluster that will not say): the one server. */
+        M.cluster = false;
+        if (config_parse_upstream(M.seeds[M.next_seed], host, sizeof host,
+                                  &port) == 0 ||
+            config_parse_upstream(M.d->cfg.upstream_address, host, sizeof host,
+                                  &port) == 0) {
+            memset(&M.nodes[0], 0, sizeof M.nodes[0]);
+            snprintf(M.nodes[0].host, sizeof M.nodes[0].host, "%s", host);
+            M.nodes[0].port = port;
+            M.n_nodes = 1;
+        }
+    } else {
+        M.cluster = true;
+        memset(M.slot_node, 0, sizeof M.slot_node);
+        for (size_t i = 0; i < r->elements; i++) {
+            redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+                e->element[2]->type != REDIS_REPLY_ARRAY ||
+                e->element[2]->elements < 2)
+                continue;
+            long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+            const char *h = e->element[2]->element[0]->str;
+            long long p = e->element[2]->element[1]->integer;
+            if (h == NULL || lo < 0 || hi >= CLUSTER_SLOTS || lo > hi)
+                continue;
+            for (size_t k = 2; k < e->elements; k++)
+                if (e->element[k]->type == REDIS_REPLY_ARRAY &&
+                    e->element[k]->elements >= 2 &&
+                    e->element[k]->element[0]->str != NULL)
+                    seed_add(e->element[k]->element[0]->str,
+                             e->element[k]->element[1]->integer);
+            char name[272];
+            snprintf(name, sizeof name, "%s:%lld", h, p);
+            struct node *n = node_named(name);
+            if (n == NULL && M.n_nodes < MAX_NODES) {
+                n = &M.nodes[M.n_nodes++];
+                memset(n, 0, sizeof *n);
+                snprintf(n->host, sizeof n->host, "%s", h);
+                n->port = (uint16_t)p;
+            }
+            if (n != NULL)
+                for (long long sl = lo; sl <= hi; sl++)
+                    M.slot_node[sl] = (uint8_t)(n - M.nodes);
+        }
+    }
+    if (probe != NULL)
+        redisAsyncFree(probe);
+    if (M.n_nodes == 0) {
+        mirror_lost("no server in the upstream's topology");
+        return;
+    }
+    nodes_connect();
+}
+
+static void probe_connected_cb(const redisAsyncContext *ac, int status)
+{
+    if (ac != M.probe)
+        return;
+    if (status != REDIS_OK) {
+        M.probe = NULL; /* hiredis frees it */
+        mirror_lost(ac->errstr);
+        return;
+    }
+    send_auth(M.probe);
+    redisAsyncCommand(M.probe, slots_cb, (void *)(uintptr_t)M.generation,
+                      "CLUSTER SLOTS");
 }
 
 static void connect_deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -740,16 +990,32 @@ static void connect_deadline_cb(evutil_socket_t fd, short what, void *arg)
         mirror_lost("connect timed out (connect_timeout_ms)");
 }
 
+/* Asks a seed for the topology; the servers are connected once it has
+ * answered (slots_cb). */
 static void mirror_connect(void)
 {
     M.state = M_CONNECTING;
     M.generation++;
-    M.inval = connect_one();
-    M.data = M.inval != NULL ? connect_one() : NULL;
-    if (M.inval == NULL || M.data == NULL) {
+    char host[256];
+    uint16_t port;
+    M.next_seed = M.n_seeds > 0 ? (M.next_seed + 1) % M.n_seeds : 0;
+    if (M.n_seeds == 0 || config_parse_upstream(M.seeds[M.next_seed], host,
+                                                sizeof host, &port) != 0) {
+        mirror_lost("no address to connect to");
+        return;
+    }
+    M.probe =
+        port == 0 ? redisAsyncConnectUnix(host) : redisAsyncConnect(host, port);
+    if (M.probe == NULL || M.probe->err) {
+        if (M.probe != NULL)
+            redisAsyncFree(M.probe);
+        M.probe = NULL;
         mirror_lost("cannot connect");
         return;
     }
+    redisLibeventAttach(M.probe, M.d->base);
+    redisAsyncSetConnectCallback(M.probe, probe_connected_cb);
+    redisAsyncSetDisconnectCallback(M.probe, disconnected_cb);
     struct timeval tv = {M.d->cfg.upstream_connect_ms / 1000,
                          (M.d->cfg.upstream_connect_ms % 1000) * 1000};
     evtimer_add(M.connect_deadline, &tv);
@@ -763,7 +1029,27 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     mirror_connect();
 }
 
-/* Ends both connections, marks the store stale, and reconnects after a
+static void nodes_free(void)
+{
+    for (int i = 0; i < M.n_nodes; i++) {
+        struct node *n = &M.nodes[i];
+        redisAsyncContext *data = n->data, *inval = n->inval;
+        n->data = n->inval = NULL;
+        n->data_up = n->inval_up = n->tracking = false;
+        n->ping_sent_ms = 0;
+        if (data != NULL)
+            redisAsyncFree(data);
+        if (inval != NULL)
+            redisAsyncFree(inval);
+    }
+    if (M.probe != NULL) {
+        redisAsyncContext *p = M.probe;
+        M.probe = NULL;
+        redisAsyncFree(p);
+    }
+}
+
+/* Ends every connection, marks the store stale, and reconnects after a
  * backoff. */
 static void mirror_lost(const char *why_given)
 {
@@ -775,14 +1061,7 @@ static void mirror_lost(const char *why_given)
     enum mirror_state was = M.state;
     M.generation++; /* replies still queued belong to the old connections */
     M.state = M_CONNECTING;
-    M.ping_sent_ms = 0;
-    redisAsyncContext *data = M.data, *inval = M.inval;
-    M.data = M.inval = NULL;
-    M.data_up = M.inval_up = false;
-    if (data != NULL)
-        redisAsyncFree(data);
-    if (inval != NULL)
-        redisAsyncFree(inval);
+    nodes_free();
     seen_clear();
     if (M.connect_deadline != NULL)
         event_del(M.connect_deadline);
@@ -808,10 +1087,10 @@ static void mirror_lost(const char *why_given)
 
 static void ping_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
+    struct node *node = ac->data;
     uint64_t gen = (uint64_t)(uintptr_t)priv;
-    if (reply != NULL && gen == M.generation)
-        M.ping_sent_ms = 0;
+    if (reply != NULL && gen == M.generation && node != NULL)
+        node->ping_sent_ms = 0;
 }
 
 static void health_cb(evutil_socket_t fd, short what, void *arg)
@@ -819,14 +1098,19 @@ static void health_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    if (M.state == M_LOADING || M.state == M_LIVE) {
-        uint64_t now = now_ms();
-        if (M.ping_sent_ms != 0 &&
-            now - M.ping_sent_ms >= M.d->cfg.upstream_health_ms) {
+    if (M.state != M_LOADING && M.state != M_LIVE)
+        return;
+    uint64_t now = now_ms();
+    for (int i = 0; i < M.n_nodes; i++) {
+        struct node *n = &M.nodes[i];
+        if (n->ping_sent_ms != 0 &&
+            now - n->ping_sent_ms >= M.d->cfg.upstream_health_ms) {
             mirror_lost("no answer within health_timeout_ms");
-        } else if (M.ping_sent_ms == 0 && M.data != NULL) {
-            M.ping_sent_ms = now;
-            redisAsyncCommand(M.data, ping_cb, (void *)(uintptr_t)M.generation,
+            return;
+        }
+        if (n->ping_sent_ms == 0 && data_usable(n)) {
+            n->ping_sent_ms = now;
+            redisAsyncCommand(n->data, ping_cb, (void *)(uintptr_t)M.generation,
                               "PING");
         }
     }
@@ -900,7 +1184,9 @@ bool mirror_write_through(struct conn *c, size_t argc,
                           const struct resp_arg *argv, const size_t *keys,
                           size_t n_keys, struct evbuffer *out)
 {
-    if (M.d == NULL || !data_usable() ||
+    struct node *node =
+        M.d != NULL ? node_of(argv[keys[0]].data, argv[keys[0]].len) : NULL;
+    if (M.d == NULL || !data_usable(node) ||
         (M.state != M_LIVE && M.state != M_LOADING)) {
         resp_errorf(out,
                     "UNAVAILABLE the upstream %s is unreachable%s: write "
@@ -930,7 +1216,7 @@ bool mirror_write_through(struct conn *c, size_t argc,
     /* The write, then a fetch of each key it names, on one connection:
      * the fetches see the write, and the reply waits for them, so that a
      * reader of the store sees the write once its writer heard OK. */
-    redisAsyncCommandArgv(M.data, wt_reply_cb, w, (int)argc, v, lens);
+    redisAsyncCommandArgv(node->data, wt_reply_cb, w, (int)argc, v, lens);
     for (size_t i = 0; i < n_keys; i++)
         fetch_key(argv[keys[i]].data, argv[keys[i]].len, w);
     free(v);
@@ -1021,6 +1307,9 @@ int mirror_start(struct daemon *d)
         log_error("mirror: %s: %s", shmkv_strerror(rc), shmkv_last_error());
         return -1;
     }
+    snprintf(M.seeds[0], sizeof M.seeds[0], "%s", d->cfg.upstream_address);
+    M.n_seeds = 1;
+    M.next_seed = -1; /* the first connect takes seed 0 */
     M.retry = evtimer_new(d->base, retry_cb, NULL);
     M.connect_deadline = evtimer_new(d->base, connect_deadline_cb, NULL);
     M.health = event_new(d->base, -1, EV_PERSIST, health_cb, NULL);
@@ -1044,11 +1333,7 @@ void mirror_stop(struct daemon *d)
         return;
     M.state = M_OFF;
     M.generation++;
-    if (M.data != NULL)
-        redisAsyncFree(M.data);
-    if (M.inval != NULL)
-        redisAsyncFree(M.inval);
-    M.data = M.inval = NULL;
+    nodes_free();
     seen_clear();
     if (M.retry != NULL)
         event_free(M.retry);

@@ -355,3 +355,172 @@ def test_unreachable_tcp_upstream(mirror):
         r.close()
     finally:
         stop_shmkvd(proc, d, key)
+
+
+# ---- Redis Cluster ----
+
+class Cluster:
+    """Six redis-servers on loopback ports: three primaries, a replica
+    each, made a Cluster by redis-cli --cluster create."""
+
+    def __init__(self, d):
+        self.d = d
+        self.procs = {}
+        self.ports = []
+        import socket
+        while len(self.ports) < 6:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                p = s.getsockname()[1]
+            if p < 55000 and p not in self.ports:
+                self.ports.append(p)
+        for p in self.ports:
+            wd = os.path.join(d, str(p))
+            os.makedirs(wd)
+            self.procs[p] = subprocess.Popen(
+                ["redis-server", "--port", str(p), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                 "--cluster-replica-validity-factor", "0",
+                 "--cluster-config-file", "nodes.conf", "--save", "",
+                 "--appendonly", "no", "--dir", wd],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            record(f"pid {self.procs[p].pid}")
+        for p in self.ports:
+            wait_for(lambda: self._pings(p), what=f"redis on {p}")
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", "1", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        wait_for(self.ok, timeout=30, what="cluster_state:ok")
+        from redis.cluster import RedisCluster
+        self.rc = RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def _pings(self, p):
+        try:
+            return redis.Redis(port=p).ping()
+        except redis.ConnectionError:
+            return False
+
+    def ok(self):
+        for p, proc in self.procs.items():
+            if proc.poll() is None:
+                try:
+                    if redis.Redis(port=p).info("cluster").get(
+                            "cluster_state") != "ok" and \
+                            b"cluster_state:ok" not in redis.Redis(
+                                port=p).execute_command("CLUSTER", "INFO"):
+                        return False
+                except redis.ConnectionError:
+                    return False
+        return True
+
+    def primary_of(self, key):
+        slot = self.rc.keyslot(key)
+        for lo, hi, (h, p, *_), *rest in redis.Redis(
+                port=self.alive()).execute_command("CLUSTER", "SLOTS"):
+            if lo <= slot <= hi:
+                return p, slot
+        raise KeyError(key)
+
+    def alive(self):
+        return next(p for p, proc in self.procs.items() if proc.poll() is None)
+
+    def view(self):
+        out = {}
+        for k in self.rc.scan_iter(match="m:*", count=500):
+            v = self.rc.get(k)
+            if v is not None:
+                out[k] = v
+        return out
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def cluster():
+    d = tempfile.mkdtemp(prefix="shmkv-cluster-")
+    c = None
+    try:
+        c = Cluster(d)
+        yield c
+    finally:
+        if c is not None:
+            c.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_cluster(cluster):
+    rc = cluster.rc
+    for i in range(2000):
+        rc.set(f"m:{i}", f"v{i}")
+    rc.set("other", "x")
+    got = start_shmkvd(extra=f"[upstream]\naddress = 127.0.0.1:"
+                             f"{cluster.ports[0]}\nprefixes = m:\n"
+                             "health_timeout_ms = 600\nbackoff_max_ms = 200\n")
+    proc, d, key, conf, sock, logpath = got
+    try:
+        wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+        assert local_view(conf) == cluster.view()
+        assert len(local_view(conf)) == 2000
+        # Writes on every primary arrive.
+        for i in range(0, 2000, 7):
+            rc.set(f"m:{i}", f"w{i}")
+        rc.delete("m:1", "m:2")
+        want = cluster.view()
+        wait_for(lambda: local_view(conf) == want, what="convergence")
+        # Write-through routes by slot.
+        r = redis.Redis(unix_socket_path=sock)
+        for i in range(50):
+            assert r.set(f"m:wt:{i}", i)
+        assert rc.get("m:wt:49") == b"49"
+        # A slot migration: a key's slot moves to another primary, and the
+        # key is written after.
+        src, slot = cluster.primary_of("m:5")
+        dst = next(p for p in cluster.ports[:3] if p != src)
+        dst_id = redis.Redis(port=dst).execute_command(
+            "CLUSTER", "MYID").decode()
+        src_id = redis.Redis(port=src).execute_command(
+            "CLUSTER", "MYID").decode()
+        subprocess.run(["redis-cli", "--cluster", "reshard",
+                        f"127.0.0.1:{src}", "--cluster-from", src_id,
+                        "--cluster-to", dst_id, "--cluster-slots", "200",
+                        "--cluster-yes"], check=True, capture_output=True,
+                       timeout=60)
+        rc2 = __import__("redis.cluster").cluster.RedisCluster(
+            host="127.0.0.1", port=dst)
+        for i in range(2000):
+            rc2.set(f"m:{i}", f"after-migration-{i}")
+        cluster.rc = rc2
+        want = cluster.view()
+        wait_for(lambda: local_view(conf) == want, timeout=15,
+                 what="convergence after the migration")
+        # A failover: a primary dies, its replica takes over.
+        victim, _ = cluster.primary_of("m:7")
+        cluster.procs[victim].kill()
+        cluster.procs[victim].wait(10)
+        wait_for(lambda: info(sock)["mirror_stale"] == 1, what="stale")
+
+        def promoted():
+            try:
+                rc3 = __import__("redis.cluster").cluster.RedisCluster(
+                    host="127.0.0.1", port=cluster.alive())
+                rc3.set("m:7", "after-failover")
+                cluster.rc = rc3
+                return True
+            except Exception:
+                return False
+        wait_for(promoted, timeout=30, what="the failover")
+        for i in range(0, 2000, 3):
+            cluster.rc.set(f"m:{i}", f"f{i}")
+        wait_for(lambda: info(sock)["mirror_stale"] == 0, timeout=20,
+                 what="reconnect after the failover")
+        want = cluster.view()
+        wait_for(lambda: local_view(conf) == want, timeout=15,
+                 what="convergence after the failover")
+        r.close()
+    finally:
+        stop_shmkvd(proc, d, key)
