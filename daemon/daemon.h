@@ -176,6 +176,7 @@ bool mirror_ready(const struct daemon *d);
 /* True if key is one the mirror keeps (under its prefixes). */
 bool mirror_covers(const struct daemon *d, const void *key, size_t len);
 void mirror_info(const struct daemon *d, struct evbuffer *b);
+void mirror_metrics(const struct daemon *d, struct evbuffer *b);
 /* Sends a write on keys the store mirrors to the upstream; when it has
  * answered and the keys are fetched back into the store, its reply
  * answers the command (conn_job_done). keys: argv indexes. Returns false

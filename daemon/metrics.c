@@ -115,6 +115,7 @@ static int metrics_render(struct daemon *d, struct evbuffer *b)
             d->commands_parked);
     metric(b, "shmkv_uptime_seconds", "gauge", "Seconds since shmkvd started.",
            (double)(time(NULL) - d->started));
+    mirror_metrics(d, b);
     commands_prometheus(b);
     return 0;
 }

@@ -1371,3 +1371,34 @@ void mirror_info(const struct daemon *d, struct evbuffer *b)
         M.keys_loaded, M.last_load_keys, M.last_load_ms, M.skipped_types,
         M.invalidations, M.fetches, M.reloads, M.apply_failures, M.connects);
 }
+
+void mirror_metrics(const struct daemon *d, struct evbuffer *b)
+{
+    if (!mirror_enabled(d) || M.d == NULL)
+        return;
+    evbuffer_add_printf(
+        b,
+        "# HELP shmkv_mirror_ready 1 once the first load from the upstream "
+        "is whole.\n# TYPE shmkv_mirror_ready gauge\nshmkv_mirror_ready %d\n"
+        "# HELP shmkv_mirror_stale 1 while the upstream is unreachable.\n"
+        "# TYPE shmkv_mirror_stale gauge\nshmkv_mirror_stale %d\n"
+        "# HELP shmkv_mirror_stale_since_seconds Unix time the store went "
+        "stale (0: it is not).\n"
+        "# TYPE shmkv_mirror_stale_since_seconds gauge\n"
+        "shmkv_mirror_stale_since_seconds %.3f\n"
+        "# HELP shmkv_mirror_invalidations_total Invalidations received.\n"
+        "# TYPE shmkv_mirror_invalidations_total counter\n"
+        "shmkv_mirror_invalidations_total %" PRIu64 "\n"
+        "# HELP shmkv_mirror_fetches_total Keys fetched from the upstream.\n"
+        "# TYPE shmkv_mirror_fetches_total counter\n"
+        "shmkv_mirror_fetches_total %" PRIu64 "\n"
+        "# HELP shmkv_mirror_reloads_total Reloads after a reconnect.\n"
+        "# TYPE shmkv_mirror_reloads_total counter\n"
+        "shmkv_mirror_reloads_total %" PRIu64 "\n"
+        "# HELP shmkv_mirror_skipped_keys_total Keys of other types than "
+        "string, skipped.\n# TYPE shmkv_mirror_skipped_keys_total counter\n"
+        "shmkv_mirror_skipped_keys_total %" PRIu64 "\n",
+        M.loaded_once, M.stale,
+        M.stale ? (double)M.stale_since_ms / 1000.0 : 0.0, M.invalidations,
+        M.fetches, M.reloads, M.skipped_types);
+}

@@ -230,14 +230,33 @@ def test_writes(upstream, mirror):
     r.close()
 
 
+def metric(url, name):
+    text = subprocess.run(["curl", "-sf", url], capture_output=True,
+                          text=True, timeout=30, check=True).stdout
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
 def test_upstream_restart_and_kill(upstream, mirror):
+    import socket
     for i in range(100):
         upstream.r.set(f"m:{i}", i)
-    conf, sock, logpath = mirror()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/metrics"
+    conf, sock, logpath = mirror(
+        extra=f"[metrics]\nlisten = 127.0.0.1:{port}\n")
     wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
+    assert metric(url, "shmkv_mirror_ready") == 1
+    assert metric(url, "shmkv_mirror_stale") == 0
     upstream.kill()
     wait_for(lambda: info(sock)["mirror_stale"] == 1, what="stale")
     assert info(sock)["mirror_stale_since_ms"] > 0
+    assert metric(url, "shmkv_mirror_stale") == 1
+    assert metric(url, "shmkv_mirror_stale_since_seconds") > 1.7e9
     # Still serving what it had.
     assert len(local_view(conf)) == 100
     s = shmkv.open(conf, readonly=True)
