@@ -401,7 +401,15 @@ static void get_cb(redisAsyncContext *ac, void *reply, void *priv)
         f->redirected = true;
         redirect(f, r->str);
     } else {
-        f->gone = true; /* nothing applied from an odd reply but removal */
+        /* CLUSTERDOWN during a failover, LOADING after a restart, ...:
+         * the key's state is unknown, so nothing is applied (removing it
+         * would lose a key no later invalidation brings back); the
+         * upstream is taken as lost, and the reload settles every key. */
+        f->redirected = true;
+        char why[200];
+        snprintf(why, sizeof why, "GET answered %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "an odd reply");
+        mirror_lost(why);
     }
 }
 
@@ -411,6 +419,12 @@ static void pttl_cb(redisAsyncContext *ac, void *reply, void *priv)
     struct fetch *f = priv;
     redisReply *r = reply;
     bool again = false;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR &&
+        f->generation == M.generation && !f->redirected) {
+        /* As for GET: nothing applied, the upstream taken as lost. */
+        f->redirected = true;
+        mirror_lost(r->str);
+    }
     if (r != NULL && f->generation == M.generation && !f->redirected) {
         if (f->have_value || f->gone || f->other_type)
             again = apply(f, r->type == REDIS_REPLY_INTEGER ? r->integer : -1);

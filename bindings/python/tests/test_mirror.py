@@ -347,6 +347,17 @@ def test_auth(upstream, mirror, tmp_path):
     conf, sock, _ = mirror(extra=f"user = mirror\npassword_file = {good}\n")
     wait_for(lambda: info(sock).get("mirror_ready") == 1, what="the load")
     assert local_view(conf) == {b"m:1": b"secret value"}
+    # An error where a value was expected (here NOPERM; CLUSTERDOWN in a
+    # failover, LOADING after a restart) removes nothing: the mirror goes
+    # stale and reloads once the upstream answers again.
+    upstream.r.execute_command("ACL", "SETUSER", "mirror", "-get")
+    upstream.r.set("m:1", "changed")
+    wait_for(lambda: info(sock)["mirror_stale"] == 1, what="stale")
+    assert local_view(conf) == {b"m:1": b"secret value"}  # kept, stale
+    upstream.r.execute_command("ACL", "SETUSER", "mirror", "+get")
+    wait_for(lambda: info(sock)["mirror_stale"] == 0, what="recovery")
+    wait_for(lambda: local_view(conf) == {b"m:1": b"changed"},
+             what="convergence")
 
 
 def test_unreachable_tcp_upstream(mirror):
