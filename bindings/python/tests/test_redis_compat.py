@@ -310,13 +310,22 @@ def test_cache_primitives_on_the_socket(daemon, r):
         pytest.fail("a closed connection's lease was not given back")
     assert b.execute_command("SHMKV.RELEASE", "fill") == 1
     b.close()
-    # Stale values, while still in memory.
-    r.set("st", "old", px=50)
-    time.sleep(0.1)
-    assert r.get("st") is None
-    value, stale = r.execute_command("SHMKV.GETSTALE", "st")
-    assert value == b"old" and stale >= 50
-    assert r.execute_command("SHMKV.GETSTALE", "never") is None
+    # Stale values, while still in memory: on a daemon whose expiry sweep
+    # does not run meanwhile (it would reclaim the value at any time).
+    from conftest import start_shmkvd, stop_shmkvd
+    proc, d, key, _, sock2, _ = start_shmkvd(
+        extra="[daemon]\nhousekeeping_interval_ms = 60000\n")
+    try:
+        q = redis.Redis(unix_socket_path=sock2)
+        q.set("st", "old", px=50)
+        time.sleep(0.1)
+        assert q.get("st") is None
+        value, stale = q.execute_command("SHMKV.GETSTALE", "st")
+        assert value == b"old" and stale >= 50
+        assert q.execute_command("SHMKV.GETSTALE", "never") is None
+        q.close()
+    finally:
+        stop_shmkvd(proc, d, key)
     # SETF says how many live entries it evicted (none here).
     assert r.execute_command("SHMKV.SETF", "f", "v", "EX", 10) == 0
 
