@@ -172,13 +172,6 @@ static void reply_syntax(struct evbuffer *out)
     resp_error(out, "ERR syntax error");
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The absolute expiry, Unix milliseconds, that an EX, PX, EXAT or PXAT
  * argument n asks for (n > 0, as Redis requires). False if out of
  * range. */
@@ -189,7 +182,7 @@ static bool expiry_from_arg(int64_t n, bool ms, bool at, int64_t *at_ms)
     int64_t v = n;
     if (!ms && __builtin_mul_overflow(n, 1000, &v))
         return false;
-    if (!at && __builtin_add_overflow(v, now_ms(), &v))
+    if (!at && __builtin_add_overflow(v, daemon_unix_ms(), &v))
         return false;
     *at_ms = v;
     return true;
@@ -199,7 +192,7 @@ static bool expiry_from_arg(int64_t n, bool ms, bool at, int64_t *at_ms)
 static int64_t default_expiry(const struct conn *c)
 {
     uint32_t s = c->d->cfg.default_ttl_s;
-    return s == 0 ? 0 : now_ms() + (int64_t)s * 1000;
+    return s == 0 ? 0 : daemon_unix_ms() + (int64_t)s * 1000;
 }
 
 static void human_bytes(uint64_t n, char *buf, size_t cap)
@@ -310,6 +303,36 @@ static void cmd_mget(struct conn *c, size_t argc, struct resp_arg *argv,
     shmkv_read_end(kv);
 }
 
+/* A copy of a key's old value, taken under the write lock by an update
+ * function (SET ... GET, GETSET, GETDEL, GETEX), for the reply. */
+struct old_copy {
+    char *data;
+    size_t len;
+    bool had; /* the key was there */
+};
+
+static int old_keep(struct old_copy *o, const struct shmkv_update *u)
+{
+    if (u->old == NULL)
+        return 0;
+    o->data = malloc(u->old_len ? u->old_len : 1);
+    if (o->data == NULL)
+        return SHMKV_ENOMEM;
+    memcpy(o->data, u->old, u->old_len);
+    o->len = u->old_len;
+    o->had = true;
+    return 0;
+}
+
+/* The old value as a bulk string, or nil. */
+static void old_reply(struct evbuffer *out, const struct old_copy *o)
+{
+    if (o->had)
+        resp_bulk(out, o->data, o->len);
+    else
+        resp_null(out);
+}
+
 /* What a SET asks of shmkv_update (SET ... GET, or an expiry already
  * past): the old value copied out, NX/XX decided, under one write lock. */
 struct set_update {
@@ -317,22 +340,17 @@ struct set_update {
     int flags;
     int64_t expire_ms; /* absolute, 0 none, SHMKV_EXPIRE_KEEP */
     bool want_old;
-    char *old;
-    size_t old_len;
-    bool had_old;
+    struct old_copy old;
     bool written;
 };
 
 static int set_update_fn(void *arg, struct shmkv_update *u)
 {
     struct set_update *s = arg;
-    if (s->want_old && u->old != NULL) {
-        s->old = malloc(u->old_len ? u->old_len : 1);
-        if (s->old == NULL)
-            return SHMKV_ENOMEM;
-        memcpy(s->old, u->old, u->old_len);
-        s->old_len = u->old_len;
-        s->had_old = true;
+    if (s->want_old) {
+        int rc = old_keep(&s->old, u);
+        if (rc != 0)
+            return rc;
     }
     bool exists = u->old != NULL;
     if (((s->flags & SHMKV_NX) && exists) || ((s->flags & SHMKV_XX) && !exists))
@@ -386,7 +404,7 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
     if (expire == -2)
         expire = default_expiry(c);
     struct shmkv *kv = c->d->kv;
-    int64_t now = now_ms();
+    int64_t now = daemon_unix_ms();
     bool past = expire > 0 && expire <= now;
     int rc;
     struct set_update su = {.val = &argv[2],
@@ -412,14 +430,14 @@ static void cmd_set(struct conn *c, size_t argc, struct resp_arg *argv,
         /* No reply yet: it runs again, and reads the old value again. */
     } else if (rc != 0 && rc != SHMKV_EEXIST && rc != SHMKV_ENOTFOUND) {
         reply_store_error(out, rc);
-    } else if (want_old && su.had_old) {
-        resp_bulk(out, su.old, su.old_len);
+    } else if (want_old && su.old.had) {
+        resp_bulk(out, su.old.data, su.old.len);
     } else if (want_old || rc != 0) {
         resp_null(out);
     } else {
         resp_simple(out, "OK");
     }
-    free(su.old);
+    free(su.old.data);
 }
 
 static void cmd_mset(struct conn *c, size_t argc, struct resp_arg *argv,
@@ -690,23 +708,29 @@ static void cmd_strlen(struct conn *c, size_t argc, struct resp_arg *argv,
         reply_store_error(out, rc);
 }
 
+/* The reply of TTL, PTTL, EXPIRETIME and PEXPIRETIME: -2 if the key is
+ * absent (rc), -1 if it has no TTL (v < 0), else shown. */
+static void reply_key_time(struct evbuffer *out, int rc, int64_t v,
+                           int64_t shown)
+{
+    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        resp_int(out, -2);
+    else if (rc != 0)
+        reply_store_error(out, rc);
+    else
+        resp_int(out, v < 0 ? -1 : shown);
+}
+
 /* EXPIRETIME key, PEXPIRETIME key: when the key expires (Unix time), -1
  * if it has no TTL, -2 if it is absent. */
 static void cmd_expiretime(struct conn *c, size_t argc, struct resp_arg *argv,
                            struct evbuffer *out)
 {
     (void)argc;
-    int64_t at;
+    int64_t at = -1;
     int rc = shmkv_pexpiretime(c->d->kv, argv[1].data, argv[1].len, &at);
     bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
-    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
-        resp_int(out, -2);
-    else if (rc != 0)
-        reply_store_error(out, rc);
-    else if (at < 0)
-        resp_int(out, -1);
-    else
-        resp_int(out, ms ? at : at / 1000);
+    reply_key_time(out, rc, at, ms ? at : at / 1000);
 }
 
 /* TIME: the server's time, seconds and microseconds. */
@@ -757,17 +781,10 @@ static void cmd_ttl(struct conn *c, size_t argc, struct resp_arg *argv,
                     struct evbuffer *out)
 {
     (void)argc;
-    int64_t ttl;
+    int64_t ttl = -1;
     int rc = shmkv_pttl(c->d->kv, argv[1].data, argv[1].len, &ttl);
     bool ms = toupper((unsigned char)argv[0].data[0]) == 'P';
-    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
-        resp_int(out, -2);
-    else if (rc != 0)
-        reply_store_error(out, rc);
-    else if (ttl < 0)
-        resp_int(out, -1);
-    else
-        resp_int(out, ms ? ttl : (ttl + 500) / 1000);
+    reply_key_time(out, rc, ttl, ms ? ttl : (ttl + 500) / 1000);
 }
 
 /* ---- reading and writing one key in one write (shmkv_update) ---- */
@@ -780,10 +797,8 @@ struct rmw {
     struct conn *c;
     int64_t expire_ms;
     bool expire_given;
-    char *old; /* a copy of the old value, if asked for */
-    size_t old_len;
-    bool had_old;
-    char *buf; /* the new value, built */
+    struct old_copy old; /* if asked for */
+    char *buf;           /* the new value, built */
     size_t len;
     int64_t result;
     const char *error; /* a reply error: nothing was written */
@@ -792,23 +807,12 @@ struct rmw {
 
 static int rmw_keep_old(struct rmw *m, const struct shmkv_update *u)
 {
-    if (u->old == NULL)
-        return 0;
-    m->old = malloc(u->old_len ? u->old_len : 1);
-    if (m->old == NULL)
-        return SHMKV_ENOMEM;
-    memcpy(m->old, u->old, u->old_len);
-    m->old_len = u->old_len;
-    m->had_old = true;
-    return 0;
+    return old_keep(&m->old, u);
 }
 
 static void rmw_reply_old(struct evbuffer *out, const struct rmw *m)
 {
-    if (m->had_old)
-        resp_bulk(out, m->old, m->old_len);
-    else
-        resp_null(out);
+    old_reply(out, &m->old);
 }
 
 /* Runs fn on key argv[1] as one write, then answers with reply, with fn's
@@ -827,7 +831,7 @@ static void rmw_run(struct conn *c, struct rmw *m, shmkv_update_fn fn,
         reply_store_error(out, rc);
     else
         reply(out, m);
-    free(m->old);
+    free(m->old.data);
     free(m->buf);
 }
 
@@ -1124,7 +1128,7 @@ static void cmd_msetnx(struct conn *c, size_t argc, struct resp_arg *argv,
     }
     int64_t expire = default_expiry(c);
     for (size_t i = 1; rc == 0 && !any && i < argc; i += 2) {
-        int64_t left = expire - now_ms();
+        int64_t left = expire - daemon_unix_ms();
         uint64_t ttl = expire == 0 ? 0 : left > 0 ? (uint64_t)left : 1;
         rc = shmkv_pset(kv, argv[i].data, argv[i].len, argv[i + 1].data,
                         argv[i + 1].len, ttl, 0);
@@ -2007,7 +2011,7 @@ static bool ttl_option(struct conn *c, size_t argc, struct resp_arg *argv,
                     c->last_command);
         return false;
     }
-    *ttl_ms = (uint64_t)(when - now_ms());
+    *ttl_ms = (uint64_t)(when - daemon_unix_ms());
     return true;
 }
 
@@ -2083,7 +2087,7 @@ static void conn_lease_drop(struct conn *c, size_t i)
 {
     struct conn_lease *l = &c->leases[i];
     /* One that ran out may be another connection's now. */
-    if (now_ms() < l->until_ms)
+    if (daemon_unix_ms() < l->until_ms)
         shmkv_lease_release(c->d->kv, l->key, l->klen);
     free(l->key);
     c->leases[i] = c->leases[--c->n_leases];
@@ -2109,7 +2113,7 @@ static void cmd_lease(struct conn *c, size_t argc, struct resp_arg *argv,
         return;
     }
     long i = conn_lease_find(c, &argv[1]);
-    if (i >= 0 && now_ms() >= c->leases[i].until_ms)
+    if (i >= 0 && daemon_unix_ms() >= c->leases[i].until_ms)
         conn_lease_drop(c, (size_t)i); /* ran out: forget it */
     struct conn_lease *l = realloc(c->leases, (c->n_leases + 1) * sizeof *l);
     char *key = malloc(argv[1].len ? argv[1].len : 1);
@@ -2126,7 +2130,7 @@ static void cmd_lease(struct conn *c, size_t argc, struct resp_arg *argv,
     if (rc == 0) {
         memcpy(key, argv[1].data, argv[1].len);
         c->leases[c->n_leases++] = (struct conn_lease){
-            .key = key, .klen = argv[1].len, .until_ms = now_ms() + ms};
+            .key = key, .klen = argv[1].len, .until_ms = daemon_unix_ms() + ms};
         resp_int(out, 1);
         return;
     }
@@ -2145,7 +2149,7 @@ static void cmd_release(struct conn *c, size_t argc, struct resp_arg *argv,
 {
     (void)argc;
     long i = conn_lease_find(c, &argv[1]);
-    bool held = i >= 0 && now_ms() < c->leases[i].until_ms;
+    bool held = i >= 0 && daemon_unix_ms() < c->leases[i].until_ms;
     if (i >= 0)
         conn_lease_drop(c, (size_t)i);
     resp_int(out, held);

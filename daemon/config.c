@@ -920,54 +920,18 @@ void config_print(const struct config *c, FILE *out)
             c->upstream_health_ms, c->upstream_backoff_ms, c->upstream_batch);
 }
 
-int config_parse_upstream(const char *spec, char *host, size_t cap,
-                          uint16_t *port)
-{
-    if (strncmp(spec, "unix:", 5) == 0) {
-        if (spec[5] != '/' || strlen(spec + 5) >= cap ||
-            strlen(spec + 5) >= 108)
-            return -1;
-        snprintf(host, cap, "%s", spec + 5);
-        *port = 0;
-        return 0;
-    }
-    const char *colon = strrchr(spec, ':');
-    if (colon == NULL || colon == spec || colon[1] == '\0')
-        return -1;
-    size_t hlen = (size_t)(colon - spec);
-    const char *h = spec;
-    if (spec[0] == '[') {
-        if (hlen < 3 || spec[hlen - 1] != ']')
-            return -1;
-        h++;
-        hlen -= 2;
-    }
-    if (hlen >= cap)
-        return -1;
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(colon + 1, &end, 10);
-    if (*end != '\0' || errno != 0 || v == 0 || v > 65535 ||
-        !isdigit((unsigned char)colon[1]))
-        return -1;
-    for (const char *q = host; *q; q++)
-        if (isspace((unsigned char)*q))
-            return -1;
-    *port = (uint16_t)v;
-    return 0;
-}
-
-int config_parse_listen(const char *spec, char *host, size_t cap,
-                        uint16_t *port)
+/* Splits "HOST:PORT" or "[v6]:PORT" into host (brackets dropped) and a
+ * port 1 to 65535; *bracketed says which form. 0, or -1. */
+static int split_host_port(const char *spec, char *host, size_t cap,
+                           uint16_t *port, bool *bracketed)
 {
     const char *colon = strrchr(spec, ':');
     if (colon == NULL || colon == spec || colon[1] == '\0')
         return -1;
     size_t hlen = (size_t)(colon - spec);
     const char *h = spec;
-    if (spec[0] == '[') {
+    *bracketed = spec[0] == '[';
+    if (*bracketed) {
         if (hlen < 3 || spec[hlen - 1] != ']')
             return -1;
         h = spec + 1;
@@ -983,10 +947,38 @@ int config_parse_listen(const char *spec, char *host, size_t cap,
     if (*end != '\0' || errno != 0 || v == 0 || v > 65535 ||
         !isdigit((unsigned char)colon[1]))
         return -1;
-    unsigned char addr[16];
-    if (inet_pton(spec[0] == '[' ? AF_INET6 : AF_INET, host, addr) != 1)
-        return -1;
     *port = (uint16_t)v;
+    return 0;
+}
+
+int config_parse_upstream(const char *spec, char *host, size_t cap,
+                          uint16_t *port)
+{
+    if (strncmp(spec, "unix:", 5) == 0) {
+        if (spec[5] != '/' || strlen(spec + 5) >= cap ||
+            strlen(spec + 5) >= 108)
+            return -1;
+        snprintf(host, cap, "%s", spec + 5);
+        *port = 0;
+        return 0;
+    }
+    bool v6;
+    if (split_host_port(spec, host, cap, port, &v6) != 0)
+        return -1;
+    for (const char *q = host; *q; q++)
+        if (isspace((unsigned char)*q))
+            return -1;
+    return 0;
+}
+
+int config_parse_listen(const char *spec, char *host, size_t cap,
+                        uint16_t *port)
+{
+    bool v6;
+    unsigned char addr[16];
+    if (split_host_port(spec, host, cap, port, &v6) != 0 ||
+        inet_pton(v6 ? AF_INET6 : AF_INET, host, addr) != 1)
+        return -1;
     return 0;
 }
 

@@ -209,6 +209,13 @@ void command_run(struct conn *c, size_t argc, struct resp_arg *argv,
 #define STORE_WAIT_MS 2u
 #define PARK_RETRY_MS 2u
 uint64_t daemon_now_ms(void);
+/* Unix time in milliseconds: the clock libshmkv keeps expiries on. */
+static inline int64_t daemon_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 size_t command_count(void);
 
 /* The connection's job (jobs.c) has put its reply in the output: carry

@@ -55,6 +55,7 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <xxhash.h>
 
 #include "daemon.h"
 #include "log.h"
@@ -133,20 +134,6 @@ struct mirror {
 
 static struct mirror M;
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static int64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void marks_update(void)
 {
     unsigned marks = 0;
@@ -177,12 +164,9 @@ bool mirror_covers(const struct daemon *d, const void *key, size_t len)
 
 /* ---- the set of keys a load saw ---- */
 
-static uint64_t fnv(const char *p, size_t n)
+static uint64_t seen_hash(const char *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
+    return XXH3_64bits(p, n);
 }
 
 static void seen_clear(void)
@@ -204,8 +188,8 @@ static bool seen_has(const char *key, size_t len)
 {
     if (M.seen_buckets == 0)
         return false;
-    for (struct seen_key *k = M.seen[fnv(key, len) % M.seen_buckets]; k != NULL;
-         k = k->next)
+    for (struct seen_key *k = M.seen[seen_hash(key, len) % M.seen_buckets];
+         k != NULL; k = k->next)
         if (k->len == len && memcmp(k->key, key, len) == 0)
             return true;
     return false;
@@ -224,7 +208,7 @@ static void seen_add(const char *key, size_t len)
             struct seen_key *k = M.seen[b];
             while (k != NULL) {
                 struct seen_key *next = k->next;
-                size_t h = fnv(k->key, k->len) % nb;
+                size_t h = seen_hash(k->key, k->len) % nb;
                 k->next = t[h];
                 t[h] = k;
                 k = next;
@@ -239,7 +223,7 @@ static void seen_add(const char *key, size_t len)
         return;
     memcpy(k->key, key, len);
     k->len = len;
-    size_t h = fnv(key, len) % M.seen_buckets;
+    size_t h = seen_hash(key, len) % M.seen_buckets;
     k->next = M.seen[h];
     M.seen[h] = k;
     M.seen_count++;
@@ -665,7 +649,7 @@ static void load_maybe_done(void)
     M.last_load_keys = M.seen_count;
     seen_clear();
     M.state = M_LIVE;
-    M.last_load_ms = now_ms() - M.load_started_ms;
+    M.last_load_ms = daemon_now_ms() - M.load_started_ms;
     M.loaded_once = true;
     M.stale = false;
     M.backoff_ms = 0;
@@ -683,7 +667,7 @@ static void load_start(void)
     M.state = M_LOADING;
     M.fetching = 0;
     seen_clear();
-    M.load_started_ms = now_ms();
+    M.load_started_ms = daemon_now_ms();
     M.reloads += M.loaded_once;
     for (int i = 0; i < M.n_nodes; i++) {
         M.nodes[i].scan_done = false;
@@ -1081,7 +1065,7 @@ static void mirror_lost(const char *why_given)
         event_del(M.connect_deadline);
     if (!M.stale) {
         M.stale = true;
-        M.stale_since_ms = unix_ms();
+        M.stale_since_ms = daemon_unix_ms();
         marks_update();
         log_warning("mirror: lost %s (%s): serving what the store holds, "
                     "marked stale; reconnecting",
@@ -1114,7 +1098,7 @@ static void health_cb(evutil_socket_t fd, short what, void *arg)
     (void)arg;
     if (M.state != M_LOADING && M.state != M_LIVE)
         return;
-    uint64_t now = now_ms();
+    uint64_t now = daemon_now_ms();
     for (int i = 0; i < M.n_nodes; i++) {
         struct node *n = &M.nodes[i];
         if (n->ping_sent_ms != 0 &&

@@ -97,12 +97,16 @@ static void json_cstr(const char *s)
     json_str(s, strlen(s));
 }
 
-/* {"key": K, "found": false}, for a key that is not there. */
-static int json_absent(const char *key)
+/* A key that is not there: said on stderr, and with --json as {"key": K,
+ * "found": false}; the exit code. */
+static int not_found(const char *key)
 {
-    printf("{\"key\": ");
-    json_cstr(key);
-    printf(", \"found\": false}\n");
+    fprintf(stderr, "shmkvctl: %s: not found\n", key);
+    if (json) {
+        printf("{\"key\": ");
+        json_cstr(key);
+        printf(", \"found\": false}\n");
+    }
     return EXIT_NOTFOUND;
 }
 
@@ -339,6 +343,17 @@ static void exit_on_error_reply(const struct reply *r)
     if (r->type != '-')
         return;
     die(EXIT_ERROR, "%s", r->str);
+}
+
+/* A command answered with an integer (an error reply exits). */
+static int64_t command_int(struct conn *c, int argc, const char *const *argv)
+{
+    struct reply r;
+    command(c, &r, argc, argv, NULL);
+    exit_on_error_reply(&r);
+    int64_t n = r.integer;
+    reply_free(&r);
+    return n;
 }
 
 /* ---- where the daemon is ---- */
@@ -688,10 +703,8 @@ static int cmd_get(struct target *t, struct conn *c, const char *key, bool raw)
         shmkv_read_end(kv);
     }
     shmkv_close(kv);
-    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG) {
-        fprintf(stderr, "shmkvctl: %s: not found\n", key);
-        return json ? json_absent(key) : EXIT_NOTFOUND;
-    }
+    if (rc == SHMKV_ENOTFOUND || rc == SHMKV_E2BIG)
+        return not_found(key);
     if (rc != 0)
         die(EXIT_ERROR, "get %s: %s", key, shmkv_strerror(rc));
     return EXIT_OK;
@@ -871,15 +884,9 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "ttl") == 0 && nargs == 1) {
         const char *v[2] = {"TTL", args[0]};
         conn_open(&c, t.socket_path);
-        struct reply r;
-        command(&c, &r, 2, v, NULL);
-        exit_on_error_reply(&r);
-        int64_t ttl = r.integer;
-        reply_free(&r);
-        if (ttl == -2) {
-            fprintf(stderr, "shmkvctl: %s: not found\n", args[0]);
-            return json ? json_absent(args[0]) : EXIT_NOTFOUND;
-        }
+        int64_t ttl = command_int(&c, 2, v);
+        if (ttl == -2)
+            return not_found(args[0]);
         if (json) {
             printf("{\"key\": ");
             json_cstr(args[0]);
@@ -903,15 +910,8 @@ int main(int argc, char **argv)
                 args[1]);
         const char *v[3] = {"EXPIRE", args[0], args[1]};
         conn_open(&c, t.socket_path);
-        struct reply r;
-        command(&c, &r, 3, v, NULL);
-        exit_on_error_reply(&r);
-        int64_t done = r.integer;
-        reply_free(&r);
-        if (done == 0) {
-            fprintf(stderr, "shmkvctl: %s: not found\n", args[0]);
-            return json ? json_absent(args[0]) : EXIT_NOTFOUND;
-        }
+        if (command_int(&c, 3, v) == 0)
+            return not_found(args[0]);
         if (json) {
             printf("{\"key\": ");
             json_cstr(args[0]);

@@ -56,6 +56,27 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Waits for child pid: killed by a signal, or exited with 0. */
+static void reap(pid_t pid, bool killed)
+{
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (killed) {
+        assert_true(WIFSIGNALED(status));
+    } else {
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+}
+
+/* shmkv_check finds nothing wrong. */
+static void check_clean(struct shmkv *kv)
+{
+    struct shmkv_check_report rep;
+    assert_int_equal(shmkv_check(kv, &rep), 0);
+    assert_int_equal(rep.problems, 0);
+}
+
 static bool present(struct shmkv *kv, const char *key)
 {
     size_t len;
@@ -359,14 +380,10 @@ static void test_write_section(void **state)
         shmkv_close(w);
         _exit(rc == SHMKV_ETIMEDOUT ? 0 : 2);
     }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    reap(pid, false);
     assert_int_equal(shmkv_write_end(kv), 0);
     assert_int_equal(shmkv_set(kv, "c", 1, "1", 1, 0, 0), 0);
-    assert_int_equal(shmkv_check(kv, &rep), 0);
-    assert_int_equal(rep.problems, 0);
+    check_clean(kv);
     finish(kv);
 }
 
@@ -475,12 +492,8 @@ static void test_no_update_lost(void **state)
         shmkv_close(w);
         _exit(0);
     }
-    for (int p = 0; p < CAS_PROCS; p++) {
-        int status;
-        assert_int_equal(waitpid(pids[p], &status, 0), pids[p]);
-        assert_true(WIFEXITED(status));
-        assert_int_equal(WEXITSTATUS(status), 0);
-    }
+    for (int p = 0; p < CAS_PROCS; p++)
+        reap(pids[p], false);
     char buf[4096];
     size_t len;
     assert_int_equal(shmkv_get_copy(kv, "counter", 7, buf, 31, &len), 0);
@@ -527,15 +540,11 @@ static void test_killed_holding_the_lock(void **state)
             shmkv_update(w, "done2", 5, die_fn, NULL);
             _exit(1);
         }
-        int status;
-        assert_int_equal(waitpid(pid, &status, 0), pid);
-        assert_true(WIFSIGNALED(status));
+        reap(pid, true);
         assert_int_equal(shmkv_set(kv, "after", 5, "1", 1, 0, 0), 0);
         assert_true(present(kv, round == 0 ? "done" : "done2"));
     }
-    struct shmkv_check_report rep;
-    assert_int_equal(shmkv_check(kv, &rep), 0);
-    assert_int_equal(rep.problems, 0);
+    check_clean(kv);
     finish(kv);
 }
 
@@ -576,12 +585,7 @@ static void test_lease_basics(void **state)
             /* Round 1: likely in the dead process's slot. */
             _exit(shmkv_lease_release(w, "dies", 4) == SHMKV_ENOTFOUND ? 0 : 3);
         }
-        int status;
-        assert_int_equal(waitpid(pid, &status, 0), pid);
-        if (round == 1) {
-            assert_true(WIFEXITED(status));
-            assert_int_equal(WEXITSTATUS(status), 0);
-        }
+        reap(pid, round == 0);
     }
     assert_int_equal(shmkv_lease_take(kv, "dies", 4, 60000, NULL), 0);
 
@@ -694,16 +698,8 @@ static void test_get_or_fill_stampede(void **state)
             shmkv_close(w);
             _exit(0);
         }
-        for (int p = 0; p < STAMPEDE; p++) {
-            int status;
-            assert_int_equal(waitpid(pids[p], &status, 0), pids[p]);
-            if (round == 1 && p == 0) {
-                assert_true(WIFSIGNALED(status));
-                continue;
-            }
-            assert_true(WIFEXITED(status));
-            assert_int_equal(WEXITSTATUS(status), 0);
-        }
+        for (int p = 0; p < STAMPEDE; p++)
+            reap(pids[p], round == 1 && p == 0);
         /* One fill (two in round 1: the dead one's and its successor's). */
         assert_int_equal(counter(kv, "fills"), round == 0 ? 1 : 3);
         char name[32];

@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -665,7 +666,9 @@ static PyObject *store_expire(StoreObject *s, PyObject *args, PyObject *kw)
     Py_RETURN_TRUE;
 }
 
-static PyObject *store_ttl(StoreObject *s, PyObject *keyobj)
+/* ttl() and pttl(): the time left in seconds (rounded, as Redis) or in
+ * milliseconds; None without a TTL, KeyError if absent. */
+static PyObject *ttl_common(StoreObject *s, PyObject *keyobj, bool ms)
 {
     struct thread_rec *r = rec_get(s);
     if (r == NULL)
@@ -674,7 +677,8 @@ static PyObject *store_ttl(StoreObject *s, PyObject *keyobj)
     if (key_get(keyobj, &k) != 0)
         return NULL;
     int64_t ttl = 0;
-    int rc = shmkv_ttl(r->kv, k.data, (size_t)k.len, &ttl);
+    int rc = ms ? shmkv_pttl(r->kv, k.data, (size_t)k.len, &ttl)
+                : shmkv_ttl(r->kv, k.data, (size_t)k.len, &ttl);
     key_put(&k);
     if (rc == SHMKV_ENOTFOUND) {
         PyErr_SetObject(PyExc_KeyError, keyobj);
@@ -687,26 +691,14 @@ static PyObject *store_ttl(StoreObject *s, PyObject *keyobj)
     return PyLong_FromLongLong(ttl);
 }
 
+static PyObject *store_ttl(StoreObject *s, PyObject *keyobj)
+{
+    return ttl_common(s, keyobj, false);
+}
+
 static PyObject *store_pttl(StoreObject *s, PyObject *keyobj)
 {
-    struct thread_rec *r = rec_get(s);
-    if (r == NULL)
-        return NULL;
-    struct key k;
-    if (key_get(keyobj, &k) != 0)
-        return NULL;
-    int64_t ttl = 0;
-    int rc = shmkv_pttl(r->kv, k.data, (size_t)k.len, &ttl);
-    key_put(&k);
-    if (rc == SHMKV_ENOTFOUND) {
-        PyErr_SetObject(PyExc_KeyError, keyobj);
-        return NULL;
-    }
-    if (rc != 0)
-        return raise_rc(rc);
-    if (ttl < 0)
-        Py_RETURN_NONE;
-    return PyLong_FromLongLong(ttl);
+    return ttl_common(s, keyobj, true);
 }
 
 static PyObject *store_version(StoreObject *s, PyObject *keyobj)

@@ -50,7 +50,6 @@ def store(key):
         s.destroy()
 
 
-# A shmkvd of its own, on a store at a unique key: (config path, socket).
 def start_shmkvd(extra="", size="8M", eviction="noeviction", env=None):
     """Starts a shmkvd of its own; returns (proc, dir, key, conf, sock, log
     path). extra: more config lines, sections included."""
@@ -92,34 +91,10 @@ def stop_shmkvd(proc, d, key):
 
 @pytest.fixture
 def daemon():
-    shmkvd = os.environ.get("SHMKVD", str(ROOT / "build" / "shmkvd"))
-    if not os.access(shmkvd, os.X_OK):
-        pytest.skip(f"no shmkvd at {shmkvd}: build it first")
-    d = tempfile.mkdtemp(prefix="shmkv-py-")
-    key = unique_key()
-    conf = os.path.join(d, "shmkvd.conf")
-    sock = os.path.join(d, "shmkvd.sock")
-    with open(conf, "w") as f:
-        f.write(f"[store]\nkey = {key}\nsize = 8M\nmode = 0600\n"
-                f"[control]\nsocket = {sock}\n"
-                "[persistence]\nsave_on_shutdown = no\n")
-    log = open(os.path.join(d, "shmkvd.log"), "w")
-    proc = subprocess.Popen([shmkvd, "--foreground", "-c", conf], stderr=log)
-    record(f"pid {proc.pid}")
+    proc, d, key, conf, sock, logpath = start_shmkvd()
     try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("shmkvd did not start")
+        if not os.path.exists(sock):
+            pytest.fail("shmkvd did not start: " + open(logpath).read())
         yield conf, sock
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-        log.close()
-        shutil.rmtree(d, ignore_errors=True)
-        try:
-            shmkv.remove(key)
-        except shmkv.NoStore:
-            pass
+        stop_shmkvd(proc, d, key)
