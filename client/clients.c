@@ -10,6 +10,26 @@
  * a semaphore: nothing a reader can write (the reader segment, the reader
  * semaphores) bears on a writer's slot, its claims or its lock state.
  *
+ * Readers of one user are kept from readers of another by reader chunks.
+ * Where the store's owner registers them (shmkvd, which names its control
+ * socket in the control header), a read-only handle takes its slot in a
+ * chunk of its own user: a segment of CHUNK_SLOTS client slots and a
+ * semaphore set of as many, made by the first such handle of that user,
+ * then handed to the store's owner and group (IPC_SET) with read and
+ * write for the owner and the writers only. The maker keeps its access
+ * as the objects' creator; readers of other users have none. It asks the
+ * owner, over the socket, to register them: the owner checks by the
+ * kernel's own records (the peer's SO_PEERCRED, the objects' creator,
+ * owner, mode and size) that this user made them, and enters them in the
+ * chunk table, which only writers may write. Writers scan every
+ * registered chunk's claims with the others (reclaim.c). So what a reader
+ * scribbles on is its own user's, and a hostile reader's peers of other
+ * users see no section revoked or slot taken because of it. A user holds
+ * at most half the table (CHUNKS_PER_UID), so that no one user can take
+ * every reader's place. Where no owner registers, or registering fails
+ * (shmkvd stopped, a table full), the handle takes a slot in the shared
+ * reader segment, as every reader of a store without shmkvd does.
+ *
  * A dead process's slot keeps what it left until a writer frees it: its
  * read claim (writers drop it when they need what it holds back), and a
  * writer's lock state. A lock state that names the lock in use is the
@@ -17,7 +37,18 @@
  * reused before the lock was replaced (lock.c). Counters stay with their
  * slot, freed or not, so that the store's sums keep them.
  */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -156,12 +187,486 @@ static uint32_t slots_reap(struct shmkv *kv, enum live_kind k, uint32_t n)
     return freed;
 }
 
+/* Frees the dead processes' slots in the registered chunks. */
+static uint32_t chunks_reap(struct shmkv *kv)
+{
+    chunks_follow(kv);
+    uint32_t freed = 0;
+    for (uint32_t k = 0;
+         kv->chunk_maps != NULL && k < kv->ctl_tail_fixed.chunk_count; k++) {
+        const struct chunk_map *m = &kv->chunk_maps[k];
+        uint8_t alive[CHUNK_SLOTS];
+        if (m->slots == NULL || !liveness_all_at(m->semid, CHUNK_SLOTS, alive))
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
+            if (alive[i] || atomic_load_explicit(&m->slots[i].pid,
+                                                 memory_order_relaxed) == 0)
+                continue;
+            /* Holding its semaphore keeps a claimer out while it is
+             * cleaned. */
+            if (liveness_claim_at(m->semid, (unsigned short)i) != 0)
+                continue;
+            claim_drop(kv->ctl, &m->slots[i]);
+            liveness_release_at(m->semid, (unsigned short)i);
+            freed++;
+        }
+    }
+    return freed;
+}
+
 uint32_t client_slots_reap(struct shmkv *kv)
 {
     if (kv->rdonly)
         return 0; /* a writer's work: it writes the control segment */
     return slots_reap(kv, LIVE_READER, clients_scan_raise(kv)) +
-           slots_reap(kv, LIVE_WRITER, writers_scan_limit(kv));
+           slots_reap(kv, LIVE_WRITER, writers_scan_limit(kv)) +
+           chunks_reap(kv);
+}
+
+/* ---- reader chunks ---- */
+
+const struct reader_chunk *chunk_table(const struct shmkv *kv)
+{
+    return (const struct reader_chunk *)((const char *)kv->ctl +
+                                         kv->ctl_tail_fixed.chunks_off);
+}
+
+unsigned chunk_mode(unsigned store_mode)
+{
+    unsigned m = 0600;
+    if (store_mode & 0020)
+        m |= 0060;
+    if (store_mode & 0002)
+        m |= 0006;
+    return m;
+}
+
+/* Takes slot i of a chunk this handle attached at addr: the slot's
+ * process is this one while the semaphore is up. */
+static void chunk_slot_take(struct shmkv *kv, uint32_t k, void *addr, int semid,
+                            uint32_t i)
+{
+    struct client_slot *s = (struct client_slot *)addr + i;
+    atomic_store(&s->claim, 0);
+    atomic_store(&s->pid, (int32_t)kv->pid);
+    kv->slot = s;
+    kv->slot_index = i;
+    kv->slot_owned = true;
+    kv->slot_writer = false;
+    kv->chunk_seg = addr;
+    kv->chunk_semid = semid;
+    kv->pin_index = (uint32_t)(2 * kv->max_clients + k * CHUNK_SLOTS + i);
+    /* Writers scan every registered chunk whole. */
+    kv->covered = true;
+}
+
+/* Takes a free slot of chunk k, which the table says this user made: 0,
+ * 1 if it has none free (or is not usable), or an error. */
+static int chunk_slot_try(struct shmkv *kv, uint32_t k)
+{
+    const struct reader_chunk *t = &chunk_table(kv)[k];
+    int shmid = atomic_load(&t->shmid);
+    int semid = atomic_load(&t->semid);
+    void *addr;
+    uint64_t bytes;
+    if (segment_attach(shmid, false, &addr, &bytes) != 0)
+        return 1;
+    if (bytes < CHUNK_BYTES) {
+        shmdt(addr);
+        return 1;
+    }
+    for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
+        int rc = liveness_claim_at(semid, (unsigned short)i);
+        if (rc < 0)
+            break;
+        if (rc == 0) {
+            /* Still the table's: an entry is reused only once its
+             * segment is gone, and this one is attached. */
+            chunk_slot_take(kv, k, addr, semid, i);
+            return 0;
+        }
+    }
+    shmdt(addr);
+    return 1;
+}
+
+/* Makes a chunk for this user: a segment and a semaphore set, handed to
+ * the store's owner and group with chunk_mode's bits. */
+static int chunk_make(struct shmkv *kv, int *shmid_out, int *semid_out)
+{
+    struct shmid_ds cs;
+    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0)
+        return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT) of the store");
+    unsigned mode = chunk_mode(kv->ctl->mode);
+    int shmid = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | IPC_EXCL | 0600);
+    if (shmid < 0)
+        return set_errno_error(SHMKV_ESYS, "shmget of a reader chunk");
+    int semid =
+        semget(IPC_PRIVATE, (int)CHUNK_SLOTS, IPC_CREAT | IPC_EXCL | 0600);
+    if (semid < 0) {
+        shmctl(shmid, IPC_RMID, NULL);
+        return set_errno_error(SHMKV_ESYS, "semget of a reader chunk");
+    }
+    struct shmid_ds ds;
+    struct semid_ds sd;
+    union {
+        int val;
+        struct semid_ds *buf;
+    } arg = {.buf = &sd};
+    bool ok = shmctl(shmid, IPC_STAT, &ds) == 0 &&
+              semctl(semid, 0, IPC_STAT, arg) == 0;
+    if (ok) {
+        ds.shm_perm.uid = sd.sem_perm.uid = cs.shm_perm.uid;
+        ds.shm_perm.gid = sd.sem_perm.gid = cs.shm_perm.gid;
+        ds.shm_perm.mode = sd.sem_perm.mode = mode;
+        ok = shmctl(shmid, IPC_SET, &ds) == 0 &&
+             semctl(semid, 0, IPC_SET, arg) == 0;
+    }
+    if (!ok) {
+        int err = errno;
+        shmctl(shmid, IPC_RMID, NULL);
+        semctl(semid, 0, IPC_RMID);
+        errno = err;
+        return set_errno_error(SHMKV_ESYS,
+                               "handing a reader chunk to the store's owner");
+    }
+    *shmid_out = shmid;
+    *semid_out = semid;
+    return 0;
+}
+
+/* How long a handle waits for the owner to register its chunk. */
+#define REGISTER_WAIT_MS 2000
+
+/* Asks the owner at the control header's registrar socket to register
+ * the chunk: its index in the table, or an error. */
+static int chunk_register(struct shmkv *kv, int shmid, int semid,
+                          uint32_t *index)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, kv->ctl->registrar, sizeof sa.sun_path - 1);
+    if (sa.sun_path[0] == '\0')
+        return set_error(SHMKV_ESYS, "the store's owner registers no "
+                                     "reader chunks");
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return set_errno_error(SHMKV_ESYS, "socket");
+    int rc = 0;
+    char req[128];
+    char ids[2][16];
+    int l0 = snprintf(ids[0], sizeof ids[0], "%d", shmid);
+    int l1 = snprintf(ids[1], sizeof ids[1], "%d", semid);
+    int n = snprintf(req, sizeof req,
+                     "*3\r\n$13\r\nSHMKV.READERS\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n",
+                     l0, ids[0], l1, ids[1]);
+    uint64_t deadline = monotonic_ms() + REGISTER_WAIT_MS;
+    char reply[256];
+    size_t got = 0, sent = 0;
+    bool connected = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (!connected && errno != EINPROGRESS && errno != EAGAIN) {
+        rc = set_errno_error(SHMKV_ESYS, "connecting to the registrar");
+        goto out;
+    }
+    for (;;) {
+        uint64_t now = monotonic_ms();
+        if (now >= deadline) {
+            rc = set_error(SHMKV_ETIMEDOUT, "%s did not answer within %d ms",
+                           sa.sun_path, REGISTER_WAIT_MS);
+            goto out;
+        }
+        struct pollfd p = {.fd = fd,
+                           .events = sent < (size_t)n ? POLLOUT : POLLIN};
+        if (poll(&p, 1, (int)(deadline - now)) < 0 && errno != EINTR) {
+            rc = set_errno_error(SHMKV_ESYS, "poll");
+            goto out;
+        }
+        if (sent < (size_t)n) {
+            ssize_t w = send(fd, req + sent, (size_t)n - sent, MSG_NOSIGNAL);
+            if (w > 0)
+                sent += (size_t)w;
+            else if (w < 0 && errno != EAGAIN && errno != EINTR &&
+                     errno != ENOTCONN) {
+                rc = set_errno_error(SHMKV_ESYS, "writing to the registrar");
+                goto out;
+            }
+            continue;
+        }
+        ssize_t r = recv(fd, reply + got, sizeof reply - 1 - got, 0);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            rc = set_error(SHMKV_ESYS, "%s closed the connection", sa.sun_path);
+            goto out;
+        }
+        if (r > 0)
+            got += (size_t)r;
+        reply[got] = '\0';
+        if (strstr(reply, "\r\n") != NULL || got == sizeof reply - 1)
+            break;
+    }
+    char *end;
+    if (reply[0] == ':') {
+        unsigned long k = strtoul(reply + 1, &end, 10);
+        if (end != reply + 1 && *end == '\r' &&
+            k < kv->ctl_tail_fixed.chunk_count) {
+            *index = (uint32_t)k;
+            goto out;
+        }
+    }
+    reply[strcspn(reply, "\r\n")] = '\0';
+    rc = set_error(SHMKV_EACCES, "%s refused the reader chunk: %s", sa.sun_path,
+                   reply);
+out:
+    close(fd);
+    return rc;
+}
+
+/* Takes a slot in one of this user's chunks, making and registering one
+ * if none has a free slot: 0, or 1 where the reader segment must serve
+ * (the store has no registrar, or it could not register one; the reason
+ * is the last error). */
+static int chunk_claim(struct shmkv *kv)
+{
+    const struct reader_chunk *t = chunk_table(kv);
+    uint32_t n = (uint32_t)kv->ctl_tail_fixed.chunk_count;
+    if (kv->ctl->registrar[0] == '\0' || n == 0)
+        return 1;
+    uint32_t me = (uint32_t)geteuid();
+    for (uint32_t k = 0; k < n; k++) {
+        if (atomic_load_explicit(&t[k].state, memory_order_acquire) !=
+                CHUNK_ACTIVE ||
+            t[k].uid != me)
+            continue;
+        int rc = chunk_slot_try(kv, k);
+        if (rc <= 0)
+            return rc;
+    }
+    int shmid, semid;
+    if (chunk_make(kv, &shmid, &semid) != 0)
+        return 1;
+    /* Held before it is registered: the owner never sees it empty. */
+    uint32_t k;
+    int rc = liveness_claim_at(semid, 0);
+    if (rc == 0)
+        rc = chunk_register(kv, shmid, semid, &k);
+    void *addr = NULL;
+    uint64_t bytes;
+    if (rc == 0 && (atomic_load(&t[k].shmid) != shmid ||
+                    atomic_load_explicit(&t[k].state, memory_order_acquire) !=
+                        CHUNK_ACTIVE))
+        rc = set_error(SHMKV_ECORRUPT, "the chunk table does not show the "
+                                       "chunk registered");
+    if (rc == 0)
+        rc = segment_attach(shmid, false, &addr, &bytes);
+    if (rc != 0) {
+        shmctl(shmid, IPC_RMID, NULL);
+        semctl(semid, 0, IPC_RMID); /* drops the hold too */
+        return 1;
+    }
+    chunk_slot_take(kv, k, addr, semid, 0);
+    return 0;
+}
+
+void chunks_follow(struct shmkv *kv)
+{
+    uint32_t v =
+        atomic_load_explicit(&kv->ctl->chunks_version, memory_order_acquire);
+    uint32_t n = (uint32_t)kv->ctl_tail_fixed.chunk_count;
+    if (n == 0 || (kv->chunk_maps != NULL && v == kv->chunk_maps_version))
+        return;
+    if (kv->chunk_maps == NULL) {
+        kv->chunk_maps = calloc(n, sizeof *kv->chunk_maps);
+        if (kv->chunk_maps == NULL)
+            return; /* scans without them make chunks' sections stale */
+        for (uint32_t k = 0; k < n; k++)
+            kv->chunk_maps[k].shmid = -1;
+    }
+    kv->chunk_maps_version = v;
+    const struct reader_chunk *t = chunk_table(kv);
+    for (uint32_t k = 0; k < n; k++) {
+        struct chunk_map *m = &kv->chunk_maps[k];
+        bool active = atomic_load_explicit(&t[k].state, memory_order_acquire) ==
+                      CHUNK_ACTIVE;
+        int shmid = active ? atomic_load(&t[k].shmid) : -1;
+        int semid = active ? atomic_load(&t[k].semid) : -1;
+        if (m->shmid == shmid && m->semid == semid)
+            continue;
+        if (m->slots != NULL)
+            shmdt(m->slots);
+        *m = (struct chunk_map){.shmid = shmid, .semid = semid};
+        void *addr;
+        uint64_t bytes;
+        if (shmid >= 0 && segment_attach(shmid, false, &addr, &bytes) == 0) {
+            if (bytes >= CHUNK_BYTES)
+                m->slots = addr;
+            else
+                shmdt(addr);
+        }
+    }
+}
+
+static void chunks_detach(struct shmkv *kv)
+{
+    if (kv->chunk_maps != NULL) {
+        for (uint32_t k = 0; k < kv->ctl_tail_fixed.chunk_count; k++)
+            if (kv->chunk_maps[k].slots != NULL)
+                shmdt(kv->chunk_maps[k].slots);
+        free(kv->chunk_maps);
+        kv->chunk_maps = NULL;
+    }
+    free(kv->scan_sets);
+    kv->scan_sets = NULL;
+}
+
+/* Whether segment shmid and semaphore set semid are a chunk `uid` made
+ * and handed to this process's user and the store's group with the
+ * chunk's bits: the kernel's records, which no reader can forge. */
+static int chunk_verify(const struct shmkv *kv, uint32_t uid, int shmid,
+                        int semid)
+{
+    struct shmid_ds cs, ds;
+    struct semid_ds sd;
+    union {
+        int val;
+        struct semid_ds *buf;
+    } arg = {.buf = &sd};
+    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0)
+        return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT) of the store");
+    if (shmctl(shmid, IPC_STAT, &ds) != 0 ||
+        semctl(semid, 0, IPC_STAT, arg) != 0)
+        return set_error(SHMKV_EACCES, "no such segment and semaphore set "
+                                       "handed to the store's owner");
+    unsigned mode = chunk_mode(kv->ctl->mode);
+    if (ds.shm_perm.cuid != uid || sd.sem_perm.cuid != uid)
+        return set_error(SHMKV_EACCES, "the chunk was not made by uid %u",
+                         (unsigned)uid);
+    if (ds.shm_perm.uid != cs.shm_perm.uid ||
+        sd.sem_perm.uid != cs.shm_perm.uid ||
+        ds.shm_perm.gid != cs.shm_perm.gid ||
+        sd.sem_perm.gid != cs.shm_perm.gid ||
+        (ds.shm_perm.mode & 0777) != mode || (sd.sem_perm.mode & 0777) != mode)
+        return set_error(SHMKV_EACCES,
+                         "the chunk is not handed to the "
+                         "store's owner and group with mode "
+                         "%04o",
+                         mode);
+    if (ds.shm_segsz != CHUNK_BYTES || sd.sem_nsems != CHUNK_SLOTS)
+        return set_error(SHMKV_EINVAL,
+                         "a chunk is %u bytes and %u "
+                         "semaphores",
+                         (unsigned)CHUNK_BYTES, CHUNK_SLOTS);
+    return 0;
+}
+
+/* Whether entry k's segment still exists (an entry whose segment is gone
+ * may be given to another chunk: no process can take a slot in it). */
+static bool chunk_exists(const struct reader_chunk *t)
+{
+    struct shmid_ds ds;
+    return shmctl(atomic_load(&t->shmid), IPC_STAT, &ds) == 0 ||
+           errno == EACCES;
+}
+
+static struct client_pin *pins_of(const struct shmkv *kv)
+{
+    return (struct client_pin *)((char *)kv->ctl + kv->ctl_tail_fixed.pins_off);
+}
+
+int shmkv_register_readers(struct shmkv *kv, unsigned uid, int shmid, int semid,
+                           unsigned *index)
+{
+    if (kv == NULL || index == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle or index");
+    if (kv->rdonly)
+        return set_error(SHMKV_ERDONLY, "the handle is read-only");
+    int rc = chunk_verify(kv, uid, shmid, semid);
+    if (rc != 0)
+        return rc;
+    rc = write_begin(kv);
+    if (rc != 0)
+        return rc;
+    struct reader_chunk *t = (struct reader_chunk *)chunk_table(kv);
+    uint32_t n = (uint32_t)kv->ctl_tail_fixed.chunk_count;
+    uint32_t mine = 0, slot = UINT32_MAX;
+    for (uint32_t k = 0; k < n; k++) {
+        bool active = atomic_load(&t[k].state) == CHUNK_ACTIVE;
+        if (active && atomic_load(&t[k].shmid) == shmid) {
+            *index = k; /* asked twice */
+            write_end(kv);
+            return 0;
+        }
+        bool live = active && chunk_exists(&t[k]);
+        if (live && t[k].uid == uid)
+            mine++;
+        if (!live && slot == UINT32_MAX)
+            slot = k;
+    }
+    if (mine >= n / 2 || slot == UINT32_MAX) {
+        write_end(kv);
+        return set_error(SHMKV_ECLIENTS,
+                         mine >= n / 2
+                             ? "uid %u holds %u reader chunks, its share of "
+                               "the store's %u"
+                             : "all %3$u reader chunks of the store are "
+                               "taken (uid %1$u holds %2$u)",
+                         uid, mine, n);
+    }
+    /* No scan looks at the entry while the lock is held: its pins start
+     * afresh, then it is published. */
+    struct client_pin *pins = pins_of(kv) + 2 * (uint64_t)kv->max_clients +
+                              (uint64_t)slot * CHUNK_SLOTS;
+    memset((void *)pins, 0, CHUNK_SLOTS * sizeof *pins);
+    atomic_store(&t[slot].state, CHUNK_FREE);
+    t[slot].uid = uid;
+    atomic_store(&t[slot].shmid, shmid);
+    atomic_store(&t[slot].semid, semid);
+    atomic_store_explicit(&t[slot].state, CHUNK_ACTIVE, memory_order_release);
+    atomic_fetch_add_explicit(&kv->ctl->chunks_version, 1,
+                              memory_order_release);
+    write_end(kv);
+    *index = slot;
+    return 0;
+}
+
+int shmkv_set_registrar(struct shmkv *kv, const char *path)
+{
+    if (kv == NULL)
+        return set_error(SHMKV_EINVAL, "NULL handle");
+    if (kv->rdonly || !kv->owner)
+        return set_error(SHMKV_ERDONLY, "only the store's owner registers "
+                                        "reader chunks");
+    size_t len = path != NULL ? strlen(path) : 0;
+    if (len >= REGISTRAR_BYTES)
+        return set_error(SHMKV_EINVAL,
+                         "a socket path of %zu bytes is over "
+                         "%u",
+                         len, REGISTRAR_BYTES - 1);
+    char buf[REGISTRAR_BYTES] = {0};
+    if (len > 0)
+        memcpy(buf, path, len);
+    memcpy(kv->ctl->registrar, buf, sizeof buf);
+    return 0;
+}
+
+void chunks_remove(struct ctl_header *c)
+{
+    struct reader_chunk *t = (struct reader_chunk *)((char *)c + c->chunks_off);
+    for (uint64_t k = 0; k < c->chunk_count; k++) {
+        if (atomic_load(&t[k].state) != CHUNK_ACTIVE)
+            continue;
+        struct shmid_ds ds;
+        /* Only what the table says, as its maker left it. */
+        if (shmctl(atomic_load(&t[k].shmid), IPC_STAT, &ds) == 0 &&
+            ds.shm_perm.cuid == t[k].uid && ds.shm_segsz == CHUNK_BYTES)
+            shmctl(atomic_load(&t[k].shmid), IPC_RMID, NULL);
+        struct semid_ds sd;
+        union {
+            int val;
+            struct semid_ds *buf;
+        } arg = {.buf = &sd};
+        if (semctl(atomic_load(&t[k].semid), 0, IPC_STAT, arg) == 0 &&
+            sd.sem_perm.cuid == t[k].uid && sd.sem_nsems == CHUNK_SLOTS)
+            semctl(atomic_load(&t[k].semid), 0, IPC_RMID);
+        atomic_store(&t[k].state, CHUNK_FREE);
+    }
 }
 
 int client_slot_claim(struct shmkv *kv)
@@ -170,6 +675,11 @@ int client_slot_claim(struct shmkv *kv)
     const struct client_slot *slots =
         writer ? writer_claims(kv) : client_slots(kv);
     kv->slot_index = UINT32_MAX;
+    if (!writer) {
+        int rc = chunk_claim(kv);
+        if (rc <= 0)
+            return rc;
+    }
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < kv->max_clients; i++) {
             /* First the slots nobody left anything in; then any whose
@@ -197,9 +707,14 @@ int client_slot_claim(struct shmkv *kv)
 
 void client_slot_release(struct shmkv *kv)
 {
+    chunks_detach(kv);
     if (kv->slot == NULL)
         return;
-    if (kv->slot_owned) {
+    if (kv->slot_owned && kv->chunk_seg != NULL) {
+        atomic_store(&kv->slot->claim, 0);
+        atomic_store(&kv->slot->pid, 0);
+        liveness_release_at(kv->chunk_semid, (unsigned short)kv->slot_index);
+    } else if (kv->slot_owned) {
         const struct ctl_header *c = kv->ctl;
         atomic_store(&kv->slot->claim, 0);
         atomic_store(&kv->slot->pid, 0);
@@ -210,6 +725,9 @@ void client_slot_release(struct shmkv *kv)
         liveness_release(c, kv->slot_writer ? LIVE_WRITER : LIVE_READER,
                          kv->slot_index);
     }
+    if (kv->chunk_seg != NULL)
+        shmdt(kv->chunk_seg);
+    kv->chunk_seg = NULL;
     kv->slot = NULL;
     kv->wslot = NULL;
     kv->slot_owned = false;

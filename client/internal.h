@@ -20,8 +20,20 @@ struct ctl_tail {
     int64_t created_unix;
     uint64_t locks_off, wclients_off, wslots_off, pins_off, reader_bytes,
         clients_off, recency_off, recency_cells, versions_off, version_cells,
-        leases_off;
+        leases_off, chunks_off, chunk_count;
 };
+
+/* Reader chunks: enough for twice max_clients read-only handles, so that
+ * one user, who may hold half (CHUNKS_PER_UID), cannot take them all. */
+static inline uint64_t chunk_count_for(uint64_t max_clients)
+{
+    return 2 * ((max_clients + CHUNK_SLOTS - 1) / CHUNK_SLOTS);
+}
+/* Pins: the readers' slots', the writers', then the chunks' slots'. */
+static inline uint64_t pin_count(uint64_t max_clients, uint64_t chunk_count)
+{
+    return 2 * max_clients + chunk_count * CHUNK_SLOTS;
+}
 
 /* The data header's fixed part: every field before `entries`. */
 #define DATA_FIXED_BYTES offsetof(struct data_header, entries)
@@ -41,6 +53,16 @@ struct shmkv {
     bool covered;
     char *reader_seg; /* the reader segment, attached read-write */
     int reader_shmid;
+    /* A read-only handle's slot in a reader chunk of its user's: the
+     * chunk as attached, and its semaphore set; NULL where the slot is
+     * in the reader segment (clients.c). */
+    char *chunk_seg;
+    int chunk_semid;
+    /* A writer's attachments of the registered chunks, as of the
+     * table's chunks_version (chunks_follow). */
+    struct chunk_map *chunk_maps;
+    uint32_t chunk_maps_version;
+    struct claim_set *scan_sets; /* room for 2 + chunk_count (reclaim.c) */
 
     /* The read claim stored when the open section began, and the count
      * of claim scans begun then. */
@@ -193,6 +215,12 @@ int liveness_claim(const struct ctl_header *c, enum live_kind k,
                    uint32_t index);
 void liveness_release(const struct ctl_header *c, enum live_kind k,
                       uint32_t index);
+/* The same for semaphore num of set id: a reader chunk's (clients.c). */
+int liveness_claim_at(int id, unsigned short num);
+void liveness_release_at(int id, unsigned short num);
+bool liveness_alive_at(int id, unsigned short num);
+/* The first n (at most CHUNK_SLOTS) of set id, as liveness_all. */
+bool liveness_all_at(int id, uint32_t n, uint8_t *alive);
 /* true unless the process holding index's semaphore is known dead (or
  * none holds it). */
 bool liveness_alive(const struct ctl_header *c, enum live_kind k,
@@ -398,6 +426,37 @@ void lock_release(struct shmkv *kv);
 int lock_recover_if_dead(struct shmkv *kv);
 
 /* clients.c: client slots */
+/* A registered reader chunk as one handle attached it: slots NULL if it
+ * could not (gone, or another user's to a reader). */
+struct chunk_map {
+    int shmid;
+    int semid;
+    struct client_slot *slots;
+};
+const struct reader_chunk *chunk_table(const struct shmkv *kv);
+/* The claims a scan looks at: the readers' client slots, the writers',
+ * then each registered chunk's. semid: the chunk's semaphore set, -1 for
+ * the others (kind says which sets). */
+struct claim_set {
+    struct client_slot *slots;
+    uint32_t n;
+    uint32_t pin_base; /* pin of slot i: pin_base + i */
+    enum live_kind kind;
+    int semid;
+};
+static inline bool claim_set_alive(const struct ctl_header *c,
+                                   const struct claim_set *set, uint32_t i)
+{
+    return set->semid >= 0 ? liveness_alive_at(set->semid, (unsigned short)i)
+                           : liveness_alive(c, set->kind, i);
+}
+/* A chunk's permission bits: read and write for the owner and whoever
+ * the store's mode lets write. */
+unsigned chunk_mode(unsigned store_mode);
+/* Brings kv->chunk_maps up to the chunk table. */
+void chunks_follow(struct shmkv *kv);
+/* Removes the registered chunks (the store is being removed). */
+void chunks_remove(struct ctl_header *c);
 int client_slot_claim(struct shmkv *kv);
 void client_slot_release(struct shmkv *kv);
 /* Frees the slots of dead processes that nothing needs any more. */

@@ -20,9 +20,11 @@
  *                   where no reader can touch it
  *     writer slots  per writers' client slot, a line written by its writer:
  *                   what lock it is taking or holds, its counters
- *     pins          per client slot of either kind, written by writers
- *                   scanning claims: since when a claim holds memory back,
- *                   and what the scans found (reclaim.c)
+ *     pins          per client slot of either kind, and per chunk's slot,
+ *                   written by writers scanning claims: since when a claim
+ *                   holds memory back, and what the scans found (reclaim.c)
+ *     chunk table   chunk_count records of a reader chunk: its user, its
+ *                   segment and its semaphore set (clients.c)
  *     fill leases   LEASE_SLOTS records of who fills which missing key
  *                   (write.c, shmkv_lease_take)
  *     version cells uint64 counters indexed by a hash of the key that does
@@ -37,6 +39,15 @@
  *                   its own hit/miss counters
  *     recency cells uint32 LRU stamps indexed by the hash tag (lru stores)
  *
+ *   reader chunks (IPC_PRIVATE, each made by one reader's user; clients.c)
+ *     CHUNK_SLOTS client slots, as in the reader segment, for the
+ *     read-only handles of that user alone: its maker hands it to the
+ *     store's owner and the writers, so that readers of other users
+ *     cannot touch it. The control segment's chunk table, which the
+ *     owner fills once it has checked who made a chunk, names them; a
+ *     store whose owner registers none (no shmkvd) uses only the reader
+ *     segment.
+ *
  *   data segment (IPC_PRIVATE, one per generation; writers only)
  *     data_header   identity, geometry, allocator state, entry count, the
  *                   intent of the write in progress
@@ -49,7 +60,8 @@
  *   semaphore sets (IPC_PRIVATE; liveness.c)
  *     reader sets: one semaphore per readers' client slot, raised with
  *     SEM_UNDO by the handle that owns the slot; writer sets (writers
- *     only): one per writers' client slot, and one for the store's owner.
+ *     only): one per writers' client slot, and one for the store's owner;
+ *     and a set of CHUNK_SLOTS per reader chunk, made with it.
  *     The kernel lowers them when the process dies, whatever its pid
  *     namespace. Nothing a writer does rests on the reader sets but a
  *     reader's liveness.
@@ -77,6 +89,10 @@
 #define SEM_SETS_MAX 4u
 #define EVENT_SLOTS 64u
 #define MIRROR_PREFIX_BYTES 1024u
+/* A Unix socket's path, NUL included (sun_path). */
+#define REGISTRAR_BYTES 108u
+/* Client slots in a reader chunk: one page of them. */
+#define CHUNK_SLOTS 64u
 
 /* ctl_header.current: bit 63 closed, bits 32..62 generation, 0..31 shmid. */
 #define CURRENT_CLOSED (1ull << 63)
@@ -148,6 +164,9 @@ struct client_slot {
     _Atomic uint64_t stale; /* sections that ended revoked */
 };
 
+/* A reader chunk's segment: CHUNK_SLOTS client slots, nothing else. */
+#define CHUNK_BYTES (CHUNK_SLOTS * 64u)
+
 /* The reader segment's header: one past the highest client slot a reader
  * has taken, which writers copy into ctl_header.clients_hwm. */
 struct reader_header {
@@ -170,6 +189,21 @@ struct writer_slot {
     _Atomic uint64_t sets;
     _Atomic uint64_t deletes;
 };
+
+/* A reader chunk in the control segment's table: state CHUNK_ACTIVE once
+ * the owner checked that `uid` made the segment and the semaphore set
+ * and handed them to it; written by the owner only, under the write
+ * lock. */
+#define CHUNK_FREE 0u
+#define CHUNK_ACTIVE 1u
+struct reader_chunk {
+    _Atomic uint32_t state;
+    uint32_t uid;
+    _Atomic int32_t shmid;
+    _Atomic int32_t semid;
+};
+_Static_assert(CHUNK_BYTES == CHUNK_SLOTS * sizeof(struct client_slot),
+               "a chunk is its slots");
 
 /* pin.seen: what the last scan of the claims to find a change in the slot
  * found there, as far as any scan's decision goes (whether the claim is
@@ -249,6 +283,8 @@ struct ctl_header {
     uint64_t version_cells; /* a power of two */
     uint64_t leases_off;    /* the fill leases (control segment) */
     uint64_t lease_slots;
+    uint64_t chunks_off;  /* the reader chunk table (control segment) */
+    uint64_t chunk_count; /* its records; their pins follow the others' */
 
     /* The generation word readers load on every operation. */
     alignas(CACHE_LINE) _Atomic uint64_t current;
@@ -307,6 +343,13 @@ struct ctl_header {
 
     /* The mirrored prefixes, each a length byte and its bytes. */
     char mirror_prefixes[MIRROR_PREFIX_BYTES];
+
+    /* Bumped by each change of the reader chunk table, after it. */
+    alignas(CACHE_LINE) _Atomic uint32_t chunks_version;
+    /* The control socket where the owner registers reader chunks
+     * (shmkvd's), NUL-terminated; empty: none, readers use the reader
+     * segment. */
+    char registrar[REGISTRAR_BYTES];
 
     /* LRU clock: advanced by writers, copied into recency cells. */
     alignas(CACHE_LINE) _Atomic uint32_t lru_clock;

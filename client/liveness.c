@@ -159,11 +159,8 @@ void liveness_remove(struct ctl_header *c)
     }
 }
 
-int liveness_claim(const struct ctl_header *c, enum live_kind k, uint32_t index)
+int liveness_claim_at(int id, unsigned short num)
 {
-    int id;
-    unsigned short num;
-    sem_locate(c, k, index, &id, &num);
     struct sembuf ops[2] = {
         {.sem_num = num, .sem_op = 0, .sem_flg = IPC_NOWAIT},
         {.sem_num = num, .sem_op = 1, .sem_flg = SEM_UNDO | IPC_NOWAIT},
@@ -185,15 +182,35 @@ int liveness_claim(const struct ctl_header *c, enum live_kind k, uint32_t index)
     }
 }
 
+void liveness_release_at(int id, unsigned short num)
+{
+    struct sembuf op = {
+        .sem_num = num, .sem_op = -1, .sem_flg = SEM_UNDO | IPC_NOWAIT};
+    semop(id, &op, 1);
+}
+
+bool liveness_alive_at(int id, unsigned short num)
+{
+    int v = semctl(id, num, GETVAL);
+    /* Unreadable: not known dead, so treated as alive. */
+    return v != 0;
+}
+
+int liveness_claim(const struct ctl_header *c, enum live_kind k, uint32_t index)
+{
+    int id;
+    unsigned short num;
+    sem_locate(c, k, index, &id, &num);
+    return liveness_claim_at(id, num);
+}
+
 void liveness_release(const struct ctl_header *c, enum live_kind k,
                       uint32_t index)
 {
     int id;
     unsigned short num;
     sem_locate(c, k, index, &id, &num);
-    struct sembuf op = {
-        .sem_num = num, .sem_op = -1, .sem_flg = SEM_UNDO | IPC_NOWAIT};
-    semop(id, &op, 1);
+    liveness_release_at(id, num);
 }
 
 bool liveness_alive(const struct ctl_header *c, enum live_kind k,
@@ -202,9 +219,25 @@ bool liveness_alive(const struct ctl_header *c, enum live_kind k,
     int id;
     unsigned short num;
     sem_locate(c, k, index, &id, &num);
-    int v = semctl(id, num, GETVAL);
-    /* Unreadable: not known dead, so treated as alive. */
-    return v != 0;
+    return liveness_alive_at(id, num);
+}
+
+bool liveness_all_at(int id, uint32_t n, uint8_t *alive)
+{
+    unsigned short vals[CHUNK_SLOTS];
+    /* GETALL writes as many as the set has: the set is made of
+     * CHUNK_SLOTS, but the id is taken from memory, so check. */
+    struct semid_ds ds;
+    union semun_arg st = {.buf = &ds};
+    if (n > CHUNK_SLOTS || semctl(id, 0, IPC_STAT, st) != 0 ||
+        ds.sem_nsems != CHUNK_SLOTS)
+        return false;
+    union semun_arg arg = {.array = vals};
+    if (semctl(id, 0, GETALL, arg) != 0)
+        return false;
+    for (uint32_t i = 0; i < n; i++)
+        alive[i] = vals[i] != 0;
+    return true;
 }
 
 bool liveness_all(const struct ctl_header *c, enum live_kind k, uint32_t n,

@@ -50,6 +50,7 @@
  * Revocation and dead readers are logged as events (events.c).
  */
 #include <sched.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "internal.h"
@@ -174,28 +175,41 @@ bool read_scans_found(const struct shmkv *kv, uint64_t upto)
                (1u << 30);
 }
 
-/* The claims a scan looks at: the readers' client slots, then the
- * writers'. */
-struct claim_set {
-    struct client_slot *slots;
-    uint32_t n;
-    uint32_t pin_base; /* pin of slot i: pin_base + i */
-    enum live_kind kind;
-};
-
 /* Begins a scan of the claims: raises how far scans look at readers'
  * slots, then counts the scan (seq_cst, before the claims' loads), then
  * reads how far writers' slots go (raised by each writer as it takes one,
- * before its first claim). Returns the scan's number. */
-static uint64_t scan_begin(struct shmkv *kv, struct claim_set set[2])
+ * before its first claim), then takes in the reader chunks registered
+ * (under the write lock, as every scan: a chunk registered before it was
+ * taken is in the table). Points *sets at the sets to look at, local (two)
+ * if the handle has no room for the chunks' (their sections then end
+ * stale: no scan records their claims), and returns how many. */
+static uint32_t scan_begin(struct shmkv *kv, struct claim_set local[2],
+                           struct claim_set **sets, uint64_t *scan)
 {
+    uint64_t chunks = kv->ctl_tail_fixed.chunk_count;
+    if (kv->scan_sets == NULL)
+        kv->scan_sets = calloc(2 + chunks, sizeof *kv->scan_sets);
+    struct claim_set *set = kv->scan_sets != NULL ? kv->scan_sets : local;
     set[0] = (struct claim_set){client_slots(kv), clients_scan_raise(kv), 0,
-                                LIVE_READER};
-    uint64_t scan =
+                                LIVE_READER, -1};
+    *scan =
         atomic_fetch_add_explicit(&kv->ctl->scans, 1, memory_order_seq_cst) + 1;
     set[1] = (struct claim_set){writer_claims(kv), writers_scan_limit(kv),
-                                kv->max_clients, LIVE_WRITER};
-    return scan;
+                                kv->max_clients, LIVE_WRITER, -1};
+    uint32_t n = 2;
+    if (set != local) {
+        chunks_follow(kv);
+        for (uint32_t k = 0; kv->chunk_maps != NULL && k < chunks; k++) {
+            const struct chunk_map *m = &kv->chunk_maps[k];
+            if (m->slots != NULL)
+                set[n++] = (struct claim_set){
+                    m->slots, CHUNK_SLOTS,
+                    (uint32_t)(2 * kv->max_clients + k * CHUNK_SLOTS),
+                    LIVE_READER, m->semid};
+        }
+    }
+    *sets = set;
+    return n;
 }
 
 /* Ends scan `scan`: every slot's pin shows what it found. */
@@ -289,14 +303,15 @@ static uint32_t claims_oldest(struct shmkv *kv)
     }
     /* The unlinks before, the claims' loads after. */
     atomic_thread_fence(memory_order_seq_cst);
-    struct claim_set set[2];
-    uint64_t scan = scan_begin(kv, set);
+    struct claim_set local[2], *set;
+    uint64_t scan;
+    uint32_t nsets = scan_begin(kv, local, &set, &scan);
     /* How far behind now the oldest claim is: a distance, so that the
      * claims are in one order (compared pairwise on 32 bits they need not
      * be, and a chain of claims each older than the last could end newer
      * than the first). A claim ahead of now is no section's. */
     uint32_t behind = 0;
-    for (int k = 0; k < 2; k++) {
+    for (uint32_t k = 0; k < nsets; k++) {
         for (uint32_t i = 0; i < set[k].n; i++) {
             uint64_t cl = atomic_load_explicit(&set[k].slots[i].claim,
                                                memory_order_seq_cst);
@@ -444,7 +459,7 @@ static uint64_t pinned_section(struct shmkv *kv, const struct claim_set *set,
     struct client_slot *s = &set->slots[i];
     int32_t pid = atomic_load_explicit(&s->pid, memory_order_relaxed);
     uint64_t revoked = CLAIM_MAKE(CLAIM_EPOCH(claim), CLAIM_REVOKED);
-    if (!liveness_alive(c, set->kind, i)) {
+    if (!claim_set_alive(c, set, i)) {
         if (!atomic_compare_exchange_strong(&s->claim, &claim, revoked))
             return claim; /* changed meanwhile: looked at again */
         atomic_fetch_add(&c->dead_readers, 1);
@@ -506,9 +521,10 @@ int readers_wait_past(struct shmkv *kv, uint32_t epoch, bool wait)
             kv->wait_ms = now_ms;
         uint64_t wait_ms = kv->wait_ms;
         bool blocked = false;
-        struct claim_set set[2];
-        uint64_t scan = scan_begin(kv, set);
-        for (int k = 0; k < 2; k++) {
+        struct claim_set local[2], *set;
+        uint64_t scan;
+        uint32_t nsets = scan_begin(kv, local, &set, &scan);
+        for (uint32_t k = 0; k < nsets; k++) {
             for (uint32_t i = 0; i < set[k].n; i++) {
                 uint64_t cl = atomic_load_explicit(&set[k].slots[i].claim,
                                                    memory_order_seq_cst);

@@ -110,6 +110,24 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
         st->lock_timeouts += atomic_load(&wslots[i].lock_timeouts);
     }
     free(alive);
+    /* The reader chunks this handle can see: all of them from a writer,
+     * its own user's from a reader. */
+    chunks_follow(kv);
+    for (uint32_t k = 0;
+         kv->chunk_maps != NULL && k < kv->ctl_tail_fixed.chunk_count; k++) {
+        const struct chunk_map *m = &kv->chunk_maps[k];
+        uint8_t live[CHUNK_SLOTS];
+        if (m->slots == NULL)
+            continue;
+        bool seen = liveness_all_at(m->semid, CHUNK_SLOTS, live);
+        for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
+            if (atomic_load(&m->slots[i].pid) != 0 && (!seen || live[i]))
+                st->clients++;
+            st->hits += atomic_load(&m->slots[i].hits);
+            st->misses += atomic_load(&m->slots[i].misses);
+            st->stale_sections += atomic_load(&m->slots[i].stale);
+        }
+    }
     st->max_key_bytes = c->max_key_bytes;
     st->max_value_bytes = c->max_value_bytes;
     st->eviction = (enum shmkv_eviction)c->eviction;

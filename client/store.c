@@ -112,6 +112,8 @@ struct geometry {
     uint64_t versions_off;
     uint64_t version_cells;
     uint64_t leases_off;
+    uint64_t chunks_off;
+    uint64_t chunk_count;
 };
 
 /* Lays out a data segment's regions in *d: header, index, limbo ring, undo
@@ -220,11 +222,16 @@ static int check_options(const struct shmkv_options *o, struct geometry *g)
         g->wclients_off + (uint64_t)o->max_clients * sizeof(struct client_slot);
     g->pins_off =
         g->wslots_off + (uint64_t)o->max_clients * sizeof(struct writer_slot);
-    g->leases_off = align_up(g->pins_off + 2 * (uint64_t)o->max_clients *
-                                               sizeof(struct client_pin),
+    g->chunk_count = chunk_count_for(o->max_clients);
+    g->leases_off =
+        align_up(g->pins_off + pin_count(o->max_clients, g->chunk_count) *
+                                   sizeof(struct client_pin),
+                 CACHE_LINE);
+    g->chunks_off = align_up(g->leases_off + LEASE_SLOTS * sizeof(struct lease),
                              CACHE_LINE);
-    g->versions_off = align_up(
-        g->leases_off + LEASE_SLOTS * sizeof(struct lease), CACHE_LINE);
+    g->versions_off =
+        align_up(g->chunks_off + g->chunk_count * sizeof(struct reader_chunk),
+                 CACHE_LINE);
     g->version_cells = next_pow2(entries / VERSION_ENTRIES_PER_CELL);
     if (g->version_cells < MIN_VERSION_CELLS)
         g->version_cells = MIN_VERSION_CELLS;
@@ -345,10 +352,15 @@ static int ctl_validate(const struct ctl_header *c, uint64_t seg_bytes)
             c->wslots_off ||
         c->wslots_off + (uint64_t)c->max_clients * sizeof(struct writer_slot) >
             c->pins_off ||
-        c->pins_off + 2 * (uint64_t)c->max_clients * sizeof(struct client_pin) >
+        c->chunk_count != chunk_count_for(c->max_clients) ||
+        c->pins_off + pin_count(c->max_clients, c->chunk_count) *
+                          sizeof(struct client_pin) >
             c->leases_off ||
         c->lease_slots != LEASE_SLOTS || c->leases_off % 8 != 0 ||
-        c->leases_off + LEASE_SLOTS * sizeof(struct lease) > c->versions_off ||
+        c->leases_off + LEASE_SLOTS * sizeof(struct lease) > c->chunks_off ||
+        c->chunks_off % 8 != 0 ||
+        c->chunks_off + c->chunk_count * sizeof(struct reader_chunk) >
+            c->versions_off ||
         c->versions_off % 8 != 0 || c->versions_off > seg_bytes ||
         c->version_cells == 0 || c->version_cells > MAX_VERSION_CELLS ||
         (c->version_cells & (c->version_cells - 1)) != 0 ||
@@ -516,7 +528,9 @@ struct ctl_tail ctl_tail_of(const struct ctl_header *c)
                              .recency_cells = c->recency_cells,
                              .versions_off = c->versions_off,
                              .version_cells = c->version_cells,
-                             .leases_off = c->leases_off};
+                             .leases_off = c->leases_off,
+                             .chunks_off = c->chunks_off,
+                             .chunk_count = c->chunk_count};
 }
 
 int ctl_intact(const struct shmkv *kv)
@@ -585,6 +599,7 @@ static void ctl_remove_all(struct ctl_header *c, int ctl_id)
     }
     if (c->reader_shmid >= 0)
         shmctl(c->reader_shmid, IPC_RMID, NULL);
+    chunks_remove(c);
     liveness_remove(c);
     shmctl(ctl_id, IPC_RMID, NULL);
 }
@@ -660,6 +675,8 @@ int shmkv_create(const struct shmkv_options *opts, struct shmkv **out)
     c->version_cells = g.version_cells;
     c->leases_off = g.leases_off;
     c->lease_slots = LEASE_SLOTS;
+    c->chunks_off = g.chunks_off;
+    c->chunk_count = g.chunk_count;
     atomic_store(&c->epoch, 1);
     atomic_store(&c->resize_shmid, -1);
     atomic_store(&c->resize_from, -1);

@@ -14,6 +14,7 @@
  * what can change at run time, naming what needs a restart.
  */
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <event2/event.h>
 #include <getopt.h>
@@ -148,6 +149,22 @@ static void store_options(const struct config *cfg, struct shmkv_options *o)
     o->reader_timeout_ms = cfg->reader_timeout_ms;
     o->max_clients = cfg->max_handles;
     o->huge_pages = cfg->huge_pages;
+}
+
+/* Names the control socket, by its absolute path, as where read-only
+ * handles register their users' reader chunks (libshmkv's clients.c). */
+static void register_readers_here(struct daemon *d)
+{
+    char path[PATH_MAX];
+    int rc = SHMKV_EINVAL;
+    if (realpath(d->socket_path, path) != NULL)
+        rc = shmkv_set_registrar(d->kv, path);
+    if (rc != 0)
+        log_warning("read-only handles of different users will share the "
+                    "reader segment: the socket's absolute path cannot be "
+                    "named in the store (%s)",
+                    rc == SHMKV_EINVAL ? "over 107 bytes, or unresolved"
+                                       : shmkv_last_error());
 }
 
 /* Creates the store, or adopts one a dead daemon left. */
@@ -798,6 +815,7 @@ int main(int argc, char **argv)
     shmkv_set_timeout(d->kv, STORE_WAIT_MS);
     if (control_start(d) != 0)
         goto out_store;
+    register_readers_here(d);
     if (setup_events(d) != 0 || jobs_init(d) != 0) {
         log_error("cannot set up events");
         goto out_control;

@@ -44,7 +44,7 @@ extern "C" {
 #define SHMKV_VERSION_STRING "0.1.0"
 /* The store layout this library reads and writes: a store of another
  * layout is refused with SHMKV_EVERSION. */
-#define SHMKV_LAYOUT_VERSION 9u
+#define SHMKV_LAYOUT_VERSION 10u
 
 /* An open handle on a store. */
 typedef struct shmkv shmkv_t;
@@ -225,6 +225,21 @@ int shmkv_set_marks(struct shmkv *kv, unsigned marks);
  * SHMKV_EMIRRORED. n 0 lifts it. The owner's handle only (shmkvd). */
 int shmkv_set_mirror(struct shmkv *kv, const char *const *prefixes,
                      const size_t *lens, size_t n);
+
+/* Reader chunks keep read-only handles of different users apart (README,
+ * "Who can do what"). The store's owner (shmkvd) names the Unix socket
+ * where it registers them (NULL or "" for none: read-only handles then
+ * share the reader segment); SHMKV_ERDONLY for any other handle. */
+int shmkv_set_registrar(struct shmkv *kv, const char *path);
+/* The owner's side of a registration: enters the segment shmid and the
+ * semaphore set semid in the store's chunk table for user uid, once the
+ * kernel's records show that uid made them and handed them to the
+ * store's owner and group with the chunk's mode; *index is the entry.
+ * uid must be the requester's as the kernel reports it (SO_PEERCRED).
+ * SHMKV_EACCES if the objects are not so, SHMKV_ECLIENTS if the table or
+ * uid's share of it (half) is full. */
+int shmkv_register_readers(struct shmkv *kv, unsigned uid, int shmid, int semid,
+                           unsigned *index);
 
 /* The store's marks (SHMKV_MARK_*) in *marks; 0 on a store no owner has
  * marked. */

@@ -22,6 +22,7 @@
 #include <grp.h>
 #include <sys/resource.h>
 #include <sys/prctl.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -736,6 +737,9 @@ static void test_config_readers(void **state)
             _exit(13);
         if (shmat(id, NULL, 0) != (void *)-1 || errno != EACCES)
             _exit(14);
+        /* Its slot is in a chunk of its user's, which shmkvd registered. */
+        if (kv->chunk_seg == NULL)
+            _exit(15);
         shmkv_close(kv);
         _exit(0);
     }
@@ -745,7 +749,24 @@ static void test_config_readers(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
     assert_int_equal(run(out, sizeof out, "redis-cli -s %s get k", E.sock), 0);
     assert_string_equal(out, "v\n");
+    assert_true(log_contains("reader chunk 0 registered for uid 65534"));
+    /* The chunk is the store's, and goes with it. */
+    struct shmkv *w;
+    assert_int_equal(shmkv_open(E.key, 0, &w), 0);
+    const struct reader_chunk *t = chunk_table(w);
+    assert_int_equal(atomic_load(&t[0].state), CHUNK_ACTIVE);
+    assert_int_equal(t[0].uid, 65534);
+    int chunk_shm = atomic_load(&t[0].shmid),
+        chunk_sem = atomic_load(&t[0].semid);
+    assert_int_equal(shmctl(chunk_shm, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_perm.cuid, 65534);
+    assert_int_equal(ds.shm_perm.uid, 0);
+    assert_int_equal(ds.shm_perm.mode & 0777, 0600);
+    shmkv_close(w);
     assert_int_equal(daemon_stop(), 0);
+    assert_int_equal(shmctl(chunk_shm, IPC_STAT, &ds), -1);
+    struct semid_ds sds;
+    assert_int_equal(semctl(chunk_sem, 0, IPC_STAT, &sds), -1);
 }
 
 /* A reply that would take one connection's output past the hard limit

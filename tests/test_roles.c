@@ -19,6 +19,11 @@
  *   and puts it back after a writer reused memory (the one attack the
  *   claim alone cannot see): the victim's section ends SHMKV_ESTALE
  *   whenever what it read changed.
+ * - With reader chunks registered (a registrar standing in for shmkvd's
+ *   socket), the same scribbler, now also over its own chunk, reaches no
+ *   other user's reader: the kernel refuses it the other chunk, the
+ *   honest reader's sections never end stale, and new readers of another
+ *   user still open.
  *
  * Needs root (to create users and change to them): skipped otherwise.
  */
@@ -40,6 +45,9 @@
 #include <sys/prctl.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -918,6 +926,338 @@ static void test_rewritten_claims(void **state)
     test_destroy(kv, where);
 }
 
+/* ---- reader chunks: readers of one user kept from another's ---- */
+
+/* Reads the request of one connection (SHMKV.READERS shmid semid, as
+ * RESP), registers the peer's chunk with the owner's handle h and answers
+ * as shmkvd does. */
+static void registrar_serve(struct shmkv *h, int fd)
+{
+    char buf[512];
+    size_t got = 0;
+    unsigned lines = 0;
+    while (lines < 7 && got < sizeof buf - 1) {
+        ssize_t r = read(fd, buf + got, sizeof buf - 1 - got);
+        if (r <= 0)
+            return;
+        got += (size_t)r;
+        buf[got] = '\0';
+        lines = 0;
+        for (const char *p = buf; (p = strstr(p, "\r\n")) != NULL; p += 2)
+            lines++;
+    }
+    char *f[7];
+    char *save = NULL;
+    unsigned n = 0;
+    for (char *t = strtok_r(buf, "\r\n", &save); t != NULL && n < 7;
+         t = strtok_r(NULL, "\r\n", &save))
+        f[n++] = t;
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    char reply[600];
+    unsigned index = 0;
+    if (n < 7 || strcmp(f[2], "SHMKV.READERS") != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
+        snprintf(reply, sizeof reply, "-ERR bad request\r\n");
+    else if (shmkv_register_readers(h, (unsigned)cr.uid, atoi(f[4]), atoi(f[6]),
+                                    &index) != 0)
+        snprintf(reply, sizeof reply, "-ERR %s\r\n", shmkv_last_error());
+    else
+        snprintf(reply, sizeof reply, ":%u\r\n", index);
+    if (write(fd, reply, strlen(reply)) < 0)
+        return;
+}
+
+/* Starts a registrar for the store at where, as its owner (root) does in
+ * shmkvd: a child serving a socket at path, which the store names. */
+static pid_t registrar_start(struct shmkv *owner, const char *where, char *path,
+                             size_t cap)
+{
+    snprintf(path, cap, "/tmp/shmkvt%d.sock", (int)getpid());
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(chmod(path, 0666), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        struct shmkv *h;
+        if (shmkv_open(where, 0, &h) != 0)
+            _exit(1);
+        for (;;) {
+            int c = accept(fd, NULL, NULL);
+            if (c < 0)
+                continue;
+            registrar_serve(h, c);
+            close(c);
+        }
+    }
+    close(fd);
+    if (nkids < sizeof kids / sizeof kids[0])
+        kids[nkids++] = pid;
+    assert_int_equal(shmkv_set_registrar(owner, path), 0);
+    return pid;
+}
+
+/* An honest reader as above, that must have its slot in a chunk of its
+ * own user's. */
+static void child_honest_chunked(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    struct shmkv *h;
+    if (shmkv_open(x->where, 0, &h) != 0 || h->chunk_seg == NULL)
+        _exit(4);
+    shmkv_close(h);
+    honest_reader(x->where, x->s);
+}
+
+/* Whether this process can reach another user's chunk: attach it either
+ * way, or change its semaphores. Counts each reach in s->attacks... as a
+ * breach in s->silent_wrong. */
+static void reach_other_chunks(const struct ctl_header *c, struct shared *s)
+{
+    const struct reader_chunk *t =
+        (const struct reader_chunk *)((const char *)c + c->chunks_off);
+    for (uint64_t k = 0; k < c->chunk_count; k++) {
+        if (atomic_load(&t[k].state) != CHUNK_ACTIVE || t[k].uid == getuid())
+            continue;
+        atomic_fetch_add(&s->attacks, 1);
+        void *p = shmat(atomic_load(&t[k].shmid), NULL, 0);
+        void *q = shmat(atomic_load(&t[k].shmid), NULL, SHM_RDONLY);
+        bool sem = semctl(atomic_load(&t[k].semid), 0, SETVAL, 0) == 0;
+        if (p != (void *)-1 || q != (void *)-1 || sem)
+            atomic_fetch_add(&s->silent_wrong, 1);
+        if (p != (void *)-1)
+            shmdt(p);
+        if (q != (void *)-1)
+            shmdt(q);
+    }
+}
+
+/* The scribbler, with a chunk of its own: random bytes over it and its
+ * semaphores too, and each round a try at every other user's chunk. */
+static void chunk_scribbler(const char *where, struct shared *s, uint64_t seed)
+{
+    struct shmkv *h;
+    if (shmkv_open(where, 0, &h) != 0 || h->chunk_seg == NULL)
+        _exit(20);
+    struct ctl_header *c;
+    char *rseg;
+    reader_parts(where, &c, &rseg);
+    uint64_t bytes = c->reader_bytes;
+    uint32_t per = c->sems_per_set;
+    unsigned short *vals =
+        calloc(per > CHUNK_SLOTS ? per : CHUNK_SLOTS, sizeof *vals);
+    uint64_t x = seed | 1;
+    atomic_fetch_add(&s->ready, 1);
+    for (unsigned pass = 0; !atomic_load(&s->stop); pass++) {
+        for (uint64_t off = 0; off + 8 <= bytes; off += 8) {
+            uint64_t r = rng_next(&x);
+            memcpy(rseg + off, &r, 8);
+        }
+        uint64_t e = atomic_load(&c->epoch);
+        struct client_slot *mine = (struct client_slot *)h->chunk_seg;
+        for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
+            if (pass % 2 == 0) {
+                uint64_t r = rng_next(&x);
+                memcpy(&mine[i], &r, sizeof r);
+            } else {
+                atomic_store(&mine[i].claim,
+                             CLAIM_MAKE(e - rng_next(&x) % 4, CLAIM_ACTIVE));
+            }
+        }
+        for (uint32_t j = 0; j < CHUNK_SLOTS; j++)
+            vals[j] = (unsigned short)(rng_next(&x) % 3);
+        union {
+            int val;
+            unsigned short *array;
+        } arg = {.array = vals};
+        semctl(h->chunk_semid, 0, SETALL, arg);
+        for (uint32_t k = 0; k < SEM_SETS_MAX; k++) {
+            if (c->rsem_ids[k] < 0)
+                continue;
+            for (uint32_t j = 0; j < per; j++)
+                vals[j] = (unsigned short)(rng_next(&x) % 3);
+            semctl(c->rsem_ids[k], 0, SETALL, arg);
+        }
+        reach_other_chunks(c, s);
+        atomic_fetch_add(&s->scribbles, 1);
+    }
+    _exit(0);
+}
+
+static void child_chunk_scribbler(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    chunk_scribbler(x->where, x->s, x->seed);
+}
+
+/* A reader opening while the scribbler runs: 0 if it opened, got a chunk
+ * slot and read a key. */
+static void child_late_reader(void *arg)
+{
+    const struct attack_ctx *x = arg;
+    struct shmkv *h;
+    if (shmkv_open(x->where, 0, &h) != 0)
+        _exit(1);
+    if (h->chunk_seg == NULL)
+        _exit(2);
+    char buf[VAL_BYTES];
+    size_t len;
+    if (shmkv_get_copy(h, "k1", 2, buf, sizeof buf, &len) != 0)
+        _exit(3);
+    shmkv_close(h);
+    _exit(0);
+}
+
+static void test_readers_isolated_by_user(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32], path[108];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    pid_t registrar = registrar_start(kv, where, path, sizeof path);
+    uint64_t seed = test_seed("isolated readers");
+    struct shared *s = shared_map();
+    char v[VAL_BYTES], key[16];
+    for (unsigned i = 0; i < NKEYS; i++) {
+        int kl = snprintf(key, sizeof key, "k%u", i);
+        value_make(v, i, 0);
+        assert_int_equal(shmkv_set(kv, key, (size_t)kl, v, sizeof v, 0, 0), 0);
+    }
+    struct attack_ctx x = {.where = where, .s = s, .seed = seed};
+    pid_t honest = spawn(&acct_reader2, child_honest_chunked, &x);
+    wait_count(&s->ready, 1);
+    pid_t attacker = spawn(&acct_reader, child_chunk_scribbler, &x);
+    wait_count(&s->ready, 2);
+    /* The writer, with a new reader of the honest one's user opening
+     * halfway. */
+    pid_t late = -1;
+    uint64_t slowest = 0, end = now_ms() + 2000, half = now_ms() + 1000;
+    for (uint32_t gen = 1; now_ms() < end; gen++) {
+        for (unsigned i = 0; i < NKEYS; i++) {
+            int kl = snprintf(key, sizeof key, "k%u", i);
+            value_make(v, i, gen);
+            set_timed(kv, key, (size_t)kl, v, sizeof v, &slowest);
+        }
+        if (late < 0 && now_ms() >= half)
+            late = spawn(&acct_reader2, child_late_reader, &x);
+    }
+    atomic_store(&s->stop, 1);
+    int late_rc = late > 0 ? reap(late) : -1;
+    int honest_rc = reap(honest), attacker_rc = reap(attacker);
+    kill(registrar, SIGKILL);
+    reap(registrar);
+    unlink(path);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    print_message("reader chunks: honest reader %" PRIu64 " sections, %" PRIu64
+                  " stale; scribbler %" PRIu64 " rounds, %" PRIu64
+                  " tries at the other's chunk, %" PRIu64
+                  " reached it or read changed bytes; %" PRIu64
+                  " writes, slowest %" PRIu64 " ms, %" PRIu64
+                  " revocations; late reader %d\n",
+                  atomic_load(&s->sections), atomic_load(&s->stale),
+                  atomic_load(&s->scribbles), atomic_load(&s->attacks),
+                  atomic_load(&s->silent_wrong), st.sets, slowest,
+                  st.revocations, late_rc);
+    assert_int_equal(honest_rc, 0);
+    assert_int_equal(attacker_rc, 0);
+    assert_int_equal(late_rc, 0);
+    assert_true(atomic_load(&s->sections) > 0);
+    assert_true(atomic_load(&s->attacks) > 0);
+    assert_int_equal(atomic_load(&s->silent_wrong), 0);
+    assert_int_equal(atomic_load(&s->stale), 0);
+    assert_true(slowest < 2000);
+    struct shmkv_check_report r;
+    assert_int_equal(shmkv_check(kv, &r), 0);
+    munmap(s, sizeof *s);
+    test_destroy(kv, where);
+}
+
+/* What the registrar checks: a chunk another user made, or one not
+ * handed over, or the wrong size, is refused; a user holds at most half
+ * the table; and removing the store removes the chunks. */
+static void test_chunk_registration(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    struct shmid_ds cs;
+    assert_int_equal(shmctl(kv->ctl_shmid, IPC_STAT, &cs), 0);
+    unsigned mode = chunk_mode(0640);
+    /* Made by root, handed over properly: refused for another uid. */
+    int shmid = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | 0600);
+    int semid = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
+    assert_true(shmid >= 0 && semid >= 0);
+    struct shmid_ds ds;
+    struct semid_ds sd;
+    union {
+        int val;
+        struct semid_ds *buf;
+    } arg = {.buf = &sd};
+    assert_int_equal(shmctl(shmid, IPC_STAT, &ds), 0);
+    assert_int_equal(semctl(semid, 0, IPC_STAT, arg), 0);
+    unsigned index;
+    /* Not yet handed to the store's group with the chunk's mode. */
+    assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &index),
+                     SHMKV_EACCES);
+    ds.shm_perm.gid = sd.sem_perm.gid = cs.shm_perm.gid;
+    ds.shm_perm.mode = sd.sem_perm.mode = mode;
+    assert_int_equal(shmctl(shmid, IPC_SET, &ds), 0);
+    assert_int_equal(semctl(semid, 0, IPC_SET, arg), 0);
+    assert_int_equal(
+        shmkv_register_readers(kv, acct_reader.uid, shmid, semid, &index),
+        SHMKV_EACCES);
+    assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &index), 0);
+    unsigned again;
+    assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &again), 0);
+    assert_int_equal(again, index);
+    /* A wrong size. */
+    int small = shmget(IPC_PRIVATE, 4096 * 2, IPC_CREAT | 0600);
+    assert_true(small >= 0);
+    assert_int_equal(shmctl(small, IPC_STAT, &ds), 0);
+    ds.shm_perm.gid = cs.shm_perm.gid;
+    ds.shm_perm.mode = mode;
+    assert_int_equal(shmctl(small, IPC_SET, &ds), 0);
+    assert_int_equal(shmkv_register_readers(kv, 0, small, semid, &index),
+                     SHMKV_EINVAL);
+    shmctl(small, IPC_RMID, NULL);
+    /* Half the table at most for one user. */
+    uint64_t n = kv->ctl->chunk_count;
+    int ids[64][2];
+    unsigned made = 0;
+    int rc = 0;
+    for (; made < 64 && rc == 0; made++) {
+        ids[made][0] = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | 0600);
+        ids[made][1] = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
+        shmctl(ids[made][0], IPC_STAT, &ds);
+        semctl(ids[made][1], 0, IPC_STAT, arg);
+        ds.shm_perm.gid = sd.sem_perm.gid = cs.shm_perm.gid;
+        ds.shm_perm.mode = sd.sem_perm.mode = mode;
+        shmctl(ids[made][0], IPC_SET, &ds);
+        semctl(ids[made][1], 0, IPC_SET, arg);
+        rc = shmkv_register_readers(kv, 0, ids[made][0], ids[made][1], &index);
+    }
+    assert_int_equal(rc, SHMKV_ECLIENTS);
+    assert_int_equal(made, n / 2); /* the first was registered before */
+    /* The refused one is the caller's to remove; the rest go with the
+     * store. */
+    shmctl(ids[made - 1][0], IPC_RMID, NULL);
+    semctl(ids[made - 1][1], 0, IPC_RMID);
+    test_destroy(kv, where);
+    assert_int_equal(shmctl(shmid, IPC_STAT, &ds), -1);
+    assert_int_equal(semctl(semid, 0, IPC_STAT, arg), -1);
+    for (unsigned i = 0; i + 1 < made; i++)
+        assert_int_equal(shmctl(ids[i][0], IPC_STAT, &ds), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -927,6 +1267,8 @@ int main(void)
         cmocka_unit_test(test_claim_thief),
         cmocka_unit_test(test_readers_cannot_stop_writers),
         cmocka_unit_test(test_rewritten_claims),
+        cmocka_unit_test(test_readers_isolated_by_user),
+        cmocka_unit_test(test_chunk_registration),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
