@@ -70,11 +70,13 @@
 /* Operations */
 
 enum op {
-    OP_GET1,   /* shmkv_get, one read section per get */
-    OP_GET100, /* shmkv_get, GETS_PER_SECTION gets per read section */
-    OP_COPY,   /* shmkv_get_copy */
-    OP_SET,    /* shmkv_set replacing an existing key */
-    OP_MIX,    /* 95% OP_GET1, 5% OP_SET */
+    OP_GET1,    /* shmkv_get, one read section per get */
+    OP_GET100,  /* shmkv_get, GETS_PER_SECTION gets per read section */
+    OP_COPY,    /* shmkv_get_copy */
+    OP_SET,     /* shmkv_set replacing an existing key */
+    OP_MIX,     /* 95% OP_GET1, 5% OP_SET */
+    OP_LOCK,    /* an empty write section: the write lock taken and let go */
+    OP_LOCKMIX, /* 95% OP_GET1, 5% OP_LOCK */
     OP_FLOOR_GET,
     OP_FLOOR_COPY,
     OP_FLOOR_SET,
@@ -94,6 +96,8 @@ static const struct op_info op_info[OP_COUNT] = {
     [OP_COPY] = {"copy", "shmkv_get_copy", OP_FLOOR_COPY},
     [OP_SET] = {"set", "shmkv_set (replace)", OP_FLOOR_SET},
     [OP_MIX] = {"mix", "shmkv 95/5 get/set mix", OP_FLOOR_MIX},
+    [OP_LOCK] = {"lock", "write lock alone (empty section)", OP_FLOOR_SET},
+    [OP_LOCKMIX] = {"lockmix", "95/5 mix, lock alone for sets", OP_FLOOR_MIX},
     [OP_FLOOR_GET] = {NULL, "private get (floor of gets)", OP_FLOOR_GET},
     [OP_FLOOR_COPY] = {NULL, "private get+copy (floor of copy)", OP_FLOOR_COPY},
     [OP_FLOOR_SET] = {NULL, "private set (floor of set)", OP_FLOOR_SET},
@@ -102,8 +106,8 @@ static const struct op_info op_info[OP_COUNT] = {
 
 /* The order in which operations take turns: each next to its floor. */
 static const enum op turn_order[OP_COUNT] = {
-    OP_GET1, OP_GET100,    OP_FLOOR_GET, OP_COPY,      OP_FLOOR_COPY,
-    OP_SET,  OP_FLOOR_SET, OP_MIX,       OP_FLOOR_MIX,
+    OP_GET1,      OP_GET100, OP_FLOOR_GET, OP_COPY, OP_FLOOR_COPY, OP_SET,
+    OP_FLOOR_SET, OP_MIX,    OP_FLOOR_MIX, OP_LOCK, OP_LOCKMIX,
 };
 
 static bool op_is_floor(enum op op)
@@ -151,7 +155,10 @@ static void usage(FILE *f)
         "            unmeasured warm-up\n"
         "  -r COUNT  repetitions; the median is reported (default 5)\n"
         "  -p LIST   process counts, comma-separated (default 1,2)\n"
-        "  -o LIST   operations: get1,get100,copy,set,mix (default all);\n"
+        "  -o LIST   operations: get1,get100,copy,set,mix,lock,lockmix\n"
+        "            (default all); lock and lockmix are set and mix with\n"
+        "            an empty write section for each set: the write lock's\n"
+        "            own cost, the ceiling of how writes scale;\n"
         "            the private-table floors they need always run\n"
         "  --quick   a smoke run of a few seconds: -n 10k -d 0.02 -r 3\n"
         "            (options given explicitly still apply)\n"
@@ -270,7 +277,8 @@ static void parse_args(int argc, char **argv, struct config *cfg)
     cfg->procs[1] = 2;
     cfg->nprocs = 2;
     cfg->ops_mask = (1u << OP_GET1) | (1u << OP_GET100) | (1u << OP_COPY) |
-                    (1u << OP_SET) | (1u << OP_MIX);
+                    (1u << OP_SET) | (1u << OP_MIX) | (1u << OP_LOCK) |
+                    (1u << OP_LOCKMIX);
     while ((c = getopt_long(argc, argv, "n:k:v:d:r:p:o:Vh", longopts, NULL)) !=
            -1) {
         switch (c) {
@@ -750,6 +758,15 @@ static inline void shmkv_set_one(struct worker *w, const char *key)
         worker_fail(w, "shmkv_set", rc);
 }
 
+/* The write lock alone: what every set pays before its own work. */
+static inline void shmkv_lock_one(struct worker *w)
+{
+    int rc = shmkv_write_begin(w->kv);
+    if (rc != 0)
+        worker_fail(w, "shmkv_write_begin", rc);
+    shmkv_write_end(w->kv);
+}
+
 static inline void private_get_one(struct worker *w, const char *key)
 {
     size_t vlen;
@@ -808,6 +825,19 @@ static void run_chunk(struct worker *w, enum op op, unsigned n)
             const char *key = next_key(w, &is_set);
             if (is_set)
                 shmkv_set_one(w, key);
+            else
+                shmkv_get_one(w, key);
+        }
+        break;
+    case OP_LOCK:
+        for (unsigned i = 0; i < n; i++)
+            shmkv_lock_one(w);
+        break;
+    case OP_LOCKMIX:
+        for (unsigned i = 0; i < n; i++) {
+            const char *key = next_key(w, &is_set);
+            if (is_set)
+                shmkv_lock_one(w);
             else
                 shmkv_get_one(w, key);
         }
@@ -1380,6 +1410,16 @@ static void print_table(const struct config *cfg, uint64_t nkeys)
                "%s\n",
                x, verdict(x <= 2.0));
     }
+    /* The same with the lock alone: how far the one write lock lets
+     * writes scale before they do any work. */
+    if (cfg->ops_mask & (1u << OP_LOCK))
+        printf("  the write lock alone, 2 processes / 1: %.2f\n",
+               figures[two][OP_LOCK].median / figures[one][OP_LOCK].median);
+    if (cfg->ops_mask & (1u << OP_LOCKMIX))
+        printf("  the 95/5 mix with the lock alone for sets, 2 processes: "
+               "%.2fx the floor\n",
+               figures[two][OP_FLOOR_MIX].median /
+                   figures[two][OP_LOCKMIX].median);
 }
 
 static void print_overhead(const struct config *cfg, uint64_t nkeys,
