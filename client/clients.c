@@ -503,7 +503,7 @@ void chunks_follow(struct shmkv *kv)
     }
 }
 
-static void chunks_detach(struct shmkv *kv)
+void chunks_detach(struct shmkv *kv)
 {
     if (kv->chunk_maps != NULL) {
         for (uint32_t k = 0; k < kv->ctl_tail_fixed.chunk_count; k++)

@@ -455,6 +455,8 @@ static inline bool claim_set_alive(const struct ctl_header *c,
 unsigned chunk_mode(unsigned store_mode);
 /* Brings kv->chunk_maps up to the chunk table. */
 void chunks_follow(struct shmkv *kv);
+/* Lets go of kv->chunk_maps (and the scan sets sized for them). */
+void chunks_detach(struct shmkv *kv);
 /* Removes the registered chunks (the store is being removed). */
 void chunks_remove(struct ctl_header *c);
 int client_slot_claim(struct shmkv *kv);

@@ -555,6 +555,11 @@ static void handle_free(struct shmkv *kv)
         lock_release(kv);
         client_slot_release(kv);
     }
+    /* A child's copy lets go of its mappings only: the slot is its
+     * parent's. */
+    chunks_detach(kv);
+    if (kv->chunk_seg != NULL)
+        shmdt(kv->chunk_seg);
     if (kv->data != NULL)
         shmdt(kv->data);
     if (kv->reader_seg != NULL)
