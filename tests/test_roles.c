@@ -1180,6 +1180,40 @@ static void test_readers_isolated_by_user(void **state)
     test_destroy(kv, where);
 }
 
+/* Hands segment shmid and semaphore set semid to group gid with mode, as
+ * a reader handing its chunk over would (the owner stays root here). */
+static void hand_over(int shmid, int semid, gid_t gid, unsigned mode)
+{
+    struct shmid_ds ds;
+    struct semid_ds sd;
+    union {
+        int val;
+        struct semid_ds *buf;
+    } arg = {.buf = &sd};
+    assert_int_equal(shmctl(shmid, IPC_STAT, &ds), 0);
+    assert_int_equal(semctl(semid, 0, IPC_STAT, arg), 0);
+    ds.shm_perm.gid = sd.sem_perm.gid = gid;
+    ds.shm_perm.mode = sd.sem_perm.mode = mode;
+    assert_int_equal(shmctl(shmid, IPC_SET, &ds), 0);
+    assert_int_equal(semctl(semid, 0, IPC_SET, arg), 0);
+}
+
+static bool shm_exists(int shmid)
+{
+    struct shmid_ds ds;
+    return shmctl(shmid, IPC_STAT, &ds) == 0;
+}
+
+static bool sem_exists(int semid)
+{
+    struct semid_ds sd;
+    union {
+        int val;
+        struct semid_ds *buf;
+    } arg = {.buf = &sd};
+    return semctl(semid, 0, IPC_STAT, arg) == 0;
+}
+
 /* What the registrar checks: a chunk another user made, or one not
  * handed over, or the wrong size, is refused; a user holds at most half
  * the table; and removing the store removes the chunks. */
@@ -1192,26 +1226,16 @@ static void test_chunk_registration(void **state)
     struct shmid_ds cs;
     assert_int_equal(shmctl(kv->ctl_shmid, IPC_STAT, &cs), 0);
     unsigned mode = chunk_mode(0640);
-    /* Made by root, handed over properly: refused for another uid. */
     int shmid = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | 0600);
     int semid = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
     assert_true(shmid >= 0 && semid >= 0);
-    struct shmid_ds ds;
-    struct semid_ds sd;
-    union {
-        int val;
-        struct semid_ds *buf;
-    } arg = {.buf = &sd};
-    assert_int_equal(shmctl(shmid, IPC_STAT, &ds), 0);
-    assert_int_equal(semctl(semid, 0, IPC_STAT, arg), 0);
     unsigned index;
     /* Not yet handed to the store's group with the chunk's mode. */
     assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &index),
                      SHMKV_EACCES);
-    ds.shm_perm.gid = sd.sem_perm.gid = cs.shm_perm.gid;
-    ds.shm_perm.mode = sd.sem_perm.mode = mode;
-    assert_int_equal(shmctl(shmid, IPC_SET, &ds), 0);
-    assert_int_equal(semctl(semid, 0, IPC_SET, arg), 0);
+    hand_over(shmid, semid, cs.shm_perm.gid, mode);
+    /* Made by root: refused for another uid, taken for root, and asked
+     * twice, the same entry. */
     assert_int_equal(
         shmkv_register_readers(kv, acct_reader.uid, shmid, semid, &index),
         SHMKV_EACCES);
@@ -1220,15 +1244,14 @@ static void test_chunk_registration(void **state)
     assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &again), 0);
     assert_int_equal(again, index);
     /* A wrong size. */
-    int small = shmget(IPC_PRIVATE, 4096 * 2, IPC_CREAT | 0600);
-    assert_true(small >= 0);
-    assert_int_equal(shmctl(small, IPC_STAT, &ds), 0);
-    ds.shm_perm.gid = cs.shm_perm.gid;
-    ds.shm_perm.mode = mode;
-    assert_int_equal(shmctl(small, IPC_SET, &ds), 0);
-    assert_int_equal(shmkv_register_readers(kv, 0, small, semid, &index),
+    int big = shmget(IPC_PRIVATE, CHUNK_BYTES * 2, IPC_CREAT | 0600);
+    int spare = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
+    assert_true(big >= 0 && spare >= 0);
+    hand_over(big, spare, cs.shm_perm.gid, mode);
+    assert_int_equal(shmkv_register_readers(kv, 0, big, spare, &index),
                      SHMKV_EINVAL);
-    shmctl(small, IPC_RMID, NULL);
+    shmctl(big, IPC_RMID, NULL);
+    semctl(spare, 0, IPC_RMID);
     /* Half the table at most for one user. */
     uint64_t n = kv->ctl->chunk_count;
     int ids[64][2];
@@ -1237,12 +1260,7 @@ static void test_chunk_registration(void **state)
     for (; made < 64 && rc == 0; made++) {
         ids[made][0] = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | 0600);
         ids[made][1] = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
-        shmctl(ids[made][0], IPC_STAT, &ds);
-        semctl(ids[made][1], 0, IPC_STAT, arg);
-        ds.shm_perm.gid = sd.sem_perm.gid = cs.shm_perm.gid;
-        ds.shm_perm.mode = sd.sem_perm.mode = mode;
-        shmctl(ids[made][0], IPC_SET, &ds);
-        semctl(ids[made][1], 0, IPC_SET, arg);
+        hand_over(ids[made][0], ids[made][1], cs.shm_perm.gid, mode);
         rc = shmkv_register_readers(kv, 0, ids[made][0], ids[made][1], &index);
     }
     assert_int_equal(rc, SHMKV_ECLIENTS);
@@ -1252,10 +1270,12 @@ static void test_chunk_registration(void **state)
     shmctl(ids[made - 1][0], IPC_RMID, NULL);
     semctl(ids[made - 1][1], 0, IPC_RMID);
     test_destroy(kv, where);
-    assert_int_equal(shmctl(shmid, IPC_STAT, &ds), -1);
-    assert_int_equal(semctl(semid, 0, IPC_STAT, arg), -1);
-    for (unsigned i = 0; i + 1 < made; i++)
-        assert_int_equal(shmctl(ids[i][0], IPC_STAT, &ds), -1);
+    assert_false(shm_exists(shmid));
+    assert_false(sem_exists(semid));
+    for (unsigned i = 0; i + 1 < made; i++) {
+        assert_false(shm_exists(ids[i][0]));
+        assert_false(sem_exists(ids[i][1]));
+    }
 }
 
 int main(void)
