@@ -2174,6 +2174,9 @@ static void cmd_readers(struct conn *c, size_t argc, struct resp_arg *argv,
                                     (int)semid, &index);
     if (parked_on(c, rc, true))
         return;
+    /* Answered: a connection taken only for this is done. */
+    if (c->reg_only)
+        c->closing = true;
     if (rc != 0) {
         log_warning("reader chunk of uid %d (pid %d) refused: %s", (int)c->uid,
                     (int)c->pid, shmkv_last_error());
@@ -3120,6 +3123,13 @@ static const struct command *command_check(struct conn *c, size_t argc,
              (int)(argv[0].len < 31 ? argv[0].len : 31), argv[0].data);
     for (char *p = c->last_command; *p; p++)
         *p = (char)tolower((unsigned char)*p);
+    /* A connection taken past the limit only to register a reader chunk:
+     * anything else gets what a full daemon answers. */
+    if (c->reg_only && (cmd == NULL || cmd->fn != cmd_readers)) {
+        resp_error(out, "ERR max number of clients reached");
+        c->closing = true;
+        return NULL;
+    }
     if (cmd == NULL) {
         char shown[64];
         size_t n = argv[0].len < 40 ? argv[0].len : 40;

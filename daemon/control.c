@@ -26,7 +26,13 @@
  *   gets an error and is closed: a peer that trickles a byte at a time
  *   never counts as idle, but it cannot hold a connection this way.
  * - connections: max_connections in all, the last admin_reserved of them
- *   for admin peers only, so that an operator can always get in.
+ *   for admin peers only, so that an operator can always get in. Past
+ *   what non-admins may have, up to REG_ONLY_MAX more non-admin peers,
+ *   one per uid, may only register a reader chunk (SHMKV.READERS): they
+ *   are answered "max number of clients reached" to anything else, and
+ *   closed once answered or after REG_ONLY_IDLE_S silent. So a reader
+ *   that holds every other connection cannot keep other users' readers
+ *   from registering.
  * - a closing connection (QUIT, protocol error, SHUTDOWN, the peer's EOF)
  *   reads nothing more and is closed once its output is flushed, or when
  *   writing makes no progress for CLOSE_FLUSH_TIMEOUT_S.
@@ -69,6 +75,10 @@
 #define TURN_MAX_REQUESTS 64
 #define TURN_MAX_NS (10 * 1000 * 1000)
 #define CLOSE_FLUSH_TIMEOUT_S 10
+/* Connections past the limit that may only register a reader chunk, one
+ * per uid, and how long one may stay silent. */
+#define REG_ONLY_MAX 8u
+#define REG_ONLY_IDLE_S 2u
 /* Descriptors kept for everything but connections: the listener,
  * libevent, logging, snapshots. */
 #define FD_RESERVE 32
@@ -134,7 +144,10 @@ void conn_close(struct conn *c)
         d->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    d->n_conns--;
+    if (c->reg_only)
+        d->n_reg_only--;
+    else
+        d->n_conns--;
     log_debug("connection %llu closed", (unsigned long long)c->id);
     job_detach(c);
     txn_reset(c);
@@ -189,7 +202,7 @@ static unsigned conn_flush_timeout_s(const struct conn *c)
  * idle_timeout. */
 static void conn_set_timeouts(struct conn *c, bool force)
 {
-    unsigned idle_s = c->d->cfg.idle_timeout_s;
+    unsigned idle_s = c->reg_only ? REG_ONLY_IDLE_S : c->d->cfg.idle_timeout_s;
     bool pending = evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
     enum conn_timeout want;
     if (c->closing) {
@@ -470,6 +483,18 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     conn_close(c);
 }
 
+/* Whether a connection past the limit may be taken to register a reader
+ * chunk for uid: fewer than REG_ONLY_MAX are, none of them uid's. */
+static bool reg_only_free(const struct daemon *d, uid_t uid)
+{
+    if (d->n_reg_only >= REG_ONLY_MAX)
+        return false;
+    for (const struct conn *c = d->conns; c != NULL; c = c->next)
+        if (c->reg_only && c->uid == uid)
+            return false;
+    return true;
+}
+
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int socklen, void *arg)
 {
@@ -496,8 +521,15 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     uint32_t reserved = d->cfg.admin_reserved < d->cfg.max_connections
                             ? d->cfg.admin_reserved
                             : d->cfg.max_connections - 1;
-    if (d->n_conns >= d->cfg.max_connections ||
-        (!admin && d->n_conns >= d->cfg.max_connections - reserved)) {
+    /* A non-admin peer past the limit may still register a reader chunk
+     * (admins have the reserve): it hears the refusal in reply to
+     * anything else. */
+    bool reg_only = false;
+    if (!admin && d->n_conns >= d->cfg.max_connections - reserved)
+        reg_only = reg_only_free(d, cred.uid);
+    if (!reg_only &&
+        (d->n_conns >= d->cfg.max_connections ||
+         (!admin && d->n_conns >= d->cfg.max_connections - reserved))) {
         static const char msg[] = "-ERR max number of clients reached\r\n";
         ssize_t ignored = write(fd, msg, sizeof msg - 1);
         (void)ignored;
@@ -537,13 +569,17 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     c->gid = cred.gid;
     peer_groups(c, fd);
     c->admin = admin;
+    c->reg_only = reg_only;
     c->created = c->last_active = time(NULL);
     resp_parser_init(&c->parser, d->cfg.max_request_bytes, MAX_ARGS);
     c->next = d->conns;
     if (d->conns != NULL)
         d->conns->prev = c;
     d->conns = c;
-    d->n_conns++;
+    if (reg_only)
+        d->n_reg_only++;
+    else
+        d->n_conns++;
     d->connections_total++;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUTPUT_LOW_WATERMARK, 0);

@@ -48,6 +48,9 @@ struct conn {
     gid_t *groups; /* supplementary groups when it connected (malloc) */
     size_t n_groups;
     bool admin;
+    /* Taken past max_connections to register a reader chunk, and for
+     * nothing else (control.c): one such connection per uid at most. */
+    bool reg_only;
     bool closing;        /* parse nothing more; close once output is flushed */
     bool input_ended;    /* the peer shut down its side (EOF) */
     bool output_full;    /* output over the soft limit: parsing paused */
@@ -118,6 +121,7 @@ struct daemon {
     char socket_path[108]; /* as bound, for removal */
     struct conn *conns;
     uint32_t n_conns;
+    uint32_t n_reg_only; /* reg_only connections, not in n_conns */
     uint64_t next_conn_id;
     uint64_t connections_total;
     uint64_t connections_rejected;

@@ -1401,6 +1401,77 @@ static void fill_non_admin_slots(void)
         _exit(30);
 }
 
+/* Takes every connection a non-admin may have (4 of 6), then the one
+ * past the limit its uid may have to register a reader chunk, silent;
+ * one more is refused at once. */
+static void hog_connections(void)
+{
+    char out[256];
+    bool closed;
+    for (int i = 0; i < 4; i++) {
+        int fd = sock_connect();
+        sock_exchange(fd, "PING\r\n", 6, out, sizeof out, 7, &closed);
+        if (strcmp(out, "+PONG\r\n") != 0)
+            _exit(20 + i);
+    }
+    (void)sock_connect(); /* held, silent */
+    int fd = sock_connect();
+    if (strcmp(recv_all(fd, 3000), "-ERR max number of clients reached\r\n"))
+        _exit(30);
+}
+
+/* A reader that holds every connection it may have cannot keep a reader
+ * of another user from registering its chunk: that one gets a connection
+ * past the limit, good for SHMKV.READERS only. */
+static void test_registration_past_the_limit(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("not root: cannot switch uid: skipping\n");
+        skip();
+    }
+    E.control = "max_connections = 6\nadmin_reserved = 2\n";
+    E.access = "readers = all\nwriters = none";
+    write_config(NULL);
+    daemon_start(false);
+    int ready, done;
+    pid_t hog;
+    as_nobody_hold(&ready, &done, &hog, hog_connections);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65533) != 0)
+            _exit(10);
+        struct shmkv *kv;
+        if (shmkv_open(E.key, 0, &kv) != 0 || shmkv_readonly(kv) != 1)
+            _exit(11);
+        _exit(kv->chunk_seg != NULL ? 0 : 12);
+    }
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_true(log_contains("registered for uid 65533"));
+    /* Anything else on such a connection is refused as before. */
+    int other = -1;
+    pid_t asker = fork();
+    assert_true(asker >= 0);
+    if (asker == 0) {
+        if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65532) != 0)
+            _exit(10);
+        other = sock_connect();
+        _exit(strcmp(ASK(other, "PING\r\n"),
+                     "-ERR max number of clients reached\r\n") == 0
+                  ? 0
+                  : 13);
+    }
+    assert_int_equal(waitpid(asker, &status, 0), asker);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(as_nobody_end(ready, done, hog), 0);
+    assert_int_equal(daemon_stop(), 0);
+}
+
 static void test_admin_reserved_connections(void **state)
 {
     (void)state;
@@ -2188,6 +2259,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_trickled_request_closed, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_admin_reserved_connections, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_registration_past_the_limit, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_non_admin_sees_little, setup,
                                         teardown),
