@@ -11,24 +11,24 @@
  * semaphores) bears on a writer's slot, its claims or its lock state.
  *
  * Readers of one user are kept from readers of another by reader chunks.
- * Where the store's owner registers them (shmkvd, which names its control
+ * Where the store's owner makes them (shmkvd, which names its control
  * socket in the control header), a read-only handle takes its slot in a
- * chunk of its own user: a segment of CHUNK_SLOTS client slots and a
- * semaphore set of as many, made by the first such handle of that user,
- * then handed to the store's owner and group (IPC_SET) with read and
- * write for the owner and the writers only. The maker keeps its access
- * as the objects' creator; readers of other users have none. It asks the
- * owner, over the socket, to register them: the owner checks by the
- * kernel's own records (the peer's SO_PEERCRED, the objects' creator,
- * owner, mode and size) that this user made them, and enters them in the
- * chunk table, which only writers may write. Writers scan every
- * registered chunk's claims with the others (reclaim.c). So what a reader
- * scribbles on is its own user's, and a hostile reader's peers of other
- * users see no section revoked or slot taken because of it. A user holds
- * at most half the table (CHUNKS_PER_UID), so that no one user can take
- * every reader's place. Where no owner registers, or registering fails
- * (shmkvd stopped, a table full), the handle takes a slot in the shared
- * reader segment, as every reader of a store without shmkvd does.
+ * chunk of its own user's: a segment of CHUNK_SLOTS client slots and a
+ * semaphore set of as many. The first handle of a user without a free
+ * slot asks the owner for one over the socket (SHMKV.READERS). The owner
+ * makes both objects, so that it is their creator and keeps its access,
+ * and hands them (IPC_SET) to the asking user, as the kernel names it
+ * (SO_PEERCRED), with read and write for that user and for whoever may
+ * write the store, and nothing for anyone else; then it enters them in
+ * the chunk table, which only writers may write, before it answers.
+ * Writers scan every registered chunk's claims with the others
+ * (reclaim.c). So what a reader scribbles on is its own user's, and a
+ * hostile reader's peers of other users see no section revoked or slot
+ * taken because of it. A user holds at most half the table, so that no
+ * one user can take every reader's place; a chunk its user removed frees
+ * its entry. Where no owner makes chunks, or asking fails (shmkvd stopped,
+ * a user's share full), the handle takes a slot in the shared reader
+ * segment, as every reader of a store without shmkvd does.
  *
  * A dead process's slot keeps what it left until a writer frees it: its
  * read claim (writers drop it when they need what it holds back), and a
@@ -241,6 +241,33 @@ unsigned chunk_mode(unsigned store_mode)
     return m;
 }
 
+union semctl_arg {
+    int val;
+    struct semid_ds *buf;
+};
+
+/* Whether uid made an object for the store whose control segment's
+ * records are cs: its creator, or its owner now. */
+static bool store_made(uid_t uid, const struct shmid_ds *cs)
+{
+    return uid == cs->shm_perm.cuid || uid == cs->shm_perm.uid;
+}
+
+/* Attaches chunk segment shmid, read-write, if it is one the store's
+ * owner made: its id is taken from the table, and the segment's user may
+ * remove it and another may take the id (a huge-page segment would fault
+ * whoever touched a page the pool cannot give). */
+static void *chunk_attach(const struct shmkv *kv, int shmid)
+{
+    struct shmid_ds cs, ds;
+    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0 ||
+        shmctl(shmid, IPC_STAT, &ds) != 0 ||
+        !store_made(ds.shm_perm.cuid, &cs) || ds.shm_segsz != CHUNK_BYTES)
+        return NULL;
+    void *addr = shmat(shmid, NULL, 0);
+    return addr == (void *)-1 ? NULL : addr;
+}
+
 /* Takes slot i of a chunk this handle attached at addr: the slot's
  * process is this one while the semaphore is up. */
 static void chunk_slot_take(struct shmkv *kv, uint32_t k, void *addr, int semid,
@@ -265,16 +292,10 @@ static void chunk_slot_take(struct shmkv *kv, uint32_t k, void *addr, int semid,
 static int chunk_slot_try(struct shmkv *kv, uint32_t k)
 {
     const struct reader_chunk *t = &chunk_table(kv)[k];
-    int shmid = atomic_load(&t->shmid);
     int semid = atomic_load(&t->semid);
-    void *addr;
-    uint64_t bytes;
-    if (segment_attach(shmid, false, &addr, &bytes) != 0)
+    void *addr = chunk_attach(kv, atomic_load(&t->shmid));
+    if (addr == NULL)
         return 1;
-    if (bytes < CHUNK_BYTES) {
-        shmdt(addr);
-        return 1;
-    }
     for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
         int rc = liveness_claim_at(semid, (unsigned short)i);
         if (rc < 0)
@@ -290,80 +311,29 @@ static int chunk_slot_try(struct shmkv *kv, uint32_t k)
     return 1;
 }
 
-/* Makes a chunk for this user: a segment and a semaphore set, handed to
- * the store's owner and group with chunk_mode's bits. */
-static int chunk_make(struct shmkv *kv, int *shmid_out, int *semid_out)
-{
-    struct shmid_ds cs;
-    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0)
-        return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT) of the store");
-    unsigned mode = chunk_mode(kv->ctl->mode);
-    int shmid = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | IPC_EXCL | 0600);
-    if (shmid < 0)
-        return set_errno_error(SHMKV_ESYS, "shmget of a reader chunk");
-    int semid =
-        semget(IPC_PRIVATE, (int)CHUNK_SLOTS, IPC_CREAT | IPC_EXCL | 0600);
-    if (semid < 0) {
-        shmctl(shmid, IPC_RMID, NULL);
-        return set_errno_error(SHMKV_ESYS, "semget of a reader chunk");
-    }
-    struct shmid_ds ds;
-    struct semid_ds sd;
-    union {
-        int val;
-        struct semid_ds *buf;
-    } arg = {.buf = &sd};
-    bool ok = shmctl(shmid, IPC_STAT, &ds) == 0 &&
-              semctl(semid, 0, IPC_STAT, arg) == 0;
-    if (ok) {
-        ds.shm_perm.uid = sd.sem_perm.uid = cs.shm_perm.uid;
-        ds.shm_perm.gid = sd.sem_perm.gid = cs.shm_perm.gid;
-        ds.shm_perm.mode = sd.sem_perm.mode = mode;
-        ok = shmctl(shmid, IPC_SET, &ds) == 0 &&
-             semctl(semid, 0, IPC_SET, arg) == 0;
-    }
-    if (!ok) {
-        int err = errno;
-        shmctl(shmid, IPC_RMID, NULL);
-        semctl(semid, 0, IPC_RMID);
-        errno = err;
-        return set_errno_error(SHMKV_ESYS,
-                               "handing a reader chunk to the store's owner");
-    }
-    *shmid_out = shmid;
-    *semid_out = semid;
-    return 0;
-}
-
-/* How long a handle waits for the owner to register its chunk. */
+/* How long a handle waits for the owner to make its chunk. */
 #define REGISTER_WAIT_MS 2000
 
-/* Asks the owner at the control header's registrar socket to register
- * the chunk: its index in the table, or an error. */
-static int chunk_register(struct shmkv *kv, int shmid, int semid,
-                          uint32_t *index)
+/* Asks the owner at the control header's registrar socket for a chunk of
+ * this process's user: its index in the table, or an error. */
+static int chunk_request(struct shmkv *kv, uint32_t *index)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     memcpy(sa.sun_path, kv->ctl->registrar, sizeof sa.sun_path - 1);
     if (sa.sun_path[0] == '\0')
-        return set_error(SHMKV_ESYS, "the store's owner registers no "
-                                     "reader chunks");
+        return set_error(SHMKV_ESYS, "the store's owner makes no reader "
+                                     "chunks");
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return set_errno_error(SHMKV_ESYS, "socket");
+    static const char req[] = "*1\r\n$13\r\nSHMKV.READERS\r\n";
+    const size_t n = sizeof req - 1;
     int rc = 0;
-    char req[128];
-    char ids[2][16];
-    int l0 = snprintf(ids[0], sizeof ids[0], "%d", shmid);
-    int l1 = snprintf(ids[1], sizeof ids[1], "%d", semid);
-    int n = snprintf(req, sizeof req,
-                     "*3\r\n$13\r\nSHMKV.READERS\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n",
-                     l0, ids[0], l1, ids[1]);
     uint64_t deadline = monotonic_ms() + REGISTER_WAIT_MS;
     char reply[256];
     size_t got = 0, sent = 0;
-    bool connected = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-    if (!connected && errno != EINPROGRESS && errno != EAGAIN) {
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 &&
+        errno != EINPROGRESS && errno != EAGAIN) {
         rc = set_errno_error(SHMKV_ESYS, "connecting to the registrar");
         goto out;
     }
@@ -374,14 +344,13 @@ static int chunk_register(struct shmkv *kv, int shmid, int semid,
                            sa.sun_path, REGISTER_WAIT_MS);
             goto out;
         }
-        struct pollfd p = {.fd = fd,
-                           .events = sent < (size_t)n ? POLLOUT : POLLIN};
+        struct pollfd p = {.fd = fd, .events = sent < n ? POLLOUT : POLLIN};
         if (poll(&p, 1, (int)(deadline - now)) < 0 && errno != EINTR) {
             rc = set_errno_error(SHMKV_ESYS, "poll");
             goto out;
         }
-        if (sent < (size_t)n) {
-            ssize_t w = send(fd, req + sent, (size_t)n - sent, MSG_NOSIGNAL);
+        if (sent < n) {
+            ssize_t w = send(fd, req + sent, n - sent, MSG_NOSIGNAL);
             if (w > 0)
                 sent += (size_t)w;
             else if (w < 0 && errno != EAGAIN && errno != EINTR &&
@@ -412,17 +381,17 @@ static int chunk_register(struct shmkv *kv, int shmid, int semid,
         }
     }
     reply[strcspn(reply, "\r\n")] = '\0';
-    rc = set_error(SHMKV_EACCES, "%s refused the reader chunk: %s", sa.sun_path,
+    rc = set_error(SHMKV_EACCES, "%s made no reader chunk: %s", sa.sun_path,
                    reply);
 out:
     close(fd);
     return rc;
 }
 
-/* Takes a slot in one of this user's chunks, making and registering one
- * if none has a free slot: 0, or 1 where the reader segment must serve
- * (the store has no registrar, or it could not register one; the reason
- * is the last error). */
+/* Takes a slot in one of this user's chunks, asking the owner for one if
+ * none has a free slot: 0, or 1 where the reader segment must serve (the
+ * store has no registrar, or it made no chunk; the reason is the last
+ * error). */
 static int chunk_claim(struct shmkv *kv)
 {
     const struct reader_chunk *t = chunk_table(kv);
@@ -439,30 +408,16 @@ static int chunk_claim(struct shmkv *kv)
         if (rc <= 0)
             return rc;
     }
-    int shmid, semid;
-    if (chunk_make(kv, &shmid, &semid) != 0)
-        return 1;
-    /* Held before it is registered: the owner never sees it empty. */
     uint32_t k;
-    int rc = liveness_claim_at(semid, 0);
-    if (rc == 0)
-        rc = chunk_register(kv, shmid, semid, &k);
-    void *addr = NULL;
-    uint64_t bytes;
-    if (rc == 0 && (atomic_load(&t[k].shmid) != shmid ||
-                    atomic_load_explicit(&t[k].state, memory_order_acquire) !=
-                        CHUNK_ACTIVE))
-        rc = set_error(SHMKV_ECORRUPT, "the chunk table does not show the "
-                                       "chunk registered");
-    if (rc == 0)
-        rc = segment_attach(shmid, false, &addr, &bytes);
-    if (rc != 0) {
-        shmctl(shmid, IPC_RMID, NULL);
-        semctl(semid, 0, IPC_RMID); /* drops the hold too */
+    if (chunk_request(kv, &k) != 0)
         return 1;
-    }
-    chunk_slot_take(kv, k, addr, semid, 0);
-    return 0;
+    /* Another handle of this user's may have taken its slots since:
+     * as full as the others, then. */
+    if (atomic_load_explicit(&t[k].state, memory_order_acquire) !=
+            CHUNK_ACTIVE ||
+        t[k].uid != me)
+        return 1;
+    return chunk_slot_try(kv, k);
 }
 
 void chunks_follow(struct shmkv *kv)
@@ -492,14 +447,8 @@ void chunks_follow(struct shmkv *kv)
         if (m->slots != NULL)
             shmdt(m->slots);
         *m = (struct chunk_map){.shmid = shmid, .semid = semid};
-        void *addr;
-        uint64_t bytes;
-        if (shmid >= 0 && segment_attach(shmid, false, &addr, &bytes) == 0) {
-            if (bytes >= CHUNK_BYTES)
-                m->slots = addr;
-            else
-                shmdt(addr);
-        }
+        if (shmid >= 0)
+            m->slots = chunk_attach(kv, shmid);
     }
 }
 
@@ -516,53 +465,20 @@ void chunks_detach(struct shmkv *kv)
     kv->scan_sets = NULL;
 }
 
-/* Whether segment shmid and semaphore set semid are a chunk `uid` made
- * and handed to this process's user and the store's group with the
- * chunk's bits: the kernel's records, which no reader can forge. */
-static int chunk_verify(const struct shmkv *kv, uint32_t uid, int shmid,
-                        int semid)
-{
-    struct shmid_ds cs, ds;
-    struct semid_ds sd;
-    union {
-        int val;
-        struct semid_ds *buf;
-    } arg = {.buf = &sd};
-    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0)
-        return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT) of the store");
-    if (shmctl(shmid, IPC_STAT, &ds) != 0 ||
-        semctl(semid, 0, IPC_STAT, arg) != 0)
-        return set_error(SHMKV_EACCES, "no such segment and semaphore set "
-                                       "handed to the store's owner");
-    unsigned mode = chunk_mode(kv->ctl->mode);
-    if (ds.shm_perm.cuid != uid || sd.sem_perm.cuid != uid)
-        return set_error(SHMKV_EACCES, "the chunk was not made by uid %u",
-                         (unsigned)uid);
-    if (ds.shm_perm.uid != cs.shm_perm.uid ||
-        sd.sem_perm.uid != cs.shm_perm.uid ||
-        ds.shm_perm.gid != cs.shm_perm.gid ||
-        sd.sem_perm.gid != cs.shm_perm.gid ||
-        (ds.shm_perm.mode & 0777) != mode || (sd.sem_perm.mode & 0777) != mode)
-        return set_error(SHMKV_EACCES,
-                         "the chunk is not handed to the "
-                         "store's owner and group with mode "
-                         "%04o",
-                         mode);
-    if (ds.shm_segsz != CHUNK_BYTES || sd.sem_nsems != CHUNK_SLOTS)
-        return set_error(SHMKV_EINVAL,
-                         "a chunk is %u bytes and %u "
-                         "semaphores",
-                         (unsigned)CHUNK_BYTES, CHUNK_SLOTS);
-    return 0;
-}
-
-/* Whether entry k's segment still exists (an entry whose segment is gone
- * may be given to another chunk: no process can take a slot in it). */
-static bool chunk_exists(const struct reader_chunk *t)
+/* Whether the segment and semaphore set of entry t are still the ones the
+ * store's owner made for it: an entry whose objects are gone, or whose
+ * ids now name other objects, may be given to another chunk, as no handle
+ * can take a slot in it any more. */
+static bool chunk_exists(const struct reader_chunk *t,
+                         const struct shmid_ds *cs)
 {
     struct shmid_ds ds;
-    return shmctl(atomic_load(&t->shmid), IPC_STAT, &ds) == 0 ||
-           errno == EACCES;
+    struct semid_ds sd;
+    union semctl_arg arg = {.buf = &sd};
+    return shmctl(atomic_load(&t->shmid), IPC_STAT, &ds) == 0 &&
+           store_made(ds.shm_perm.cuid, cs) && ds.shm_segsz == CHUNK_BYTES &&
+           semctl(atomic_load(&t->semid), 0, IPC_STAT, arg) == 0 &&
+           store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS;
 }
 
 static struct client_pin *pins_of(const struct shmkv *kv)
@@ -570,60 +486,106 @@ static struct client_pin *pins_of(const struct shmkv *kv)
     return (struct client_pin *)((char *)kv->ctl + kv->ctl_tail_fixed.pins_off);
 }
 
-int shmkv_register_readers(struct shmkv *kv, unsigned uid, int shmid, int semid,
-                           unsigned *index)
+/* Makes a chunk's segment and semaphore set, this process their creator,
+ * and hands them to uid and the store's group (gid) with mode. */
+static int chunk_make(uid_t uid, gid_t gid, unsigned mode, int *shmid_out,
+                      int *semid_out)
+{
+    int shmid = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | IPC_EXCL | 0600);
+    if (shmid < 0)
+        return set_errno_error(errno == ENOSPC ? SHMKV_ELIMIT : SHMKV_ESYS,
+                               "shmget of a reader chunk");
+    int semid =
+        semget(IPC_PRIVATE, (int)CHUNK_SLOTS, IPC_CREAT | IPC_EXCL | 0600);
+    if (semid < 0) {
+        int err = errno;
+        shmctl(shmid, IPC_RMID, NULL);
+        errno = err;
+        return set_errno_error(err == ENOSPC ? SHMKV_ELIMIT : SHMKV_ESYS,
+                               "semget of a reader chunk");
+    }
+    struct shmid_ds ds;
+    struct semid_ds sd;
+    union semctl_arg arg = {.buf = &sd};
+    bool ok = shmctl(shmid, IPC_STAT, &ds) == 0 &&
+              semctl(semid, 0, IPC_STAT, arg) == 0;
+    if (ok) {
+        ds.shm_perm.uid = sd.sem_perm.uid = uid;
+        ds.shm_perm.gid = sd.sem_perm.gid = gid;
+        ds.shm_perm.mode = sd.sem_perm.mode = mode;
+        ok = shmctl(shmid, IPC_SET, &ds) == 0 &&
+             semctl(semid, 0, IPC_SET, arg) == 0;
+    }
+    if (!ok) {
+        int err = errno;
+        shmctl(shmid, IPC_RMID, NULL);
+        semctl(semid, 0, IPC_RMID);
+        errno = err;
+        return set_errno_error(SHMKV_ESYS,
+                               "handing a reader chunk to its user");
+    }
+    *shmid_out = shmid;
+    *semid_out = semid;
+    return 0;
+}
+
+int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
 {
     if (kv == NULL || index == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle or index");
     if (kv->rdonly)
         return set_error(SHMKV_ERDONLY, "the handle is read-only");
-    int rc = chunk_verify(kv, uid, shmid, semid);
-    if (rc != 0)
-        return rc;
-    rc = write_begin(kv);
+    struct shmid_ds cs;
+    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0)
+        return set_errno_error(SHMKV_ESYS, "shmctl(IPC_STAT) of the store");
+    /* The chunk's creator is how its entry is known to be its own. */
+    if (!store_made(geteuid(), &cs))
+        return set_error(SHMKV_EACCES, "only the store's owner's user makes "
+                                       "reader chunks");
+    int rc = write_begin(kv);
     if (rc != 0)
         return rc;
     struct reader_chunk *t = (struct reader_chunk *)chunk_table(kv);
     uint32_t n = (uint32_t)kv->ctl_tail_fixed.chunk_count;
     uint32_t mine = 0, slot = UINT32_MAX;
     for (uint32_t k = 0; k < n; k++) {
-        bool active = atomic_load(&t[k].state) == CHUNK_ACTIVE;
-        if (active && atomic_load(&t[k].shmid) == shmid) {
-            *index = k; /* asked twice */
-            write_end(kv);
-            return 0;
-        }
-        bool live = active && chunk_exists(&t[k]);
+        bool live = atomic_load(&t[k].state) == CHUNK_ACTIVE &&
+                    chunk_exists(&t[k], &cs);
         if (live && t[k].uid == uid)
             mine++;
         if (!live && slot == UINT32_MAX)
             slot = k;
     }
-    if (mine >= n / 2 || slot == UINT32_MAX) {
-        write_end(kv);
-        return set_error(SHMKV_ECLIENTS,
-                         mine >= n / 2
-                             ? "uid %u holds %u reader chunks, its share of "
-                               "the store's %u"
-                             : "all %3$u reader chunks of the store are "
-                               "taken (uid %1$u holds %2$u)",
-                         uid, mine, n);
-    }
-    /* No scan looks at the entry while the lock is held: its pins start
-     * afresh, then it is published. */
-    struct client_pin *pins = pins_of(kv) + 2 * (uint64_t)kv->max_clients +
-                              (uint64_t)slot * CHUNK_SLOTS;
-    memset((void *)pins, 0, CHUNK_SLOTS * sizeof *pins);
-    atomic_store(&t[slot].state, CHUNK_FREE);
-    t[slot].uid = uid;
-    atomic_store(&t[slot].shmid, shmid);
-    atomic_store(&t[slot].semid, semid);
-    atomic_store_explicit(&t[slot].state, CHUNK_ACTIVE, memory_order_release);
-    atomic_fetch_add_explicit(&kv->ctl->chunks_version, 1,
+    int shmid = -1, semid = -1;
+    if (mine >= n / 2 || slot == UINT32_MAX)
+        rc = set_error(SHMKV_ECLIENTS,
+                       mine >= n / 2 ? "uid %u holds %u reader chunks, its "
+                                       "share of the store's %u"
+                                     : "all %3$u reader chunks of the store "
+                                       "are taken (uid %1$u holds %2$u)",
+                       uid, mine, n);
+    else
+        rc = chunk_make((uid_t)uid, cs.shm_perm.gid, chunk_mode(kv->ctl->mode),
+                        &shmid, &semid);
+    if (rc == 0) {
+        /* What an entry held before goes: its objects are gone or are no
+         * longer its own. No scan looks at the entry while the lock is
+         * held: its pins start afresh, then it is published. */
+        struct client_pin *pins = pins_of(kv) + 2 * (uint64_t)kv->max_clients +
+                                  (uint64_t)slot * CHUNK_SLOTS;
+        memset((void *)pins, 0, CHUNK_SLOTS * sizeof *pins);
+        atomic_store(&t[slot].state, CHUNK_FREE);
+        t[slot].uid = uid;
+        atomic_store(&t[slot].shmid, shmid);
+        atomic_store(&t[slot].semid, semid);
+        atomic_store_explicit(&t[slot].state, CHUNK_ACTIVE,
                               memory_order_release);
+        atomic_fetch_add_explicit(&kv->ctl->chunks_version, 1,
+                                  memory_order_release);
+        *index = slot;
+    }
     write_end(kv);
-    *index = slot;
-    return 0;
+    return rc;
 }
 
 int shmkv_set_registrar(struct shmkv *kv, const char *path)
@@ -631,8 +593,8 @@ int shmkv_set_registrar(struct shmkv *kv, const char *path)
     if (kv == NULL)
         return set_error(SHMKV_EINVAL, "NULL handle");
     if (kv->rdonly || !kv->owner)
-        return set_error(SHMKV_ERDONLY, "only the store's owner registers "
-                                        "reader chunks");
+        return set_error(SHMKV_ERDONLY, "only the store's owner makes reader "
+                                        "chunks");
     size_t len = path != NULL ? strlen(path) : 0;
     if (len >= REGISTRAR_BYTES)
         return set_error(SHMKV_EINVAL,
@@ -646,24 +608,24 @@ int shmkv_set_registrar(struct shmkv *kv, const char *path)
     return 0;
 }
 
-void chunks_remove(struct ctl_header *c)
+void chunks_remove(struct ctl_header *c, int ctl_id)
 {
+    struct shmid_ds cs;
+    if (shmctl(ctl_id, IPC_STAT, &cs) != 0)
+        return;
     struct reader_chunk *t = (struct reader_chunk *)((char *)c + c->chunks_off);
     for (uint64_t k = 0; k < c->chunk_count; k++) {
         if (atomic_load(&t[k].state) != CHUNK_ACTIVE)
             continue;
+        /* Only what the store's creator made for the table. */
         struct shmid_ds ds;
-        /* Only what the table says, as its maker left it. */
         if (shmctl(atomic_load(&t[k].shmid), IPC_STAT, &ds) == 0 &&
-            ds.shm_perm.cuid == t[k].uid && ds.shm_segsz == CHUNK_BYTES)
+            store_made(ds.shm_perm.cuid, &cs) && ds.shm_segsz == CHUNK_BYTES)
             shmctl(atomic_load(&t[k].shmid), IPC_RMID, NULL);
         struct semid_ds sd;
-        union {
-            int val;
-            struct semid_ds *buf;
-        } arg = {.buf = &sd};
+        union semctl_arg arg = {.buf = &sd};
         if (semctl(atomic_load(&t[k].semid), 0, IPC_STAT, arg) == 0 &&
-            sd.sem_perm.cuid == t[k].uid && sd.sem_nsems == CHUNK_SLOTS)
+            store_made(sd.sem_perm.cuid, &cs) && sd.sem_nsems == CHUNK_SLOTS)
             semctl(atomic_load(&t[k].semid), 0, IPC_RMID);
         atomic_store(&t[k].state, CHUNK_FREE);
     }

@@ -457,8 +457,8 @@ unsigned chunk_mode(unsigned store_mode);
 void chunks_follow(struct shmkv *kv);
 /* Lets go of kv->chunk_maps (and the scan sets sized for them). */
 void chunks_detach(struct shmkv *kv);
-/* Removes the registered chunks (the store is being removed). */
-void chunks_remove(struct ctl_header *c);
+/* Removes the registered chunks (the store at ctl_id is being removed). */
+void chunks_remove(struct ctl_header *c, int ctl_id);
 int client_slot_claim(struct shmkv *kv);
 void client_slot_release(struct shmkv *kv);
 /* Frees the slots of dead processes that nothing needs any more. */

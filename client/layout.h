@@ -39,14 +39,14 @@
  *                   its own hit/miss counters
  *     recency cells uint32 LRU stamps indexed by the hash tag (lru stores)
  *
- *   reader chunks (IPC_PRIVATE, each made by one reader's user; clients.c)
+ *   reader chunks (IPC_PRIVATE, made by the owner for one reader user;
+ *   clients.c)
  *     CHUNK_SLOTS client slots, as in the reader segment, for the
- *     read-only handles of that user alone: its maker hands it to the
- *     store's owner and the writers, so that readers of other users
- *     cannot touch it. The control segment's chunk table, which the
- *     owner fills once it has checked who made a chunk, names them; a
- *     store whose owner registers none (no shmkvd) uses only the reader
- *     segment.
+ *     read-only handles of that user alone: the owner (shmkvd) makes it
+ *     when one asks, hands it to that user and the writers, and names it
+ *     in the control segment's chunk table; readers of other users cannot
+ *     touch it. A store whose owner makes none (no shmkvd) uses only the
+ *     reader segment.
  *
  *   data segment (IPC_PRIVATE, one per generation; writers only)
  *     data_header   identity, geometry, allocator state, entry count, the
@@ -191,9 +191,8 @@ struct writer_slot {
 };
 
 /* A reader chunk in the control segment's table: state CHUNK_ACTIVE once
- * the owner checked that `uid` made the segment and the semaphore set
- * and handed them to it; written by the owner only, under the write
- * lock. */
+ * the owner made the segment and the semaphore set for user `uid` and
+ * handed them to it; written by the owner only, under the write lock. */
 #define CHUNK_FREE 0u
 #define CHUNK_ACTIVE 1u
 struct reader_chunk {
@@ -346,9 +345,9 @@ struct ctl_header {
 
     /* Bumped by each change of the reader chunk table, after it. */
     alignas(CACHE_LINE) _Atomic uint32_t chunks_version;
-    /* The control socket where the owner registers reader chunks
-     * (shmkvd's), NUL-terminated; empty: none, readers use the reader
-     * segment. */
+    /* The control socket where read-only handles ask the owner (shmkvd)
+     * for reader chunks, NUL-terminated; empty: none, readers use the
+     * reader segment. */
     char registrar[REGISTRAR_BYTES];
 
     /* LRU clock: advanced by writers, copied into recency cells. */

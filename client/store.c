@@ -604,7 +604,7 @@ static void ctl_remove_all(struct ctl_header *c, int ctl_id)
     }
     if (c->reader_shmid >= 0)
         shmctl(c->reader_shmid, IPC_RMID, NULL);
-    chunks_remove(c);
+    chunks_remove(c, ctl_id);
     liveness_remove(c);
     shmctl(ctl_id, IPC_RMID, NULL);
 }

@@ -2155,36 +2155,35 @@ static void cmd_release(struct conn *c, size_t argc, struct resp_arg *argv,
     resp_int(out, held);
 }
 
-/* SHMKV.READERS shmid semid: registers the reader chunk the peer's user
- * made (libshmkv's read-only handles ask, clients.c), after the library
- * checks by the kernel's records that the peer's uid (SO_PEERCRED) made
- * it; its index in the chunk table. */
+/* SHMKV.READERS: makes a reader chunk for the peer's user, as the kernel
+ * names it (SO_PEERCRED), for libshmkv's read-only handles (clients.c);
+ * its index in the chunk table. Refusals are logged once a minute at most:
+ * any peer may ask. */
 static void cmd_readers(struct conn *c, size_t argc, struct resp_arg *argv,
                         struct evbuffer *out)
 {
     (void)argc;
-    int64_t shmid, semid;
-    if (!arg_int64(&argv[1], &shmid) || !arg_int64(&argv[2], &semid) ||
-        shmid < 0 || shmid > INT32_MAX || semid < 0 || semid > INT32_MAX) {
-        resp_error(out, "ERR shmid and semid must be non-negative integers");
-        return;
-    }
+    (void)argv;
     unsigned index;
-    int rc = shmkv_register_readers(c->d->kv, (unsigned)c->uid, (int)shmid,
-                                    (int)semid, &index);
+    int rc = shmkv_add_readers_chunk(c->d->kv, (unsigned)c->uid, &index);
     if (parked_on(c, rc, true))
         return;
     /* Answered: a connection taken only for this is done. */
     if (c->reg_only)
         c->closing = true;
     if (rc != 0) {
-        log_warning("reader chunk of uid %d (pid %d) refused: %s", (int)c->uid,
-                    (int)c->pid, shmkv_last_error());
+        static time_t logged;
+        time_t now = time(NULL);
+        if (now - logged >= 60) {
+            logged = now;
+            log_warning("no reader chunk for uid %d (pid %d): %s", (int)c->uid,
+                        (int)c->pid, shmkv_last_error());
+        }
         reply_store_error(out, rc);
         return;
     }
-    log_info("reader chunk %u registered for uid %d (pid %d)", index,
-             (int)c->uid, (int)c->pid);
+    log_info("reader chunk %u made for uid %d (pid %d)", index, (int)c->uid,
+             (int)c->pid);
     resp_int(out, index);
 }
 
@@ -2724,8 +2723,8 @@ static const struct command commands[] = {
      "key ms: 1 if this connection now fills key, 0 if another does"},
     {"SHMKV.RELEASE", 2, CMD_WRITES | CMD_KEY1, cmd_release,
      "key: give back this connection's lease"},
-    {"SHMKV.READERS", 3, CMD_WAITS | CMD_NOMULTI, cmd_readers,
-     "shmid semid: register the caller's reader chunk (libshmkv asks)"},
+    {"SHMKV.READERS", 1, CMD_WAITS | CMD_NOMULTI, cmd_readers,
+     "make a reader chunk for the caller's user (libshmkv asks)"},
     {"SHMKV.GETSTALE", 2, CMD_KEY1, cmd_getstale,
      "key: [value, ms since it expired], while still in memory"},
     {"SLOWLOG", -2, 0, cmd_slowlog,

@@ -228,18 +228,16 @@ int shmkv_set_mirror(struct shmkv *kv, const char *const *prefixes,
 
 /* Reader chunks keep read-only handles of different users apart (README,
  * "Who can do what"). The store's owner (shmkvd) names the Unix socket
- * where it registers them (NULL or "" for none: read-only handles then
+ * where read-only handles ask it for one (NULL or "" for none: they then
  * share the reader segment); SHMKV_ERDONLY for any other handle. */
 int shmkv_set_registrar(struct shmkv *kv, const char *path);
-/* The owner's side of a registration: enters the segment shmid and the
- * semaphore set semid in the store's chunk table for user uid, once the
- * kernel's records show that uid made them and handed them to the
- * store's owner and group with the chunk's mode; *index is the entry.
- * uid must be the requester's as the kernel reports it (SO_PEERCRED).
- * SHMKV_EACCES if the objects are not so, SHMKV_ECLIENTS if the table or
- * uid's share of it (half) is full. */
-int shmkv_register_readers(struct shmkv *kv, unsigned uid, int shmid, int semid,
-                           unsigned *index);
+/* The owner's side of such a request: makes a reader chunk for user uid
+ * (the requester's, as the kernel reports it: SO_PEERCRED), handed to
+ * uid and the store's group, and enters it in the chunk table; *index is
+ * its entry. Any writing handle of the store's owner's user (SHMKV_EACCES
+ * for another user). SHMKV_ECLIENTS if the table or uid's share of it
+ * (half) is full. */
+int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index);
 
 /* The store's marks (SHMKV_MARK_*) in *marks; 0 on a store no owner has
  * marked. */

@@ -928,39 +928,28 @@ static void test_rewritten_claims(void **state)
 
 /* ---- reader chunks: readers of one user kept from another's ---- */
 
-/* Reads the request of one connection (SHMKV.READERS shmid semid, as
- * RESP), registers the peer's chunk with the owner's handle h and answers
- * as shmkvd does. */
+/* Reads the request of one connection (SHMKV.READERS, as RESP), makes a
+ * chunk for the peer's user with the owner's handle h and answers as
+ * shmkvd does. */
 static void registrar_serve(struct shmkv *h, int fd)
 {
     char buf[512];
     size_t got = 0;
-    unsigned lines = 0;
-    while (lines < 7 && got < sizeof buf - 1) {
+    while (got < 24 && got < sizeof buf - 1) {
         ssize_t r = read(fd, buf + got, sizeof buf - 1 - got);
         if (r <= 0)
             return;
         got += (size_t)r;
-        buf[got] = '\0';
-        lines = 0;
-        for (const char *p = buf; (p = strstr(p, "\r\n")) != NULL; p += 2)
-            lines++;
     }
-    char *f[7];
-    char *save = NULL;
-    unsigned n = 0;
-    for (char *t = strtok_r(buf, "\r\n", &save); t != NULL && n < 7;
-         t = strtok_r(NULL, "\r\n", &save))
-        f[n++] = t;
+    buf[got] = '\0';
     struct ucred cr;
     socklen_t len = sizeof cr;
     char reply[600];
     unsigned index = 0;
-    if (n < 7 || strcmp(f[2], "SHMKV.READERS") != 0 ||
+    if (strcmp(buf, "*1\r\n$13\r\nSHMKV.READERS\r\n") != 0 ||
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
         snprintf(reply, sizeof reply, "-ERR bad request\r\n");
-    else if (shmkv_register_readers(h, (unsigned)cr.uid, atoi(f[4]), atoi(f[6]),
-                                    &index) != 0)
+    else if (shmkv_add_readers_chunk(h, (unsigned)cr.uid, &index) != 0)
         snprintf(reply, sizeof reply, "-ERR %s\r\n", shmkv_last_error());
     else
         snprintf(reply, sizeof reply, ":%u\r\n", index);
@@ -1017,8 +1006,8 @@ static void child_honest_chunked(void *arg)
 }
 
 /* Whether this process can reach another user's chunk: attach it either
- * way, or change its semaphores. Counts each reach in s->attacks... as a
- * breach in s->silent_wrong. */
+ * way, change its semaphores, or remove either. Counts each try in
+ * s->attacks, and each success as a breach in s->silent_wrong. */
 static void reach_other_chunks(const struct ctl_header *c, struct shared *s)
 {
     const struct reader_chunk *t =
@@ -1030,7 +1019,9 @@ static void reach_other_chunks(const struct ctl_header *c, struct shared *s)
         void *p = shmat(atomic_load(&t[k].shmid), NULL, 0);
         void *q = shmat(atomic_load(&t[k].shmid), NULL, SHM_RDONLY);
         bool sem = semctl(atomic_load(&t[k].semid), 0, SETVAL, 0) == 0;
-        if (p != (void *)-1 || q != (void *)-1 || sem)
+        bool gone = shmctl(atomic_load(&t[k].shmid), IPC_RMID, NULL) == 0 ||
+                    semctl(atomic_load(&t[k].semid), 0, IPC_RMID) == 0;
+        if (p != (void *)-1 || q != (void *)-1 || sem || gone)
             atomic_fetch_add(&s->silent_wrong, 1);
         if (p != (void *)-1)
             shmdt(p);
@@ -1180,24 +1171,6 @@ static void test_readers_isolated_by_user(void **state)
     test_destroy(kv, where);
 }
 
-/* Hands segment shmid and semaphore set semid to group gid with mode, as
- * a reader handing its chunk over would (the owner stays root here). */
-static void hand_over(int shmid, int semid, gid_t gid, unsigned mode)
-{
-    struct shmid_ds ds;
-    struct semid_ds sd;
-    union {
-        int val;
-        struct semid_ds *buf;
-    } arg = {.buf = &sd};
-    assert_int_equal(shmctl(shmid, IPC_STAT, &ds), 0);
-    assert_int_equal(semctl(semid, 0, IPC_STAT, arg), 0);
-    ds.shm_perm.gid = sd.sem_perm.gid = gid;
-    ds.shm_perm.mode = sd.sem_perm.mode = mode;
-    assert_int_equal(shmctl(shmid, IPC_SET, &ds), 0);
-    assert_int_equal(semctl(semid, 0, IPC_SET, arg), 0);
-}
-
 static bool shm_exists(int shmid)
 {
     struct shmid_ds ds;
@@ -1214,67 +1187,105 @@ static bool sem_exists(int semid)
     return semctl(semid, 0, IPC_STAT, arg) == 0;
 }
 
-/* What the registrar checks: a chunk another user made, or one not
- * handed over, or the wrong size, is refused; a user holds at most half
- * the table; and removing the store removes the chunks. */
+struct chunk_ctx {
+    const char *where;
+    int shmid, semid; /* another user's chunk */
+};
+
+/* As the chunk's user: a read-only handle takes its slot there. */
+static void child_chunk_user(void *arg)
+{
+    const struct chunk_ctx *x = arg;
+    struct shmkv *h;
+    if (shmkv_open(x->where, 0, &h) != 0 || h->chunk_seg == NULL)
+        _exit(1);
+    shmkv_close(h);
+    _exit(0);
+}
+
+/* As another reader: the chunk is out of reach. */
+static void child_chunk_outsider(void *arg)
+{
+    const struct chunk_ctx *x = arg;
+    if (shmat(x->shmid, NULL, 0) != (void *)-1 || errno != EACCES)
+        _exit(1);
+    if (shmat(x->shmid, NULL, SHM_RDONLY) != (void *)-1 || errno != EACCES)
+        _exit(2);
+    if (semctl(x->semid, 0, SETVAL, 1) != -1 || errno != EACCES)
+        _exit(3);
+    struct sembuf op = {.sem_num = 0, .sem_op = 1, .sem_flg = IPC_NOWAIT};
+    if (semop(x->semid, &op, 1) != -1 || errno != EACCES)
+        _exit(4);
+    _exit(0);
+}
+
+/* As the chunk's user: removes it, which its user may. */
+static void child_chunk_remover(void *arg)
+{
+    const struct chunk_ctx *x = arg;
+    _exit(shmctl(x->shmid, IPC_RMID, NULL) == 0 &&
+                  semctl(x->semid, 0, IPC_RMID) == 0
+              ? 0
+              : 1);
+}
+
+/* What the owner makes: objects it created, handed to the asking user
+ * and the store's group with the chunk's mode, which that user's readers
+ * use and another's cannot touch; a user holds at most half the table; a
+ * chunk its user removed frees its entry; and removing the store removes
+ * the chunks. */
 static void test_chunk_registration(void **state)
 {
     (void)state;
     need_root();
     char where[32];
     struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
-    struct shmid_ds cs;
-    assert_int_equal(shmctl(kv->ctl_shmid, IPC_STAT, &cs), 0);
-    unsigned mode = chunk_mode(0640);
-    int shmid = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | 0600);
-    int semid = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
-    assert_true(shmid >= 0 && semid >= 0);
-    unsigned index;
-    /* Not yet handed to the store's group with the chunk's mode. */
-    assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &index),
-                     SHMKV_EACCES);
-    hand_over(shmid, semid, cs.shm_perm.gid, mode);
-    /* Made by root: refused for another uid, taken for root, and asked
-     * twice, the same entry. */
-    assert_int_equal(
-        shmkv_register_readers(kv, acct_reader.uid, shmid, semid, &index),
-        SHMKV_EACCES);
-    assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &index), 0);
-    unsigned again;
-    assert_int_equal(shmkv_register_readers(kv, 0, shmid, semid, &again), 0);
-    assert_int_equal(again, index);
-    /* A wrong size. */
-    int big = shmget(IPC_PRIVATE, CHUNK_BYTES * 2, IPC_CREAT | 0600);
-    int spare = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
-    assert_true(big >= 0 && spare >= 0);
-    hand_over(big, spare, cs.shm_perm.gid, mode);
-    assert_int_equal(shmkv_register_readers(kv, 0, big, spare, &index),
-                     SHMKV_EINVAL);
-    shmctl(big, IPC_RMID, NULL);
-    semctl(spare, 0, IPC_RMID);
+    /* Named, so that read-only handles look at the table; nothing
+     * listens: a handle with no chunk uses the reader segment. */
+    assert_int_equal(shmkv_set_registrar(kv, "/nonexistent/shmkv.sock"), 0);
+    unsigned index, first;
+    assert_int_equal(shmkv_add_readers_chunk(kv, acct_reader.uid, &first), 0);
+    index = first;
+    const struct reader_chunk *t = chunk_table(kv);
+    struct chunk_ctx x = {.where = where,
+                          .shmid = atomic_load(&t[index].shmid),
+                          .semid = atomic_load(&t[index].semid)};
+    struct shmid_ds ds;
+    assert_int_equal(shmctl(x.shmid, IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_perm.cuid, 0);
+    assert_int_equal(ds.shm_perm.uid, acct_reader.uid);
+    assert_int_equal(ds.shm_perm.gid, gid_r);
+    assert_int_equal(ds.shm_perm.mode & 0777, chunk_mode(0640));
+    assert_int_equal(ds.shm_segsz, CHUNK_BYTES);
+    assert_int_equal(reap(spawn(&acct_reader, child_chunk_user, &x)), 0);
+    assert_int_equal(reap(spawn(&acct_reader2, child_chunk_outsider, &x)), 0);
     /* Half the table at most for one user. */
     uint64_t n = kv->ctl->chunk_count;
-    int ids[64][2];
     unsigned made = 0;
     int rc = 0;
-    for (; made < 64 && rc == 0; made++) {
-        ids[made][0] = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | 0600);
-        ids[made][1] = semget(IPC_PRIVATE, CHUNK_SLOTS, IPC_CREAT | 0600);
-        hand_over(ids[made][0], ids[made][1], cs.shm_perm.gid, mode);
-        rc = shmkv_register_readers(kv, 0, ids[made][0], ids[made][1], &index);
-    }
+    while (made < 64 &&
+           (rc = shmkv_add_readers_chunk(kv, acct_reader2.uid, &index)) == 0)
+        made++;
     assert_int_equal(rc, SHMKV_ECLIENTS);
-    assert_int_equal(made, n / 2); /* the first was registered before */
-    /* The refused one is the caller's to remove; the rest go with the
-     * store. */
-    shmctl(ids[made - 1][0], IPC_RMID, NULL);
-    semctl(ids[made - 1][1], 0, IPC_RMID);
+    assert_int_equal(made, n / 2);
+    /* Once its user removed it, the first chunk's entry is free again. */
+    assert_int_equal(reap(spawn(&acct_reader, child_chunk_remover, &x)), 0);
+    assert_int_equal(shmkv_add_readers_chunk(kv, acct_writer.uid, &index), 0);
+    assert_int_equal(index, first);
+    /* Every chunk goes with the store. */
+    int ids[2 * 64];
+    unsigned nids = 0;
+    for (uint64_t k = 0; k < n && nids + 2 <= 2 * 64; k++) {
+        if (atomic_load(&t[k].state) != CHUNK_ACTIVE)
+            continue;
+        ids[nids++] = atomic_load(&t[k].shmid);
+        ids[nids++] = atomic_load(&t[k].semid);
+    }
+    assert_int_equal(nids, 2 * (made + 1));
     test_destroy(kv, where);
-    assert_false(shm_exists(shmid));
-    assert_false(sem_exists(semid));
-    for (unsigned i = 0; i + 1 < made; i++) {
-        assert_false(shm_exists(ids[i][0]));
-        assert_false(sem_exists(ids[i][1]));
+    for (unsigned i = 0; i < nids; i += 2) {
+        assert_false(shm_exists(ids[i]));
+        assert_false(sem_exists(ids[i + 1]));
     }
 }
 
