@@ -195,12 +195,10 @@ static uint32_t chunks_reap(struct shmkv *kv)
     for (uint32_t k = 0;
          kv->chunk_maps != NULL && k < kv->ctl_tail_fixed.chunk_count; k++) {
         const struct chunk_map *m = &kv->chunk_maps[k];
-        uint8_t alive[CHUNK_SLOTS];
-        if (m->slots == NULL || !liveness_all_at(m->semid, CHUNK_SLOTS, alive))
-            continue;
-        for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
-            if (alive[i] || atomic_load_explicit(&m->slots[i].pid,
-                                                 memory_order_relaxed) == 0)
+        for (uint32_t i = 0; m->slots != NULL && i < CHUNK_SLOTS; i++) {
+            if (atomic_load_explicit(&m->slots[i].pid, memory_order_relaxed) ==
+                    0 ||
+                liveness_alive_at(m->semid, (unsigned short)i))
                 continue;
             /* Holding its semaphore keeps a claimer out while it is
              * cleaned. */
@@ -260,12 +258,20 @@ static bool store_made(uid_t uid, const struct shmid_ds *cs)
 static void *chunk_attach(const struct shmkv *kv, int shmid)
 {
     struct shmid_ds cs, ds;
-    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0 ||
-        shmctl(shmid, IPC_STAT, &ds) != 0 ||
-        !store_made(ds.shm_perm.cuid, &cs) || ds.shm_segsz != CHUNK_BYTES)
+    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0)
         return NULL;
     void *addr = shmat(shmid, NULL, 0);
-    return addr == (void *)-1 ? NULL : addr;
+    if (addr == (void *)-1)
+        return NULL;
+    /* Looked at once attached: an attached segment keeps its id even if
+     * removed, so this is the segment mapped, not one that took the id
+     * since a look before. */
+    if (shmctl(shmid, IPC_STAT, &ds) != 0 ||
+        !store_made(ds.shm_perm.cuid, &cs) || ds.shm_segsz != CHUNK_BYTES) {
+        shmdt(addr);
+        return NULL;
+    }
+    return addr;
 }
 
 /* Takes slot i of a chunk this handle attached at addr: the slot's
@@ -311,8 +317,10 @@ static int chunk_slot_try(struct shmkv *kv, uint32_t k)
     return 1;
 }
 
-/* How long a handle waits for the owner to make its chunk. */
-#define REGISTER_WAIT_MS 2000
+/* How long a handle waits for the owner to make its chunk, past the
+ * reader timeout: the owner makes it under the write lock, which a writer
+ * waiting for a section to end may hold that long. */
+#define REGISTER_WAIT_MS 2000u
 
 /* Asks the owner at the control header's registrar socket for a chunk of
  * this process's user: its index in the table, or an error. */
@@ -329,7 +337,8 @@ static int chunk_request(struct shmkv *kv, uint32_t *index)
     static const char req[] = "*1\r\n$13\r\nSHMKV.READERS\r\n";
     const size_t n = sizeof req - 1;
     int rc = 0;
-    uint64_t deadline = monotonic_ms() + REGISTER_WAIT_MS;
+    uint64_t wait_ms = (uint64_t)kv->reader_timeout_ms + REGISTER_WAIT_MS;
+    uint64_t deadline = monotonic_ms() + wait_ms;
     char reply[256];
     size_t got = 0, sent = 0;
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 &&
@@ -340,8 +349,8 @@ static int chunk_request(struct shmkv *kv, uint32_t *index)
     for (;;) {
         uint64_t now = monotonic_ms();
         if (now >= deadline) {
-            rc = set_error(SHMKV_ETIMEDOUT, "%s did not answer within %d ms",
-                           sa.sun_path, REGISTER_WAIT_MS);
+            rc = set_error(SHMKV_ETIMEDOUT, "%s did not answer within %llu ms",
+                           sa.sun_path, (unsigned long long)wait_ms);
             goto out;
         }
         struct pollfd p = {.fd = fd, .events = sent < n ? POLLOUT : POLLIN};
@@ -481,6 +490,27 @@ static bool chunk_exists(const struct reader_chunk *t,
            store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS;
 }
 
+/* Removes what is left of entry t's objects, as far as they are the
+ * store's: made by the store's owner and of a chunk's shape; or out of
+ * this process's sight (their user may give them mode 0) and removable by
+ * it, which only their creator or owner is. */
+static void chunk_objects_remove(const struct reader_chunk *t,
+                                 const struct shmid_ds *cs)
+{
+    int shmid = atomic_load(&t->shmid), semid = atomic_load(&t->semid);
+    struct shmid_ds ds;
+    if (shmctl(shmid, IPC_STAT, &ds) == 0
+            ? store_made(ds.shm_perm.cuid, cs) && ds.shm_segsz == CHUNK_BYTES
+            : errno == EACCES)
+        shmctl(shmid, IPC_RMID, NULL);
+    struct semid_ds sd;
+    union semctl_arg arg = {.buf = &sd};
+    if (semctl(semid, 0, IPC_STAT, arg) == 0
+            ? store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS
+            : errno == EACCES)
+        semctl(semid, 0, IPC_RMID);
+}
+
 static struct client_pin *pins_of(const struct shmkv *kv)
 {
     return (struct client_pin *)((char *)kv->ctl + kv->ctl_tail_fixed.pins_off);
@@ -574,6 +604,8 @@ int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
         struct client_pin *pins = pins_of(kv) + 2 * (uint64_t)kv->max_clients +
                                   (uint64_t)slot * CHUNK_SLOTS;
         memset((void *)pins, 0, CHUNK_SLOTS * sizeof *pins);
+        if (atomic_load(&t[slot].state) == CHUNK_ACTIVE)
+            chunk_objects_remove(&t[slot], &cs);
         atomic_store(&t[slot].state, CHUNK_FREE);
         t[slot].uid = uid;
         atomic_store(&t[slot].shmid, shmid);
@@ -617,16 +649,7 @@ void chunks_remove(struct ctl_header *c, int ctl_id)
     for (uint64_t k = 0; k < c->chunk_count; k++) {
         if (atomic_load(&t[k].state) != CHUNK_ACTIVE)
             continue;
-        /* Only what the store's creator made for the table. */
-        struct shmid_ds ds;
-        if (shmctl(atomic_load(&t[k].shmid), IPC_STAT, &ds) == 0 &&
-            store_made(ds.shm_perm.cuid, &cs) && ds.shm_segsz == CHUNK_BYTES)
-            shmctl(atomic_load(&t[k].shmid), IPC_RMID, NULL);
-        struct semid_ds sd;
-        union semctl_arg arg = {.buf = &sd};
-        if (semctl(atomic_load(&t[k].semid), 0, IPC_STAT, arg) == 0 &&
-            store_made(sd.sem_perm.cuid, &cs) && sd.sem_nsems == CHUNK_SLOTS)
-            semctl(atomic_load(&t[k].semid), 0, IPC_RMID);
+        chunk_objects_remove(&t[k], &cs);
         atomic_store(&t[k].state, CHUNK_FREE);
     }
 }

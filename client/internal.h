@@ -215,12 +215,13 @@ int liveness_claim(const struct ctl_header *c, enum live_kind k,
                    uint32_t index);
 void liveness_release(const struct ctl_header *c, enum live_kind k,
                       uint32_t index);
-/* The same for semaphore num of set id: a reader chunk's (clients.c). */
+/* The same for semaphore num of set id: a reader chunk's (clients.c).
+ * One value at a time: a chunk's set id is taken from memory, and its
+ * user may have removed the set and another taken the id, with any
+ * number of semaphores. */
 int liveness_claim_at(int id, unsigned short num);
 void liveness_release_at(int id, unsigned short num);
 bool liveness_alive_at(int id, unsigned short num);
-/* The first n (at most CHUNK_SLOTS) of set id, as liveness_all. */
-bool liveness_all_at(int id, uint32_t n, uint8_t *alive);
 /* true unless the process holding index's semaphore is known dead (or
  * none holds it). */
 bool liveness_alive(const struct ctl_header *c, enum live_kind k,

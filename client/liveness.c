@@ -222,24 +222,6 @@ bool liveness_alive(const struct ctl_header *c, enum live_kind k,
     return liveness_alive_at(id, num);
 }
 
-bool liveness_all_at(int id, uint32_t n, uint8_t *alive)
-{
-    unsigned short vals[CHUNK_SLOTS];
-    /* GETALL writes as many as the set has: the set is made of
-     * CHUNK_SLOTS, but the id is taken from memory, so check. */
-    struct semid_ds ds;
-    union semun_arg st = {.buf = &ds};
-    if (n > CHUNK_SLOTS || semctl(id, 0, IPC_STAT, st) != 0 ||
-        ds.sem_nsems != CHUNK_SLOTS)
-        return false;
-    union semun_arg arg = {.array = vals};
-    if (semctl(id, 0, GETALL, arg) != 0)
-        return false;
-    for (uint32_t i = 0; i < n; i++)
-        alive[i] = vals[i] != 0;
-    return true;
-}
-
 bool liveness_all(const struct ctl_header *c, enum live_kind k, uint32_t n,
                   uint8_t *alive)
 {

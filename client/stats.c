@@ -116,12 +116,11 @@ int shmkv_stats(struct shmkv *kv, struct shmkv_stats *st)
     for (uint32_t k = 0;
          kv->chunk_maps != NULL && k < kv->ctl_tail_fixed.chunk_count; k++) {
         const struct chunk_map *m = &kv->chunk_maps[k];
-        uint8_t live[CHUNK_SLOTS];
         if (m->slots == NULL)
             continue;
-        bool seen = liveness_all_at(m->semid, CHUNK_SLOTS, live);
         for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
-            if (atomic_load(&m->slots[i].pid) != 0 && (!seen || live[i]))
+            if (atomic_load(&m->slots[i].pid) != 0 &&
+                liveness_alive_at(m->semid, (unsigned short)i))
                 st->clients++;
             st->hits += atomic_load(&m->slots[i].hits);
             st->misses += atomic_load(&m->slots[i].misses);

@@ -1289,6 +1289,143 @@ static void test_chunk_registration(void **state)
     }
 }
 
+/* A store owned by a user, not root: its chunks' user gives them mode 0,
+ * so that the owner can no longer look at them; asked again, the owner
+ * reuses the entry and removes the old pair, which as their creator it
+ * may whatever their mode. pipe_out gets the chunk's ids; pipe_in says
+ * when they are mode 0. */
+struct owner_ctx {
+    const char *where;
+    int ids_fd, go_fd;
+};
+
+static void child_user_owner(void *arg)
+{
+    const struct owner_ctx *x = arg;
+    test_record("pid %d", (int)getpid());
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.key = x->where;
+    o.size_bytes = 1u << 20;
+    o.mode = 0640;
+    o.max_clients = 64; /* 2 chunk entries: 1 per user */
+    struct shmkv *kv;
+    if (shmkv_create(&o, &kv) != 0)
+        _exit(1);
+    unsigned index, again;
+    if (shmkv_add_readers_chunk(kv, acct_reader.uid, &index) != 0)
+        _exit(2);
+    const struct reader_chunk *t = chunk_table(kv);
+    int ids[2] = {atomic_load(&t[index].shmid), atomic_load(&t[index].semid)};
+    char c;
+    if (write(x->ids_fd, ids, sizeof ids) != (ssize_t)sizeof ids ||
+        read(x->go_fd, &c, 1) != 1)
+        _exit(3);
+    /* Out of sight now: the entry is free, and its pair goes. */
+    if (shmkv_add_readers_chunk(kv, acct_reader.uid, &again) != 0)
+        _exit(4);
+    if (again != index)
+        _exit(5);
+    shmkv_destroy(kv);
+    _exit(0);
+}
+
+static void test_chunk_out_of_sight_removed(void **state)
+{
+    (void)state;
+    need_root();
+    const char *key = test_unique_key();
+    char where[32];
+    snprintf(where, sizeof where, "%s", key);
+    if (test_store_count < TEST_MAX_STORES)
+        snprintf(test_store_keys[test_store_count++], 32, "%s", where);
+    int ids_pipe[2], go_pipe[2];
+    assert_int_equal(pipe(ids_pipe), 0);
+    assert_int_equal(pipe(go_pipe), 0);
+    struct owner_ctx x = {
+        .where = where, .ids_fd = ids_pipe[1], .go_fd = go_pipe[0]};
+    pid_t owner = spawn(&acct_writer, child_user_owner, &x);
+    int ids[2];
+    assert_int_equal(read(ids_pipe[0], ids, sizeof ids), (ssize_t)sizeof ids);
+    /* What the chunk's user may do (root stands in for it here). */
+    struct shmid_ds ds;
+    assert_int_equal(shmctl(ids[0], IPC_STAT, &ds), 0);
+    assert_int_equal(ds.shm_perm.cuid, acct_writer.uid);
+    assert_int_equal(ds.shm_perm.uid, acct_reader.uid);
+    ds.shm_perm.mode = 0;
+    assert_int_equal(shmctl(ids[0], IPC_SET, &ds), 0);
+    struct semid_ds sd;
+    union {
+        int val;
+        struct semid_ds *buf;
+    } arg = {.buf = &sd};
+    assert_int_equal(semctl(ids[1], 0, IPC_STAT, arg), 0);
+    sd.sem_perm.mode = 0;
+    assert_int_equal(semctl(ids[1], 0, IPC_SET, arg), 0);
+    assert_int_equal(write(go_pipe[1], "G", 1), 1);
+    int rc = reap(owner);
+    bool shm_left = shm_exists(ids[0]), sem_left = sem_exists(ids[1]);
+    /* Whatever happened, nothing of it stays on the machine. */
+    if (shm_left)
+        shmctl(ids[0], IPC_RMID, NULL);
+    if (sem_left)
+        semctl(ids[1], 0, IPC_RMID);
+    shmkv_remove(where);
+    close(ids_pipe[0]);
+    close(ids_pipe[1]);
+    close(go_pipe[0]);
+    close(go_pipe[1]);
+    assert_int_equal(rc, 0);
+    assert_false(shm_left);
+    assert_false(sem_left);
+}
+
+/* As a reader: makes a chunk-sized segment anyone may use, and says its
+ * id through the pipe; it stays until the parent removes it. */
+static void child_foreign_segment(void *arg)
+{
+    int fd = *(const int *)arg;
+    int id = shmget(IPC_PRIVATE, CHUNK_BYTES, IPC_CREAT | 0666);
+    _exit(id >= 0 && write(fd, &id, sizeof id) == (ssize_t)sizeof id ? 0 : 1);
+}
+
+/* A chunk's id names another segment once its user removed it and
+ * another took the id: writers attach only a segment the store's owner
+ * made (a huge-page one would fault them), and readers likewise. */
+static void test_chunk_foreign_segment_ignored(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    unsigned index;
+    assert_int_equal(shmkv_add_readers_chunk(kv, acct_reader.uid, &index), 0);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    assert_non_null(kv->chunk_maps[index].slots);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(reap(spawn(&acct_reader, child_foreign_segment, &p[1])),
+                     0);
+    int foreign;
+    assert_int_equal(read(p[0], &foreign, sizeof foreign),
+                     (ssize_t)sizeof foreign);
+    close(p[0]);
+    close(p[1]);
+    /* What the id now names, as the table has it. */
+    struct reader_chunk *t = (struct reader_chunk *)chunk_table(kv);
+    int own = atomic_load(&t[index].shmid);
+    atomic_store(&t[index].shmid, foreign);
+    atomic_fetch_add(&kv->ctl->chunks_version, 1);
+    assert_int_equal(shmkv_stats(kv, &st), 0);
+    bool attached = kv->chunk_maps[index].slots != NULL;
+    assert_int_equal(shmkv_set(kv, "k", 1, "v", 1, 0, 0), 0);
+    atomic_store(&t[index].shmid, own);
+    shmctl(foreign, IPC_RMID, NULL);
+    assert_false(attached);
+    test_destroy(kv, where);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1300,6 +1437,8 @@ int main(void)
         cmocka_unit_test(test_rewritten_claims),
         cmocka_unit_test(test_readers_isolated_by_user),
         cmocka_unit_test(test_chunk_registration),
+        cmocka_unit_test(test_chunk_out_of_sight_removed),
+        cmocka_unit_test(test_chunk_foreign_segment_ignored),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
