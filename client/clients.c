@@ -559,6 +559,33 @@ static int chunk_make(uid_t uid, gid_t gid, unsigned mode, int *shmid_out,
     return 0;
 }
 
+/* Chooses the entry for a new chunk of uid: 0 with *slot, or
+ * SHMKV_ECLIENTS where uid's share or the table is full. */
+static int chunk_entry_choose(const struct shmkv *kv, const struct shmid_ds *cs,
+                              unsigned uid, uint32_t *slot)
+{
+    const struct reader_chunk *t = chunk_table(kv);
+    uint32_t n = (uint32_t)kv->ctl_tail_fixed.chunk_count;
+    uint32_t mine = 0;
+    *slot = UINT32_MAX;
+    for (uint32_t k = 0; k < n; k++) {
+        bool live =
+            atomic_load(&t[k].state) == CHUNK_ACTIVE && chunk_exists(&t[k], cs);
+        if (live && t[k].uid == uid)
+            mine++;
+        if (!live && *slot == UINT32_MAX)
+            *slot = k;
+    }
+    if (mine >= n / 2 || *slot == UINT32_MAX)
+        return set_error(SHMKV_ECLIENTS,
+                         mine >= n / 2 ? "uid %u holds %u reader chunks, its "
+                                         "share of the store's %u"
+                                       : "all %3$u reader chunks of the store "
+                                         "are taken (uid %1$u holds %2$u)",
+                         uid, mine, n);
+    return 0;
+}
+
 int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
 {
     if (kv == NULL || index == NULL)
@@ -572,33 +599,37 @@ int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
     if (!store_made(geteuid(), &cs))
         return set_error(SHMKV_EACCES, "only the store's owner's user makes "
                                        "reader chunks");
-    int rc = write_begin(kv);
-    if (rc != 0)
-        return rc;
+    /* The entry is chosen and the objects made before the write lock,
+     * which is held only to publish them: a peer that asks again and
+     * again holds no writer up. */
     struct reader_chunk *t = (struct reader_chunk *)chunk_table(kv);
-    uint32_t n = (uint32_t)kv->ctl_tail_fixed.chunk_count;
-    uint32_t mine = 0, slot = UINT32_MAX;
-    for (uint32_t k = 0; k < n; k++) {
-        bool live = atomic_load(&t[k].state) == CHUNK_ACTIVE &&
-                    chunk_exists(&t[k], &cs);
-        if (live && t[k].uid == uid)
-            mine++;
-        if (!live && slot == UINT32_MAX)
-            slot = k;
-    }
-    int shmid = -1, semid = -1;
-    if (mine >= n / 2 || slot == UINT32_MAX)
-        rc = set_error(SHMKV_ECLIENTS,
-                       mine >= n / 2 ? "uid %u holds %u reader chunks, its "
-                                       "share of the store's %u"
-                                     : "all %3$u reader chunks of the store "
-                                       "are taken (uid %1$u holds %2$u)",
-                       uid, mine, n);
-    else
-        rc = chunk_make((uid_t)uid, cs.shm_perm.gid, chunk_mode(kv->ctl->mode),
-                        &shmid, &semid);
-    if (rc == 0) {
-        /* What an entry held before goes: its objects are gone or are no
+    for (int attempt = 0;; attempt++) {
+        uint32_t v = atomic_load_explicit(&kv->ctl->chunks_version,
+                                          memory_order_acquire);
+        uint32_t slot;
+        int rc = chunk_entry_choose(kv, &cs, uid, &slot);
+        int shmid = -1, semid = -1;
+        if (rc == 0)
+            rc = chunk_make((uid_t)uid, cs.shm_perm.gid,
+                            chunk_mode(kv->ctl->mode), &shmid, &semid);
+        if (rc != 0)
+            return rc;
+        rc = write_begin(kv);
+        /* Another owner's process made a chunk meanwhile: choose again. */
+        if (rc == 0 && atomic_load(&kv->ctl->chunks_version) != v) {
+            write_end(kv);
+            rc = attempt < 3 ? SHMKV_ERETRY
+                             : set_error(SHMKV_EBUSY, "the chunk table keeps "
+                                                      "changing");
+        }
+        if (rc != 0) {
+            shmctl(shmid, IPC_RMID, NULL);
+            semctl(semid, 0, IPC_RMID);
+            if (rc == SHMKV_ERETRY)
+                continue;
+            return rc;
+        }
+        /* What the entry held before goes: its objects are gone or are no
          * longer its own. No scan looks at the entry while the lock is
          * held: its pins start afresh, then it is published. */
         struct client_pin *pins = pins_of(kv) + 2 * (uint64_t)kv->max_clients +
@@ -614,10 +645,10 @@ int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
                               memory_order_release);
         atomic_fetch_add_explicit(&kv->ctl->chunks_version, 1,
                                   memory_order_release);
+        write_end(kv);
         *index = slot;
+        return 0;
     }
-    write_end(kv);
-    return rc;
 }
 
 int shmkv_set_registrar(struct shmkv *kv, const char *path)

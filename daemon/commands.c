@@ -2159,15 +2159,43 @@ static void cmd_release(struct conn *c, size_t argc, struct resp_arg *argv,
  * names it (SO_PEERCRED), for libshmkv's read-only handles (clients.c);
  * its index in the chunk table. Refusals are logged once a minute at most:
  * any peer may ask. */
+/* A uid that asks again within this long gets the chunk it was last
+ * given, without a new walk of the chunk table (a system call an entry):
+ * many processes of one user starting at once share it, and one asking
+ * in a loop costs little. */
+#define READERS_REPEAT_MS 100u
+#define READERS_RECENT 64u
+
 static void cmd_readers(struct conn *c, size_t argc, struct resp_arg *argv,
                         struct evbuffer *out)
 {
     (void)argc;
     (void)argv;
+    static struct {
+        uid_t uid;
+        unsigned index;
+        uint64_t at_ms;
+    } recent[READERS_RECENT];
+    uint64_t now_ms = daemon_now_ms();
+    unsigned h = (unsigned)c->uid % READERS_RECENT;
+    if (recent[h].at_ms != 0 && recent[h].uid == c->uid &&
+        now_ms - recent[h].at_ms < READERS_REPEAT_MS) {
+        if (c->reg_only)
+            c->closing = true;
+        if (recent[h].index == UINT_MAX)
+            resp_error(out, "ERR no reader chunk for this uid (asked again "
+                            "too soon after a refusal)");
+        else
+            resp_int(out, recent[h].index);
+        return;
+    }
     unsigned index;
     int rc = shmkv_add_readers_chunk(c->d->kv, (unsigned)c->uid, &index);
     if (parked_on(c, rc, true))
         return;
+    recent[h].uid = c->uid;
+    recent[h].index = rc == 0 ? index : UINT_MAX;
+    recent[h].at_ms = now_ms;
     /* Answered: a connection taken only for this is done. */
     if (c->reg_only)
         c->closing = true;

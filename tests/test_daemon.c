@@ -1404,6 +1404,66 @@ static void fill_non_admin_slots(void)
         _exit(30);
 }
 
+/* As uid 65533: sends SHMKV.READERS `times` times pipelined and writes
+ * the replies to fd. */
+static void readers_ask(int fd, int times)
+{
+    if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65533) != 0)
+        _exit(10);
+    int s = sock_connect();
+    for (int i = 0; i < times; i++)
+        send_all(s, "*1\r\n$13\r\nSHMKV.READERS\r\n", 24);
+    const char *got = recv_all(s, 2000);
+    _exit(write(fd, got, strlen(got) + 1) > 0 ? 0 : 11);
+}
+
+static void readers_ask_child(int times, char *out, size_t cap)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0)
+        readers_ask(p[1], times);
+    close(p[1]);
+    ssize_t n = read(p[0], out, cap - 1);
+    out[n > 0 ? n : 0] = '\0';
+    close(p[0]);
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* Asking for reader chunks costs writers nothing once a user's share is
+ * full: refused without the write lock, which a writer holds meanwhile
+ * (a refusal taken under it would wait, then be answered BUSY). Asked
+ * again at once, the same chunk is given, none made. */
+static void test_readers_requests_cheap(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("not root: cannot switch uid: skipping\n");
+        skip();
+    }
+    /* 64 handles: 2 chunk entries, 1 a user's share. */
+    E.access = "readers = all\nwriters = none\nmax_handles = 64";
+    write_config(NULL);
+    daemon_start(false);
+    char out[512];
+    readers_ask_child(2, out, sizeof out);
+    assert_string_equal(out, ":0\r\n:0\r\n");
+    struct shmkv *w;
+    assert_int_equal(shmkv_open(E.key, 0, &w), 0);
+    assert_int_equal(shmkv_write_begin(w), 0);
+    usleep(150 * 1000); /* past the repeat window */
+    readers_ask_child(1, out, sizeof out);
+    shmkv_write_end(w);
+    shmkv_close(w);
+    print_message("asked past its share with the write lock held: %s", out);
+    assert_non_null(strstr(out, "its share"));
+    assert_int_equal(daemon_stop(), 0);
+}
+
 /* Takes every connection a non-admin may have (4 of 6), then the one
  * past the limit its uid may have to register a reader chunk, silent;
  * one more is refused at once. */
@@ -2264,6 +2324,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_reserved_connections, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_registration_past_the_limit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_readers_requests_cheap, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_non_admin_sees_little, setup,
                                         teardown),
