@@ -130,13 +130,11 @@ static int slot_try(struct shmkv *kv, uint32_t i, bool writer)
 }
 
 /* Clears a dead process's claim, counting a section it left open. */
-static void claim_drop(struct ctl_header *c, struct client_slot *s)
+static void claim_drop(struct shmkv *kv, struct client_slot *s)
 {
     uint64_t claim = atomic_exchange(&s->claim, 0);
-    if (CLAIM_MODE(claim) == CLAIM_ACTIVE) {
-        atomic_fetch_add(&c->dead_readers, 1);
-        event_log(c, SHMKV_EVENT_DEAD_READER, atomic_load(&s->pid), 0, 0);
-    }
+    if (CLAIM_MODE(claim) == CLAIM_ACTIVE)
+        dead_reader_event(kv, atomic_load(&s->pid));
     atomic_store(&s->pid, 0);
 }
 
@@ -152,11 +150,11 @@ static bool slot_reap(struct shmkv *kv, enum live_kind k, uint32_t i,
     if (liveness_claim(c, k, i) != 0)
         return false;
     if (k == LIVE_WRITER) {
-        claim_drop(c, &writer_claims(kv)[i]);
+        claim_drop(kv, &writer_claims(kv)[i]);
         atomic_store(&writer_slots(kv)[i].lock_state, 0);
         atomic_store(&writer_slots(kv)[i].pid, 0);
     } else {
-        claim_drop(c, &client_slots(kv)[i]);
+        claim_drop(kv, &client_slots(kv)[i]);
     }
     liveness_release(c, k, i);
     return true;
@@ -204,7 +202,7 @@ static uint32_t chunks_reap(struct shmkv *kv)
              * cleaned. */
             if (liveness_claim_at(m->semid, (unsigned short)i) != 0)
                 continue;
-            claim_drop(kv->ctl, &m->slots[i]);
+            claim_drop(kv, &m->slots[i]);
             liveness_release_at(m->semid, (unsigned short)i);
             freed++;
         }
@@ -272,6 +270,18 @@ static void *chunk_attach(const struct shmkv *kv, int shmid)
         return NULL;
     }
     return addr;
+}
+
+/* Whether semaphore set semid is one the store's owner made for a chunk
+ * (its id is taken from the table, as a segment's is). */
+static bool chunk_sems_ours(const struct shmkv *kv, int semid)
+{
+    struct shmid_ds cs;
+    struct semid_ds sd;
+    union semctl_arg arg = {.buf = &sd};
+    return semid >= 0 && shmctl(kv->ctl_shmid, IPC_STAT, &cs) == 0 &&
+           semctl(semid, 0, IPC_STAT, arg) == 0 &&
+           store_made(sd.sem_perm.cuid, &cs) && sd.sem_nsems == CHUNK_SLOTS;
 }
 
 /* Takes slot i of a chunk this handle attached at addr: the slot's
@@ -456,7 +466,7 @@ void chunks_follow(struct shmkv *kv)
         if (m->slots != NULL)
             shmdt(m->slots);
         *m = (struct chunk_map){.shmid = shmid, .semid = semid};
-        if (shmid >= 0)
+        if (shmid >= 0 && chunk_sems_ours(kv, semid))
             m->slots = chunk_attach(kv, shmid);
     }
 }
@@ -475,9 +485,10 @@ void chunks_detach(struct shmkv *kv)
 }
 
 /* Whether the segment and semaphore set of entry t are still the ones the
- * store's owner made for it: an entry whose objects are gone, or whose
- * ids now name other objects, may be given to another chunk, as no handle
- * can take a slot in it any more. */
+ * store's owner made for it, and its user's: an entry whose objects are
+ * gone, given away, or whose ids now name other objects, may be given to
+ * another chunk, as no handle of its user can take a slot in it any
+ * more. */
 static bool chunk_exists(const struct reader_chunk *t,
                          const struct shmid_ds *cs)
 {
@@ -486,18 +497,32 @@ static bool chunk_exists(const struct reader_chunk *t,
     union semctl_arg arg = {.buf = &sd};
     return shmctl(atomic_load(&t->shmid), IPC_STAT, &ds) == 0 &&
            store_made(ds.shm_perm.cuid, cs) && ds.shm_segsz == CHUNK_BYTES &&
+           ds.shm_perm.uid == t->uid &&
            semctl(atomic_load(&t->semid), 0, IPC_STAT, arg) == 0 &&
-           store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS;
+           store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS &&
+           sd.sem_perm.uid == t->uid;
 }
 
 /* Removes what is left of entry t's objects, as far as they are the
  * store's: made by the store's owner and of a chunk's shape; or out of
  * this process's sight (their user may give them mode 0) and removable by
  * it, which only their creator or owner is. */
-static void chunk_objects_remove(const struct reader_chunk *t,
-                                 const struct shmid_ds *cs)
+static void chunk_objects_remove(const struct reader_chunk *table, uint32_t n,
+                                 uint32_t k, const struct shmid_ds *cs)
 {
+    const struct reader_chunk *t = &table[k];
     int shmid = atomic_load(&t->shmid), semid = atomic_load(&t->semid);
+    /* Never an object another entry names: the id came round again to a
+     * chunk made since (table entries are kept apart as chunks are made;
+     * this holds whatever the table says). */
+    for (uint32_t j = 0; j < n; j++) {
+        if (j == k || atomic_load(&table[j].state) != CHUNK_ACTIVE)
+            continue;
+        if (atomic_load(&table[j].shmid) == shmid)
+            shmid = -1;
+        if (atomic_load(&table[j].semid) == semid)
+            semid = -1;
+    }
     struct shmid_ds ds;
     if (shmctl(shmid, IPC_STAT, &ds) == 0
             ? store_made(ds.shm_perm.cuid, cs) && ds.shm_segsz == CHUNK_BYTES
@@ -566,23 +591,37 @@ static int chunk_entry_choose(const struct shmkv *kv, const struct shmid_ds *cs,
 {
     const struct reader_chunk *t = chunk_table(kv);
     uint32_t n = (uint32_t)kv->ctl_tail_fixed.chunk_count;
-    uint32_t mine = 0;
+    uint32_t mine = 0, free_entries = 0;
     *slot = UINT32_MAX;
     for (uint32_t k = 0; k < n; k++) {
         bool live =
             atomic_load(&t[k].state) == CHUNK_ACTIVE && chunk_exists(&t[k], cs);
         if (live && t[k].uid == uid)
             mine++;
-        if (!live && *slot == UINT32_MAX)
-            *slot = k;
+        if (!live) {
+            free_entries++;
+            if (*slot == UINT32_MAX)
+                *slot = k;
+        }
     }
-    if (mine >= n / 2 || *slot == UINT32_MAX)
+    if (*slot == UINT32_MAX)
         return set_error(SHMKV_ECLIENTS,
-                         mine >= n / 2 ? "uid %u holds %u reader chunks, its "
-                                         "share of the store's %u"
-                                       : "all %3$u reader chunks of the store "
-                                         "are taken (uid %1$u holds %2$u)",
+                         "all %u reader chunks of the store are taken (uid %u "
+                         "holds %u)",
+                         n, uid, mine);
+    if (mine >= n / 2)
+        return set_error(SHMKV_ECLIENTS,
+                         "uid %u holds %u reader chunks, its share of the "
+                         "store's %u",
                          uid, mine, n);
+    /* A user's first chunk may take any free entry; a further one leaves
+     * a quarter of the table to users who have none yet, so that a few
+     * users asking together cannot take every newcomer's place. */
+    if (mine > 0 && free_entries <= n / 4)
+        return set_error(SHMKV_ECLIENTS,
+                         "uid %u holds %u reader chunks; the %u left of the "
+                         "store's %u are kept for users who hold none",
+                         uid, mine, free_entries, n);
     return 0;
 }
 
@@ -636,7 +675,18 @@ int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
                                   (uint64_t)slot * CHUNK_SLOTS;
         memset((void *)pins, 0, CHUNK_SLOTS * sizeof *pins);
         if (atomic_load(&t[slot].state) == CHUNK_ACTIVE)
-            chunk_objects_remove(&t[slot], &cs);
+            chunk_objects_remove(t, (uint32_t)kv->ctl_tail_fixed.chunk_count,
+                                 slot, &cs);
+        /* The ids were free when made: an entry that still names one
+         * names an object its user removed, and must never be taken for
+         * this one (used, or removed when that entry is given out). */
+        for (uint32_t k = 0; k < (uint32_t)kv->ctl_tail_fixed.chunk_count;
+             k++) {
+            if (atomic_load(&t[k].shmid) == shmid)
+                atomic_store(&t[k].shmid, -1);
+            if (atomic_load(&t[k].semid) == semid)
+                atomic_store(&t[k].semid, -1);
+        }
         atomic_store(&t[slot].state, CHUNK_FREE);
         t[slot].uid = uid;
         atomic_store(&t[slot].shmid, shmid);
@@ -680,7 +730,7 @@ void chunks_remove(struct ctl_header *c, int ctl_id)
     for (uint64_t k = 0; k < c->chunk_count; k++) {
         if (atomic_load(&t[k].state) != CHUNK_ACTIVE)
             continue;
-        chunk_objects_remove(&t[k], &cs);
+        chunk_objects_remove(t, (uint32_t)c->chunk_count, (uint32_t)k, &cs);
         atomic_store(&t[k].state, CHUNK_FREE);
     }
 }

@@ -77,3 +77,19 @@ int shmkv_events(struct shmkv *kv, uint64_t *cursor, struct shmkv_event *out,
         *lost = skipped;
     return n;
 }
+
+#define DEAD_EVENTS_PER_S 10u
+
+void dead_reader_event(struct shmkv *kv, int32_t pid)
+{
+    atomic_fetch_add(&kv->ctl->dead_readers, 1);
+    uint64_t now = monotonic_ms();
+    if (now - kv->dead_window_ms >= 1000) {
+        kv->dead_window_ms = now;
+        kv->dead_logged = 0;
+    }
+    if (kv->dead_logged < DEAD_EVENTS_PER_S) {
+        kv->dead_logged++;
+        event_log(kv->ctl, SHMKV_EVENT_DEAD_READER, pid, 0, 0);
+    }
+}

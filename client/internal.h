@@ -63,6 +63,9 @@ struct shmkv {
     struct chunk_map *chunk_maps;
     uint32_t chunk_maps_version;
     struct claim_set *scan_sets; /* room for 2 + chunk_count (reclaim.c) */
+    /* Dead readers' events logged in the second that began then. */
+    uint64_t dead_window_ms;
+    unsigned dead_logged;
 
     /* The read claim stored when the open section began, and the count
      * of claim scans begun then. */
@@ -561,6 +564,11 @@ void compact_release(struct shmkv *kv);
 /* events.c */
 void event_log(struct ctl_header *c, uint32_t type, int32_t pid,
                uint64_t duration_ms, uint64_t detail);
+/* Counts a reader that died inside its section; logs it as an event at
+ * most DEAD_EVENTS_PER_S times a second from this handle: what a reader
+ * writes can fake any number of them, which must not push other events
+ * out of the ring. */
+void dead_reader_event(struct shmkv *kv, int32_t pid);
 
 /* generation.c */
 int generation_refresh(struct shmkv *kv);

@@ -462,8 +462,7 @@ static uint64_t pinned_section(struct shmkv *kv, const struct claim_set *set,
     if (!claim_set_alive(c, set, i)) {
         if (!atomic_compare_exchange_strong(&s->claim, &claim, revoked))
             return claim; /* changed meanwhile: looked at again */
-        atomic_fetch_add(&c->dead_readers, 1);
-        event_log(c, SHMKV_EVENT_DEAD_READER, pid, 0, 0);
+        dead_reader_event(kv, pid);
         return revoked;
     }
     struct client_pin *pin = &client_pins(kv)[set->pin_base + i];

@@ -1426,6 +1426,109 @@ static void test_chunk_foreign_segment_ignored(void **state)
     test_destroy(kv, where);
 }
 
+/* A chunk's user removed its objects and the ids came round to another
+ * user's chunk: giving that entry out again removes nothing of the other
+ * chunk. (The table is set so here by hand; chunks being made keep
+ * entries apart too.) */
+static void test_chunk_recycled_id_spared(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    unsigned a, b, again;
+    assert_int_equal(shmkv_add_readers_chunk(kv, acct_reader.uid, &a), 0);
+    assert_int_equal(shmkv_add_readers_chunk(kv, acct_reader2.uid, &b), 0);
+    struct reader_chunk *t = (struct reader_chunk *)chunk_table(kv);
+    int bshm = atomic_load(&t[b].shmid), bsem = atomic_load(&t[b].semid);
+    /* What the first chunk's user may do, and what the ids may become. */
+    shmctl(atomic_load(&t[a].shmid), IPC_RMID, NULL);
+    semctl(atomic_load(&t[a].semid), 0, IPC_RMID);
+    atomic_store(&t[a].shmid, bshm);
+    atomic_store(&t[a].semid, bsem);
+    assert_int_equal(shmkv_add_readers_chunk(kv, acct_reader.uid, &again), 0);
+    assert_int_equal(again, a);
+    bool shm_left = shm_exists(bshm), sem_left = sem_exists(bsem);
+    test_destroy(kv, where);
+    assert_true(shm_left);
+    assert_true(sem_left);
+}
+
+/* A user's further chunks leave a quarter of the table to users who
+ * hold none: two users asking together cannot take every newcomer's
+ * place. */
+static void test_chunk_newcomers_kept(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    uint64_t n = kv->ctl->chunk_count;
+    unsigned index, first = 0, second = 0;
+    while (first < n &&
+           shmkv_add_readers_chunk(kv, acct_reader.uid, &index) == 0)
+        first++;
+    while (second < n &&
+           shmkv_add_readers_chunk(kv, acct_reader2.uid, &index) == 0)
+        second++;
+    assert_non_null(strstr(shmkv_last_error(), "kept for users who hold none"));
+    unsigned newcomers = 0;
+    uid_t others[] = {acct_writer.uid, acct_outsider.uid};
+    for (size_t i = 0; i < 2; i++)
+        newcomers += shmkv_add_readers_chunk(kv, others[i], &index) == 0;
+    print_message("chunk table of %llu: %u for one user, %u for a second, "
+                  "%u of 2 newcomers served\n",
+                  (unsigned long long)n, first, second, newcomers);
+    test_destroy(kv, where);
+    assert_int_equal(first, n / 2);
+    assert_int_equal(second, n / 2 - n / 4);
+    assert_int_equal(newcomers, 2);
+}
+
+/* A chunk's user fakes 64 dead readers inside their sections (pids and
+ * open claims, semaphores at 0), over and over: each is counted, but a
+ * handle logs at most 10 of them a second as events, so that they do
+ * not push other events out of the ring. */
+static void test_fake_dead_readers_logged_sparingly(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    unsigned index;
+    assert_int_equal(shmkv_add_readers_chunk(kv, acct_reader.uid, &index), 0);
+    const struct reader_chunk *t = chunk_table(kv);
+    struct client_slot *slots = shmat(atomic_load(&t[index].shmid), NULL, 0);
+    assert_true(slots != (void *)-1);
+    struct shmkv_stats st0, st1;
+    assert_int_equal(shmkv_stats(kv, &st0), 0);
+    uint64_t cursor = 0, lost = 0;
+    struct shmkv_event ev[64];
+    while (shmkv_events(kv, &cursor, ev, 64, &lost) > 0)
+        ;
+    for (int round = 0; round < 3; round++) {
+        for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
+            atomic_store(&slots[i].pid, 40000 + (int32_t)i);
+            atomic_store(
+                &slots[i].claim,
+                CLAIM_MAKE(atomic_load(&kv->ctl->epoch), CLAIM_ACTIVE));
+        }
+        assert_int_equal(shmkv_maintain(kv), 0);
+    }
+    shmdt(slots);
+    assert_int_equal(shmkv_stats(kv, &st1), 0);
+    int dead_events = 0, got;
+    while ((got = shmkv_events(kv, &cursor, ev, 64, &lost)) > 0)
+        for (int i = 0; i < got; i++)
+            dead_events += ev[i].type == SHMKV_EVENT_DEAD_READER;
+    print_message("%llu fake dead readers counted, %d logged as events\n",
+                  (unsigned long long)(st1.dead_readers - st0.dead_readers),
+                  dead_events);
+    test_destroy(kv, where);
+    assert_int_equal(st1.dead_readers - st0.dead_readers, 3 * CHUNK_SLOTS);
+    assert_true(dead_events <= 10);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1439,6 +1542,9 @@ int main(void)
         cmocka_unit_test(test_chunk_registration),
         cmocka_unit_test(test_chunk_out_of_sight_removed),
         cmocka_unit_test(test_chunk_foreign_segment_ignored),
+        cmocka_unit_test(test_chunk_recycled_id_spared),
+        cmocka_unit_test(test_chunk_newcomers_kept),
+        cmocka_unit_test(test_fake_dead_readers_logged_sparingly),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
