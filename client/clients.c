@@ -461,11 +461,13 @@ void chunks_follow(struct shmkv *kv)
                       CHUNK_ACTIVE;
         int shmid = active ? atomic_load(&t[k].shmid) : -1;
         int semid = active ? atomic_load(&t[k].semid) : -1;
-        if (m->shmid == shmid && m->semid == semid)
+        uint32_t serial = atomic_load(&t[k].serial);
+        if (m->shmid == shmid && m->semid == semid && m->serial == serial)
             continue;
         if (m->slots != NULL)
             shmdt(m->slots);
-        *m = (struct chunk_map){.shmid = shmid, .semid = semid};
+        *m = (struct chunk_map){
+            .shmid = shmid, .semid = semid, .serial = serial};
         if (shmid >= 0 && chunk_sems_ours(kv, semid))
             m->slots = chunk_attach(kv, shmid);
     }
@@ -674,12 +676,11 @@ int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
         struct client_pin *pins = pins_of(kv) + 2 * (uint64_t)kv->max_clients +
                                   (uint64_t)slot * CHUNK_SLOTS;
         memset((void *)pins, 0, CHUNK_SLOTS * sizeof *pins);
-        if (atomic_load(&t[slot].state) == CHUNK_ACTIVE)
-            chunk_objects_remove(t, (uint32_t)kv->ctl_tail_fixed.chunk_count,
-                                 slot, &cs);
-        /* The ids were free when made: an entry that still names one
-         * names an object its user removed, and must never be taken for
-         * this one (used, or removed when that entry is given out). */
+        /* The ids were free when made: an entry that still names one,
+         * this one included, names an object its user removed, and must
+         * never be taken for the new one (used, or removed when that
+         * entry is given out). Then what is left of the entry's own
+         * objects goes. */
         for (uint32_t k = 0; k < (uint32_t)kv->ctl_tail_fixed.chunk_count;
              k++) {
             if (atomic_load(&t[k].shmid) == shmid)
@@ -687,7 +688,11 @@ int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
             if (atomic_load(&t[k].semid) == semid)
                 atomic_store(&t[k].semid, -1);
         }
+        if (atomic_load(&t[slot].state) == CHUNK_ACTIVE)
+            chunk_objects_remove(t, (uint32_t)kv->ctl_tail_fixed.chunk_count,
+                                 slot, &cs);
         atomic_store(&t[slot].state, CHUNK_FREE);
+        atomic_fetch_add(&t[slot].serial, 1);
         t[slot].uid = uid;
         atomic_store(&t[slot].shmid, shmid);
         atomic_store(&t[slot].semid, semid);

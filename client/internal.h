@@ -435,6 +435,7 @@ int lock_recover_if_dead(struct shmkv *kv);
 struct chunk_map {
     int shmid;
     int semid;
+    uint32_t serial; /* the entry's when attached (or tried) */
     struct client_slot *slots;
 };
 const struct reader_chunk *chunk_table(const struct shmkv *kv);

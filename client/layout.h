@@ -200,6 +200,10 @@ struct reader_chunk {
     uint32_t uid;
     _Atomic int32_t shmid;
     _Atomic int32_t semid;
+    /* Bumped each time the entry is given out: writers tell a new chunk
+     * from an old one whose ids came round again. */
+    _Atomic uint32_t serial;
+    uint32_t reserved;
 };
 _Static_assert(CHUNK_BYTES == CHUNK_SLOTS * sizeof(struct client_slot),
                "a chunk is its slots");

@@ -175,14 +175,26 @@ bool read_scans_found(const struct shmkv *kv, uint64_t upto)
                (1u << 30);
 }
 
+/* Records in pin p that scan `scan` found claim there. */
+static inline void scan_found(struct shmkv *kv, uint32_t p, uint64_t claim,
+                              uint64_t scan)
+{
+    _Atomic uint64_t *seen = &client_pins(kv)[p].seen;
+    if (SEEN_KEY_OF(atomic_load_explicit(seen, memory_order_relaxed)) !=
+        SEEN_KEY(claim))
+        atomic_store_explicit(seen, SEEN_MAKE(claim, scan),
+                              memory_order_seq_cst);
+}
+
 /* Begins a scan of the claims: raises how far scans look at readers'
  * slots, then counts the scan (seq_cst, before the claims' loads), then
  * reads how far writers' slots go (raised by each writer as it takes one,
  * before its first claim), then takes in the reader chunks registered
  * (under the write lock, as every scan: a chunk registered before it was
  * taken is in the table). Points *sets at the sets to look at, local (two)
- * if the handle has no room for the chunks' (their sections then end
- * stale: no scan records their claims), and returns how many. */
+ * if the handle has no room for the chunks' (their pins then record that
+ * nothing was found, and their sections end stale), and returns how
+ * many. */
 static uint32_t scan_begin(struct shmkv *kv, struct claim_set local[2],
                            struct claim_set **sets, uint64_t *scan)
 {
@@ -197,16 +209,26 @@ static uint32_t scan_begin(struct shmkv *kv, struct claim_set local[2],
     set[1] = (struct claim_set){writer_claims(kv), writers_scan_limit(kv),
                                 kv->max_clients, LIVE_WRITER, -1};
     uint32_t n = 2;
-    if (set != local) {
+    if (chunks > 0)
         chunks_follow(kv);
-        for (uint32_t k = 0; kv->chunk_maps != NULL && k < chunks; k++) {
-            const struct chunk_map *m = &kv->chunk_maps[k];
-            if (m->slots != NULL)
-                set[n++] = (struct claim_set){
-                    m->slots, CHUNK_SLOTS,
-                    (uint32_t)(2 * kv->max_clients + k * CHUNK_SLOTS),
-                    LIVE_READER, m->semid};
+    const struct reader_chunk *t = chunk_table(kv);
+    for (uint32_t k = 0; k < chunks; k++) {
+        if (atomic_load_explicit(&t[k].state, memory_order_acquire) !=
+            CHUNK_ACTIVE)
+            continue;
+        uint32_t base = (uint32_t)(2 * kv->max_clients + k * CHUNK_SLOTS);
+        struct client_slot *slots =
+            kv->chunk_maps != NULL ? kv->chunk_maps[k].slots : NULL;
+        if (slots != NULL && set != local) {
+            set[n++] = (struct claim_set){slots, CHUNK_SLOTS, base, LIVE_READER,
+                                          kv->chunk_maps[k].semid};
+            continue;
         }
+        /* A chunk this scan cannot look at (its user hid it, or memory
+         * ran short): its pins say no claim was found, so that no
+         * section there passes for seen. */
+        for (uint32_t i = 0; i < CHUNK_SLOTS; i++)
+            scan_found(kv, base + i, 0, *scan);
     }
     *sets = set;
     return n;
@@ -219,17 +241,6 @@ static void scan_end(struct shmkv *kv, uint64_t scan)
     /* What the scan recorded, before any store that acts on it (a block
      * reused): a release store alone would let later stores pass it. */
     atomic_thread_fence(memory_order_seq_cst);
-}
-
-/* Records in pin p that scan `scan` found claim there. */
-static inline void scan_found(struct shmkv *kv, uint32_t p, uint64_t claim,
-                              uint64_t scan)
-{
-    _Atomic uint64_t *seen = &client_pins(kv)[p].seen;
-    if (SEEN_KEY_OF(atomic_load_explicit(seen, memory_order_relaxed)) !=
-        SEEN_KEY(claim))
-        atomic_store_explicit(seen, SEEN_MAKE(claim, scan),
-                              memory_order_seq_cst);
 }
 
 int read_claim_slow(struct shmkv *kv)

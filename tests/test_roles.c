@@ -31,6 +31,7 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1529,6 +1530,78 @@ static void test_fake_dead_readers_logged_sparingly(void **state)
     assert_true(dead_events <= 10);
 }
 
+static int write_proc(const char *path, int value)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    int rc = fprintf(f, "%d\n", value) > 0 ? 0 : -1;
+    return fclose(f) == 0 ? rc : -1;
+}
+
+/* In an IPC namespace of its own, where the next ids can be set: a chunk's
+ * user removes its objects, a writer looks (and fails to attach), and the
+ * ids come round to the next chunk made, for another user, in the same
+ * entry. The new objects must stay, and the writer must attach them.
+ * Exit 0, or the number of the check that failed; 77 if the namespace or
+ * the id settings are refused. */
+static int recycled_into_same_entry(void)
+{
+    if (unshare(CLONE_NEWIPC) != 0 ||
+        access("/proc/sys/kernel/shm_next_id", W_OK) != 0)
+        return 77;
+    struct shmkv_options o;
+    shmkv_options_init(&o);
+    o.key = "key:0x5b00fffe"; /* this namespace's own */
+    o.size_bytes = 1u << 20;
+    o.mode = 0640;
+    struct shmkv *kv, *w;
+    if (shmkv_create(&o, &kv) != 0 || shmkv_open(o.key, 0, &w) != 0)
+        return 1;
+    unsigned a, b;
+    if (shmkv_add_readers_chunk(kv, acct_reader.uid, &a) != 0)
+        return 2;
+    const struct reader_chunk *t = chunk_table(kv);
+    int shm = atomic_load(&t[a].shmid), sem = atomic_load(&t[a].semid);
+    shmctl(shm, IPC_RMID, NULL);
+    semctl(sem, 0, IPC_RMID);
+    struct shmkv_stats st;
+    if (shmkv_stats(w, &st) != 0 || w->chunk_maps == NULL ||
+        w->chunk_maps[a].slots != NULL)
+        return 3;
+    if (write_proc("/proc/sys/kernel/shm_next_id", shm) != 0 ||
+        write_proc("/proc/sys/kernel/sem_next_id", sem) != 0)
+        return 77;
+    if (shmkv_add_readers_chunk(kv, acct_reader2.uid, &b) != 0)
+        return 4;
+    if (b != a || atomic_load(&t[b].shmid) != shm ||
+        atomic_load(&t[b].semid) != sem)
+        return 5; /* the ids did not come round as set */
+    if (!shm_exists(shm) || !sem_exists(sem))
+        return 6;
+    if (shmkv_stats(w, &st) != 0 || w->chunk_maps[b].slots == NULL)
+        return 7;
+    shmkv_close(w);
+    shmkv_destroy(kv);
+    return 0;
+}
+
+static void test_chunk_ids_come_round(void **state)
+{
+    (void)state;
+    need_root();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(recycled_into_same_entry());
+    int rc = reap(pid);
+    if (rc == 77) {
+        print_message("no IPC namespace or settable next ids here: skipped\n");
+        skip();
+    }
+    assert_int_equal(rc, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1543,6 +1616,7 @@ int main(void)
         cmocka_unit_test(test_chunk_out_of_sight_removed),
         cmocka_unit_test(test_chunk_foreign_segment_ignored),
         cmocka_unit_test(test_chunk_recycled_id_spared),
+        cmocka_unit_test(test_chunk_ids_come_round),
         cmocka_unit_test(test_chunk_newcomers_kept),
         cmocka_unit_test(test_fake_dead_readers_logged_sparingly),
     };
