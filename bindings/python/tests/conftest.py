@@ -6,6 +6,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -71,9 +72,20 @@ def start_shmkvd(extra="", size="8M", eviction="noeviction", env=None):
                             env=None if env is None else {**os.environ, **env})
     log.close()
     record(f"pid {proc.pid}")
+    # Until it accepts: the socket's file exists from bind(), before
+    # listen(), and a connection between the two is refused.
     for _ in range(200):
-        if os.path.exists(sock) or proc.poll() is not None:
+        if proc.poll() is not None:
             break
+        if os.path.exists(sock):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(sock)
+                break
+            except OSError:
+                pass
+            finally:
+                probe.close()
         time.sleep(0.02)
     return proc, d, key, conf, sock, logpath
 
