@@ -1602,6 +1602,67 @@ static void test_chunk_ids_come_round(void **state)
     assert_int_equal(rc, 0);
 }
 
+/* One writer sees a reader's chunk and records its claim; another
+ * cannot look at the chunk (as when its user hid it) and reuses memory
+ * the reader's section holds. The second writer's scans must say that
+ * they found no claim there: the section ends SHMKV_ESTALE, never with
+ * changed bytes and 0. */
+static void test_chunk_unseen_ends_stale(void **state)
+{
+    (void)state;
+    need_root();
+    char where[32];
+    struct shmkv *kv = store_make(0640, gid_r, where, sizeof where);
+    assert_int_equal(shmkv_set_registrar(kv, "/nonexistent/shmkv.sock"), 0);
+    unsigned index;
+    assert_int_equal(shmkv_add_readers_chunk(kv, 0, &index), 0);
+    char key[16], v[VAL_BYTES];
+    for (unsigned i = 0; i < NKEYS; i++) {
+        int kl = snprintf(key, sizeof key, "k%u", i);
+        value_make(v, i, 0);
+        assert_int_equal(shmkv_set(kv, key, (size_t)kl, v, sizeof v, 0, 0), 0);
+    }
+    struct shmkv *h, *blind;
+    assert_int_equal(shmkv_open(where, SHMKV_RDONLY, &h), 0);
+    assert_non_null(h->chunk_seg);
+    assert_int_equal(shmkv_open(where, 0, &blind), 0);
+    struct shmkv_stats st;
+    assert_int_equal(shmkv_stats(blind, &st), 0);
+    assert_non_null(blind->chunk_maps);
+    assert_non_null(blind->chunk_maps[index].slots);
+    /* This writer can no longer look at the chunk. */
+    shmdt(blind->chunk_maps[index].slots);
+    blind->chunk_maps[index].slots = NULL;
+
+    assert_int_equal(shmkv_read_begin(h), 0);
+    shmkv_val_t got;
+    assert_int_equal(shmkv_get(h, "k0", 2, &got), 0);
+    char copy[VAL_BYTES];
+    memcpy(copy, got.data, sizeof copy);
+    /* The seeing writer scans first (its claim found, too few writes to
+     * wait for it or revoke it), then the blind one replaces everything
+     * many times over. */
+    for (uint32_t gen = 1; gen <= 200; gen++) {
+        struct shmkv *w = gen <= 3 ? kv : blind;
+        for (unsigned i = 0; i < NKEYS; i++) {
+            int kl = snprintf(key, sizeof key, "k%u", i);
+            value_make(v, i, gen);
+            assert_int_equal(shmkv_set(w, key, (size_t)kl, v, sizeof v, 0, 0),
+                             0);
+        }
+    }
+    bool changed = memcmp(got.data, copy, sizeof copy) != 0;
+    int rc = shmkv_read_end(h);
+    print_message("a section across a writer blind to its chunk: bytes %s, "
+                  "read_end %s\n",
+                  changed ? "changed" : "unchanged", shmkv_strerror(rc));
+    shmkv_close(h);
+    shmkv_close(blind);
+    test_destroy(kv, where);
+    assert_true(rc == SHMKV_ESTALE || (rc == 0 && !changed));
+    assert_true(changed); /* else the case was not made */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1617,6 +1678,7 @@ int main(void)
         cmocka_unit_test(test_chunk_foreign_segment_ignored),
         cmocka_unit_test(test_chunk_recycled_id_spared),
         cmocka_unit_test(test_chunk_ids_come_round),
+        cmocka_unit_test(test_chunk_unseen_ends_stale),
         cmocka_unit_test(test_chunk_newcomers_kept),
         cmocka_unit_test(test_fake_dead_readers_logged_sparingly),
     };
