@@ -84,16 +84,23 @@ static uint64_t lock_epoch_now(const struct shmkv *kv)
         atomic_load_explicit(&kv->ctl->lock_word, memory_order_seq_cst));
 }
 
-static void slot_take(struct shmkv *kv, uint32_t i, bool writer)
+/* Makes slot s, index i among its kind's, this handle's: its semaphore
+ * is already this process's. */
+static void slot_bind(struct shmkv *kv, struct client_slot *s, uint32_t i,
+                      bool writer)
 {
-    struct client_slot *s =
-        writer ? &writer_claims(kv)[i] : &client_slots(kv)[i];
     atomic_store(&s->claim, 0);
     atomic_store(&s->pid, (int32_t)kv->pid);
     kv->slot = s;
     kv->slot_index = i;
     kv->slot_owned = true;
     kv->slot_writer = writer;
+}
+
+static void slot_take(struct shmkv *kv, uint32_t i, bool writer)
+{
+    slot_bind(kv, writer ? &writer_claims(kv)[i] : &client_slots(kv)[i], i,
+              writer);
     if (writer) {
         /* Scans and lock recovery look this far, before any lock state is
          * stored. */
@@ -237,11 +244,6 @@ unsigned chunk_mode(unsigned store_mode)
     return m;
 }
 
-union semctl_arg {
-    int val;
-    struct semid_ds *buf;
-};
-
 /* Whether uid made an object for the store whose control segment's
  * records are cs: its creator, or its owner now. */
 static bool store_made(uid_t uid, const struct shmid_ds *cs)
@@ -253,11 +255,9 @@ static bool store_made(uid_t uid, const struct shmid_ds *cs)
  * owner made: its id is taken from the table, and the segment's user may
  * remove it and another may take the id (a huge-page segment would fault
  * whoever touched a page the pool cannot give). */
-static void *chunk_attach(const struct shmkv *kv, int shmid)
+static void *chunk_attach(const struct shmid_ds *cs, int shmid)
 {
-    struct shmid_ds cs, ds;
-    if (shmctl(kv->ctl_shmid, IPC_STAT, &cs) != 0)
-        return NULL;
+    struct shmid_ds ds;
     void *addr = shmat(shmid, NULL, 0);
     if (addr == (void *)-1)
         return NULL;
@@ -265,7 +265,7 @@ static void *chunk_attach(const struct shmkv *kv, int shmid)
      * removed, so this is the segment mapped, not one that took the id
      * since a look before. */
     if (shmctl(shmid, IPC_STAT, &ds) != 0 ||
-        !store_made(ds.shm_perm.cuid, &cs) || ds.shm_segsz != CHUNK_BYTES) {
+        !store_made(ds.shm_perm.cuid, cs) || ds.shm_segsz != CHUNK_BYTES) {
         shmdt(addr);
         return NULL;
     }
@@ -274,14 +274,12 @@ static void *chunk_attach(const struct shmkv *kv, int shmid)
 
 /* Whether semaphore set semid is one the store's owner made for a chunk
  * (its id is taken from the table, as a segment's is). */
-static bool chunk_sems_ours(const struct shmkv *kv, int semid)
+static bool chunk_sems_ours(const struct shmid_ds *cs, int semid)
 {
-    struct shmid_ds cs;
     struct semid_ds sd;
-    union semctl_arg arg = {.buf = &sd};
-    return semid >= 0 && shmctl(kv->ctl_shmid, IPC_STAT, &cs) == 0 &&
-           semctl(semid, 0, IPC_STAT, arg) == 0 &&
-           store_made(sd.sem_perm.cuid, &cs) && sd.sem_nsems == CHUNK_SLOTS;
+    union semun_arg arg = {.buf = &sd};
+    return semid >= 0 && semctl(semid, 0, IPC_STAT, arg) == 0 &&
+           store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS;
 }
 
 /* Takes slot i of a chunk this handle attached at addr: the slot's
@@ -289,16 +287,10 @@ static bool chunk_sems_ours(const struct shmkv *kv, int semid)
 static void chunk_slot_take(struct shmkv *kv, uint32_t k, void *addr, int semid,
                             uint32_t i)
 {
-    struct client_slot *s = (struct client_slot *)addr + i;
-    atomic_store(&s->claim, 0);
-    atomic_store(&s->pid, (int32_t)kv->pid);
-    kv->slot = s;
-    kv->slot_index = i;
-    kv->slot_owned = true;
-    kv->slot_writer = false;
+    slot_bind(kv, (struct client_slot *)addr + i, i, false);
     kv->chunk_seg = addr;
     kv->chunk_semid = semid;
-    kv->pin_index = (uint32_t)(2 * kv->max_clients + k * CHUNK_SLOTS + i);
+    kv->pin_index = chunk_pin_base(kv, k) + i;
     /* Writers scan every registered chunk whole. */
     kv->covered = true;
 }
@@ -309,7 +301,10 @@ static int chunk_slot_try(struct shmkv *kv, uint32_t k)
 {
     const struct reader_chunk *t = &chunk_table(kv)[k];
     int semid = atomic_load(&t->semid);
-    void *addr = chunk_attach(kv, atomic_load(&t->shmid));
+    struct shmid_ds cs;
+    void *addr = shmctl(kv->ctl_shmid, IPC_STAT, &cs) == 0
+                     ? chunk_attach(&cs, atomic_load(&t->shmid))
+                     : NULL;
     if (addr == NULL)
         return 1;
     for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
@@ -455,6 +450,8 @@ void chunks_follow(struct shmkv *kv)
     }
     kv->chunk_maps_version = v;
     const struct reader_chunk *t = chunk_table(kv);
+    struct shmid_ds cs;
+    bool cs_known = shmctl(kv->ctl_shmid, IPC_STAT, &cs) == 0;
     for (uint32_t k = 0; k < n; k++) {
         struct chunk_map *m = &kv->chunk_maps[k];
         bool active = atomic_load_explicit(&t[k].state, memory_order_acquire) ==
@@ -468,8 +465,8 @@ void chunks_follow(struct shmkv *kv)
             shmdt(m->slots);
         *m = (struct chunk_map){
             .shmid = shmid, .semid = semid, .serial = serial};
-        if (shmid >= 0 && chunk_sems_ours(kv, semid))
-            m->slots = chunk_attach(kv, shmid);
+        if (shmid >= 0 && cs_known && chunk_sems_ours(&cs, semid))
+            m->slots = chunk_attach(&cs, shmid);
     }
 }
 
@@ -496,7 +493,7 @@ static bool chunk_exists(const struct reader_chunk *t,
 {
     struct shmid_ds ds;
     struct semid_ds sd;
-    union semctl_arg arg = {.buf = &sd};
+    union semun_arg arg = {.buf = &sd};
     return shmctl(atomic_load(&t->shmid), IPC_STAT, &ds) == 0 &&
            store_made(ds.shm_perm.cuid, cs) && ds.shm_segsz == CHUNK_BYTES &&
            ds.shm_perm.uid == t->uid &&
@@ -531,16 +528,11 @@ static void chunk_objects_remove(const struct reader_chunk *table, uint32_t n,
             : errno == EACCES)
         shmctl(shmid, IPC_RMID, NULL);
     struct semid_ds sd;
-    union semctl_arg arg = {.buf = &sd};
+    union semun_arg arg = {.buf = &sd};
     if (semctl(semid, 0, IPC_STAT, arg) == 0
             ? store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS
             : errno == EACCES)
         semctl(semid, 0, IPC_RMID);
-}
-
-static struct client_pin *pins_of(const struct shmkv *kv)
-{
-    return (struct client_pin *)((char *)kv->ctl + kv->ctl_tail_fixed.pins_off);
 }
 
 /* Makes a chunk's segment and semaphore set, this process their creator,
@@ -563,7 +555,7 @@ static int chunk_make(uid_t uid, gid_t gid, unsigned mode, int *shmid_out,
     }
     struct shmid_ds ds;
     struct semid_ds sd;
-    union semctl_arg arg = {.buf = &sd};
+    union semun_arg arg = {.buf = &sd};
     bool ok = shmctl(shmid, IPC_STAT, &ds) == 0 &&
               semctl(semid, 0, IPC_STAT, arg) == 0;
     if (ok) {
@@ -673,8 +665,7 @@ int shmkv_add_readers_chunk(struct shmkv *kv, unsigned uid, unsigned *index)
         /* What the entry held before goes: its objects are gone or are no
          * longer its own. No scan looks at the entry while the lock is
          * held: its pins start afresh, then it is published. */
-        struct client_pin *pins = pins_of(kv) + 2 * (uint64_t)kv->max_clients +
-                                  (uint64_t)slot * CHUNK_SLOTS;
+        struct client_pin *pins = client_pins(kv) + chunk_pin_base(kv, slot);
         memset((void *)pins, 0, CHUNK_SLOTS * sizeof *pins);
         /* The ids were free when made: an entry that still names one,
          * this one included, names an object its user removed, and must
@@ -781,20 +772,20 @@ void client_slot_release(struct shmkv *kv)
     chunks_detach(kv);
     if (kv->slot == NULL)
         return;
-    if (kv->slot_owned && kv->chunk_seg != NULL) {
-        atomic_store(&kv->slot->claim, 0);
-        atomic_store(&kv->slot->pid, 0);
-        liveness_release_at(kv->chunk_semid, (unsigned short)kv->slot_index);
-    } else if (kv->slot_owned) {
-        const struct ctl_header *c = kv->ctl;
+    if (kv->slot_owned) {
         atomic_store(&kv->slot->claim, 0);
         atomic_store(&kv->slot->pid, 0);
         if (kv->slot_writer) {
             atomic_store(&kv->wslot->lock_state, 0);
             atomic_store(&kv->wslot->pid, 0);
         }
-        liveness_release(c, kv->slot_writer ? LIVE_WRITER : LIVE_READER,
-                         kv->slot_index);
+        if (kv->chunk_seg != NULL)
+            liveness_release_at(kv->chunk_semid,
+                                (unsigned short)kv->slot_index);
+        else
+            liveness_release(kv->ctl,
+                             kv->slot_writer ? LIVE_WRITER : LIVE_READER,
+                             kv->slot_index);
     }
     if (kv->chunk_seg != NULL)
         shmdt(kv->chunk_seg);

@@ -204,6 +204,12 @@ uint64_t round_to_pages(uint64_t bytes);
  * which readers may change; LIVE_WRITER: the writer sets, one per writers'
  * client slot and the owner's, which only writers may. */
 enum live_kind { LIVE_READER, LIVE_WRITER };
+/* semctl's fourth argument, which callers declare themselves. */
+union semun_arg {
+    int val;
+    struct semid_ds *buf;
+    unsigned short *array;
+};
 /* The permission bits of what readers write (the reader segment and
  * semaphores): the store's mode with write added wherever it reads. */
 static inline unsigned reader_mode(unsigned mode)
@@ -485,6 +491,16 @@ static inline struct writer_slot *writer_slots(const struct shmkv *kv)
 {
     return (struct writer_slot *)((char *)kv->ctl +
                                   kv->ctl_tail_fixed.wslots_off);
+}
+/* The pins, per client slot, written by writers (reclaim.c); a reader
+ * chunk's slots' pins from chunk_pin_base(kv, k) on. */
+static inline struct client_pin *client_pins(const struct shmkv *kv)
+{
+    return (struct client_pin *)((char *)kv->ctl + kv->ctl_tail_fixed.pins_off);
+}
+static inline uint32_t chunk_pin_base(const struct shmkv *kv, uint32_t k)
+{
+    return (uint32_t)(2 * kv->max_clients + k * CHUNK_SLOTS);
 }
 static inline struct reader_header *reader_header_of(const struct shmkv *kv)
 {

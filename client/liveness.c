@@ -32,12 +32,6 @@
 
 #include "internal.h"
 
-union semun_arg {
-    int val;
-    struct semid_ds *buf;
-    unsigned short *array;
-};
-
 /* The kernel's per-set limit (SEMMSL, the first field of kernel.sem). */
 static uint32_t sems_per_set_limit(void)
 {

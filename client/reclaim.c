@@ -65,11 +65,6 @@ static uint64_t *limbo_ring(const struct data_header *d)
     return (uint64_t *)((char *)d + d->limbo_off);
 }
 
-static struct client_pin *client_pins(const struct shmkv *kv)
-{
-    return (struct client_pin *)((char *)kv->ctl + kv->ctl_tail_fixed.pins_off);
-}
-
 /* a <= b on 32-bit epochs, across their wrap. */
 static inline bool epoch_le(uint32_t a, uint32_t b)
 {
@@ -216,7 +211,7 @@ static uint32_t scan_begin(struct shmkv *kv, struct claim_set local[2],
         if (atomic_load_explicit(&t[k].state, memory_order_acquire) !=
             CHUNK_ACTIVE)
             continue;
-        uint32_t base = (uint32_t)(2 * kv->max_clients + k * CHUNK_SLOTS);
+        uint32_t base = chunk_pin_base(kv, k);
         struct client_slot *slots =
             kv->chunk_maps != NULL ? kv->chunk_maps[k].slots : NULL;
         if (slots != NULL && set != local) {

@@ -1404,34 +1404,49 @@ static void fill_non_admin_slots(void)
         _exit(30);
 }
 
-/* As uid 65533: sends SHMKV.READERS `times` times pipelined and writes
- * the replies to fd. */
-static void readers_ask(int fd, int times)
+/* Runs fn(arg) in a child as uid (group nogroup, no others); returns its
+ * exit status (10 if it could not change ids). */
+static int as_uid(uid_t uid, int (*fn)(void *), void *arg)
 {
-    if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65533) != 0)
-        _exit(10);
-    int s = sock_connect();
-    for (int i = 0; i < times; i++)
-        send_all(s, "*1\r\n$13\r\nSHMKV.READERS\r\n", 24);
-    const char *got = recv_all(s, 2000);
-    _exit(write(fd, got, strlen(got) + 1) > 0 ? 0 : 11);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(uid) != 0)
+            _exit(10);
+        _exit(fn(arg));
+    }
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
 }
 
+struct readers_ask {
+    int times; /* SHMKV.READERS sent pipelined */
+    int fd;    /* where the replies go */
+};
+
+static int readers_ask(void *arg)
+{
+    const struct readers_ask *x = arg;
+    int s = sock_connect();
+    for (int i = 0; i < x->times; i++)
+        send_all(s, "*1\r\n$13\r\nSHMKV.READERS\r\n", 24);
+    const char *got = recv_all(s, 2000);
+    return write(x->fd, got, strlen(got) + 1) > 0 ? 0 : 11;
+}
+
+/* As uid 65533: sends SHMKV.READERS `times` times; the replies in out. */
 static void readers_ask_child(int times, char *out, size_t cap)
 {
     int p[2];
     assert_int_equal(pipe(p), 0);
-    pid_t child = fork();
-    assert_true(child >= 0);
-    if (child == 0)
-        readers_ask(p[1], times);
+    struct readers_ask x = {.times = times, .fd = p[1]};
+    assert_int_equal(as_uid(65533, readers_ask, &x), 0);
     close(p[1]);
     ssize_t n = read(p[0], out, cap - 1);
     out[n > 0 ? n : 0] = '\0';
     close(p[0]);
-    int status;
-    assert_int_equal(waitpid(child, &status, 0), child);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 /* Asking for reader chunks costs writers nothing once a user's share is
@@ -1483,6 +1498,27 @@ static void hog_connections(void)
         _exit(30);
 }
 
+/* A read-only handle whose slot is in a chunk of its user's: 0. */
+static int open_in_chunk(void *arg)
+{
+    (void)arg;
+    struct shmkv *kv;
+    if (shmkv_open(E.key, 0, &kv) != 0 || shmkv_readonly(kv) != 1)
+        return 11;
+    return kv->chunk_seg != NULL ? 0 : 12;
+}
+
+/* A PING answered as by a full daemon: 0. */
+static int ping_refused(void *arg)
+{
+    (void)arg;
+    int fd = sock_connect();
+    return strcmp(ASK(fd, "PING\r\n"),
+                  "-ERR max number of clients reached\r\n") == 0
+               ? 0
+               : 13;
+}
+
 /* A reader that holds every connection it may have cannot keep a reader
  * of another user from registering its chunk: that one gets a connection
  * past the limit, good for SHMKV.READERS only. */
@@ -1500,37 +1536,10 @@ static void test_registration_past_the_limit(void **state)
     int ready, done;
     pid_t hog;
     as_nobody_hold(&ready, &done, &hog, hog_connections);
-    pid_t child = fork();
-    assert_true(child >= 0);
-    if (child == 0) {
-        if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65533) != 0)
-            _exit(10);
-        struct shmkv *kv;
-        if (shmkv_open(E.key, 0, &kv) != 0 || shmkv_readonly(kv) != 1)
-            _exit(11);
-        _exit(kv->chunk_seg != NULL ? 0 : 12);
-    }
-    int status;
-    assert_int_equal(waitpid(child, &status, 0), child);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(as_uid(65533, open_in_chunk, NULL), 0);
     assert_true(log_contains("made for uid 65533"));
     /* Anything else on such a connection is refused as before. */
-    int other = -1;
-    pid_t asker = fork();
-    assert_true(asker >= 0);
-    if (asker == 0) {
-        if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65532) != 0)
-            _exit(10);
-        other = sock_connect();
-        _exit(strcmp(ASK(other, "PING\r\n"),
-                     "-ERR max number of clients reached\r\n") == 0
-                  ? 0
-                  : 13);
-    }
-    assert_int_equal(waitpid(asker, &status, 0), asker);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(as_uid(65532, ping_refused, NULL), 0);
     assert_int_equal(as_nobody_end(ready, done, hog), 0);
     assert_int_equal(daemon_stop(), 0);
 }

@@ -605,10 +605,7 @@ static void scribbler(const char *where, struct shared *s, uint64_t seed)
                 continue;
             for (uint32_t j = 0; j < per; j++)
                 vals[j] = (unsigned short)(rng_next(&x) % 3);
-            union {
-                int val;
-                unsigned short *array;
-            } arg = {.array = vals};
+            union semun_arg arg = {.array = vals};
             semctl(c->rsem_ids[k], 0, SETALL, arg);
         }
         atomic_fetch_add(&s->scribbles, 1);
@@ -751,10 +748,7 @@ static void writer_harrier(const char *where, struct shared *s)
         for (uint32_t k = 0; k < SEM_SETS_MAX; k++) {
             if (c->rsem_ids[k] < 0)
                 continue;
-            union {
-                int val;
-                unsigned short *array;
-            } arg = {.array = ones};
+            union semun_arg arg = {.array = ones};
             semctl(c->rsem_ids[k], 0, SETALL, arg);
         }
         uint32_t at = (uint32_t)(round % c->max_clients);
@@ -1065,10 +1059,7 @@ static void chunk_scribbler(const char *where, struct shared *s, uint64_t seed)
         }
         for (uint32_t j = 0; j < CHUNK_SLOTS; j++)
             vals[j] = (unsigned short)(rng_next(&x) % 3);
-        union {
-            int val;
-            unsigned short *array;
-        } arg = {.array = vals};
+        union semun_arg arg = {.array = vals};
         semctl(h->chunk_semid, 0, SETALL, arg);
         for (uint32_t k = 0; k < SEM_SETS_MAX; k++) {
             if (c->rsem_ids[k] < 0)
@@ -1181,10 +1172,7 @@ static bool shm_exists(int shmid)
 static bool sem_exists(int semid)
 {
     struct semid_ds sd;
-    union {
-        int val;
-        struct semid_ds *buf;
-    } arg = {.buf = &sd};
+    union semun_arg arg = {.buf = &sd};
     return semctl(semid, 0, IPC_STAT, arg) == 0;
 }
 
@@ -1356,10 +1344,7 @@ static void test_chunk_out_of_sight_removed(void **state)
     ds.shm_perm.mode = 0;
     assert_int_equal(shmctl(ids[0], IPC_SET, &ds), 0);
     struct semid_ds sd;
-    union {
-        int val;
-        struct semid_ds *buf;
-    } arg = {.buf = &sd};
+    union semun_arg arg = {.buf = &sd};
     assert_int_equal(semctl(ids[1], 0, IPC_STAT, arg), 0);
     sd.sem_perm.mode = 0;
     assert_int_equal(semctl(ids[1], 0, IPC_SET, arg), 0);
