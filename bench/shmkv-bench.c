@@ -1327,6 +1327,53 @@ static const char *verdict(bool ok)
 /* figures[i][op] for procs[i] */
 static struct figure figures[MAX_LIST][OP_COUNT];
 
+#define HANDOFF_ROUNDS 200000u
+
+/* The time a cache line written by one process takes to reach another
+ * that waits for it, in ns: two processes pass a counter back and forth
+ * on one line of a MAP_SHARED mapping. What any write a second process
+ * must see costs at least, however it is locked: when two processes take
+ * turns at the write lock, the lock's line makes this trip once per set.
+ * 0 if it could not be measured (one CPU, or no fork). */
+static double line_handoff_ns(void)
+{
+    _Atomic uint64_t *line = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (line == MAP_FAILED)
+        return 0;
+    atomic_store(line, 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        munmap((void *)line, 4096);
+        return 0;
+    }
+    /* Each side waits for the other's odd or even value; a side that
+     * waits a second gives up (the other is not running beside it). */
+    uint64_t first = pid == 0 ? 1 : 0;
+    double start = now_s(), deadline = start + 1.0;
+    bool ok = true;
+    for (uint64_t i = first; i < 2 * HANDOFF_ROUNDS && ok; i += 2) {
+        for (unsigned spins = 1; atomic_load(line) != i; spins++)
+            if ((spins & 0xfffff) == 0 && now_s() > deadline) {
+                ok = false;
+                break;
+            }
+        if (ok)
+            atomic_store(line, i + 1);
+    }
+    double elapsed = now_s() - start;
+    if (pid == 0)
+        _exit(ok ? 0 : 1);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    munmap((void *)line, 4096);
+    if (!ok || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return 0;
+    return elapsed * 1e9 / (2.0 * HANDOFF_ROUNDS);
+}
+
 static void print_table(const struct config *cfg, uint64_t nkeys)
 {
     char count[32];
@@ -1402,6 +1449,13 @@ static void print_table(const struct config *cfg, uint64_t nkeys)
         printf("2 processes setting together / 1 alone: %.2f   target >= 1: "
                "%s\n",
                r2 / r1, verdict(r2 >= r1));
+        /* What bounds that: 2 processes taking turns at the lock each
+         * wait for its line to arrive from the other, once per set. */
+        double handoff = line_handoff_ns();
+        if (handoff > 0)
+            printf("  a cache line's move between 2 processes: %.0f ns; a "
+                   "set in 1 process: %.0f ns\n",
+                   handoff, 1e9 / r1);
     }
     if (cfg->ops_mask & (1u << OP_MIX)) {
         double x =

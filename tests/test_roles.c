@@ -923,68 +923,14 @@ static void test_rewritten_claims(void **state)
 
 /* ---- reader chunks: readers of one user kept from another's ---- */
 
-/* Reads the request of one connection (SHMKV.READERS, as RESP), makes a
- * chunk for the peer's user with the owner's handle h and answers as
- * shmkvd does. */
-static void registrar_serve(struct shmkv *h, int fd)
-{
-    char buf[512];
-    size_t got = 0;
-    while (got < 24 && got < sizeof buf - 1) {
-        ssize_t r = read(fd, buf + got, sizeof buf - 1 - got);
-        if (r <= 0)
-            return;
-        got += (size_t)r;
-    }
-    buf[got] = '\0';
-    struct ucred cr;
-    socklen_t len = sizeof cr;
-    char reply[600];
-    unsigned index = 0;
-    if (strcmp(buf, "*1\r\n$13\r\nSHMKV.READERS\r\n") != 0 ||
-        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
-        snprintf(reply, sizeof reply, "-ERR bad request\r\n");
-    else if (shmkv_add_readers_chunk(h, (unsigned)cr.uid, &index) != 0)
-        snprintf(reply, sizeof reply, "-ERR %s\r\n", shmkv_last_error());
-    else
-        snprintf(reply, sizeof reply, ":%u\r\n", index);
-    if (write(fd, reply, strlen(reply)) < 0)
-        return;
-}
-
-/* Starts a registrar for the store at where, as its owner (root) does in
- * shmkvd: a child serving a socket at path, which the store names. */
+/* A registrar (testutil.h), killed with the other children. */
 static pid_t registrar_start(struct shmkv *owner, const char *where, char *path,
                              size_t cap)
 {
-    snprintf(path, cap, "/tmp/shmkvt%d.sock", (int)getpid());
-    unlink(path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(chmod(path, 0666), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        struct shmkv *h;
-        if (shmkv_open(where, 0, &h) != 0)
-            _exit(1);
-        for (;;) {
-            int c = accept(fd, NULL, NULL);
-            if (c < 0)
-                continue;
-            registrar_serve(h, c);
-            close(c);
-        }
-    }
-    close(fd);
+    pid_t pid = test_registrar_start(owner, where, path, cap);
+    assert_true(pid > 0);
     if (nkids < sizeof kids / sizeof kids[0])
         kids[nkids++] = pid;
-    assert_int_equal(shmkv_set_registrar(owner, path), 0);
     return pid;
 }
 

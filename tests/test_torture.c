@@ -40,6 +40,7 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
+#include "internal.h" /* a reader's chunk_seg */
 #include "testutil.h"
 
 #define WRITERS 3u
@@ -68,8 +69,10 @@ struct torture {
     _Atomic uint64_t writes;
     _Atomic uint64_t reads_checked;
     _Atomic uint64_t sections_revoked;
-    _Atomic uint64_t resizes;     /* completed */
-    _Atomic uint64_t resizes_off; /* given up: a writer died during one */
+    _Atomic uint64_t resizes;         /* completed */
+    _Atomic uint64_t resizes_off;     /* given up: a writer died during one */
+    _Atomic uint64_t readers_chunked; /* opened with a slot in a chunk */
+    _Atomic uint64_t readers_shared;  /* in the reader segment */
     _Atomic uint64_t failures;
     _Atomic int failure_claimed;
     char first_failure[256];
@@ -192,6 +195,8 @@ static void reader_main(struct torture *t, const char *where, uint64_t seed)
     struct shmkv *kv;
     if (shmkv_open(where, SHMKV_RDONLY, &kv) != 0)
         _exit(2);
+    atomic_fetch_add(
+        kv->chunk_seg != NULL ? &t->readers_chunked : &t->readers_shared, 1);
     uint64_t rng = seed;
     char key[32];
     for (;;) {
@@ -376,9 +381,17 @@ static void ballast_check(struct shmkv *kv, unsigned n)
 /* The torture for `seconds` on a store of store_bytes; with ballast, the
  * store is first filled and punched (ballast_fill) so that the writers'
  * sets compact it while they and the readers are killed. */
+/* How a run is varied. */
+struct torture_how {
+    bool ballast;  /* a store punched full of holes: compactions */
+    bool resizing; /* a resizer, killed like the others */
+    bool chunked;  /* readers' slots in reader chunks, as under shmkvd */
+};
+
 static void run_torture(const char *what, unsigned seconds,
-                        uint64_t store_bytes, bool ballast, bool resizing)
+                        uint64_t store_bytes, struct torture_how how)
 {
+    bool ballast = how.ballast, resizing = how.resizing;
     uint64_t seed = test_seed(what);
     struct shmkv_options o;
     shmkv_options_init(&o);
@@ -393,6 +406,14 @@ static void run_torture(const char *what, unsigned seconds,
     char where[32];
     snprintf(where, sizeof where, "%s", o.key);
     unsigned ballast_n = ballast ? ballast_fill(kv) : 0;
+    /* A registrar serves the readers' requests for chunks, as shmkvd
+     * does; readers killed in their sections leave claims there. */
+    char sock[108] = "";
+    pid_t registrar = -1;
+    if (how.chunked) {
+        registrar = test_registrar_start(kv, where, sock, sizeof sock);
+        assert_true(registrar > 0);
+    }
     struct torture *t = mmap(NULL, sizeof *t, PROT_READ | PROT_WRITE,
                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     assert_true(t != MAP_FAILED);
@@ -430,6 +451,11 @@ static void run_torture(const char *what, unsigned seconds,
     for (unsigned i = 0; i < nchild; i++) {
         kill(child[i], SIGKILL);
         reap_killed(t, child[i]);
+    }
+    if (registrar > 0) {
+        kill(registrar, SIGKILL);
+        waitpid(registrar, NULL, 0);
+        unlink(sock);
     }
     /* What a resizer killed last left: the owner's housekeeping removes
      * it. */
@@ -500,6 +526,13 @@ static void run_torture(const char *what, unsigned seconds,
                       ballast_n / 2, st.compactions, st.compacted_bytes >> 10);
         assert_true(st.compactions > 0);
     }
+    if (how.chunked) {
+        print_message(
+            "readers opened: %" PRIu64 " with a slot in a chunk, %" PRIu64
+            " in the reader segment\n",
+            atomic_load(&t->readers_chunked), atomic_load(&t->readers_shared));
+        assert_true(atomic_load(&t->readers_chunked) > 0);
+    }
     print_message(
         "%s, %u s: %zu kills, %" PRIu64 " acknowledged writes, %" PRIu64
         " values checked in place, %" PRIu64
@@ -526,7 +559,8 @@ static unsigned torture_seconds(void)
 static void test_kill_torture(void **state)
 {
     (void)state;
-    run_torture("kill torture", torture_seconds(), 16u << 20, false, false);
+    run_torture("kill torture", torture_seconds(), 16u << 20,
+                (struct torture_how){0});
 }
 
 /* The same while a resizer grows and shrinks the store over and over, and
@@ -535,8 +569,8 @@ static void test_kill_torture_resizing(void **state)
 {
     (void)state;
     unsigned s = torture_seconds() / 3;
-    run_torture("kill torture, resizing", s > 0 ? s : 1, 16u << 20, false,
-                true);
+    run_torture("kill torture, resizing", s > 0 ? s : 1, 16u << 20,
+                (struct torture_how){.resizing = true});
 }
 
 /* The same on a 6 MiB store punched full of small holes: the writers'
@@ -546,8 +580,19 @@ static void test_kill_torture_compacting(void **state)
 {
     (void)state;
     unsigned s = torture_seconds() / 3;
-    run_torture("kill torture, compacting", s > 0 ? s : 1, 6u << 20, true,
-                false);
+    run_torture("kill torture, compacting", s > 0 ? s : 1, 6u << 20,
+                (struct torture_how){.ballast = true});
+}
+
+/* The same with the readers' slots in reader chunks, which shmkvd makes
+ * for them (here a registrar in its place): the writers find the claims
+ * the killed readers left there. A third as long. */
+static void test_kill_torture_chunked(void **state)
+{
+    (void)state;
+    unsigned s = torture_seconds() / 3;
+    run_torture("kill torture, reader chunks", s > 0 ? s : 1, 16u << 20,
+                (struct torture_how){.chunked = true});
 }
 
 int main(void)
@@ -556,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_kill_torture),
         cmocka_unit_test(test_kill_torture_compacting),
         cmocka_unit_test(test_kill_torture_resizing),
+        cmocka_unit_test(test_kill_torture_chunked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,6 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -146,6 +150,83 @@ __attribute__((unused)) static void test_destroy(struct shmkv *kv,
         if (key && strcmp(test_store_keys[i], key) == 0)
             test_store_keys[i][0] = '\0';
     shmkv_destroy(kv);
+}
+
+/* ---- a registrar standing in for shmkvd's, for reader chunks ---- */
+
+/* Reads the request of one connection (SHMKV.READERS, as RESP), makes a
+ * chunk for the peer's user with the owner's handle h and answers as
+ * shmkvd does. */
+static void test_registrar_serve(struct shmkv *h, int fd)
+{
+    char buf[512];
+    size_t got = 0;
+    while (got < 24 && got < sizeof buf - 1) {
+        ssize_t r = read(fd, buf + got, sizeof buf - 1 - got);
+        if (r <= 0)
+            return;
+        got += (size_t)r;
+    }
+    buf[got] = '\0';
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    char reply[600];
+    unsigned index = 0;
+    if (strcmp(buf, "*1\r\n$13\r\nSHMKV.READERS\r\n") != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
+        snprintf(reply, sizeof reply, "-ERR bad request\r\n");
+    else if (shmkv_add_readers_chunk(h, (unsigned)cr.uid, &index) != 0)
+        snprintf(reply, sizeof reply, "-ERR %s\r\n", shmkv_last_error());
+    else
+        snprintf(reply, sizeof reply, ":%u\r\n", index);
+    if (write(fd, reply, strlen(reply)) < 0)
+        return;
+}
+
+/* Starts a registrar for the store at where, as its owner (root) does in
+ * shmkvd: a child serving a socket at path (this process's), which it
+ * names in the store through the owner's handle. Returns the child's pid,
+ * which the caller kills, or -1 (path then names no socket). */
+__attribute__((unused)) static pid_t test_registrar_start(struct shmkv *owner,
+                                                          const char *where,
+                                                          char *path,
+                                                          size_t cap)
+{
+    snprintf(path, cap, "/tmp/shmkvt%d.sock", (int)getpid());
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        chmod(path, 0666) != 0 || listen(fd, 16) != 0) {
+        close(fd);
+        unlink(path);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        struct shmkv *h;
+        if (shmkv_open(where, 0, &h) != 0)
+            _exit(1);
+        for (;;) {
+            int c = accept(fd, NULL, NULL);
+            if (c < 0)
+                continue;
+            test_registrar_serve(h, c);
+            close(c);
+        }
+    }
+    close(fd);
+    if (pid < 0 || shmkv_set_registrar(owner, path) != 0) {
+        if (pid > 0)
+            kill(pid, SIGKILL);
+        unlink(path);
+        return -1;
+    }
+    return pid;
 }
 
 #endif
