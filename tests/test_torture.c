@@ -378,15 +378,17 @@ static void ballast_check(struct shmkv *kv, unsigned n)
     }
 }
 
-/* The torture for `seconds` on a store of store_bytes; with ballast, the
- * store is first filled and punched (ballast_fill) so that the writers'
- * sets compact it while they and the readers are killed. */
 /* How a run is varied. */
 struct torture_how {
     bool ballast;  /* a store punched full of holes: compactions */
     bool resizing; /* a resizer, killed like the others */
     bool chunked;  /* readers' slots in reader chunks, as under shmkvd */
 };
+
+/* The torture for `seconds` on a store of store_bytes, varied by how:
+ * with ballast, the store is first filled and punched (ballast_fill) so
+ * that the writers' sets compact it while they and the readers are
+ * killed. */
 
 static void run_torture(const char *what, unsigned seconds,
                         uint64_t store_bytes, struct torture_how how)
