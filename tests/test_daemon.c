@@ -474,13 +474,20 @@ static void test_bad_requests(void **state)
     assert_int_equal(daemon_stop(), 0);
 }
 
+/* Skips the test unless it runs as root, which it needs to switch to
+ * another uid or to other groups (`what`). */
+static void need_root(const char *what)
+{
+    if (geteuid() != 0) {
+        print_message("not root: cannot switch %s: skipping\n", what);
+        skip();
+    }
+}
+
 static void test_non_admin_refused(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("not root: cannot switch uid: skipping\n");
-        skip();
-    }
+    need_root("uid");
     daemon_start(false);
     pid_t child = fork();
     if (child == 0) {
@@ -1280,10 +1287,7 @@ static int set_as(gid_t primary, const gid_t *groups, size_t n,
 static void test_admin_by_group(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("not root: cannot switch groups: skipping\n");
-        skip();
-    }
+    need_root("groups");
     E.control = "admin_groups = 4242\n";
     write_config(NULL);
     daemon_start(false);
@@ -1456,10 +1460,7 @@ static void readers_ask_child(int times, char *out, size_t cap)
 static void test_readers_requests_cheap(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("not root: cannot switch uid: skipping\n");
-        skip();
-    }
+    need_root("uid");
     /* 64 handles: 2 chunk entries, 1 a user's share. */
     E.access = "readers = all\nwriters = none\nmax_handles = 64";
     write_config(NULL);
@@ -1525,10 +1526,7 @@ static int ping_refused(void *arg)
 static void test_registration_past_the_limit(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("not root: cannot switch uid: skipping\n");
-        skip();
-    }
+    need_root("uid");
     E.control = "max_connections = 6\nadmin_reserved = 2\n";
     E.access = "readers = all\nwriters = none";
     write_config(NULL);
@@ -1547,10 +1545,7 @@ static void test_registration_past_the_limit(void **state)
 static void test_admin_reserved_connections(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("not root: cannot switch uid: skipping\n");
-        skip();
-    }
+    need_root("uid");
     E.control = "max_connections = 6\nadmin_reserved = 2\n";
     write_config(NULL);
     daemon_start(false);
@@ -1592,10 +1587,7 @@ static void non_admin_looks(void)
 static void test_non_admin_sees_little(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("not root: cannot switch uid: skipping\n");
-        skip();
-    }
+    need_root("uid");
     daemon_start(false);
     int admin = sock_connect();
     assert_string_equal(ASK(admin, "PING\r\n"), "+PONG\r\n");
