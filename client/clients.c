@@ -251,6 +251,18 @@ static bool store_made(uid_t uid, const struct shmid_ds *cs)
     return uid == cs->shm_perm.cuid || uid == cs->shm_perm.uid;
 }
 
+/* Whether a segment (ds) or a semaphore set (sd) is of a chunk's shape and
+ * made for the store whose control segment's records are cs. */
+static bool chunk_shm_made(const struct shmid_ds *ds, const struct shmid_ds *cs)
+{
+    return store_made(ds->shm_perm.cuid, cs) && ds->shm_segsz == CHUNK_BYTES;
+}
+
+static bool chunk_sem_made(const struct semid_ds *sd, const struct shmid_ds *cs)
+{
+    return store_made(sd->sem_perm.cuid, cs) && sd->sem_nsems == CHUNK_SLOTS;
+}
+
 /* Attaches chunk segment shmid, read-write, if it is one the store's
  * owner made: its id is taken from the table, and the segment's user may
  * remove it and another may take the id (a huge-page segment would fault
@@ -264,8 +276,7 @@ static void *chunk_attach(const struct shmid_ds *cs, int shmid)
     /* Looked at once attached: an attached segment keeps its id even if
      * removed, so this is the segment mapped, not one that took the id
      * since a look before. */
-    if (shmctl(shmid, IPC_STAT, &ds) != 0 ||
-        !store_made(ds.shm_perm.cuid, cs) || ds.shm_segsz != CHUNK_BYTES) {
+    if (shmctl(shmid, IPC_STAT, &ds) != 0 || !chunk_shm_made(&ds, cs)) {
         shmdt(addr);
         return NULL;
     }
@@ -276,10 +287,10 @@ static void *chunk_attach(const struct shmid_ds *cs, int shmid)
  * (its id is taken from the table, as a segment's is). */
 static bool chunk_sems_ours(const struct shmid_ds *cs, int semid)
 {
-    struct semid_ds sd;
+    struct semid_ds sd = {0}; /* filled through arg */
     union semun_arg arg = {.buf = &sd};
     return semid >= 0 && semctl(semid, 0, IPC_STAT, arg) == 0 &&
-           store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS;
+           chunk_sem_made(&sd, cs);
 }
 
 /* Takes slot i of a chunk this handle attached at addr: the slot's
@@ -492,14 +503,12 @@ static bool chunk_exists(const struct reader_chunk *t,
                          const struct shmid_ds *cs)
 {
     struct shmid_ds ds;
-    struct semid_ds sd;
+    struct semid_ds sd = {0}; /* filled through arg */
     union semun_arg arg = {.buf = &sd};
     return shmctl(atomic_load(&t->shmid), IPC_STAT, &ds) == 0 &&
-           store_made(ds.shm_perm.cuid, cs) && ds.shm_segsz == CHUNK_BYTES &&
-           ds.shm_perm.uid == t->uid &&
+           chunk_shm_made(&ds, cs) && ds.shm_perm.uid == t->uid &&
            semctl(atomic_load(&t->semid), 0, IPC_STAT, arg) == 0 &&
-           store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS &&
-           sd.sem_perm.uid == t->uid;
+           chunk_sem_made(&sd, cs) && sd.sem_perm.uid == t->uid;
 }
 
 /* Removes what is left of entry t's objects, as far as they are the
@@ -523,15 +532,13 @@ static void chunk_objects_remove(const struct reader_chunk *table, uint32_t n,
             semid = -1;
     }
     struct shmid_ds ds;
-    if (shmctl(shmid, IPC_STAT, &ds) == 0
-            ? store_made(ds.shm_perm.cuid, cs) && ds.shm_segsz == CHUNK_BYTES
-            : errno == EACCES)
+    if (shmctl(shmid, IPC_STAT, &ds) == 0 ? chunk_shm_made(&ds, cs)
+                                          : errno == EACCES)
         shmctl(shmid, IPC_RMID, NULL);
-    struct semid_ds sd;
+    struct semid_ds sd = {0}; /* filled through arg */
     union semun_arg arg = {.buf = &sd};
-    if (semctl(semid, 0, IPC_STAT, arg) == 0
-            ? store_made(sd.sem_perm.cuid, cs) && sd.sem_nsems == CHUNK_SLOTS
-            : errno == EACCES)
+    if (semctl(semid, 0, IPC_STAT, arg) == 0 ? chunk_sem_made(&sd, cs)
+                                             : errno == EACCES)
         semctl(semid, 0, IPC_RMID);
 }
 
