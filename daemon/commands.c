@@ -805,11 +805,6 @@ struct rmw {
     char text[64];
 };
 
-static int rmw_keep_old(struct rmw *m, const struct shmkv_update *u)
-{
-    return old_keep(&m->old, u);
-}
-
 static void rmw_reply_old(struct evbuffer *out, const struct rmw *m)
 {
     old_reply(out, &m->old);
@@ -848,7 +843,7 @@ static void rmw_reply_text(struct evbuffer *out, const struct rmw *m)
 static int getdel_fn(void *arg, struct shmkv_update *u)
 {
     struct rmw *m = arg;
-    int rc = rmw_keep_old(m, u);
+    int rc = old_keep(&m->old, u);
     if (rc == 0 && u->old != NULL)
         u->action = SHMKV_UPDATE_REMOVE;
     return rc;
@@ -865,7 +860,7 @@ static void cmd_getdel(struct conn *c, size_t argc, struct resp_arg *argv,
 static int getex_fn(void *arg, struct shmkv_update *u)
 {
     struct rmw *m = arg;
-    int rc = rmw_keep_old(m, u);
+    int rc = old_keep(&m->old, u);
     if (rc == 0 && u->old != NULL && m->expire_given) {
         u->action = SHMKV_UPDATE_EXPIRE;
         u->expire_ms = m->expire_ms;
