@@ -1391,8 +1391,9 @@ static int as_nobody_end(int ready_fd, int done_fd, pid_t pid)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
-/* Takes every connection a non-admin may have: 4 of 6, 2 kept for admins. */
-static void fill_non_admin_slots(void)
+/* Opens the 4 connections a non-admin may have of 6 (2 kept for admins),
+ * each answering PING; they stay open until the process exits. */
+static void take_non_admin_connections(void)
 {
     char out[256];
     bool closed;
@@ -1402,6 +1403,14 @@ static void fill_non_admin_slots(void)
         if (strcmp(out, "+PONG\r\n") != 0)
             _exit(20 + i);
     }
+}
+
+/* Takes every connection a non-admin may have; the next is refused. */
+static void fill_non_admin_slots(void)
+{
+    char out[256];
+    bool closed;
+    take_non_admin_connections();
     int fd = sock_connect();
     sock_exchange(fd, "PING\r\n", 6, out, sizeof out, 64, &closed);
     if (strcmp(out, "-ERR max number of clients reached\r\n") != 0 || !closed)
@@ -1485,14 +1494,7 @@ static void test_readers_requests_cheap(void **state)
  * one more is refused at once. */
 static void hog_connections(void)
 {
-    char out[256];
-    bool closed;
-    for (int i = 0; i < 4; i++) {
-        int fd = sock_connect();
-        sock_exchange(fd, "PING\r\n", 6, out, sizeof out, 7, &closed);
-        if (strcmp(out, "+PONG\r\n") != 0)
-            _exit(20 + i);
-    }
+    take_non_admin_connections();
     (void)sock_connect(); /* held, silent */
     int fd = sock_connect();
     if (strcmp(recv_all(fd, 3000), "-ERR max number of clients reached\r\n"))
